@@ -1,0 +1,68 @@
+"""``mlops``: run any lifecycle step from a shell, outside Airflow (same code as the DAG tasks).
+
+    mlops simulate churn
+    mlops validate churn 2026-01-05
+    mlops features churn 2026-01-05
+    mlops train churn --as-of 2026-02-05 --reason "first model"
+    mlops score churn 2026-02-06
+    mlops monitor churn 2026-02-06
+    mlops summary churn
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines import runtime
+
+    parser = argparse.ArgumentParser(prog="mlops", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("simulate", "summary"):
+        sub.add_parser(name).add_argument("use_case")
+    for name in ("validate", "features", "score", "monitor", "performance"):
+        p = sub.add_parser(name)
+        p.add_argument("use_case")
+        p.add_argument("ds", help="date, YYYY-MM-DD")
+    train = sub.add_parser("train", help="train a challenger and promote it if better")
+    train.add_argument("use_case")
+    train.add_argument("--as-of", default=None)
+    train.add_argument("--reason", default="manual run from the CLI")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uc = args.use_case
+
+    if args.command == "simulate":
+        result = runtime.simulate(uc)
+    elif args.command == "summary":
+        from pipelines.report import summarize
+
+        print(summarize(runtime.spec(uc)))
+        return 0
+    elif args.command == "validate":
+        result = runtime.validate(uc, args.ds)
+    elif args.command == "features":
+        result = runtime.build_features(uc, args.ds)
+    elif args.command in ("score", "monitor"):
+        champion = runtime.resolve_champion(uc)
+        if champion is None:
+            print("no champion yet: run 'mlops train' first", file=sys.stderr)
+            return 2
+        result = (runtime.score(uc, args.ds, champion, "cli") if args.command == "score"
+                  else runtime.monitor_drift(uc, args.ds, champion))
+    elif args.command == "performance":
+        result = runtime.live_performance(uc, args.ds)
+    else:
+        as_of = runtime.resolve_as_of(uc, args.as_of, None)
+        challenger = runtime.train(uc, as_of, args.reason, "manual")
+        result = {"challenger": challenger, "promotion": runtime.promote(uc, challenger, as_of)}
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

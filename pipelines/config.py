@@ -1,0 +1,59 @@
+"""Deployment settings: where the lake, MLflow and Spark are. Environment variables only.
+
+The embedded default keeps all state under ``$MLOPS_HOME`` (``<project>/.state``):
+a Parquet lake, MLflow on SQLite with local artifacts, Spark ``local[2]``. Pointing the
+same code at a cluster is a matter of setting the variables below; nothing else changes.
+
+=========================  ==========================================================
+``MLOPS_HOME``             state root (default ``<project>/.state``)
+``MLOPS_LAKE``             Parquet lake root (default ``$MLOPS_HOME/lake``)
+``MLOPS_REPORTS``          drift reports (default ``$MLOPS_HOME/reports``)
+``MLOPS_INCLUDE``          folder of use-case specs (default ``<project>/include``)
+``MLFLOW_TRACKING_URI``    default ``sqlite:///$MLOPS_HOME/mlflow/mlflow.db``
+``MLOPS_MLFLOW_ARTIFACTS`` artifact root for new experiments (default ``$MLOPS_HOME/mlflow/artifacts``)
+``SPARK_REMOTE``           Spark Connect URL (``sc://host:15002``); wins over the master
+``MLOPS_SPARK_MASTER``     classic Spark master (default ``local[2]``; ``spark://host:7077``)
+``MLOPS_SCHEDULE_END``     optional last date the scheduled DAGs may run for (YYYY-MM-DD)
+=========================  ==========================================================
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    lake: Path
+    reports: Path
+    include: Path
+    mlflow_tracking_uri: str
+    mlflow_artifacts: str
+    spark_remote: str | None
+    spark_master: str
+    schedule_end: str | None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        home = Path(env.get("MLOPS_HOME") or PROJECT_ROOT / ".state").resolve()
+        return cls(
+            home=home,
+            lake=Path(env.get("MLOPS_LAKE") or home / "lake"),
+            reports=Path(env.get("MLOPS_REPORTS") or home / "reports"),
+            include=Path(env.get("MLOPS_INCLUDE") or PROJECT_ROOT / "include"),
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+            mlflow_artifacts=env.get("MLOPS_MLFLOW_ARTIFACTS") or str(home / "mlflow" / "artifacts"),
+            spark_remote=env.get("SPARK_REMOTE") or None,
+            spark_master=env.get("MLOPS_SPARK_MASTER") or "local[2]",
+            schedule_end=env.get("MLOPS_SCHEDULE_END") or None,
+        )
+
+
+def settings() -> Settings:
+    """Settings from the current environment."""
+    return Settings.from_env()

@@ -1,0 +1,130 @@
+"""Evaluate champion and challenger on the same recent holdout; promote only a clear winner.
+
+Rules (from the spec's ``promotion`` section):
+
+* a challenger whose metric is NaN never passes;
+* it must reach the absolute ``floor``;
+* with no champion yet, passing the floor is enough;
+* otherwise it must beat the champion's metric on the same holdout by ``min_improvement``
+  (a champion whose metric is NaN on that holdout is beaten by any finite metric).
+
+The decision and its reasons are written as tags on the challenger's model version (and
+on the replaced champion), and the alias ``champion`` moves only on promotion, guarded by
+a compare-and-set: if another run moved it meanwhile, the promotion is refused.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+from pipelines.lake import Lake
+from pipelines.training import classification_metrics, label_window, labelled_features
+
+log = logging.getLogger(__name__)
+
+
+class PromotionConflict(RuntimeError):
+    """The champion alias moved while this evaluation ran; rerun the evaluation."""
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+    metric: str
+    challenger_value: float
+    champion_value: float | None
+    champion_version: str | None
+
+
+def decide_promotion(metric: str, challenger: float, champion: float | None, floor: float,
+                     min_improvement: float, champion_version: str | None = None) -> PromotionDecision:
+    """Pure promotion rule: see the module docstring."""
+    def done(ok: bool, why: str) -> PromotionDecision:
+        return PromotionDecision(ok, why, metric, challenger, champion, champion_version)
+
+    if challenger is None or not math.isfinite(challenger):
+        return done(False, f"challenger {metric} is undefined (NaN) on the holdout")
+    if challenger < floor:
+        return done(False, f"challenger {metric} {challenger:.4f} is below the floor {floor:.4f}")
+    if champion_version is None:
+        return done(True, f"first model: {metric} {challenger:.4f} passes the floor {floor:.4f}")
+    if champion is None or not math.isfinite(champion):
+        return done(True, f"champion v{champion_version} {metric} is undefined on the holdout; "
+                          f"challenger {challenger:.4f} passes the floor {floor:.4f}")
+    gain = challenger - champion
+    if gain >= min_improvement:
+        return done(True, f"challenger {metric} {challenger:.4f} beats champion v{champion_version} "
+                          f"{champion:.4f} by {gain:+.4f} (margin {min_improvement:.4f})")
+    return done(False, f"challenger {metric} {challenger:.4f} does not beat champion v{champion_version} "
+                       f"{champion:.4f} by the margin {min_improvement:.4f} (gain {gain:+.4f})")
+
+
+def promote_if_better(spark, spec, lake: Lake, challenger: dict, as_of: dt.date) -> dict:
+    """Score both models on the holdout of ``as_of``, decide, tag, and move the alias if promoted."""
+    from pipelines import tracking
+
+    name = spec.model.registered_name
+    challenger_ref = tracking.model_version(name, challenger["version"])
+    champion_ref = tracking.resolve_alias(name, tracking.CHAMPION)
+    if champion_ref is not None and champion_ref.version == challenger_ref.version:
+        return {"promoted": False, "reason": "challenger is already the champion", "champion": champion_ref.as_xcom()}
+
+    window = label_window(spec, as_of)
+    holdout = labelled_features(spark, spec, lake, window.holdout_start, window.holdout_end, as_of)
+    from pipelines.features import feature_columns
+
+    X, y = holdout[feature_columns(spec).all], holdout[spec.label.target]
+    metric, threshold = spec.promotion.metric, spec.model.threshold
+
+    def holdout_metric(ref):
+        scores = tracking.load_model(ref).predict_proba(X)[:, 1]
+        return classification_metrics(y, scores, threshold)[metric]
+
+    challenger_value = holdout_metric(challenger_ref)
+    champion_value = holdout_metric(champion_ref) if champion_ref else None
+    decision = decide_promotion(metric, challenger_value, champion_value, spec.promotion.floor,
+                                spec.promotion.min_improvement, champion_ref.version if champion_ref else None)
+    log.info("%s: %s v%s: %s", spec.name, "PROMOTE" if decision.promote else "KEEP champion",
+             challenger_ref.version, decision.reason)
+
+    c = tracking.client()
+    evaluated_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    tags = {
+        "promotion.decision": "promoted" if decision.promote else "rejected",
+        "promotion.reason": decision.reason,
+        "promotion.metric": metric,
+        f"promotion.challenger_{metric}": _fmt(challenger_value),
+        f"promotion.champion_{metric}": _fmt(champion_value),
+        "promotion.champion_version": champion_ref.version if champion_ref else "none",
+        "promotion.holdout": f"{window.holdout_start}..{window.holdout_end} ({len(holdout)} rows)",
+        "promotion.evaluated_at": evaluated_at,
+    }
+    for key, value in tags.items():
+        c.set_model_version_tag(name, challenger_ref.version, key, value)
+    if decision.promote:
+        now = tracking.resolve_alias(name, tracking.CHAMPION)
+        if (now.version if now else None) != (champion_ref.version if champion_ref else None):
+            raise PromotionConflict(f"champion moved to v{now.version if now else None} during evaluation "
+                                    f"of v{challenger_ref.version}; rerun to evaluate against the new champion")
+        c.set_registered_model_alias(name, tracking.CHAMPION, challenger_ref.version)
+        c.set_model_version_tag(name, challenger_ref.version, "champion.since", evaluated_at)
+        if champion_ref:
+            c.set_model_version_tag(name, champion_ref.version, "champion.replaced_by", challenger_ref.version)
+            c.set_model_version_tag(name, champion_ref.version, "champion.until", evaluated_at)
+    run = c.get_run(challenger_ref.run_id)
+    if run:
+        c.log_metric(challenger_ref.run_id, f"promotion_challenger_{metric}", challenger_value
+                     if math.isfinite(challenger_value) else -1.0)
+        if champion_value is not None and math.isfinite(champion_value):
+            c.log_metric(challenger_ref.run_id, f"promotion_champion_{metric}", champion_value)
+    champion_now = challenger_ref if decision.promote else champion_ref
+    return {"promoted": decision.promote, **{k: v for k, v in asdict(decision).items() if k != "promote"},
+            "challenger_version": challenger_ref.version,
+            "champion": champion_now.as_xcom() if champion_now else None}
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else ("nan" if not math.isfinite(value) else f"{value:.4f}")

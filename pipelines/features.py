@@ -1,0 +1,168 @@
+"""Point-in-time features on Spark.
+
+Features for date D describe each entity as it was at the start of D: they use only
+events with a timestamp strictly before D (and clean partitions before D), so a model
+trained on them never sees the future. Three kinds of feature group, all from the spec:
+
+* ``window_aggregates``: count, sum, avg, count_distinct and share-of-value over
+  trailing windows of N days of an event source;
+* ``recency``: days since the entity's last event (capped);
+* ``attributes``: the latest value of snapshot columns before D, plus ``days_since``
+  a timestamp column.
+
+The output has one row per entity of the population source, written as the ``ds=D``
+partition of the feature table (replaced whole on every run).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from pipelines.lake import Lake, ds, list_partitions, partition_rows
+from pipelines.spark import table_exists
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureColumns:
+    """Names of the model inputs a spec defines, split by kind."""
+
+    numeric: list[str]
+    categorical: list[str]
+
+    @property
+    def all(self) -> list[str]:
+        return self.numeric + self.categorical
+
+
+def feature_columns(spec) -> FeatureColumns:
+    """The feature names a spec produces, in table order (no Spark needed)."""
+    numeric: list[str] = []
+    categorical: list[str] = []
+    for group in spec.features["groups"]:
+        kind = group["kind"]
+        if kind == "window_aggregates":
+            for window in group["windows_days"]:
+                numeric += [f"{agg['name']}_{window}d" for agg in group["aggregates"]]
+        elif kind == "recency":
+            numeric.append(group["name"])
+        elif kind == "attributes":
+            source_types = spec.source(group["source"]).columns
+            for col in group.get("columns", []):
+                (categorical if source_types[col] == "string" else numeric).append(col)
+            numeric += list(group.get("days_since", {}))
+    return FeatureColumns(numeric=numeric, categorical=categorical)
+
+
+def _read_source(spark, lake: Lake, spec, source: str, date: dt.date, lookback: int | None):
+    """Clean rows of ``source`` strictly before ``date`` (within ``lookback`` days if given)."""
+    from pyspark.sql import functions as F
+
+    path = lake.clean(spec.name, source)
+    if not table_exists(path):
+        raise FileNotFoundError(f"no clean data for source {source!r} at {path}; validate raw partitions first")
+    frame = spark.read.parquet(str(path))
+    cond = F.col("ds") < ds(date)
+    if lookback is not None:
+        cond = cond & (F.col("ds") >= ds(date - dt.timedelta(days=lookback)))
+    ts = spec.source(source).timestamp
+    midnight = dt.datetime.combine(date, dt.time())
+    return frame.where(cond).where(F.col(ts) < F.lit(midnight))
+
+
+
+
+def _event_aggregates(group: dict, ts: str, date: dt.date) -> tuple[list, dict[str, float]]:
+    """Aggregate expressions of one event-source group, and the fill value of each feature."""
+    from pyspark.sql import functions as F
+
+    midnight = dt.datetime.combine(date, dt.time())
+    if group["kind"] == "recency":
+        cap = float(group.get("cap_days", 365))
+        days = (F.unix_timestamp(F.lit(midnight)) - F.unix_timestamp(F.max(ts))) / 86400.0
+        return [days.cast("double").alias(group["name"])], {group["name"]: cap}
+    exprs, fill = [], {}
+    for window in group["windows_days"]:
+        inside = F.col(ts) >= F.lit(midnight - dt.timedelta(days=window))
+        for agg in group["aggregates"]:
+            name, fn = f"{agg['name']}_{window}d", agg["fn"]
+            col = agg.get("column")
+            if fn == "count":
+                expr = F.count(F.when(inside, F.lit(1)))
+            elif fn == "sum":
+                expr = F.sum(F.when(inside, F.col(col)))
+            elif fn == "avg":
+                expr = F.avg(F.when(inside, F.col(col)))
+            elif fn == "count_distinct":
+                expr = F.countDistinct(F.when(inside, F.col(col)))
+            elif fn == "share":
+                hits = F.count(F.when(inside & (F.col(col) == F.lit(agg["value"])), F.lit(1)))
+                expr = F.try_divide(hits, F.count(F.when(inside, F.lit(1))))
+            else:
+                raise ValueError(f"feature {name}: unknown aggregate fn {fn!r}")
+            exprs.append(expr.cast("double").alias(name))
+            if fn in {"count", "sum", "count_distinct"}:
+                fill[name] = 0.0   # no events in the window: zero, not unknown
+    return exprs, fill
+
+
+def _group_lookback(group: dict) -> int:
+    """Days of history one event group reads."""
+    return max(list(group.get("windows_days", [])) + [group.get("cap_days", 0), 1])
+
+
+def compute_features(spark, spec, lake: Lake, date: dt.date):
+    """The feature DataFrame for ``date`` (lazy): one row per entity, plus ``ds``."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window
+
+    entity = spec.entity
+    midnight = dt.datetime.combine(date, dt.time())
+    out = _read_source(spark, lake, spec, spec.features["population"], date, None).select(entity).distinct()
+    fill: dict[str, float] = {}
+    # one scan and one aggregation per event source, whatever the number of groups on it
+    by_source: dict[str, tuple[list, int]] = {}
+    for group in spec.features["groups"]:
+        kind, source = group["kind"], group["source"]
+        if kind in {"window_aggregates", "recency"}:
+            exprs, group_fill = _event_aggregates(group, spec.source(source).timestamp, date)
+            fill.update(group_fill)
+            known, lookback = by_source.get(source, ([], 0))
+            by_source[source] = (known + exprs, max(lookback, _group_lookback(group)))
+        elif kind == "attributes":
+            ts = spec.source(source).timestamp
+            rows = _read_source(spark, lake, spec, source, date, None)
+            latest = Window.partitionBy(entity).orderBy(F.col(ts).desc())
+            rows = rows.withColumn("_rank", F.row_number().over(latest)).where("_rank = 1")
+            cols = [F.col(c) for c in group.get("columns", [])]
+            for name, ts_col in group.get("days_since", {}).items():
+                cols.append(((F.unix_timestamp(F.lit(midnight)) - F.unix_timestamp(ts_col)) / 86400.0)
+                            .cast("double").alias(name))
+            out = out.join(rows.select(entity, *cols), entity, "left")
+        else:
+            raise ValueError(f"unknown feature group kind {kind!r}")
+    for source, (exprs, lookback) in by_source.items():
+        events = _read_source(spark, lake, spec, source, date, lookback)
+        out = out.join(events.groupBy(entity).agg(*exprs), entity, "left")
+    if fill:
+        out = out.fillna(fill)
+    return out.select(entity, *feature_columns(spec).all).withColumn("ds", F.lit(ds(date)))
+
+
+def build_features(spark, spec, lake: Lake, date: dt.date) -> int:
+    """Compute and write the ``ds=date`` feature partition (replaced whole); returns its row count.
+
+    On the first day of data there is no history yet: nothing is written and 0 is returned.
+    """
+    table = lake.features(spec.name)
+    population = spec.features["population"]
+    if not any(p < ds(date) for p in list_partitions(lake.clean(spec.name, population))):
+        log.warning("%s: no clean %s partition before %s: no population yet, no features written",
+                    spec.name, population, date)
+        return 0
+    compute_features(spark, spec, lake, date).write.mode("overwrite").partitionBy("ds").parquet(str(table))
+    rows = partition_rows(table, date)
+    log.info("%s: wrote %d feature rows for %s", spec.name, rows, date)
+    return rows

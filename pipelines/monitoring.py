@@ -1,0 +1,236 @@
+"""Monitoring: input drift with Evidently, live performance once labels arrive, retrain decisions.
+
+* :func:`monitor_drift` compares the day's scoring inputs with the champion's training
+  reference (a sample logged with the model), saves the Evidently HTML report under
+  ``$MLOPS_REPORTS/<uc>/drift/``, logs it to MLflow and writes one summary row and one row
+  per column to the monitoring tables. Missing values are compared separately, because
+  drift tests drop them.
+* :func:`live_performance` joins labels that arrived on a date with the scores written
+  for their label date and records the quality per label date and model version.
+* :func:`retrain_decision` turns the drift history into a retrain/no-retrain decision
+  with its reason (threshold, persistence over consecutive days, cooldown).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.features import feature_columns
+from pipelines.lake import Lake, ds, list_partitions, read_partition, read_table, replace_partition
+
+log = logging.getLogger(__name__)
+
+DRIFT_SUMMARY = "drift_summary"
+DRIFT_COLUMNS = "drift_columns"
+PERFORMANCE = "performance"
+RETRAIN_REQUESTS = "retrain_requests"
+NULL_SHARE_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    method: str
+    threshold: float
+    score: float
+    drifted: bool
+    null_share_current: float
+    null_share_reference: float
+
+
+def column_drift_from_snapshot(snapshot: dict) -> list[tuple[str, str, float, float, bool]]:
+    """(column, method, threshold, score, drifted) for each ValueDrift metric of an Evidently snapshot."""
+    rows = []
+    for metric in snapshot.get("metrics", []):
+        config = metric.get("config", {})
+        if not str(config.get("type", "")).endswith("ValueDrift"):
+            continue
+        method, threshold, score = config.get("method", ""), float(config.get("threshold")), float(metric["value"])
+        drifted = score < threshold if "p_value" in method else score >= threshold
+        rows.append((config["column"], method, threshold, score, bool(drifted)))
+    return rows
+
+
+def drift_report(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str],
+                 html_path: Path | None = None) -> list[ColumnDrift]:
+    """Per-column drift of ``current`` against ``reference`` (Evidently DataDriftPreset).
+
+    Columns that are entirely empty on either side cannot be tested by Evidently; they are
+    reported as drifted when only the current side is empty (a broken input), else skipped.
+    """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    def null_share(frame, col):
+        return float(frame[col].isna().mean()) if len(frame) else 1.0
+
+    testable_num = [c for c in numeric if current[c].notna().any() and reference[c].notna().any()]
+    testable_cat = [c for c in categorical if current[c].notna().any() and reference[c].notna().any()]
+    results: list[ColumnDrift] = []
+    if testable_num or testable_cat:
+        definition = DataDefinition(numerical_columns=testable_num, categorical_columns=testable_cat)
+        cols = testable_num + testable_cat
+        snapshot = Report([DataDriftPreset(columns=cols)]).run(
+            Dataset.from_pandas(current[cols], data_definition=definition),
+            Dataset.from_pandas(reference[cols], data_definition=definition))
+        if html_path is not None:
+            html_path.parent.mkdir(parents=True, exist_ok=True)
+            snapshot.save_html(str(html_path))
+        for column, method, threshold, score, drifted in column_drift_from_snapshot(snapshot.dict()):
+            results.append(ColumnDrift(column, method, threshold, score, drifted,
+                                       null_share(current, column), null_share(reference, column)))
+    for col in numeric + categorical:
+        if col in testable_num or col in testable_cat:
+            continue
+        current_empty = not current[col].notna().any()
+        results.append(ColumnDrift(col, "all values missing", 0.0, float("nan"),
+                                   current_empty and reference[col].notna().any(),
+                                   null_share(current, col), null_share(reference, col)))
+    # a jump in missing values is drift even when the present values look alike
+    return [r if r.drifted or abs(r.null_share_current - r.null_share_reference) <= NULL_SHARE_TOLERANCE
+            else ColumnDrift(**{**asdict(r), "drifted": True, "method": r.method + " + missing-value jump"})
+            for r in results]
+
+
+def _mlflow_monitoring_run(spec, date: dt.date):
+    """Start (or resume, on a rerun) the MLflow run that holds the drift report of ``date``."""
+    import mlflow
+
+    from pipelines import tracking
+
+    experiment = tracking.ensure_experiment(f"{spec.name}-monitoring")
+    found = mlflow.search_runs([experiment], filter_string=f"tags.ds = '{ds(date)}' and tags.kind = 'drift'",
+                               max_results=1, output_format="list")
+    if found:
+        return mlflow.start_run(run_id=found[0].info.run_id)
+    return mlflow.start_run(experiment_id=experiment, run_name=f"drift-{ds(date)}",
+                            tags={"ds": ds(date), "kind": "drift", "use_case": spec.name})
+
+
+def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: dict) -> dict:
+    """Drift of the day's scoring inputs against the champion's reference; returns the summary row."""
+    import mlflow
+
+    from pipelines import tracking
+
+    cols = feature_columns(spec)
+    current = read_partition(lake.features(spec.name), date, columns=cols.all)
+    if len(current) > spec.monitoring.current_sample_rows:
+        current = current.sample(n=spec.monitoring.current_sample_rows, random_state=0)
+    reference = tracking.load_reference_sample(champion["run_id"])
+    if len(reference) > spec.monitoring.reference_sample_rows:
+        reference = reference.sample(n=spec.monitoring.reference_sample_rows, random_state=0)
+    html = reports_dir / spec.name / "drift" / f"{ds(date)}.html"
+    columns = drift_report(reference, current, cols.numeric, cols.categorical, html)
+    drifted = [c.column for c in columns if c.drifted]
+    share = len(drifted) / len(columns) if columns else 0.0
+    summary = {
+        "model_name": champion["name"], "model_version": str(champion["version"]),
+        "rows_current": len(current), "rows_reference": len(reference),
+        "columns": len(columns), "drifted_columns": len(drifted), "drift_share": share,
+        "threshold": spec.monitoring.drift_share_threshold,
+        "dataset_drift": share >= spec.monitoring.drift_share_threshold,
+        "drifted_column_names": ",".join(drifted), "report_path": str(html),
+        "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
+    }
+    replace_partition(lake.monitoring(spec.name, DRIFT_SUMMARY), date, pd.DataFrame([summary]))
+    replace_partition(lake.monitoring(spec.name, DRIFT_COLUMNS), date,
+                      pd.DataFrame([asdict(c) for c in columns]).assign(model_version=str(champion["version"])))
+    with _mlflow_monitoring_run(spec, date):
+        mlflow.set_tags({"model_version": str(champion["version"]), "dataset_drift": str(summary["dataset_drift"])})
+        mlflow.log_metrics({"drift_share": share, "drifted_columns": len(drifted)}
+                           | {f"drift.{c.column}": c.score for c in columns if math.isfinite(c.score)})
+        if html.exists():
+            mlflow.log_artifact(str(html), artifact_path="evidently")
+    log.info("%s %s: %d/%d columns drifted (share %.2f, threshold %.2f)%s", spec.name, ds(date), len(drifted),
+             len(columns), share, spec.monitoring.drift_share_threshold,
+             f": {', '.join(drifted)}" if drifted else "")
+    log.info("%s %s: drift report at %s", spec.name, ds(date), html)
+    return {"ds": ds(date), **{k: v for k, v in summary.items() if k != "computed_at"}}
+
+
+def live_performance(spec, lake: Lake, date: dt.date) -> list[dict]:
+    """Quality of past scores whose labels landed on ``date``, per label date and model version."""
+    from pipelines.training import classification_metrics
+
+    label = spec.label
+    try:
+        labels = read_partition(lake.clean(spec.name, label.source), date)
+    except FileNotFoundError:
+        return []
+    if labels.empty:
+        return []
+    labels["label_ds"] = pd.to_datetime(labels[label.date_column]).dt.strftime("%Y-%m-%d")
+    written = []
+    for label_ds, group in labels.groupby("label_ds"):
+        try:
+            scores = read_partition(lake.inference(spec.name), label_ds,
+                                    columns=[spec.entity, "score", "model_version"])
+        except FileNotFoundError:
+            continue
+        joined = group.merge(scores, on=spec.entity, how="inner")
+        if joined.empty:
+            continue
+        rows = []
+        for version, part in joined.groupby("model_version"):
+            metrics = classification_metrics(part[label.target], part["score"], spec.model.threshold)
+            rows.append({"label_date": label_ds, "labels_landed": ds(date), "model_version": str(version),
+                         **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}})
+        replace_partition(lake.monitoring(spec.name, PERFORMANCE), label_ds, pd.DataFrame(rows))
+        written += rows
+        for row in rows:
+            log.info("%s: live performance for %s, model v%s: roc_auc %s on %d labels", spec.name, label_ds,
+                     row["model_version"], row["roc_auc"], int(row["rows"]))
+    return written
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    retrain: bool
+    reason: str
+    ds: str
+    drift_share: float | None
+    model_version: str | None
+
+
+def retrain_decision(spec, lake: Lake, date: dt.date) -> RetrainDecision:
+    """Whether drift on ``date`` calls for retraining, by the spec's threshold, persistence and cooldown."""
+    policy = spec.monitoring
+    summary = read_table(lake.monitoring(spec.name, DRIFT_SUMMARY))
+    today = summary[summary["ds"] == ds(date)]
+    if today.empty:
+        return RetrainDecision(False, f"no drift result for {ds(date)}", ds(date), None, None)
+    row = today.iloc[0]
+    share, version = float(row["drift_share"]), str(row["model_version"])
+    if share < policy.drift_share_threshold:
+        return RetrainDecision(False, f"drift share {share:.2f} below threshold {policy.drift_share_threshold:.2f}",
+                               ds(date), share, version)
+    window = [ds(date - dt.timedelta(days=i)) for i in range(policy.consecutive_days)]
+    recent = summary[summary["ds"].isin(window) & (summary["model_version"].astype(str) == version)]
+    persistent = len(recent) == len(window) and bool((recent["drift_share"] >= policy.drift_share_threshold).all())
+    if not persistent:
+        return RetrainDecision(False, f"drift share {share:.2f} over threshold, but not yet for "
+                                      f"{policy.consecutive_days} consecutive days on v{version}", ds(date), share, version)
+    requests = list_partitions(lake.monitoring(spec.name, RETRAIN_REQUESTS))
+    since = ds(date - dt.timedelta(days=policy.cooldown_days - 1))
+    earlier = [p for p in requests if since <= p < ds(date)]
+    if earlier:
+        return RetrainDecision(False, f"drift persists (share {share:.2f}) but a retraining was requested on "
+                                      f"{earlier[-1]}, within the {policy.cooldown_days}-day cooldown",
+                               ds(date), share, version)
+    columns = str(row.get("drifted_column_names", ""))
+    reason = (f"drift on {ds(date)}: {int(row['drifted_columns'])}/{int(row['columns'])} columns drifted "
+              f"(share {share:.2f} >= {policy.drift_share_threshold:.2f}) for {policy.consecutive_days} "
+              f"consecutive days on champion v{version}; drifted: {columns}")
+    return RetrainDecision(True, reason, ds(date), share, version)
+
+
+def record_retrain_request(spec, lake: Lake, decision: RetrainDecision) -> None:
+    """Remember a drift-triggered retraining (drives the cooldown); idempotent per date."""
+    replace_partition(lake.monitoring(spec.name, RETRAIN_REQUESTS), decision.ds,
+                      pd.DataFrame([{**asdict(decision), "requested_at": pd.Timestamp.now(tz="UTC").tz_localize(None)}]))

@@ -1,0 +1,83 @@
+"""A readable summary of a use case's state: champion history, drift, tables and where to look."""
+from __future__ import annotations
+
+from pipelines.config import settings
+from pipelines.lake import Lake, list_partitions, read_table
+
+
+def champion_history(spec) -> list[dict]:
+    """Every registered version with its trigger, promotion decision and reason, oldest first."""
+    from pipelines import tracking
+
+    c = tracking.client()
+    name = spec.model.registered_name
+    try:
+        versions = c.search_model_versions(f"name = '{name}'")
+        aliases = {a: v for a, v in (c.get_registered_model(name).aliases or {}).items()}
+    except Exception:
+        return []
+    rows = []
+    for mv in sorted(versions, key=lambda v: int(v.version)):
+        tags = mv.tags or {}
+        rows.append({
+            "version": str(mv.version),
+            "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
+            "as_of": tags.get("as_of", ""),
+            "trigger": tags.get("trigger", ""),
+            "trigger_reason": tags.get("trigger_reason", ""),
+            "decision": tags.get("promotion.decision", "not evaluated"),
+            "reason": tags.get("promotion.reason", ""),
+            "run_id": mv.run_id,
+        })
+    return rows
+
+
+def summarize(spec, lake: Lake | None = None) -> str:
+    """The multi-line summary printed at the end of the demo (and by ``mlops summary``)."""
+    from pipelines.monitoring import DRIFT_SUMMARY, PERFORMANCE, RETRAIN_REQUESTS
+
+    cfg = settings()
+    lake = lake or Lake(cfg.lake)
+    name = spec.name
+    lines = [f"== {name}: lifecycle summary =="]
+    lines.append("Model versions (registry '%s'):" % spec.model.registered_name)
+    history = champion_history(spec)
+    if not history:
+        lines.append("  none registered")
+    for row in history:
+        alias = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
+        lines.append(f"  v{row['version']}{alias}: trained as of {row['as_of']} ({row['trigger']}: "
+                     f"{row['trigger_reason'][:90]})")
+        lines.append(f"      {row['decision']}: {row['reason']}")
+    drift = read_table(lake.monitoring(name, DRIFT_SUMMARY))
+    if len(drift):
+        drifted = drift[drift["dataset_drift"].astype(bool)]["ds"].tolist()
+        lines.append(f"Drift: {len(drift)} days monitored; drift over threshold on {len(drifted)} day(s)"
+                     + (f": {drifted[0]} .. {drifted[-1]}" if drifted else ""))
+    requests = list_partitions(lake.monitoring(name, RETRAIN_REQUESTS))
+    lines.append(f"Drift-triggered retraining requests: {', '.join(requests) if requests else 'none'}")
+    perf = read_table(lake.monitoring(name, PERFORMANCE))
+    if len(perf):
+        by_version = perf.groupby("model_version")["roc_auc"].mean().round(3).to_dict()
+        lines.append(f"Live ROC AUC by model version (mean over labelled days): {by_version}")
+    counts = []
+    for source in spec.sources:
+        clean = list_partitions(lake.clean(name, source))
+        quarantined = list_partitions(lake.quarantine(name, source))
+        counts.append(f"{source}: {len(clean)} clean" + (f", {len(quarantined)} quarantined" if quarantined else ""))
+    lines.append("Raw partitions: " + "; ".join(counts))
+    inference = read_table(lake.inference(name), columns=["model_version"])
+    if len(inference):
+        per_version = inference.groupby("model_version").size().to_dict()
+        lines.append(f"Inference table: {len(inference)} rows over {inference['ds'].nunique()} days; "
+                     f"rows by model version {per_version}")
+    lines += [
+        "Where to look:",
+        f"  inference table   {lake.inference(name)}  (Parquet, partitioned by ds)",
+        f"  features          {lake.features(name)}",
+        f"  monitoring tables {lake.root / 'monitoring' / name}  (drift_summary, drift_columns, performance)",
+        f"  quarantine        {lake.root / 'quarantine' / name}",
+        f"  drift reports     {cfg.reports / name / 'drift'}  (Evidently HTML, also in MLflow)",
+        f"  MLflow            {cfg.mlflow_tracking_uri}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""Composition root: one call per lifecycle step, by use-case name and date.
+
+Airflow tasks and the ``mlops`` CLI both call these functions, so a step behaves the same
+whether it runs in a DAG, from a shell or in a test. Each resolves the spec, the settings
+from the environment, the lake and (when needed) a Spark session, then calls the domain
+function of its stage.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import asdict
+from functools import lru_cache
+
+from pipelines.config import settings
+from pipelines.lake import Lake, list_partitions
+from pipelines.spec import UseCaseSpec, discover_specs
+
+log = logging.getLogger(__name__)
+
+
+def _date(value: str | dt.date) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
+
+
+@lru_cache(maxsize=None)
+def _specs(include: str) -> dict[str, UseCaseSpec]:
+    return {s.name: s for s in discover_specs(include)}
+
+
+def spec(use_case: str) -> UseCaseSpec:
+    """The spec of ``use_case`` from the configured include folder."""
+    specs = _specs(str(settings().include))
+    if use_case not in specs:
+        raise KeyError(f"unknown use case {use_case!r}; specs found: {sorted(specs)} in {settings().include}")
+    return specs[use_case]
+
+
+def lake() -> Lake:
+    return Lake(settings().lake)
+
+
+def spark(app: str = "mlops"):
+    from pipelines.spark import get_spark
+
+    return get_spark(settings(), app)
+
+
+def simulate(use_case: str, **overrides) -> dict[str, int]:
+    """Generate the use case's simulated raw history into the lake's landing zone."""
+    from pipelines.simulate import config_from_spec, simulate_to_lake
+
+    s = spec(use_case)
+    return simulate_to_lake(s, lake(), config_from_spec(s, **overrides))
+
+
+def validate(use_case: str, date: str | dt.date, attempt: str | None = None) -> dict[str, int]:
+    from pipelines.validation import validate_day
+
+    return validate_day(spec(use_case), lake(), _date(date), attempt)
+
+
+def build_features(use_case: str, date: str | dt.date) -> int:
+    from pipelines.features import build_features as build
+
+    return build(spark(f"{use_case}-features"), spec(use_case), lake(), _date(date))
+
+
+def resolve_champion(use_case: str) -> dict | None:
+    """The champion as a concrete version (XCom-ready), or None before the first promotion."""
+    from pipelines import tracking
+
+    ref = tracking.resolve_alias(spec(use_case).model.registered_name, tracking.CHAMPION)
+    return ref.as_xcom() if ref else None
+
+
+def score(use_case: str, date: str | dt.date, champion: dict, run_id: str) -> int:
+    from pipelines.scoring import score_partition
+
+    return score_partition(spark(f"{use_case}-scoring"), spec(use_case), lake(), _date(date), champion, run_id)
+
+
+def monitor_drift(use_case: str, date: str | dt.date, champion: dict) -> dict:
+    from pipelines.monitoring import monitor_drift as monitor
+
+    return monitor(spec(use_case), lake(), settings().reports, _date(date), champion)
+
+
+def live_performance(use_case: str, date: str | dt.date) -> list[dict]:
+    from pipelines.monitoring import live_performance as perf
+
+    return perf(spec(use_case), lake(), _date(date))
+
+
+def retrain_decision(use_case: str, date: str | dt.date) -> dict | None:
+    """The retrain decision for ``date``, or None while its drift result is not there yet."""
+    from pipelines.monitoring import DRIFT_SUMMARY, retrain_decision as decide
+
+    if _date(date).isoformat() not in list_partitions(lake().monitoring(use_case, DRIFT_SUMMARY)):
+        return None
+    return asdict(decide(spec(use_case), lake(), _date(date)))
+
+
+def resolve_as_of(use_case: str, requested: str | None, scheduled_for: dt.date | None) -> dt.date:
+    """Training cut-off: the requested date, else the schedule's date, else the day after the
+    newest landed label partition; never later than the day after the newest label partition."""
+    s = spec(use_case)
+    landed = list_partitions(lake().clean(use_case, s.label.source))
+    if not landed:
+        raise FileNotFoundError(f"{use_case}: no clean {s.label.source} partitions yet; run the daily DAG first")
+    latest = _date(landed[-1]) + dt.timedelta(days=1)
+    wanted = _date(requested) if requested else (scheduled_for or latest)
+    if wanted > latest:
+        log.info("%s: as-of %s is past the newest labels; using %s", use_case, wanted, latest)
+    return min(wanted, latest)
+
+
+def request_retraining(use_case: str, decision: dict) -> dict:
+    """Record a drift-triggered retrain request; returns the training run's conf and run id."""
+    from pipelines.monitoring import RetrainDecision, record_retrain_request as record
+
+    record(spec(use_case), lake(), RetrainDecision(**decision))
+    as_of = _date(decision["ds"]) + dt.timedelta(days=1)   # the drift day's labels have landed
+    return {"reason": decision["reason"], "trigger": "drift", "as_of": as_of.isoformat(),
+            "run_id": f"drift__{decision['ds']}"}
+
+
+def train(use_case: str, as_of: str | dt.date, reason: str, trigger: str, run_id: str | None = None) -> dict:
+    from pipelines.training import train_challenger
+
+    return train_challenger(spark(f"{use_case}-training"), spec(use_case), lake(), _date(as_of),
+                            reason=reason, trigger=trigger, airflow_run_id=run_id)
+
+
+def promote(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:
+    from pipelines.evaluation import promote_if_better
+
+    return promote_if_better(spark(f"{use_case}-evaluation"), spec(use_case), lake(), challenger, _date(as_of))

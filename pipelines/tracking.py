@@ -1,0 +1,189 @@
+"""MLflow access in one place: tracking URI, experiments, model logging, registry aliases.
+
+The registry is the source of truth for which model serves: the alias ``champion`` points
+at the serving version, ``challenger`` at the newest candidate. Scoring resolves the alias
+to a concrete version once per run, so every row it writes names the version it used.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.config import Settings, settings as current_settings
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+REFERENCE_ARTIFACT = "reference/features.parquet"
+
+
+def configure(settings: Settings | None = None) -> str:
+    """Point MLflow at the configured tracking/registry URI; returns it."""
+    import mlflow
+
+    settings = settings or current_settings()
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def client():
+    from mlflow import MlflowClient
+
+    configure()
+    return MlflowClient()
+
+
+def ensure_experiment(name: str) -> str:
+    """Id of experiment ``name``, created with an artifact root under the configured store."""
+    import mlflow
+
+    configure()
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    cfg = current_settings()
+    location = None
+    if not cfg.mlflow_tracking_uri.startswith(("http://", "https://", "databricks")):
+        # embedded store: artifacts under the configured local (or object-store) root
+        artifacts = cfg.mlflow_artifacts
+        if "://" not in artifacts:
+            Path(artifacts).mkdir(parents=True, exist_ok=True)
+            location = Path(artifacts, name).resolve().as_uri()
+        else:
+            location = f"{artifacts.rstrip('/')}/{name}"
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another task
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def log_classifier_plots(y_true, scores, threshold: float) -> None:
+    """ROC curve, precision-recall curve and confusion matrix as figures of the active run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+    if len(set(y_true)) < 2:
+        log.warning("holdout has a single class: no ROC or PR curve")
+    else:
+        for name, display in (("roc_curve.png", RocCurveDisplay), ("precision_recall.png", PrecisionRecallDisplay)):
+            fig, ax = plt.subplots(figsize=(5, 4))
+            display.from_predictions(y_true, scores, ax=ax)
+            mlflow.log_figure(fig, f"plots/{name}")
+            plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ConfusionMatrixDisplay.from_predictions(y_true, (scores >= threshold).astype(int), ax=ax, colorbar=False)
+    ax.set_title(f"threshold {threshold}")
+    mlflow.log_figure(fig, "plots/confusion_matrix.png")
+    plt.close(fig)
+
+
+def log_reference_sample(frame) -> None:
+    """Keep a sample of the training features with the run: the drift reference of this model."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "features.parquet")
+        frame.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=os.path.dirname(REFERENCE_ARTIFACT))
+
+
+def load_reference_sample(run_id: str):
+    """The drift reference saved by :func:`log_reference_sample` for a training run."""
+    import mlflow
+    import pandas as pd
+
+    configure()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp)
+        return pd.read_parquet(local)
+
+
+def log_sklearn_model(model, input_example, output_example):
+    """Log a fitted scikit-learn pipeline with signature, input example and pinned requirements."""
+    import mlflow
+    import numpy
+    import pandas
+    import sklearn
+    import skops.io
+    from mlflow.models import infer_signature
+
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))  # types of the model we just fitted
+    requirements = [f"mlflow=={mlflow.__version__}", f"scikit-learn=={sklearn.__version__}",
+                    f"pandas=={pandas.__version__}", f"numpy=={numpy.__version__}", f"skops=={skops.__version__}"]
+    return mlflow.sklearn.log_model(
+        model, name="model", signature=infer_signature(input_example, output_example),
+        input_example=input_example, pip_requirements=requirements, skops_trusted_types=trusted,
+        pyfunc_predict_fn="predict_proba",
+    )
+
+
+def register_challenger(name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
+    """Register ``model_uri`` as a new version of ``name``, tag it and point ``challenger`` at it."""
+    import mlflow
+
+    configure()
+    version = mlflow.register_model(model_uri, name, tags=tags, await_registration_for=60).version
+    c = client()
+    c.set_registered_model_alias(name, CHALLENGER, version)
+    return str(version)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A concrete registered model version (what an alias resolved to at one moment)."""
+
+    name: str
+    version: str
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def as_xcom(self) -> dict:
+        return {"name": self.name, "version": self.version, "run_id": self.run_id, "model_uri": self.uri}
+
+    @classmethod
+    def from_xcom(cls, value: dict) -> "ModelRef":
+        return cls(name=value["name"], version=str(value["version"]), run_id=value["run_id"])
+
+
+def resolve_alias(name: str, alias: str = CHAMPION) -> ModelRef | None:
+    """The version an alias points at now, or None if the model or alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client().get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
+            return None
+        raise
+    return ModelRef(name=name, version=str(mv.version), run_id=mv.run_id)
+
+
+def model_version(name: str, version: str) -> ModelRef:
+    mv = client().get_model_version(name, str(version))
+    return ModelRef(name=name, version=str(mv.version), run_id=mv.run_id)
+
+
+def load_model(ref: ModelRef):
+    """The scikit-learn model of a registered version."""
+    import mlflow
+
+    configure()
+    return mlflow.sklearn.load_model(ref.uri)

@@ -1,0 +1,219 @@
+"""Train a challenger: build a point-in-time training set, fit the spec's model, track and register it.
+
+The training set for a run "as of" date T joins every label known before T (its label
+partition landed before T) to the features of the entity *as of the label's date*, so
+the model sees what it would have seen then. The most recent ``holdout_days`` label dates
+are held out for champion/challenger evaluation; the ``window_days`` before them are fitted.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipelines.features import feature_columns
+from pipelines.lake import Lake, ds
+from pipelines.spark import table_exists
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelWindow:
+    """Label dates used for fitting and for the holdout, for a training run as of a date."""
+
+    as_of: dt.date
+    fit_start: dt.date
+    fit_end: dt.date        # inclusive
+    holdout_start: dt.date
+    holdout_end: dt.date    # inclusive
+
+    def describe(self) -> str:
+        return (f"fit on label dates {self.fit_start}..{self.fit_end}, "
+                f"holdout {self.holdout_start}..{self.holdout_end} (as of {self.as_of})")
+
+
+def label_window(spec, as_of: dt.date) -> LabelWindow:
+    """Which label dates a run as of ``as_of`` may use (labels must have landed before it)."""
+    horizon = spec.label.horizon_days
+    last = as_of - dt.timedelta(days=horizon + 1)   # label partition ds = label_date + horizon < as_of
+    holdout_start = last - dt.timedelta(days=spec.training.holdout_days - 1)
+    fit_end = holdout_start - dt.timedelta(days=1)
+    fit_start = max(fit_end - dt.timedelta(days=spec.training.window_days - 1), spec.start)
+    if fit_end < fit_start:
+        raise ValueError(f"{spec.name}: as of {as_of} there are no labelled dates to fit on "
+                         f"(labels arrive {horizon} days late; data starts {spec.start})")
+    return LabelWindow(as_of, fit_start, fit_end, holdout_start, last)
+
+
+def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_of: dt.date,
+                      max_rows: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Labels with ``start <= label_date <= end`` that landed before ``as_of``, joined to
+    the features of their label date. Sorted by label date; sampled down to ``max_rows``."""
+    from pyspark.sql import functions as F
+
+    label = spec.label
+    labels_path, features_path = lake.clean(spec.name, label.source), lake.features(spec.name)
+    for path in (labels_path, features_path):
+        if not table_exists(path):
+            raise FileNotFoundError(f"{spec.name}: no data at {path}; run the daily pipeline first")
+    labels = (spark.read.parquet(str(labels_path))
+              .where(F.col("ds") < ds(as_of))
+              .where((F.col(label.date_column) >= F.lit(start)) & (F.col(label.date_column) <= F.lit(end)))
+              .select(spec.entity, F.date_format(label.date_column, "yyyy-MM-dd").alias("ds"),
+                      F.col(label.target).cast("int").alias(label.target)))
+    features = (spark.read.parquet(str(features_path))
+                .where((F.col("ds") >= ds(start)) & (F.col("ds") <= ds(end))))
+    joined = labels.join(features, [spec.entity, "ds"], "inner")
+    if max_rows:
+        total = joined.count()
+        if total > max_rows:
+            joined = joined.sample(fraction=max_rows / total, seed=seed)
+    frame = joined.toPandas()
+    if frame.empty:
+        raise ValueError(f"{spec.name}: no labelled feature rows for label dates {start}..{end}")
+    missing = sorted(set(pd.date_range(start, end).strftime("%Y-%m-%d")) - set(frame["ds"]))
+    if missing:
+        log.warning("%s: %d label date(s) without labelled features (skipped): %s", spec.name, len(missing), missing)
+    return frame.sort_values(["ds", spec.entity], kind="stable").reset_index(drop=True)
+
+
+def make_estimator(spec):
+    """The spec's estimator class with its fixed params (dotted import path)."""
+    module_name, _, class_name = spec.model.estimator.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"{spec.name}: model.estimator {spec.model.estimator!r} cannot be imported") from None
+    return cls(**spec.model.params)
+
+
+def make_pipeline(spec):
+    """Preprocessing (impute, one-hot) plus the estimator, as one scikit-learn pipeline."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    cols = feature_columns(spec)
+    pre = ColumnTransformer([
+        ("numeric", SimpleImputer(strategy="median", keep_empty_features=True), cols.numeric),
+        ("categorical", Pipeline([
+            ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
+            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+        ]), cols.categorical),
+    ])
+    return Pipeline([("features", pre), ("model", make_estimator(spec))])
+
+
+def recency_weights(dates: pd.Series, half_life_days: float | None) -> np.ndarray:
+    """Sample weights that halve every ``half_life_days`` back from the newest date."""
+    if not half_life_days:
+        return np.ones(len(dates))
+    d = pd.to_datetime(dates)
+    age = (d.max() - d).dt.days.to_numpy()
+    return np.power(0.5, age / half_life_days)
+
+
+def fit_model(spec, frame: pd.DataFrame):
+    """Grid-search the spec's search space with time-ordered folds; returns (best pipeline, cv results)."""
+    from sklearn.model_selection import GridSearchCV, TimeSeriesSplit
+
+    target = spec.label.target
+    y = frame[target].to_numpy()
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"{spec.name}: the training labels have a single class ({np.unique(y)}); cannot fit")
+    X = frame[feature_columns(spec).all]
+    weights = recency_weights(frame["ds"], spec.training.recency_half_life_days)
+    grid = {f"model__{k}": v for k, v in spec.model.search_space.items()} or {}
+    search = GridSearchCV(make_pipeline(spec), grid or [{}], scoring="roc_auc",
+                          cv=TimeSeriesSplit(n_splits=spec.model.cv_folds), n_jobs=1, refit=True)
+    search.fit(X, y, model__sample_weight=weights)
+    log.info("%s: best params %s (cv roc_auc %.4f)", spec.name, search.best_params_, search.best_score_)
+    return search.best_estimator_, search
+
+
+def classification_metrics(y_true, scores, threshold: float) -> dict[str, float]:
+    """Holdout metrics; undefined ones (single-class holdout) are NaN, never a pass."""
+    from sklearn.metrics import (average_precision_score, brier_score_loss, f1_score, precision_score,
+                                 recall_score, roc_auc_score)
+
+    y_true = np.asarray(y_true)
+    scores = np.asarray(scores, dtype=float)
+    pred = (scores >= threshold).astype(int)
+    two_classes = len(np.unique(y_true)) == 2
+    return {
+        "roc_auc": float(roc_auc_score(y_true, scores)) if two_classes else float("nan"),
+        "average_precision": float(average_precision_score(y_true, scores)) if two_classes else float("nan"),
+        "brier": float(brier_score_loss(y_true, scores)) if len(y_true) else float("nan"),
+        "precision": float(precision_score(y_true, pred, zero_division=0)),
+        "recall": float(recall_score(y_true, pred, zero_division=0)),
+        "f1": float(f1_score(y_true, pred, zero_division=0)),
+        "positive_rate": float(y_true.mean()) if len(y_true) else float("nan"),
+        "rows": float(len(y_true)),
+    }
+
+
+def frame_digest(frame: pd.DataFrame) -> str:
+    """A content hash identifying a training set (order-independent within the frame's order)."""
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+
+
+def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "scheduled",
+                     trigger: str = "schedule", airflow_run_id: str | None = None) -> dict:
+    """Fit, log, register and alias a challenger; returns its URI, version and holdout metrics."""
+    import mlflow
+
+    from pipelines import tracking
+
+    window = label_window(spec, as_of)
+    log.info("%s: training challenger, %s", spec.name, window.describe())
+    train = labelled_features(spark, spec, lake, window.fit_start, window.fit_end, as_of,
+                              max_rows=spec.training.max_rows, seed=int(as_of.strftime("%Y%m%d")))
+    holdout = labelled_features(spark, spec, lake, window.holdout_start, window.holdout_end, as_of)
+    cols = feature_columns(spec)
+    target = spec.label.target
+    model, search = fit_model(spec, train)
+    holdout_scores = model.predict_proba(holdout[cols.all])[:, 1]
+    threshold = spec.model.threshold
+    metrics = classification_metrics(holdout[target], holdout_scores, threshold)
+    log.info("%s: challenger holdout metrics %s", spec.name, {k: round(v, 4) for k, v in metrics.items()})
+
+    experiment = tracking.ensure_experiment(f"{spec.name}-training")
+    with mlflow.start_run(experiment_id=experiment, run_name=f"train-{as_of}") as run:
+        mlflow.set_tags({
+            "use_case": spec.name, "as_of": str(as_of), "trigger": trigger, "trigger_reason": reason,
+            "airflow_run_id": airflow_run_id or "", "training_data_digest": frame_digest(train[[spec.entity, "ds", target] + cols.all]),
+        })
+        mlflow.log_params({
+            "estimator": spec.model.estimator, **{f"best.{k}": v for k, v in search.best_params_.items()},
+            "fit_label_dates": f"{window.fit_start}..{window.fit_end}",
+            "holdout_label_dates": f"{window.holdout_start}..{window.holdout_end}",
+            "train_rows": len(train), "holdout_rows": len(holdout), "threshold": threshold,
+            "features": ",".join(cols.all), "recency_half_life_days": spec.training.recency_half_life_days,
+        })
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)}
+                           | {"cv_roc_auc": float(search.best_score_),
+                              "train_positive_rate": float(train[target].mean())})
+        mlflow.log_input(mlflow.data.from_pandas(train, source=str(lake.features(spec.name)),
+                                                 name=f"{spec.name}-train-{window.fit_start}-{window.fit_end}",
+                                                 targets=target), context="training")
+        tracking.log_classifier_plots(holdout[target].to_numpy(), holdout_scores, threshold)
+        reference = train[cols.all].sample(n=min(spec.training.reference_rows, len(train)), random_state=0)
+        tracking.log_reference_sample(reference)
+        info = tracking.log_sklearn_model(model, train[cols.all].head(5), holdout_scores[:5])
+        version = tracking.register_challenger(spec.model.registered_name, info.model_uri, run.info.run_id, {
+            "as_of": str(as_of), "trigger": trigger, "trigger_reason": reason,
+            f"holdout_{spec.promotion.metric}": f"{metrics.get(spec.promotion.metric, float('nan')):.4f}",
+        })
+    uri = f"models:/{spec.model.registered_name}/{version}"
+    log.info("%s: registered %s (run %s) with alias challenger", spec.name, uri, run.info.run_id)
+    return {"model_uri": uri, "version": str(version), "name": spec.model.registered_name,
+            "run_id": run.info.run_id, "as_of": str(as_of),
+            "metrics": {k: (None if not np.isfinite(v) else v) for k, v in metrics.items()}}

@@ -1,0 +1,1 @@
+"""Airflow extensions of the MLOps lifecycle: shared DAG settings, the drift sensor, the retrain trigger."""

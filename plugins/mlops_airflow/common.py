@@ -1,0 +1,53 @@
+"""What every lifecycle DAG shares: default args, the use cases to generate DAGs for, asset names.
+
+Cheap to import: reads the use-case specs (YAML) and environment only; nothing heavy.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from airflow.sdk import Asset
+
+from pipelines.config import settings
+from pipelines.spec import UseCaseSpec, discover_specs
+
+DEFAULT_ARGS = {
+    "owner": "mlops",
+    "retries": 2,
+    "retry_delay": dt.timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+}
+
+
+def use_cases() -> list[UseCaseSpec]:
+    """Every spec under the configured include folder; one set of DAGs is generated per spec."""
+    return discover_specs(settings().include)
+
+
+def schedule_window(spec: UseCaseSpec) -> dict:
+    """start_date and (optional, from MLOPS_SCHEDULE_END) end_date of a use case's scheduled DAGs."""
+    window = {"start_date": dt.datetime.combine(spec.start, dt.time(), tzinfo=dt.timezone.utc)}
+    end = settings().schedule_end
+    if end:
+        window["end_date"] = dt.datetime.combine(dt.date.fromisoformat(end), dt.time(23, 59), tzinfo=dt.timezone.utc)
+    return window
+
+
+@dataclass(frozen=True)
+class LifecycleAssets:
+    """The data products a use case's DAGs produce and consume."""
+
+    clean: Asset
+    features: Asset
+    inference: Asset
+    drift: Asset
+    champion: Asset
+
+
+def lifecycle_assets(use_case: str) -> LifecycleAssets:
+    def asset(kind: str) -> Asset:
+        return Asset(name=f"{use_case}_{kind}", uri=f"mlops://{use_case}/{kind}", group="mlops")
+
+    return LifecycleAssets(asset("clean"), asset("features"), asset("inference"), asset("drift_summary"),
+                           asset("champion"))

@@ -1,0 +1,316 @@
+"""Start and stop the embedded stack on loopback: Spark Connect, MLflow server, Airflow services.
+
+Everything lives under ``$MLOPS_HOME`` (default ``<project>/.state``): the Airflow home on
+SQLite, the MLflow SQLite store and artifacts, the lake, logs (``logs/<service>.log``) and
+pid files (``run/<service>.pid``). Each service runs in its own process group and is
+stopped by that group's id, so no child is left behind.
+
+    python -m scripts.stack up       # start (idempotent), wait until healthy
+    python -m scripts.stack down     # stop everything this home started
+    python -m scripts.stack status
+    python -m scripts.stack env      # the environment, as shell exports
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+class StackError(RuntimeError):
+    """A service failed to start or to become healthy; the message names its log."""
+
+
+class Stack:
+    """The embedded deployment: one folder of state, one set of loopback ports."""
+
+    def __init__(self, home: Path | None = None, airflow_port: int | None = None, mlflow_port: int | None = None,
+                 spark_port: int | None = None):
+        env = os.environ
+        self.home = Path(home or env.get("MLOPS_HOME") or ROOT / ".state").resolve()
+        self.airflow_port = int(airflow_port or env.get("MLOPS_AIRFLOW_PORT", 8080))
+        self.mlflow_port = int(mlflow_port or env.get("MLOPS_MLFLOW_PORT", 5000))
+        self.spark_port = int(spark_port or env.get("MLOPS_SPARK_CONNECT_PORT", 15002))
+        self.run_dir = self.home / "run"
+        self.log_dir = self.home / "logs"
+
+    # ----------------------------------------------------------------- configuration
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.airflow_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    def _secret(self) -> str:
+        path = self.airflow_home / "stack-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    @property
+    def env_file(self) -> Path:
+        """KEY=VALUE defaults saved with the state (the demo records its schedule window here)."""
+        return self.home / "stack.env"
+
+    def save_defaults(self, values: dict[str, str]) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
+
+    def env(self) -> dict[str, str]:
+        """Environment shared by every service and task (a superset of os.environ)."""
+        secret = self._secret()
+        env = {}
+        if self.env_file.exists():
+            for line in self.env_file.read_text().splitlines():
+                key, sep, value = line.partition("=")
+                if sep and key.strip() and not key.startswith("#"):
+                    env[key.strip()] = value.strip()
+        env.update(os.environ)
+        env.update({
+            "MLOPS_HOME": str(self.home),
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "SPARK_REMOTE": f"sc://127.0.0.1:{self.spark_port}",
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": env_default("AIRFLOW__CORE__PARALLELISM", "4"),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": env_default(
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{self.airflow_home / 'airflow.db'}"),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.airflow_port),
+            "AIRFLOW__API__BASE_URL": self.airflow_url,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__SECRET_KEY": secret,
+            "AIRFLOW__API_AUTH__JWT_SECRET": secret,
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "20",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "PYSPARK_PYTHON": sys.executable,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH")])),
+        })
+        return env
+
+    # ----------------------------------------------------------------- processes
+    def _services(self) -> dict[str, list[str]]:
+        spark_home = Path(__import__("pyspark").__file__).parent
+        mlflow_dir = self.home / "mlflow"
+        return {
+            "spark-connect": [
+                str(spark_home / "bin" / "spark-submit"),
+                "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
+                "--name", "mlops-spark-connect",
+                "--master", os.environ.get("MLOPS_SPARK_MASTER", "local[2]"),
+                "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+                "--conf", f"spark.connect.grpc.binding.port={self.spark_port}",
+                "--conf", "spark.sql.shuffle.partitions=4",
+                "--conf", "spark.ui.enabled=false",
+                "--conf", f"spark.driver.memory={os.environ.get('MLOPS_SPARK_DRIVER_MEMORY', '2g')}",
+                "--conf", f"spark.pyspark.python={sys.executable}",
+            ],
+            "mlflow": [
+                str(BIN / "mlflow"), "server",
+                "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                "--artifacts-destination", str(mlflow_dir / "artifacts"),
+                "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
+            ],
+            "airflow-api-server": [str(BIN / "airflow"), "api-server", "--port", str(self.airflow_port)],
+            "airflow-scheduler": [str(BIN / "airflow"), "scheduler"],
+            "airflow-dag-processor": [str(BIN / "airflow"), "dag-processor"],
+        }
+
+    def _pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def pid(self, name: str) -> int | None:
+        path = self._pid_file(name)
+        if not path.exists():
+            return None
+        pid = int(path.read_text().strip())
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            return None
+        return pid
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        if self.pid(name):
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=self.home, start_new_session=True)
+        self._pid_file(name).write_text(str(proc.pid))
+
+    def migrate(self, env: dict[str, str]) -> None:
+        """Create or upgrade the Airflow metadata database."""
+        self.airflow_home.mkdir(parents=True, exist_ok=True)
+        out = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise StackError(f"airflow db migrate failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+
+    def up(self, timeout: float = 240.0) -> "Stack":
+        """Start every service that is not running yet and wait until all are healthy."""
+        started = time.monotonic()
+        env = self.env()
+        (self.home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+        services = self._services()
+        self._start("spark-connect", services["spark-connect"], env)
+        self._start("mlflow", services["mlflow"], env)
+        if not self.pid("airflow-api-server"):
+            self.migrate(env)
+        for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor"):
+            self._start(name, services[name], env)
+        self.wait_healthy(timeout)
+        print(f"stack up in {time.monotonic() - started:.1f}s: Airflow {self.airflow_url}, "
+              f"MLflow {self.mlflow_url}, Spark Connect sc://127.0.0.1:{self.spark_port}", flush=True)
+        return self
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        checks = {
+            "spark-connect": lambda: _port_open(self.spark_port),
+            "mlflow": lambda: _http_ok(f"{self.mlflow_url}/health"),
+            "airflow-api-server": lambda: _airflow_healthy(self.airflow_url),
+        }
+        pending = dict(checks)
+        while pending:
+            for name, check in list(pending.items()):
+                if check():
+                    pending.pop(name)
+                elif not self.pid(name):
+                    raise StackError(f"{name} exited; see {self.log_dir / (name + '.log')}:\n{self.tail(name)}")
+            for name in ("airflow-scheduler", "airflow-dag-processor"):
+                if not self.pid(name):
+                    raise StackError(f"{name} exited; see {self.log_dir / (name + '.log')}:\n{self.tail(name)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"not healthy after {timeout:.0f}s: {sorted(pending)}; logs in {self.log_dir}")
+            time.sleep(1)
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def down(self, grace: float = 20.0) -> None:
+        """Stop every service of this home by process group: SIGTERM, then SIGKILL."""
+        names = list(self._services()) if self.run_dir.exists() else []
+        running = {n: p for n in names if (p := self.pid(n))}
+        for pid in running.values():
+            _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while running and time.monotonic() < deadline:
+            running = {n: p for n, p in running.items() if _group_alive(p)}
+            time.sleep(0.5)
+        for pid in running.values():
+            _signal_group(pid, signal.SIGKILL)
+        for name in names:
+            self._pid_file(name).unlink(missing_ok=True)
+
+    def status(self) -> dict[str, int | None]:
+        return {name: self.pid(name) for name in self._services()}
+
+    def admin_password(self) -> str:
+        """Password of the generated ``admin`` user of Airflow's simple auth manager."""
+        path = self.airflow_home / "simple_auth_manager_passwords.json.generated"
+        deadline = time.monotonic() + 30
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return json.loads(path.read_text())["admin"]
+
+
+def env_default(key: str, default: str) -> str:
+    return os.environ.get(key) or default
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except Exception:
+        return False
+
+
+def _airflow_healthy(base: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=2) as resp:
+            health = json.load(resp)
+    except Exception:
+        return False
+    parts = ("metadatabase", "scheduler", "dag_processor")
+    return all((health.get(p) or {}).get("status") == "healthy" for p in parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    args = parser.parse_args(argv)
+    stack = Stack()
+    if args.command == "up":
+        stack.up()
+        print(f"Airflow UI: {stack.airflow_url} (user admin, password {stack.admin_password()})")
+        print(f"MLflow UI:  {stack.mlflow_url}")
+    elif args.command == "down":
+        stack.down()
+        print("stack stopped")
+    elif args.command == "status":
+        for name, pid in stack.status().items():
+            print(f"{name:24s} {'running (pid %d)' % pid if pid else 'stopped'}")
+    else:
+        for key, value in sorted(stack.env().items()):
+            if key.startswith(("AIRFLOW", "MLOPS", "MLFLOW", "SPARK", "PYSPARK")):
+                print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
