@@ -41,21 +41,21 @@ def run_backfill(client: AirflowClient, dag_id: str, start: dt.date, end: dt.dat
                  max_active_runs: int = 2, timeout: float = 3600) -> list[dict]:
     """Backfill ``dag_id`` over [start, end], wait until it and ``watch`` are idle; returns its runs."""
     started = time.monotonic()
-    client.backfill(dag_id, start.isoformat(), end.isoformat(), max_active_runs=max_active_runs)
-    last_report = 0.0
+    backfill = client.backfill(dag_id, start.isoformat(), end.isoformat(), max_active_runs=max_active_runs)
     wanted = {(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)}
-    while True:
-        runs = [r for r in client.runs(dag_id) if (r.get("logical_date") or "")[:10] in wanted]
-        done = [r for r in runs if r["state"] in ("success", "failed")]
+    last_report = time.monotonic()
+    while not client.get(f"/backfills/{backfill['id']}").get("completed_at"):
         if time.monotonic() - last_report > 30:
-            say(f"  {dag_id}: {len(done)}/{len(wanted)} days done ({time.monotonic() - started:.0f}s)")
+            runs = [r for r in client.runs(dag_id) if (r.get("logical_date") or "")[:10] in wanted]
+            done = sum(r["state"] in ("success", "failed") for r in runs)
+            say(f"  {dag_id}: {done}/{len(wanted)} days done ({time.monotonic() - started:.0f}s)")
             last_report = time.monotonic()
-        if len(done) == len(wanted):
-            break
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"backfill of {dag_id} not done after {timeout}s")
         time.sleep(3)
     client.wait_idle(watch, timeout=timeout)
+    runs = [r for r in client.runs(dag_id) if (r.get("logical_date") or "")[:10] in wanted]
+    done = [r for r in runs if r["state"] in ("success", "failed")]
     failed = [r["dag_run_id"] for r in runs if r["state"] == "failed"]
     say(f"  {dag_id} {start}..{end}: {len(done) - len(failed)} succeeded, {len(failed)} failed "
         f"in {time.monotonic() - started:.0f}s" + (f": {failed}" if failed else ""))

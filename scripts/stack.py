@@ -110,6 +110,7 @@ class Stack:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "PYSPARK_PYTHON": sys.executable,
+            "SPARK_LOCAL_IP": "127.0.0.1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH")])),
         })
         return env
@@ -180,7 +181,8 @@ class Stack:
         env = self.env()
         (self.home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
         services = self._services()
-        self._start("spark-connect", services["spark-connect"], env)
+        server_env = {k: v for k, v in env.items() if k != "SPARK_REMOTE"}  # the server is not a client
+        self._start("spark-connect", services["spark-connect"], server_env)
         self._start("mlflow", services["mlflow"], env)
         if not self.pid("airflow-api-server"):
             self.migrate(env)

@@ -1,0 +1,90 @@
+"""Batch scoring throughput: our scorer (mapInPandas, model shipped once in the closure)
+against mlflow.pyfunc.spark_udf(env_manager="local"), same model, same data, same session.
+
+    .venv/bin/python -m bench.bench_scoring [--rows 1000000] [--repeats 3]
+
+Prints rows/s for each and the ratio ours / spark_udf. Timings only; no pass/fail.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from pipelines.config import Settings
+    from pipelines.features import feature_columns
+    from pipelines.scoring import inference_schema, make_scorer
+    from pipelines.spark import get_spark
+    from pipelines.spec import load_spec
+    from pipelines.training import make_pipeline
+
+    spec = load_spec(os.path.join(os.path.dirname(__file__), "..", "include", "churn"))
+    cols = feature_columns(spec)
+    rng = np.random.default_rng(0)
+
+    def frame(n):
+        data = {c: rng.gamma(2.0, 10.0, n) for c in cols.numeric}
+        data.update({c: rng.choice(["a", "b", "c"], n) for c in cols.categorical})
+        return pd.DataFrame(data)
+
+    train = frame(20_000)
+    y = (train[cols.numeric[0]] + rng.normal(0, 5, len(train)) > 25).astype(int)
+    model = make_pipeline(spec).fit(train, y)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(model, name="model", input_example=train.head(3),
+                                            pyfunc_predict_fn="predict_proba",
+                                            pip_requirements=["scikit-learn"], serialization_format="cloudpickle")
+        spark = get_spark(Settings.from_env({**os.environ, "MLOPS_HOME": tmp}), "bench-scoring")
+        data = frame(args.rows).assign(customer_id=[f"C{i}" for i in range(args.rows)], ds="2026-01-01")
+        path = f"{tmp}/features"
+        spark.createDataFrame(data).repartition(4).write.parquet(path)
+        features = spark.read.parquet(path).cache()
+        features.count()
+
+        constants = {"entity": "customer_id", "model_name": "m", "model_version": "1", "model_run_id": "r",
+                     "run_id": "bench", "scored_at": pd.Timestamp("2026-01-01")}
+
+        def ours():
+            out = features.mapInPandas(make_scorer(model, cols.all, 0.5, constants), schema=inference_schema("customer_id"))
+            out.write.mode("overwrite").format("noop").save()
+
+        udf = mlflow.pyfunc.spark_udf(spark, info.model_uri, env_manager="local", result_type="array<double>")
+
+        def peer():
+            out = features.withColumn("score", udf(*[F.col(c) for c in cols.all])[1])
+            out.write.mode("overwrite").format("noop").save()
+
+        results = {}
+        for name, fn in (("ours (mapInPandas)", ours), ("mlflow spark_udf", peer)):
+            fn()  # warm-up: Python workers, broadcast
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            results[name] = args.rows / statistics.median(times)
+            print(f"{name:22s} {results[name]:>12,.0f} rows/s (median of {args.repeats}, {args.rows:,} rows)")
+        ratio = results["ours (mapInPandas)"] / results["mlflow spark_udf"]
+        print(f"ratio ours / spark_udf: {ratio:.2f}x")
+        spark.stop()
+
+
+if __name__ == "__main__":
+    main()

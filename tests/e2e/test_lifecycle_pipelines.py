@@ -1,0 +1,135 @@
+"""The lifecycle on small data with real Spark, MLflow (SQLite), Great Expectations and Evidently,
+called the way the DAG tasks call it (pipelines.runtime), without Airflow."""
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from pipelines import runtime, tracking
+from pipelines.lake import list_partitions, read_partition, read_table, replace_partition
+from pipelines.validation import DataValidationError
+
+pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+UC = "churn_small"
+BROKEN = dt.date(2026, 1, 12)
+
+
+def _all_days(spec):
+    start = dt.date.fromisoformat(spec.simulation.history_start)
+    return [start + dt.timedelta(days=i) for i in range(spec.simulation.days)]
+
+
+@pytest.fixture(scope="module")
+def played(state_home, small_spec, spark):
+    """Simulate, break one day, then run the daily steps and the first training like the DAGs do."""
+    runtime.simulate(UC)
+    lake = runtime.lake()
+    tx = read_partition(lake.raw(UC, "transactions"), BROKEN)
+    tx.loc[tx.index[0], "channel"] = "carrier-pigeon"
+    replace_partition(lake.raw(UC, "transactions"), BROKEN, tx)
+    first_training = dt.date.fromisoformat(small_spec.simulation.first_training)
+    failures = {}
+    for day in _all_days(small_spec):
+        try:
+            runtime.validate(UC, day)
+        except DataValidationError as exc:
+            failures[day] = str(exc)
+            continue
+        runtime.build_features(UC, day)
+    challenger = runtime.train(UC, first_training, "first model", "manual")
+    decision = runtime.promote(UC, challenger, first_training)
+    champion = runtime.resolve_champion(UC)
+    scored = {}
+    for day in _all_days(small_spec):
+        if day >= first_training and day not in failures:
+            scored[day] = runtime.score(UC, day, champion, f"run-{day}")
+            runtime.monitor_drift(UC, day, champion)
+            runtime.live_performance(UC, day)
+    return {"failures": failures, "challenger": challenger, "decision": decision, "champion": champion,
+            "scored": scored, "first_training": first_training}
+
+
+def test_broken_day_is_stopped_and_quarantined(played, small_spec):
+    lake = runtime.lake()
+    assert list(played["failures"]) == [BROKEN]
+    message = played["failures"][BROKEN]
+    assert "column 'channel'" in message and "expect_column_values_to_be_in_set" in message
+    assert "carrier-pigeon" in message
+    assert BROKEN.isoformat() not in list_partitions(lake.clean(UC, "transactions"))
+    assert BROKEN.isoformat() in list_partitions(lake.quarantine(UC, "transactions"))
+    assert BROKEN.isoformat() not in list_partitions(lake.features(UC))
+    neighbours = {(BROKEN - dt.timedelta(days=1)).isoformat(), (BROKEN + dt.timedelta(days=1)).isoformat()}
+    assert neighbours <= set(list_partitions(lake.features(UC)))
+
+
+def test_first_model_is_registered_tracked_and_promoted(played, small_spec):
+    challenger, decision, champion = played["challenger"], played["decision"], played["champion"]
+    assert challenger["model_uri"] == f"models:/{small_spec.model.registered_name}/{challenger['version']}"
+    assert decision["promoted"] and "first model" in decision["reason"]
+    assert champion["version"] == challenger["version"]
+    c = tracking.client()
+    mv = c.get_model_version(small_spec.model.registered_name, challenger["version"])
+    assert mv.tags["promotion.decision"] == "promoted" and "floor" in mv.tags["promotion.reason"]
+    assert mv.tags["trigger"] == "manual"
+    assert tracking.resolve_alias(small_spec.model.registered_name, "challenger").version == challenger["version"]
+    run = c.get_run(challenger["run_id"])
+    assert run.data.tags["training_data_digest"] and run.data.metrics["holdout_roc_auc"] > 0.5
+    artifacts = {a.path for a in c.list_artifacts(challenger["run_id"], "plots")}
+    assert {"plots/roc_curve.png", "plots/confusion_matrix.png"} <= artifacts
+    assert run.inputs.dataset_inputs, "training data identity is logged as an MLflow dataset"
+
+
+def test_inference_table_rows(played, small_spec):
+    lake = runtime.lake()
+    day = played["first_training"]
+    rows = read_partition(lake.inference(UC), day)
+    assert len(rows) == played["scored"][day] > 0
+    assert rows["customer_id"].is_unique
+    assert set(rows["model_version"]) == {played["champion"]["version"]}
+    assert rows["score"].between(0, 1).all() and set(rows["run_id"]) == {f"run-{day}"}
+    features = read_partition(lake.features(UC), day)
+    assert set(rows["customer_id"]) == set(features["customer_id"])
+
+
+def test_monitoring_tables_and_reports(played, small_spec, state_home):
+    lake = runtime.lake()
+    drift = read_table(lake.monitoring(UC, "drift_summary"))
+    assert sorted(drift["ds"]) == sorted(d.isoformat() for d in played["scored"])
+    drift_start = small_spec.simulation.drift_start
+    before = drift[drift["ds"] < drift_start]["drift_share"].mean()
+    after = drift[drift["ds"] >= (dt.date.fromisoformat(drift_start) + dt.timedelta(days=3)).isoformat()]["drift_share"]
+    assert after.mean() > before, "the simulated drift shows in the monitoring table"
+    assert (state_home / "reports" / UC / "drift" / f"{played['first_training']}.html").exists()
+    perf = read_table(lake.monitoring(UC, "performance"))
+    assert len(perf) and set(perf["model_version"]) == {played["champion"]["version"]}
+
+
+def test_reruns_are_idempotent(played, small_spec):
+    lake = runtime.lake()
+    day = played["first_training"] + dt.timedelta(days=1)
+    tables = {"features": lake.features(UC), "inference": lake.inference(UC), "clean": lake.clean(UC, "transactions"),
+              "drift": lake.monitoring(UC, "drift_summary")}
+    before = {k: read_partition(t, day) for k, t in tables.items()}
+    runtime.validate(UC, day)
+    runtime.build_features(UC, day)
+    runtime.score(UC, day, played["champion"], "rerun")
+    runtime.monitor_drift(UC, day, played["champion"])
+    volatile = {"scored_at", "run_id", "computed_at"}
+    for name, table in tables.items():
+        after = read_partition(table, day)
+        cols = [c for c in after.columns if c not in volatile]
+        key = cols[0]
+        pd.testing.assert_frame_equal(before[name][cols].sort_values(cols).reset_index(drop=True),
+                                      after[cols].sort_values(cols).reset_index(drop=True), obj=name)
+        assert len(after) == len(before[name]), f"{name} rows duplicated"
+    assert list(read_partition(tables["inference"], day)["run_id"].unique()) == ["rerun"]
+
+
+def test_challenger_without_margin_is_rejected(played, small_spec):
+    as_of = played["first_training"]
+    again = runtime.train(UC, as_of, "same data again", "manual")
+    decision = runtime.promote(UC, again, as_of)
+    assert not decision["promoted"] and "does not beat" in decision["reason"]
+    assert runtime.resolve_champion(UC)["version"] == played["champion"]["version"]
+    mv = tracking.client().get_model_version(small_spec.model.registered_name, again["version"])
+    assert mv.tags["promotion.decision"] == "rejected"

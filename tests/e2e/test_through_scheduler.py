@@ -1,0 +1,144 @@
+"""The lifecycle through a real Airflow (api-server, scheduler, dag-processor on SQLite with the
+LocalExecutor), a real MLflow server, a real Spark Connect server: backfills, a manual training
+run, the drift watch's sensor firing and triggering retraining, a broken day quarantined."""
+from __future__ import annotations
+
+import datetime as dt
+import socket
+
+import pytest
+
+from tests.conftest import small_spec_dict, write_spec
+
+pytestmark = pytest.mark.e2e
+UC = "churn_flow"
+START, FIRST_TRAINING, BROKEN = dt.date(2026, 1, 1), dt.date(2026, 1, 20), dt.date(2026, 1, 22)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory):
+    from pipelines import runtime
+    from pipelines.lake import read_partition, replace_partition
+    from scripts.demo import play_story
+    from scripts.stack import Stack
+
+    home = tmp_path_factory.mktemp("flow-home")
+    spec = small_spec_dict(UC, days=27, first_training=FIRST_TRAINING.isoformat(), drift_start="2026-01-21")
+    # retrain on the first drifted day, so the sensor path is exercised on little data
+    spec["monitoring"].update({"drift_share_threshold": 0.15, "consecutive_days": 1, "cooldown_days": 30})
+    include = home / "include"
+    write_spec(include, spec)
+    end = START + dt.timedelta(days=spec["simulation"]["days"] - 1)
+    mp = pytest.MonkeyPatch()
+    stack = Stack(home=home, airflow_port=_free_port(), mlflow_port=_free_port(), spark_port=_free_port())
+    mp.setenv("MLOPS_HOME", str(home))
+    mp.setenv("MLOPS_INCLUDE", str(include))
+    mp.setenv("MLOPS_SCHEDULE_END", end.isoformat())
+    runtime._specs.cache_clear()
+    runtime.simulate(UC)
+    raw = runtime.lake().raw(UC, "transactions")
+    broken = read_partition(raw, BROKEN)
+    broken.loc[broken.index[:5], "customer_id"] = None             # nulls in a key column
+    replace_partition(raw, BROKEN, broken)
+    try:
+        stack.up()
+        timings = play_story(stack, UC, START, FIRST_TRAINING, end)
+        mp.setenv("MLFLOW_TRACKING_URI", stack.mlflow_url)
+        from scripts.airflow_api import AirflowClient
+
+        client = AirflowClient(stack.airflow_url, "admin", stack.admin_password())
+        yield {"stack": stack, "client": client, "timings": timings, "end": end, "spec": runtime.spec(UC)}
+    finally:
+        stack.down()
+        mp.undo()
+        runtime._specs.cache_clear()
+
+
+def test_daily_runs_succeed_except_the_broken_day(story):
+    client = story["client"]
+    runs = {r["logical_date"][:10]: r for r in client.runs(f"{UC}_daily")}
+    expected = {(START + dt.timedelta(days=i)).isoformat() for i in range((story["end"] - START).days + 1)}
+    assert set(runs) == expected
+    failed = sorted(d for d, r in runs.items() if r["state"] != "success")
+    assert failed == [BROKEN.isoformat()]
+    states = {t["task_id"]: t["state"] for t in client.task_instances(f"{UC}_daily", runs[BROKEN.isoformat()]["dag_run_id"])}
+    assert states["validate_raw"] == "failed"
+    assert states["build_features"] == states["score_batch"] == "upstream_failed"
+    day_after = {t["task_id"]: t["state"] for t in
+                 client.task_instances(f"{UC}_daily", runs[(BROKEN + dt.timedelta(days=1)).isoformat()]["dag_run_id"])}
+    assert day_after["score_batch"] == "success" and day_after["monitor_drift"] == "success"
+
+
+def test_broken_day_wrote_nothing_downstream(story):
+    from pipelines import runtime
+    from pipelines.lake import list_partitions
+
+    lake, ds = runtime.lake(), BROKEN.isoformat()
+    assert ds in list_partitions(lake.quarantine(UC, "transactions"))
+    for table in (lake.clean(UC, "transactions"), lake.features(UC), lake.inference(UC)):
+        assert ds not in list_partitions(table)
+
+
+def test_registry_holds_champion_and_drift_retraining(story):
+    from pipelines import tracking
+    from pipelines.report import champion_history
+
+    spec = story["spec"]
+    champion = tracking.resolve_alias(spec.model.registered_name, "champion")
+    assert champion is not None
+    history = champion_history(spec)
+    assert history[0]["decision"] == "promoted" and history[0]["trigger"] == "manual"
+    drift_versions = [h for h in history if h["trigger"] == "drift"]
+    assert drift_versions, f"no drift-triggered version in {history}"
+    assert "drift on" in drift_versions[0]["trigger_reason"]
+    assert drift_versions[0]["decision"] in {"promoted", "rejected"} and drift_versions[0]["reason"]
+
+
+def test_sensor_fired_and_triggered_training_with_reason(story):
+    client = story["client"]
+    watch = client.runs(f"{UC}_drift_watch")
+    assert watch and all(r["state"] == "success" for r in watch)
+    training = client.runs(f"{UC}_training")
+    drift_runs = [r for r in training if r["dag_run_id"].startswith("drift__")]
+    assert drift_runs and all(r["state"] == "success" for r in drift_runs)
+    run = drift_runs[0]
+    assert run["conf"]["trigger"] == "drift" and "drift on" in run["conf"]["reason"]
+    assert run["note"] and run["note"].startswith("Retraining on drift")
+
+
+def test_inference_rows_per_scored_day(story):
+    from pipelines import runtime
+    from pipelines.lake import list_partitions, read_partition
+
+    lake = runtime.lake()
+    scored = list_partitions(lake.inference(UC))
+    assert scored[0] == FIRST_TRAINING.isoformat() and scored[-1] == story["end"].isoformat()
+    for ds in scored:
+        rows = read_partition(lake.inference(UC), ds)
+        assert rows["customer_id"].is_unique and rows["model_version"].nunique() == 1
+
+
+def test_backfill_rerun_is_idempotent(story):
+    """Re-running a scored day through Airflow replaces its partitions: same rows, no duplicates."""
+    from pipelines import runtime
+    from pipelines.lake import read_partition
+    from scripts.demo import run_backfill
+
+    lake, client = runtime.lake(), story["client"]
+    day = story["end"]
+    before = {name: read_partition(t, day) for name, t in
+              {"features": lake.features(UC), "inference": lake.inference(UC)}.items()}
+    run_backfill(client, f"{UC}_daily", day, day, [f"{UC}_daily", f"{UC}_drift_watch", f"{UC}_training"])
+    after_features = read_partition(lake.features(UC), day)
+    after_inference = read_partition(lake.inference(UC), day)
+    cols = list(before["features"].columns)
+    assert after_features.sort_values(cols).reset_index(drop=True).equals(
+        before["features"].sort_values(cols).reset_index(drop=True))
+    assert len(after_inference) == len(before["inference"]) and after_inference["customer_id"].is_unique
+    assert set(after_inference["customer_id"]) == set(before["inference"]["customer_id"])

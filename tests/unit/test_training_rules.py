@@ -1,0 +1,68 @@
+"""Training and promotion rules that need no services."""
+import datetime as dt
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.evaluation import decide_promotion
+from pipelines.training import classification_metrics, fit_model, label_window, make_estimator, recency_weights
+
+
+def test_label_window_uses_only_landed_labels(small_spec):
+    w = label_window(small_spec, dt.date(2026, 1, 20))
+    # labels for D land on D + 7; as of Jan 20 the newest landed partition is Jan 19 -> label date Jan 12
+    assert w.holdout_end == dt.date(2026, 1, 12)
+    assert w.holdout_start == dt.date(2026, 1, 10)
+    assert w.fit_end == dt.date(2026, 1, 9) and w.fit_start == dt.date(2026, 1, 1)
+
+
+def test_label_window_too_early(small_spec):
+    with pytest.raises(ValueError, match="no labelled dates"):
+        label_window(small_spec, dt.date(2026, 1, 9))
+
+
+def test_recency_weights_halve():
+    w = recency_weights(pd.Series(["2026-01-01", "2026-01-15", "2026-01-29"]), 14)
+    assert np.allclose(w, [0.25, 0.5, 1.0])
+    assert (recency_weights(pd.Series(["2026-01-01"]), None) == 1).all()
+
+
+def test_metrics_nan_on_single_class():
+    m = classification_metrics([0, 0, 0], [0.1, 0.2, 0.3], 0.5)
+    assert math.isnan(m["roc_auc"])
+    m = classification_metrics([0, 1, 1, 0], [0.1, 0.8, 0.7, 0.4], 0.5)
+    assert m["roc_auc"] == 1.0 and m["precision"] == 1.0
+
+
+def test_fit_refuses_single_class(small_spec):
+    from pipelines.features import feature_columns
+
+    cols = feature_columns(small_spec)
+    frame = pd.DataFrame({c: np.zeros(20) for c in cols.numeric} | {c: ["a"] * 20 for c in cols.categorical})
+    frame["churned"], frame["ds"] = 0, "2026-01-01"
+    with pytest.raises(ValueError, match="single class"):
+        fit_model(small_spec, frame)
+
+
+def test_bad_estimator_path(small_spec):
+    import dataclasses
+
+    broken = dataclasses.replace(small_spec, model=dataclasses.replace(small_spec.model, estimator="sklearn.nope.Model"))
+    with pytest.raises(ValueError, match="cannot be imported"):
+        make_estimator(broken)
+
+
+@pytest.mark.parametrize("challenger,champion,version,promote,why", [
+    (float("nan"), 0.7, "1", False, "NaN"),
+    (0.65, None, None, False, "below the floor"),
+    (0.75, None, None, True, "first model"),
+    (0.80, 0.78, "3", True, "beats champion v3"),
+    (0.785, 0.78, "3", False, "does not beat"),
+    (0.75, float("nan"), "3", True, "undefined"),
+    (float("nan"), float("nan"), "3", False, "NaN"),
+])
+def test_promotion_rule(challenger, champion, version, promote, why):
+    d = decide_promotion("roc_auc", challenger, champion, floor=0.7, min_improvement=0.01, champion_version=version)
+    assert d.promote is promote and why in d.reason
