@@ -75,6 +75,7 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
         if total > max_rows:
             joined = joined.sample(fraction=max_rows / total, seed=seed)
     frame = joined.toPandas()
+    frame.attrs = {}  # Spark Connect attaches plan metrics that cannot be written to Parquet
     if frame.empty:
         raise ValueError(f"{spec.name}: no labelled feature rows for label dates {start}..{end}")
     missing = sorted(set(pd.date_range(start, end).strftime("%Y-%m-%d")) - set(frame["ds"]))
