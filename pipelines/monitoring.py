@@ -57,7 +57,8 @@ def column_drift_from_snapshot(snapshot: dict) -> list[tuple[str, str, float, fl
 
 
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str],
-                 html_path: Path | None = None) -> list[ColumnDrift]:
+                 html_path: Path | None = None, method: str | None = None,
+                 threshold: float | None = None) -> list[ColumnDrift]:
     """Per-column drift of ``current`` against ``reference`` (Evidently DataDriftPreset).
 
     Columns that are entirely empty on either side cannot be tested by Evidently; they are
@@ -75,7 +76,7 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[s
     if testable_num or testable_cat:
         definition = DataDefinition(numerical_columns=testable_num, categorical_columns=testable_cat)
         cols = testable_num + testable_cat
-        snapshot = Report([DataDriftPreset(columns=cols)]).run(
+        snapshot = Report([DataDriftPreset(columns=cols, method=method, threshold=threshold)]).run(
             Dataset.from_pandas(current[cols], data_definition=definition),
             Dataset.from_pandas(reference[cols], data_definition=definition))
         if html_path is not None:
@@ -126,7 +127,8 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
     if len(reference) > spec.monitoring.reference_sample_rows:
         reference = reference.sample(n=spec.monitoring.reference_sample_rows, random_state=0)
     html = reports_dir / spec.name / "drift" / f"{ds(date)}.html"
-    columns = drift_report(reference, current, cols.numeric, cols.categorical, html)
+    columns = drift_report(reference, current, cols.numeric, cols.categorical, html,
+                           method=spec.monitoring.method, threshold=spec.monitoring.column_threshold)
     drifted = [c.column for c in columns if c.drifted]
     share = len(drifted) / len(columns) if columns else 0.0
     summary = {

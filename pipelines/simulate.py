@@ -43,6 +43,7 @@ class SimulationConfig:
     days: int
     drift_start: dt.date | None
     horizon_days: int
+    backlog_days: int = 0   # history delivered as an initial load in the first partition
 
     @property
     def end(self) -> dt.date:
@@ -64,6 +65,7 @@ def config_from_spec(spec, **overrides) -> SimulationConfig:
         days=sim.days,
         drift_start=dt.date.fromisoformat(sim.drift_start) if sim.drift_start else None,
         horizon_days=spec.label.horizon_days,
+        backlog_days=sim.backlog_days,
     )
     values.update({k: v for k, v in overrides.items() if v is not None and k in values})
     return SimulationConfig(**values)
@@ -109,7 +111,7 @@ class Population:
 def _daily_frames(pop: Population, cfg: SimulationConfig, day: int) -> dict[str, pd.DataFrame]:
     """The three raw sources for day index ``day``."""
     date = cfg.start + dt.timedelta(days=day)
-    rng = np.random.default_rng([cfg.seed, day + 10])
+    rng = np.random.default_rng([cfg.seed, day + 100_000])  # backlog days are negative
     drifted = cfg.drift_start is not None and date >= cfg.drift_start
     midnight = pd.Timestamp(date)
 
@@ -200,12 +202,20 @@ def _sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
 
 
 def simulate_day(spec, cfg: SimulationConfig, date: dt.date, population: Population | None = None) -> dict[str, pd.DataFrame]:
-    """The raw frames of one date, exactly as :func:`simulate_to_lake` writes them."""
+    """The raw frames of one date, exactly as :func:`simulate_to_lake` writes them.
+
+    The first date also carries the initial load: ``backlog_days`` of earlier transactions
+    (timestamps before the first date), so trailing windows are full from the second day.
+    """
     pop = population or Population(cfg)
     day = (date - cfg.start).days
     if not 0 <= day < cfg.days:
         raise ValueError(f"{date} is outside the simulated range {cfg.start}..{cfg.end}")
-    return _daily_frames(pop, cfg, day)
+    frames = _daily_frames(pop, cfg, day)
+    if day == 0 and cfg.backlog_days:
+        backlog = [_daily_frames(pop, cfg, d)["transactions"] for d in range(-cfg.backlog_days, 0)]
+        frames["transactions"] = pd.concat(backlog + [frames["transactions"]], ignore_index=True)
+    return frames
 
 
 def simulate_to_lake(spec, lake: Lake, cfg: SimulationConfig) -> dict[str, int]:
@@ -213,7 +223,7 @@ def simulate_to_lake(spec, lake: Lake, cfg: SimulationConfig) -> dict[str, int]:
     pop = Population(cfg)
     totals = {name: 0 for name in spec.sources}
     for i, date in enumerate(cfg.dates()):
-        frames = _daily_frames(pop, cfg, i)
+        frames = simulate_day(spec, cfg, date, pop)
         for name, frame in frames.items():
             write_raw_partition(lake, spec, name, date, frame)
             totals[name] += len(frame)

@@ -68,6 +68,7 @@ class TrainingSpec:
     recency_half_life_days: float | None = None
     max_rows: int = 500_000
     reference_rows: int = 5000
+    reference_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class MonitoringSpec:
     reference_sample_rows: int = 5000
     current_sample_rows: int = 5000
     drift_share_threshold: float = 0.5
+    method: str | None = None             # Evidently stat test for every column (None: its defaults)
+    column_threshold: float | None = None  # that test's per-column threshold
     consecutive_days: int = 1
     cooldown_days: int = 7
 
@@ -99,6 +102,7 @@ class SimulationSpec:
     days: int = 60
     drift_start: str | None = None
     first_training: str | None = None
+    backlog_days: int = 0
 
 
 @dataclass(frozen=True)

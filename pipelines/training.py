@@ -166,6 +166,14 @@ def frame_digest(frame: pd.DataFrame) -> str:
     return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
 
 
+def drift_reference(spec, train: pd.DataFrame) -> pd.DataFrame:
+    """The drift reference kept with a model: features of the newest ``reference_days`` label
+    dates it was fitted on (recent, so slow trends in the fit window do not read as drift)."""
+    dates = sorted(train["ds"].unique())[-spec.training.reference_days:]
+    recent = train[train["ds"].isin(dates)][feature_columns(spec).all]
+    return recent.sample(n=min(spec.training.reference_rows, len(recent)), random_state=0)
+
+
 def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "scheduled",
                      trigger: str = "schedule", airflow_run_id: str | None = None) -> dict:
     """Fit, log, register and alias a challenger; returns its URI, version and holdout metrics."""
@@ -206,7 +214,7 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
                                                  name=f"{spec.name}-train-{window.fit_start}-{window.fit_end}",
                                                  targets=target), context="training")
         tracking.log_classifier_plots(holdout[target].to_numpy(), holdout_scores, threshold)
-        reference = train[cols.all].sample(n=min(spec.training.reference_rows, len(train)), random_state=0)
+        reference = drift_reference(spec, train)
         tracking.log_reference_sample(reference)
         info = tracking.log_sklearn_model(model, train[cols.all].head(5), holdout_scores[:5])
         version = tracking.register_challenger(spec.model.registered_name, info.model_uri, run.info.run_id, {

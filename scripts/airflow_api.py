@@ -60,9 +60,19 @@ class AirflowClient:
         return self.post(f"/dags/{dag_id}/dagRuns", body)["dag_run_id"]
 
     def backfill(self, dag_id: str, from_date: str, to_date: str, max_active_runs: int = 2,
-                 reprocess: str = "completed") -> dict:
-        return self.post("/backfills", {"dag_id": dag_id, "from_date": from_date, "to_date": to_date,
-                                        "max_active_runs": max_active_runs, "reprocess_behavior": reprocess})
+                 reprocess: str = "completed", attempts: int = 10) -> dict:
+        """Create a backfill. On SQLite, Airflow refuses it (503) while another process holds the
+        database lock; that is retried with backoff."""
+        body = {"dag_id": dag_id, "from_date": from_date, "to_date": to_date,
+                "max_active_runs": max_active_runs, "reprocess_behavior": reprocess}
+        for attempt in range(attempts):
+            try:
+                return self.post("/backfills", body)
+            except RuntimeError as exc:
+                if "Database is locked" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(min(2 ** attempt, 15))
+        raise AssertionError("unreachable")
 
     def runs(self, dag_id: str) -> list[dict]:
         return self.get(f"/dags/{dag_id}/dagRuns", limit=1000, order_by="logical_date")["dag_runs"]

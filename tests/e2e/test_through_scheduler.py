@@ -29,9 +29,10 @@ def story(tmp_path_factory):
     from scripts.stack import Stack
 
     home = tmp_path_factory.mktemp("flow-home")
-    spec = small_spec_dict(UC, days=27, first_training=FIRST_TRAINING.isoformat(), drift_start="2026-01-21")
-    # retrain on the first drifted day, so the sensor path is exercised on little data
-    spec["monitoring"].update({"drift_share_threshold": 0.15, "consecutive_days": 1, "cooldown_days": 30})
+    spec = small_spec_dict(UC, days=27, first_training=FIRST_TRAINING.isoformat(), drift_start="2026-01-17")
+    # sensitive policy, so the sensor fires and retrains within the few scored days of this test
+    spec["monitoring"].update({"drift_share_threshold": 0.1, "column_threshold": 0.1, "consecutive_days": 1,
+                               "cooldown_days": 30})
     include = home / "include"
     write_spec(include, spec)
     end = START + dt.timedelta(days=spec["simulation"]["days"] - 1)
