@@ -54,7 +54,7 @@ def build_daily_lifecycle(spec):
             from pipelines.validation import DataValidationError
 
             try:
-                return runtime.validate(use_case, ds, attempt=f"{run_id}".replace(":", "").replace("+", ""))
+                return runtime.validate(use_case, ds, run_id=run_id)
             except DataValidationError as exc:  # retrying the same bad data cannot help
                 raise AirflowFailException(str(exc)) from None
 

@@ -54,10 +54,10 @@ def simulate(use_case: str, **overrides) -> dict[str, int]:
     return simulate_to_lake(s, lake(), config_from_spec(s, **overrides))
 
 
-def validate(use_case: str, date: str | dt.date, attempt: str | None = None) -> dict[str, int]:
+def validate(use_case: str, date: str | dt.date, run_id: str | None = None) -> dict[str, int]:
     from pipelines.validation import validate_day
 
-    return validate_day(spec(use_case), lake(), _date(date), attempt)
+    return validate_day(spec(use_case), lake(), _date(date), run_id)
 
 
 def build_features(use_case: str, date: str | dt.date) -> int:

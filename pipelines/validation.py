@@ -193,9 +193,15 @@ def _quiet_progress_bars(context) -> None:
         pass
 
 
-def validate_day(spec, lake: Lake, date: dt.date | str, attempt: str | None = None) -> dict[str, int]:
-    """Validate every source of ``date``; returns clean row counts or raises DataValidationError."""
-    attempt = attempt or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+def validate_day(spec, lake: Lake, date: dt.date | str, run_id: str | None = None) -> dict[str, int]:
+    """Validate every source of ``date``; returns clean row counts or raises DataValidationError.
+
+    Each attempt quarantines into its own folder (UTC time, then the run id if given), so a
+    rerun of the same run never overwrites an earlier rejected delivery.
+    """
+    attempt = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    if run_id:
+        attempt += "__" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)
     validator = PartitionValidator(spec, lake)
     reports = [validator.validate(source, date, attempt) for source in spec.sources]
     for report in reports:

@@ -33,6 +33,13 @@ class AirflowClient:
     def patch(self, path: str, body: dict):
         return self._call("PATCH", path, json=body)
 
+    def check_healthy(self) -> None:
+        """Raise if the scheduler or dag-processor stopped heartbeating (waiting would be forever)."""
+        health = self.get("/monitor/health")
+        sick = [part for part in ("scheduler", "dag_processor") if (health.get(part) or {}).get("status") != "healthy"]
+        if sick:
+            raise RuntimeError(f"Airflow {', '.join(sick)} unhealthy: {health}; see $MLOPS_HOME/logs/")
+
     def wait_for_dags(self, dag_ids: list[str], timeout: float = 180) -> None:
         """Wait until the dag-processor has parsed every DAG, then make sure none is paused."""
         deadline = time.monotonic() + timeout
@@ -89,6 +96,7 @@ class AirflowClient:
             run = self.run(dag_id, run_id)
             if run["state"] in TERMINAL:
                 return run
+            self.check_healthy()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{dag_id} {run_id} still {run['state']} after {timeout}s")
             time.sleep(2)
@@ -101,6 +109,7 @@ class AirflowClient:
             active = [(d, r["dag_run_id"]) for d in dag_ids for r in self.runs(d) if r["state"] not in TERMINAL]
             if active:
                 quiet_since = None
+                self.check_healthy()
             else:
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since >= settle:

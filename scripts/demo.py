@@ -50,6 +50,7 @@ def run_backfill(client: AirflowClient, dag_id: str, start: dt.date, end: dt.dat
             done = sum(r["state"] in ("success", "failed") for r in runs)
             say(f"  {dag_id}: {done}/{len(wanted)} days done ({time.monotonic() - started:.0f}s)")
             last_report = time.monotonic()
+            client.check_healthy()
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"backfill of {dag_id} not done after {timeout}s")
         time.sleep(3)

@@ -23,3 +23,16 @@ def test_scorer_outputs_the_inference_schema():
     assert (out["model_version"] == "3").all() and (out["ds"] == "2026-01-02").all()
     (empty,) = list(scorer(iter([batch.iloc[:0]])))
     assert empty.empty
+
+
+def test_scoring_without_features_is_a_clear_error(tmp_path, small_spec):
+    import datetime as dt
+
+    import pytest
+
+    from pipelines.lake import Lake
+    from pipelines.scoring import score_partition
+
+    champion = {"name": "m", "version": "1", "run_id": "r", "model_uri": "models:/m/1"}
+    with pytest.raises(FileNotFoundError, match="no features for 2026-01-05"):
+        score_partition(None, small_spec, Lake(tmp_path), dt.date(2026, 1, 5), champion, "run")
