@@ -17,7 +17,7 @@ For the run's date `ds`:
 3. **resolve_champion**: `@champion` resolved to a concrete version once; skipped
    (with everything after it) before the first promotion.
 4. **score_batch**: Spark batch scoring into the inference table's `ds` partition.
-5. **monitor_drift**: Evidently drift of the day's inputs against the champion's
+5. **monitor_drift** (beside scoring): Evidently drift of the day's inputs against the champion's
    training reference; HTML report + MLflow run; updates the drift asset, which
    wakes the `{name}_drift_watch` DAG.
 6. **measure_live_performance**: labels that landed today against the scores of
@@ -110,7 +110,8 @@ def build_daily_lifecycle(spec):
         features = build_features()
         champion = resolve_champion()
         validated >> features >> champion
-        score_batch(champion) >> monitor_drift(champion)
+        score_batch(champion)
+        monitor_drift(champion)  # compares the same inputs with the reference: runs beside scoring
         validated >> measure_live_performance()
 
     return daily_lifecycle()

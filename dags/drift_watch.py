@@ -59,6 +59,7 @@ def build_drift_watch(spec):
         request >> RetrainTriggerOperator(
             task_id="trigger_retraining",
             trigger_dag_id=f"{use_case}_training",
+            logical_date=None,  # like a UI trigger: a logical date of "now" would fall past a bounded schedule
             trigger_run_id="{{ ti.xcom_pull(task_ids='decide_retraining')['run_id'] }}",
             conf={"reason": "{{ ti.xcom_pull(task_ids='decide_retraining')['reason'] }}",
                   "trigger": "drift",

@@ -100,4 +100,4 @@ def test_daily_graph_order(dagbag):
     dag = dagbag.dags["churn_daily"]
     assert dag.get_task("build_features").upstream_task_ids == {"validate_raw"}
     assert dag.get_task("score_batch").upstream_task_ids == {"resolve_champion"}
-    assert "score_batch" in dag.get_task("monitor_drift").upstream_task_ids
+    assert dag.get_task("monitor_drift").upstream_task_ids == {"resolve_champion"}
