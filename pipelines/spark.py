@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from pipelines.config import Settings
 
@@ -32,7 +33,11 @@ def get_spark(settings: Settings, app_name: str = "mlops"):
         spark = SparkSession.builder.remote(settings.spark_remote).appName(app_name).getOrCreate()
     else:
         log.info("starting Spark session on master %s", settings.spark_master)
+        # Python workers must see the same packages (sklearn for scoring UDFs) as the driver;
+        # PySpark reads the worker interpreter from the environment, not only from the conf.
+        worker_python = os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = (SparkSession.builder.master(settings.spark_master).appName(app_name)
+                   .config("spark.pyspark.python", worker_python)
                    .config("spark.ui.showConsoleProgress", "false")
                    .config("spark.driver.memory", os.environ.get("MLOPS_SPARK_DRIVER_MEMORY", "2g")))
         for key, value in SESSION_CONF.items():

@@ -12,7 +12,7 @@ from tests.conftest import small_spec_dict, write_spec
 
 pytestmark = pytest.mark.e2e
 UC = "churn_flow"
-START, FIRST_TRAINING, BROKEN = dt.date(2026, 1, 1), dt.date(2026, 1, 20), dt.date(2026, 1, 22)
+START, FIRST_TRAINING, BROKEN = dt.date(2026, 1, 1), dt.date(2026, 1, 16), dt.date(2026, 1, 18)
 
 
 def _free_port() -> int:
@@ -29,7 +29,8 @@ def story(tmp_path_factory):
     from scripts.stack import Stack
 
     home = tmp_path_factory.mktemp("flow-home")
-    spec = small_spec_dict(UC, days=27, first_training=FIRST_TRAINING.isoformat(), drift_start="2026-01-17")
+    spec = small_spec_dict(UC, days=23, customers=700, first_training=FIRST_TRAINING.isoformat(),
+                           drift_start="2026-01-13")
     # sensitive policy, so the sensor fires and retrains within the few scored days of this test
     spec["monitoring"].update({"drift_share_threshold": 0.1, "column_threshold": 0.1, "consecutive_days": 1,
                                "cooldown_days": 30})

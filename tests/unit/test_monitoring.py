@@ -69,7 +69,7 @@ def test_retrain_policy(lake, small_spec):
     _summary(lake, small_spec, d - dt.timedelta(days=1), threshold + 0.2)
     yes = retrain_decision(small_spec, lake, d)
     assert yes.retrain and "2 consecutive days on champion v1" in yes.reason
-    replace_partition(lake.monitoring(small_spec.name, RETRAIN_REQUESTS), d - dt.timedelta(days=3),
+    replace_partition(lake.monitoring(small_spec.name, RETRAIN_REQUESTS), d - dt.timedelta(days=1),
                       pd.DataFrame([{"reason": "earlier"}]))
     cooled = retrain_decision(small_spec, lake, d)
     assert not cooled.retrain and "cooldown" in cooled.reason
