@@ -47,7 +47,7 @@ def summarize(spec, lake: Lake | None = None) -> str:
     for row in history:
         alias = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
         lines.append(f"  v{row['version']}{alias}: trained as of {row['as_of']} ({row['trigger']}: "
-                     f"{row['trigger_reason'][:90]})")
+                     f"{row['trigger_reason']})")
         lines.append(f"      {row['decision']}: {row['reason']}")
     drift = read_table(lake.monitoring(name, DRIFT_SUMMARY))
     if len(drift):
