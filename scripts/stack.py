@@ -1,9 +1,19 @@
-"""Start and stop the embedded stack on loopback: Spark Connect, MLflow server, Airflow services.
+"""Start and stop the project's services on loopback, in one of two topologies.
 
-Everything lives under ``$MLOPS_HOME`` (default ``<project>/.state``): the Airflow home on
-SQLite, the MLflow SQLite store and artifacts, the lake, logs (``logs/<service>.log``) and
-pid files (``run/<service>.pid``). Each service runs in its own process group and is
-stopped by that group's id, so no child is left behind.
+``MLOPS_TOPOLOGY=embedded`` (default): a Spark Connect server on ``local[2]``, an MLflow
+server on SQLite with local artifacts, Airflow (api-server, scheduler, dag-processor) on
+SQLite with the LocalExecutor. State under ``$MLOPS_HOME`` (default ``<project>/.state``).
+
+``MLOPS_TOPOLOGY=cluster``: the production shape on one machine. A private PostgreSQL
+(installed from Debian's packages when missing) with one database for Airflow and one for
+MLflow; a Spark standalone master and worker started from pyspark's own ``spark-class``, with
+the Spark Connect server running as an application on that master; the MLflow tracking
+server on PostgreSQL; Airflow's services on PostgreSQL. State under ``$MLOPS_HOME`` (default
+``<project>/.stack``). The DAGs and pipelines are the same; only the environment differs.
+
+Logs go to ``logs/<service>.log`` and pid files to ``run/<service>.pid``. Each service runs in
+its own process group and is stopped by that group's id, so no child is left behind; state
+(databases, artifacts, lake) stays in place, and ``up`` after ``down`` carries on from it.
 
     python -m scripts.stack up       # start (idempotent), wait until healthy
     python -m scripts.stack down     # stop everything this home started
@@ -24,8 +34,13 @@ import sys
 import time
 from pathlib import Path
 
+from scripts.postgres import LocalPostgres, ensure_installed
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+TOPOLOGIES = ("embedded", "cluster")
+DEFAULT_HOMES = {"embedded": ".state", "cluster": ".stack"}
+SERVICES = ("spark-connect", "mlflow", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
 
 
 class StackError(RuntimeError):
@@ -33,17 +48,29 @@ class StackError(RuntimeError):
 
 
 class Stack:
-    """The embedded deployment: one folder of state, one set of loopback ports."""
+    """One deployment on loopback: a topology, one folder of state, one set of ports."""
 
     def __init__(self, home: Path | None = None, airflow_port: int | None = None, mlflow_port: int | None = None,
-                 spark_port: int | None = None):
+                 spark_port: int | None = None, topology: str | None = None, postgres_port: int | None = None,
+                 spark_master_port: int | None = None, spark_ui_port: int | None = None):
         env = os.environ
-        self.home = Path(home or env.get("MLOPS_HOME") or ROOT / ".state").resolve()
+        self.topology = topology or env.get("MLOPS_TOPOLOGY") or "embedded"
+        if self.topology not in TOPOLOGIES:
+            raise StackError(f"MLOPS_TOPOLOGY={self.topology!r}: expected one of {', '.join(TOPOLOGIES)}")
+        self.home = Path(home or env.get("MLOPS_HOME") or ROOT / DEFAULT_HOMES[self.topology]).resolve()
         self.airflow_port = int(airflow_port or env.get("MLOPS_AIRFLOW_PORT", 8080))
         self.mlflow_port = int(mlflow_port or env.get("MLOPS_MLFLOW_PORT", 5000))
         self.spark_port = int(spark_port or env.get("MLOPS_SPARK_CONNECT_PORT", 15002))
+        self.spark_master_port = int(spark_master_port or env.get("MLOPS_SPARK_MASTER_PORT", 7077))
+        # the worker's UI takes the next port
+        self.spark_ui_port = int(spark_ui_port or env.get("MLOPS_SPARK_UI_PORT", 8090))
+        self.postgres = LocalPostgres(self.home / "postgres", int(postgres_port or env.get("MLOPS_POSTGRES_PORT", 5433)))
         self.run_dir = self.home / "run"
         self.log_dir = self.home / "logs"
+
+    @property
+    def clustered(self) -> bool:
+        return self.topology == "cluster"
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -57,6 +84,26 @@ class Stack:
     @property
     def mlflow_url(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def spark_master_url(self) -> str:
+        """``spark://`` URL of the standalone master (cluster topology)."""
+        return f"spark://127.0.0.1:{self.spark_master_port}"
+
+    @property
+    def spark_master_ui(self) -> str:
+        """The master's web UI; ``/json/`` lists workers and applications."""
+        return f"http://127.0.0.1:{self.spark_ui_port}"
+
+    def airflow_db_url(self) -> str:
+        if self.clustered:
+            return self.postgres.url("airflow", "postgresql+psycopg2")
+        return env_default("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{self.airflow_home / 'airflow.db'}")
+
+    def mlflow_backend_url(self) -> str:
+        if self.clustered:
+            return self.postgres.url("mlflow", "postgresql+psycopg2")
+        return f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
 
     def _secret(self) -> str:
         path = self.airflow_home / "stack-secret"
@@ -87,6 +134,7 @@ class Stack:
         env.update(os.environ)
         env.update({
             "MLOPS_HOME": str(self.home),
+            "MLOPS_TOPOLOGY": self.topology,
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "SPARK_REMOTE": f"sc://127.0.0.1:{self.spark_port}",
             "AIRFLOW_HOME": str(self.airflow_home),
@@ -98,8 +146,7 @@ class Stack:
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": env_default(
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{self.airflow_home / 'airflow.db'}"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.airflow_db_url(),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.airflow_port),
             "AIRFLOW__API__BASE_URL": self.airflow_url,
@@ -117,31 +164,57 @@ class Stack:
 
     # ----------------------------------------------------------------- processes
     def _services(self) -> dict[str, list[str]]:
+        """Every service of the topology, in start order (stopped in reverse)."""
         spark_home = Path(__import__("pyspark").__file__).parent
+        spark_class = str(spark_home / "bin" / "spark-class")
         mlflow_dir = self.home / "mlflow"
-        return {
-            "spark-connect": [
-                str(spark_home / "bin" / "spark-submit"),
-                "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
-                "--name", "mlops-spark-connect",
-                "--master", os.environ.get("MLOPS_SPARK_MASTER", "local[2]"),
-                "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
-                "--conf", f"spark.connect.grpc.binding.port={self.spark_port}",
-                "--conf", "spark.sql.shuffle.partitions=4",
-                "--conf", "spark.ui.enabled=false",
-                "--conf", f"spark.driver.memory={os.environ.get('MLOPS_SPARK_DRIVER_MEMORY', '2g')}",
-                "--conf", f"spark.pyspark.python={sys.executable}",
-            ],
-            "mlflow": [
-                str(BIN / "mlflow"), "server",
-                "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-                "--artifacts-destination", str(mlflow_dir / "artifacts"),
-                "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
-            ],
-            "airflow-api-server": [str(BIN / "airflow"), "api-server", "--port", str(self.airflow_port)],
-            "airflow-scheduler": [str(BIN / "airflow"), "scheduler"],
-            "airflow-dag-processor": [str(BIN / "airflow"), "dag-processor"],
-        }
+        services: dict[str, list[str]] = {}
+        if self.clustered:
+            bindir = ensure_installed()
+            services["postgres"] = self.postgres.server_argv(bindir)
+            services["spark-master"] = [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                        "--port", str(self.spark_master_port),
+                                        "--webui-port", str(self.spark_ui_port)]
+            services["spark-worker"] = [spark_class, "org.apache.spark.deploy.worker.Worker", self.spark_master_url,
+                                        "--host", "127.0.0.1", "--webui-port", str(self.spark_ui_port + 1),
+                                        "--cores", env_default("MLOPS_SPARK_WORKER_CORES", str(os.cpu_count() or 2)),
+                                        "--memory", env_default("MLOPS_SPARK_WORKER_MEMORY", "4g"),
+                                        "--work-dir", str(self.home / "spark" / "work")]
+        master = self.spark_master_url if self.clustered else os.environ.get("MLOPS_SPARK_MASTER", "local[2]")
+        services["spark-connect"] = [
+            str(spark_home / "bin" / "spark-submit"),
+            "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
+            "--name", "mlops-spark-connect",
+            "--master", master,
+            "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+            "--conf", f"spark.connect.grpc.binding.port={self.spark_port}",
+            "--conf", "spark.sql.shuffle.partitions=4",
+            "--conf", "spark.ui.enabled=false",
+            "--conf", f"spark.driver.memory={os.environ.get('MLOPS_SPARK_DRIVER_MEMORY', '2g')}",
+            "--conf", f"spark.pyspark.python={sys.executable}",
+        ]
+        if self.clustered:
+            services["spark-connect"][-2:-2] = [
+                "--conf", f"spark.executor.memory={env_default('MLOPS_SPARK_EXECUTOR_MEMORY', '2g')}",
+                "--conf", "spark.driver.host=127.0.0.1"]
+        services["mlflow"] = [
+            str(BIN / "mlflow"), "server",
+            "--backend-store-uri", self.mlflow_backend_url(),
+            "--artifacts-destination", str(mlflow_dir / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
+        ]
+        services["airflow-api-server"] = [str(BIN / "airflow"), "api-server", "--port", str(self.airflow_port)]
+        services["airflow-scheduler"] = [str(BIN / "airflow"), "scheduler"]
+        services["airflow-dag-processor"] = [str(BIN / "airflow"), "dag-processor"]
+        return services
+
+    def infrastructure(self) -> list[str]:
+        """Services the others depend on (cluster topology only), in start order."""
+        return ["postgres", "spark-master", "spark-worker"] if self.clustered else []
+
+    def service_names(self) -> list[str]:
+        """Every service of the topology, in start order."""
+        return self.infrastructure() + list(SERVICES)
 
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
@@ -158,14 +231,14 @@ class Stack:
             return None
         return pid
 
-    def _start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    def _start(self, name: str, argv: list[str], env: dict[str, str], **popen) -> None:
         if self.pid(name):
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=self.home, start_new_session=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=popen.pop("cwd", self.home), start_new_session=True, **popen)
         self._pid_file(name).write_text(str(proc.pid))
 
     def migrate(self, env: dict[str, str]) -> None:
@@ -175,13 +248,24 @@ class Stack:
         if out.returncode != 0:
             raise StackError(f"airflow db migrate failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
 
-    def up(self, timeout: float = 240.0) -> "Stack":
+    def up(self, timeout: float = 300.0) -> "Stack":
         """Start every service that is not running yet and wait until all are healthy."""
         started = time.monotonic()
         env = self.env()
+        self.status()  # forgets pid files of services that died since the last run
         (self.home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
         services = self._services()
-        server_env = {k: v for k, v in env.items() if k != "SPARK_REMOTE"}  # the server is not a client
+        server_env = {k: v for k, v in env.items() if k != "SPARK_REMOTE"}  # the servers are not clients
+        if self.clustered:
+            bindir = ensure_installed()
+            self.postgres.initialise(bindir)
+            self._start("postgres", services["postgres"], {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8"},
+                        cwd="/", **self.postgres.run_as())
+            self.postgres.create_databases()
+            (self.home / "spark" / "work").mkdir(parents=True, exist_ok=True)
+            self._start("spark-master", services["spark-master"], server_env)
+            self._start("spark-worker", services["spark-worker"], server_env)
+            self._wait(timeout, {"spark-master": self._spark_workers_alive})
         self._start("spark-connect", services["spark-connect"], server_env)
         self._start("mlflow", services["mlflow"], env)
         if not self.pid("airflow-api-server"):
@@ -189,27 +273,49 @@ class Stack:
         for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor"):
             self._start(name, services[name], env)
         self.wait_healthy(timeout)
-        print(f"stack up in {time.monotonic() - started:.1f}s: Airflow {self.airflow_url}, "
-              f"MLflow {self.mlflow_url}, Spark Connect sc://127.0.0.1:{self.spark_port}", flush=True)
+        print(f"stack ({self.topology}) up in {time.monotonic() - started:.1f}s: Airflow {self.airflow_url}, "
+              f"MLflow {self.mlflow_url}, Spark Connect sc://127.0.0.1:{self.spark_port}"
+              + (f" on {self.spark_master_url} (UI {self.spark_master_ui}), PostgreSQL 127.0.0.1:{self.postgres.port}"
+                 if self.clustered else ""), flush=True)
         return self
 
+    def spark_master_status(self) -> dict:
+        """The standalone master's JSON status: workers, active and completed applications."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.spark_master_ui}/json/", timeout=3) as resp:
+            return json.load(resp)
+
+    def _spark_workers_alive(self) -> bool:
+        try:
+            return self.spark_master_status().get("aliveworkers", 0) > 0
+        except Exception:
+            return False
+
     def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
         checks = {
             "spark-connect": lambda: _port_open(self.spark_port),
             "mlflow": lambda: _http_ok(f"{self.mlflow_url}/health"),
             "airflow-api-server": lambda: _airflow_healthy(self.airflow_url),
         }
+        if self.clustered:
+            checks["postgres"] = self.postgres.ready
+            checks["spark-master"] = self._spark_workers_alive
+        self._wait(timeout, checks)
+
+    def _wait(self, timeout: float, checks: dict) -> None:
+        """Poll ``checks`` until all pass; fail fast, naming the log, when a service has exited."""
+        deadline = time.monotonic() + timeout
         pending = dict(checks)
         while pending:
             for name, check in list(pending.items()):
                 if check():
                     pending.pop(name)
-                elif not self.pid(name):
+            for name in self.service_names():
+                if (self._pid_file(name).exists() or name in pending) and not self.pid(name):
                     raise StackError(f"{name} exited; see {self.log_dir / (name + '.log')}:\n{self.tail(name)}")
-            for name in ("airflow-scheduler", "airflow-dag-processor"):
-                if not self.pid(name):
-                    raise StackError(f"{name} exited; see {self.log_dir / (name + '.log')}:\n{self.tail(name)}")
+            if not pending:
+                break
             if time.monotonic() > deadline:
                 raise StackError(f"not healthy after {timeout:.0f}s: {sorted(pending)}; logs in {self.log_dir}")
             time.sleep(1)
@@ -218,23 +324,26 @@ class Stack:
         path = self.log_dir / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
-    def down(self, grace: float = 20.0) -> None:
-        """Stop every service of this home by process group: SIGTERM, then SIGKILL."""
-        names = list(self._services()) if self.run_dir.exists() else []
-        running = {n: p for n in names if (p := self.pid(n))}
-        for pid in running.values():
-            _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while running and time.monotonic() < deadline:
-            running = {n: p for n, p in running.items() if _group_alive(p)}
-            time.sleep(0.5)
-        for pid in running.values():
-            _signal_group(pid, signal.SIGKILL)
-        for name in names:
-            self._pid_file(name).unlink(missing_ok=True)
+    def down(self, grace: float = 30.0) -> None:
+        """Stop every service of this home by process group, in reverse start order: SIGTERM
+        (SIGINT, a fast shutdown, for PostgreSQL), then SIGKILL after ``grace`` seconds."""
+        if not self.run_dir.exists():
+            return
+        for tier in (SERVICES[::-1], self.infrastructure()[::-1]):  # clients first, then what they need
+            running = {n: p for n in tier if (p := self.pid(n))}
+            for name, pid in running.items():
+                _signal_group(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while running and time.monotonic() < deadline:
+                running = {n: p for n, p in running.items() if _group_alive(p)}
+                time.sleep(0.5)
+            for pid in running.values():
+                _signal_group(pid, signal.SIGKILL)
+            for name in tier:
+                self._pid_file(name).unlink(missing_ok=True)
 
     def status(self) -> dict[str, int | None]:
-        return {name: self.pid(name) for name in self._services()}
+        return {name: self.pid(name) for name in self.service_names()}
 
     def admin_password(self) -> str:
         """Password of the generated ``admin`` user of Airflow's simple auth manager."""
