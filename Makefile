@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 
-.PHONY: demo test ui down status bench venv clean
+.PHONY: demo test ui down status bench venv clean stack-up stack-down stack-status stack-demo compose-env
 
 demo: venv
 	$(PY) -m scripts.demo
@@ -19,6 +19,23 @@ down: venv  ## stop everything `make ui` or `make demo` started
 
 status: venv
 	$(PY) -m scripts.stack status
+
+# The production topology natively (PostgreSQL, MLflow server, Spark standalone, Airflow on
+# PostgreSQL), state under .stack/. Same code; only MLOPS_TOPOLOGY differs.
+stack-up: venv
+	MLOPS_TOPOLOGY=cluster $(PY) -m scripts.stack up
+
+stack-down: venv
+	MLOPS_TOPOLOGY=cluster $(PY) -m scripts.stack down
+
+stack-status: venv
+	MLOPS_TOPOLOGY=cluster $(PY) -m scripts.stack status
+
+stack-demo: venv  ## the demo's story on the native production topology
+	MLOPS_TOPOLOGY=cluster $(PY) -m scripts.demo
+
+compose-env: venv  ## .env with fresh secrets for docker-compose.yaml
+	$(PY) -m scripts.compose_env
 
 bench: venv
 	$(PY) -m bench.bench_scoring

@@ -1,8 +1,9 @@
 """The demo: play a use case's whole story through a running Airflow, then summarise.
 
 1. simulate the raw history into the lake's landing zone;
-2. start the embedded stack (Spark Connect, MLflow server on SQLite, Airflow on SQLite
-   with LocalExecutor: api-server, scheduler, dag-processor);
+2. start the stack of ``$MLOPS_TOPOLOGY``: embedded by default (Spark Connect, MLflow server
+   on SQLite, Airflow on SQLite with LocalExecutor: api-server, scheduler, dag-processor), or
+   ``cluster`` (the same on PostgreSQL and a Spark standalone master and worker);
 3. backfill the daily DAG over the history before the first model;
 4. trigger the training DAG (as a user would from the UI form) and promote the first champion;
 5. backfill the daily DAG through the drift date to the end: scoring, monitoring, the drift
@@ -11,6 +12,7 @@
 
     python -m scripts.demo            # fresh state under $MLOPS_HOME (default .state/)
     python -m scripts.demo --keep     # keep earlier state (reruns are idempotent)
+    MLOPS_TOPOLOGY=cluster python -m scripts.demo   # the same story on the cluster stack (.stack/)
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from pathlib import Path
 from scripts.airflow_api import AirflowClient
 from scripts.stack import ROOT, Stack
 
-STATE_DIRS = ("lake", "mlflow", "airflow", "reports", "logs", "run")
+STATE_DIRS = ("lake", "mlflow", "airflow", "reports", "logs", "run", "postgres", "spark")
 
 
 def say(message: str) -> None:
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     print("Airflow runs by state:", timings.get("runs"))
     print("Timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items() if isinstance(v, float)))
     print(f"Demo wall time: {total:.0f}s ({total / 60:.1f} min)")
-    print(f"Explore the state: make ui   (Airflow http://127.0.0.1:{stack.airflow_port}, "
+    explore = "make stack-up" if stack.clustered else "make ui"
+    print(f"Explore the state: {explore}   (Airflow http://127.0.0.1:{stack.airflow_port}, "
           f"MLflow http://127.0.0.1:{stack.mlflow_port})")
     return 0
 

