@@ -23,7 +23,6 @@ import os
 import shutil
 import sys
 import time
-from pathlib import Path
 
 from scripts.airflow_api import AirflowClient
 from scripts.stack import ROOT, Stack

@@ -5,6 +5,7 @@ import copy
 import datetime as dt
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,19 @@ def small_spec_dict(name: str = "churn_small", **simulation) -> dict:
                                "first_training": "2026-01-20"})
     spec["simulation"].update(simulation)
     return spec
+
+
+def free_port(pair: bool = False) -> int:
+    """A free loopback port (with ``pair``, one whose successor is free too)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not pair:
+            return port
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port + 1)) != 0:
+                return port
 
 
 def write_spec(include: Path, spec: dict) -> Path:

@@ -118,7 +118,6 @@ def test_reruns_are_idempotent(played, small_spec):
     for name, table in tables.items():
         after = read_partition(table, day)
         cols = [c for c in after.columns if c not in volatile]
-        key = cols[0]
         pd.testing.assert_frame_equal(before[name][cols].sort_values(cols).reset_index(drop=True),
                                       after[cols].sort_values(cols).reset_index(drop=True), obj=name)
         assert len(after) == len(before[name]), f"{name} rows duplicated"

@@ -4,21 +4,14 @@ run, the drift watch's sensor firing and triggering retraining, a broken day qua
 from __future__ import annotations
 
 import datetime as dt
-import socket
 
 import pytest
 
-from tests.conftest import small_spec_dict, write_spec
+from tests.conftest import free_port, small_spec_dict, write_spec
 
 pytestmark = pytest.mark.e2e
 UC = "churn_flow"
 START, FIRST_TRAINING, BROKEN = dt.date(2026, 1, 1), dt.date(2026, 1, 16), dt.date(2026, 1, 18)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +31,7 @@ def story(tmp_path_factory):
     write_spec(include, spec)
     end = START + dt.timedelta(days=spec["simulation"]["days"] - 1)
     mp = pytest.MonkeyPatch()
-    stack = Stack(home=home, airflow_port=_free_port(), mlflow_port=_free_port(), spark_port=_free_port())
+    stack = Stack(home=home, airflow_port=free_port(), mlflow_port=free_port(), spark_port=free_port())
     mp.setenv("MLOPS_HOME", str(home))
     mp.setenv("MLOPS_INCLUDE", str(include))
     mp.setenv("MLOPS_SCHEDULE_END", end.isoformat())

@@ -11,31 +11,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import socket
 import tempfile
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import small_spec_dict, write_spec
+from tests.conftest import free_port, small_spec_dict, write_spec
 
 pytestmark = pytest.mark.integration
 UC = "churn_cluster"
 START, FIRST_TRAINING, DAYS = dt.date(2026, 1, 1), dt.date(2026, 1, 16), 19
-
-
-def _free_port(pair: bool = False) -> int:
-    """A free loopback port (with ``pair``, one whose successor is free too)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not pair:
-            return port
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port + 1)) != 0:
-                return port
 
 
 def _json(url: str) -> dict:
@@ -77,9 +63,9 @@ def cluster(tmp_path_factory):
     write_spec(include, spec)
     end = START + dt.timedelta(days=DAYS - 1)
     mp = pytest.MonkeyPatch()
-    stack = Stack(home=home, topology="cluster", airflow_port=_free_port(), mlflow_port=_free_port(),
-                  spark_port=_free_port(), postgres_port=_free_port(), spark_master_port=_free_port(),
-                  spark_ui_port=_free_port(pair=True))
+    stack = Stack(home=home, topology="cluster", airflow_port=free_port(), mlflow_port=free_port(),
+                  spark_port=free_port(), postgres_port=free_port(), spark_master_port=free_port(),
+                  spark_ui_port=free_port(pair=True))
     mp.delenv("MLOPS_SPARK_MASTER", raising=False)
     mp.setenv("MLOPS_HOME", str(home))
     mp.setenv("MLOPS_INCLUDE", str(include))
