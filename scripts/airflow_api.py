@@ -68,18 +68,29 @@ class AirflowClient:
 
     def backfill(self, dag_id: str, from_date: str, to_date: str, max_active_runs: int = 2,
                  reprocess: str = "completed", attempts: int = 10) -> dict:
-        """Create a backfill. On SQLite, Airflow refuses it (503) while another process holds the
-        database lock; that is retried with backoff."""
+        """Create a backfill. On SQLite, Airflow refuses it while another process holds the
+        database lock (503 "Database is locked", or 500 "Database error" under load); that is
+        retried with backoff. If a failed attempt did create it, the running backfill is returned."""
         body = {"dag_id": dag_id, "from_date": from_date, "to_date": to_date,
                 "max_active_runs": max_active_runs, "reprocess_behavior": reprocess}
         for attempt in range(attempts):
             try:
                 return self.post("/backfills", body)
             except RuntimeError as exc:
-                if "Database is locked" not in str(exc) or attempt == attempts - 1:
+                transient = any(m in str(exc) for m in ("Database is locked", "Database error"))
+                if attempt and "-> 409" in str(exc):  # an earlier attempt went through after all
+                    running = self.running_backfill(dag_id)
+                    if running and running["from_date"][:10] == from_date[:10]:
+                        return running
+                if not transient or attempt == attempts - 1:
                     raise
                 time.sleep(min(2 ** attempt, 15))
         raise AssertionError("unreachable")
+
+    def running_backfill(self, dag_id: str) -> dict | None:
+        """The backfill of ``dag_id`` that has not completed, if any."""
+        backfills = self.get("/backfills", dag_id=dag_id, limit=100)["backfills"]
+        return next((b for b in backfills if not b.get("completed_at")), None)
 
     def runs(self, dag_id: str) -> list[dict]:
         return self.get(f"/dags/{dag_id}/dagRuns", limit=1000, order_by="logical_date")["dag_runs"]

@@ -224,6 +224,7 @@ class Stack:
         if not path.exists():
             return None
         pid = int(path.read_text().strip())
+        _reap(pid)
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -365,7 +366,16 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
+def _reap(pid: int) -> None:
+    """Collect ``pid``'s exit status if it is an exited child of this process (no zombie left)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
 def _group_alive(pid: int) -> bool:
+    _reap(pid)
     try:
         os.killpg(pid, 0)
         return True
