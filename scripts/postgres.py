@@ -56,9 +56,10 @@ def ensure_installed() -> Path:
                             "or set MLOPS_POSTGRES_BIN to the folder holding `postgres` and `initdb`")
     # Debian's package would create and start a cluster of its own on 5432; ours is private.
     conf = Path("/etc/postgresql-common/createcluster.conf")
-    if not conf.exists():
+    text = conf.read_text() if conf.exists() else ""
+    if not any(line.strip().startswith("create_main_cluster") for line in text.splitlines()):
         conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text("create_main_cluster = false\n")
+        conf.write_text(text + "create_main_cluster = false\n")
     print("postgres: installing the server from Debian's packages (apt-get install postgresql)", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "postgresql"]):
