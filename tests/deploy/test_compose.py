@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
-AIRFLOW_SERVICES = {"airflow-init", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
+AIRFLOW_SERVICES = {"init", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
                     "airflow-triggerer", "airflow-worker"}
 
 
@@ -82,11 +82,11 @@ def test_topology_services_present(config):
 
 def test_every_service_has_a_healthcheck_and_dependencies_use_conditions(config):
     for name, service in config["services"].items():
-        if name != "airflow-init":  # a one-shot job: dependants wait for it to complete
+        if name != "init":  # a one-shot job: dependants wait for it to complete
             assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
         for dep, spec in service.get("depends_on", {}).items():
             assert spec["condition"] in {"service_healthy", "service_completed_successfully"}, (name, dep)
-            expected = "service_completed_successfully" if dep == "airflow-init" else "service_healthy"
+            expected = "service_completed_successfully" if dep == "init" else "service_healthy"
             assert spec["condition"] == expected, (name, dep, spec)
 
 
