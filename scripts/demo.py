@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     totals = runtime.simulate(args.use_case)
     say(f"  raw rows: {totals}")
 
-    say("starting the stack (Spark Connect, MLflow server, Airflow api-server/scheduler/dag-processor)")
+    say(f"starting the {stack.topology} stack ({', '.join(stack.service_names())})")
     timings = {}
     try:
         t = time.monotonic()
