@@ -194,7 +194,7 @@ class Stack:
             "--conf", f"spark.pyspark.python={sys.executable}",
         ]
         if self.clustered:
-            services["spark-connect"][-2:-2] = [
+            services["spark-connect"] += [
                 "--conf", f"spark.executor.memory={env_default('MLOPS_SPARK_EXECUTOR_MEMORY', '2g')}",
                 "--conf", "spark.driver.host=127.0.0.1"]
         services["mlflow"] = [
