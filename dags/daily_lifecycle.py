@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from airflow.sdk import dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, schedule_window, use_cases
+from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, schedule_window, use_cases
+from mlops_airflow.sensors import LookBackSensor
 
 DOC = """
 ### {name}: daily lifecycle
@@ -13,9 +14,13 @@ For the run's date `ds`:
 1. **validate_raw**: Great Expectations checks every raw source partition of `ds`.
    A failing partition is quarantined (never deleted) and the run stops with a message
    naming each column and rule; nothing downstream is written for that date.
-2. **build_features**: point-in-time features on Spark (events strictly before `ds`).
+2. **wait_for_look_back** (`LookBackSensor`): every day of the features' look-back window
+   must have a validated partition; it waits while an earlier day is still being validated
+   and fails at once, naming the days, when one was rejected or never delivered.
+   **build_features**: point-in-time features on Spark (events strictly before `ds`).
 3. **resolve_champion**: `@champion` resolved to a concrete version once; skipped
-   (with everything after it) before the first promotion.
+   (with everything after it) before the first promotion; fails loudly, naming the alias
+   and the version, when a champion was promoted but the alias no longer resolves.
 4. **score_batch**: Spark batch scoring into the inference table's `ds` partition.
 5. **monitor_drift** (beside scoring): Evidently drift of the day's inputs against the champion's
    training reference; HTML report + MLflow run; updates the drift asset, which
@@ -46,9 +51,10 @@ def build_daily_lifecycle(spec):
     )
     def daily_lifecycle():
         @task(outlets=[assets.clean])
+        @measured
         def validate_raw(ds=None, run_id=None) -> dict:
             """Validate every raw source of the day; land it clean or quarantine it."""
-            from airflow.exceptions import AirflowFailException
+            from airflow.sdk.exceptions import AirflowFailException
 
             from pipelines import runtime
             from pipelines.validation import DataValidationError
@@ -59,37 +65,55 @@ def build_daily_lifecycle(spec):
                 raise AirflowFailException(str(exc)) from None
 
         @task(outlets=[assets.features])
+        @measured
         def build_features(ds=None) -> int:
             """Point-in-time features for the day on Spark."""
-            from airflow.exceptions import AirflowSkipException
+            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
             from pipelines import runtime
+            from pipelines.features import LookBackIncomplete
 
-            rows = runtime.build_features(use_case, ds)
+            try:
+                rows = runtime.build_features(use_case, ds)
+            except LookBackIncomplete as exc:  # a window checked a moment ago lost a day: not retryable
+                raise AirflowFailException(str(exc)) from None
             if rows == 0:
                 raise AirflowSkipException(f"no history before {ds}: nothing to featurize or score")
             return rows
 
         @task
+        @measured
         def resolve_champion() -> dict:
             """Pin @champion to a concrete model version for this run."""
-            from airflow.exceptions import AirflowSkipException
+            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
             from pipelines import runtime
+            from pipelines.tracking import ChampionLost
 
-            champion = runtime.resolve_champion(use_case)
+            try:
+                champion = runtime.resolve_champion(use_case)
+            except ChampionLost as exc:  # promoted once, gone now: loud, and retrying cannot help
+                raise AirflowFailException(str(exc)) from None
             if champion is None:
                 raise AirflowSkipException("no champion yet: train and promote a model first")
             return champion
 
         @task(outlets=[assets.inference])
+        @measured
         def score_batch(champion: dict, ds=None, run_id=None) -> int:
             """Score the day's features with the pinned champion version."""
-            from pipelines import runtime
+            from airflow.sdk.exceptions import AirflowFailException
 
-            return runtime.score(use_case, ds, champion, run_id)
+            from pipelines import runtime
+            from pipelines.tracking import ModelArtifactsMissing
+
+            try:
+                return runtime.score(use_case, ds, champion, run_id)
+            except ModelArtifactsMissing as exc:  # nothing was written; retrying cannot bring files back
+                raise AirflowFailException(str(exc)) from None
 
         @task(outlets=[assets.drift])
+        @measured
         def monitor_drift(champion: dict, ds=None, outlet_events=None) -> dict:
             """Evidently drift report and metrics for the day's scoring inputs."""
             from pipelines import runtime
@@ -100,6 +124,7 @@ def build_daily_lifecycle(spec):
             return summary
 
         @task
+        @measured
         def measure_live_performance(ds=None) -> int:
             """Quality of earlier scores whose labels landed today."""
             from pipelines import runtime
@@ -107,9 +132,11 @@ def build_daily_lifecycle(spec):
             return len(runtime.live_performance(use_case, ds))
 
         validated = validate_raw()
+        look_back = LookBackSensor(task_id="wait_for_look_back", use_case=use_case, mode="reschedule",
+                                   poke_interval=10, timeout=30 * 60)
         features = build_features()
         champion = resolve_champion()
-        validated >> features >> champion
+        validated >> look_back >> features >> champion
         score_batch(champion)
         monitor_drift(champion)  # compares the same inputs with the reference: runs beside scoring
         validated >> measure_live_performance()

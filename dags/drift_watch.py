@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, use_cases
+from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, use_cases
 from mlops_airflow.operators import RetrainTriggerOperator
 from mlops_airflow.sensors import DriftSensor
 
@@ -46,6 +46,7 @@ def build_drift_watch(spec):
                                mode="reschedule", poke_interval=30, timeout=60 * 60)
 
         @task.short_circuit
+        @measured
         def decide_retraining(decision: dict) -> dict | None:
             """Record a retrain request when the policy says so; otherwise stop here."""
             from pipelines import runtime

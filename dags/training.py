@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, schedule_window, use_cases
+from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, schedule_window, use_cases
 
 DOC = """
 ### {name}: train, evaluate, promote
@@ -47,6 +47,7 @@ def build_training(spec):
     )
     def training():
         @task
+        @measured
         def train_challenger(params=None, dag_run=None, run_id=None, data_interval_end=None) -> dict:
             """Fit, log and register a challenger; returns its model URI and version."""
             from pipelines import runtime
@@ -59,6 +60,7 @@ def build_training(spec):
             return runtime.train(use_case, as_of, reason, trigger, run_id)
 
         @task(outlets=[assets.champion])
+        @measured
         def promote_if_better(challenger: dict) -> dict:
             """Champion vs challenger on the same holdout; move @champion only on a clear win."""
             from pipelines import runtime

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("use_case")
         p.add_argument("ds", help="date, YYYY-MM-DD")
+        if name == "validate":
+            p.add_argument("--allow-empty-redelivery", action="store_true",
+                           help="let an empty delivery replace a clean partition that has rows")
     train = sub.add_parser("train", help="train a challenger and promote it if better")
     train.add_argument("use_case")
     train.add_argument("--as-of", default=None)
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summarize(runtime.spec(uc)))
         return 0
     elif args.command == "validate":
-        result = runtime.validate(uc, args.ds)
+        result = runtime.validate(uc, args.ds, allow_empty_redelivery=args.allow_empty_redelivery)
     elif args.command == "features":
         result = runtime.build_features(uc, args.ds)
     elif args.command in ("score", "monitor"):
@@ -57,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "performance":
         result = runtime.live_performance(uc, args.ds)
     else:
-        as_of = runtime.resolve_as_of(uc, args.as_of, None)
-        challenger = runtime.train(uc, as_of, args.reason, "manual")
-        result = {"challenger": challenger, "promotion": runtime.promote(uc, challenger, as_of)}
+        with runtime.training_lock(uc):  # one training at a time, as in the DAG
+            as_of = runtime.resolve_as_of(uc, args.as_of, None)
+            challenger = runtime.train(uc, as_of, args.reason, "manual")
+            result = {"challenger": challenger, "promotion": runtime.promote(uc, challenger, as_of)}
     print(json.dumps(result, indent=2, default=str))
     return 0
 

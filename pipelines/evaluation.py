@@ -87,14 +87,29 @@ def promote_if_better(spark, spec, lake: Lake, challenger: dict, as_of: dt.date)
     champion_value = holdout_metric(champion_ref) if champion_ref else None
     decision = decide_promotion(metric, challenger_value, champion_value, spec.promotion.floor,
                                 spec.promotion.min_improvement, champion_ref.version if champion_ref else None)
-    log.info("%s: %s v%s: %s", spec.name, "PROMOTE" if decision.promote else "KEEP champion",
-             challenger_ref.version, decision.reason)
-
     c = tracking.client()
     evaluated_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    outcome, reason = ("promoted" if decision.promote else "rejected"), decision.reason
+    if decision.promote:  # compare-and-set: only if the champion is still the one we evaluated against
+        now = tracking.resolve_alias(name, tracking.CHAMPION)
+        if (now.version if now else None) != (champion_ref.version if champion_ref else None):
+            outcome = "conflict"
+            reason = (f"not promoted: the champion moved to v{now.version if now else None} while v"
+                      f"{challenger_ref.version} was evaluated against v{champion_ref.version if champion_ref else None}"
+                      f" ({decision.reason}); rerun the evaluation against the new champion")
+        else:
+            c.set_registered_model_alias(name, tracking.CHAMPION, challenger_ref.version)
+            tracking.record_champion(name, challenger_ref.version)
+    if outcome == "promoted":
+        log.info("%s: PROMOTE v%s to champion (was %s): %s", spec.name, challenger_ref.version,
+                 f"v{champion_ref.version}" if champion_ref else "none", reason)
+    else:
+        log.info("%s: KEEP champion %s, challenger v%s %s: %s", spec.name,
+                 f"v{champion_ref.version}" if champion_ref else "(none)", challenger_ref.version, outcome, reason)
+    # tags are written after the alias decision, so they say what actually happened
     tags = {
-        "promotion.decision": "promoted" if decision.promote else "rejected",
-        "promotion.reason": decision.reason,
+        "promotion.decision": outcome,
+        "promotion.reason": reason,
         "promotion.metric": metric,
         f"promotion.challenger_{metric}": _fmt(challenger_value),
         f"promotion.champion_{metric}": _fmt(champion_value),
@@ -104,12 +119,9 @@ def promote_if_better(spark, spec, lake: Lake, challenger: dict, as_of: dt.date)
     }
     for key, value in tags.items():
         c.set_model_version_tag(name, challenger_ref.version, key, value)
-    if decision.promote:
-        now = tracking.resolve_alias(name, tracking.CHAMPION)
-        if (now.version if now else None) != (champion_ref.version if champion_ref else None):
-            raise PromotionConflict(f"champion moved to v{now.version if now else None} during evaluation "
-                                    f"of v{challenger_ref.version}; rerun to evaluate against the new champion")
-        c.set_registered_model_alias(name, tracking.CHAMPION, challenger_ref.version)
+    if outcome == "conflict":
+        raise PromotionConflict(reason)
+    if outcome == "promoted":
         c.set_model_version_tag(name, challenger_ref.version, "champion.since", evaluated_at)
         if champion_ref:
             c.set_model_version_tag(name, champion_ref.version, "champion.replaced_by", challenger_ref.version)

@@ -151,10 +151,77 @@ def compute_features(spark, spec, lake: Lake, date: dt.date):
     return out.select(entity, *feature_columns(spec).all).withColumn("ds", F.lit(ds(date)))
 
 
+@dataclass(frozen=True)
+class LookBackGap:
+    """A day of a feature source's look-back window with no validated (clean) partition."""
+
+    source: str
+    ds: str
+    state: str   # "pending": delivered, not validated yet; "rejected": quarantined; "not delivered"
+
+    @property
+    def settled(self) -> bool:
+        """Whether waiting can help (False: validation of that day may still be running)."""
+        return self.state != "pending"
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.ds} ({self.state})"
+
+
+class LookBackIncomplete(RuntimeError):
+    """Features for a date would be computed from an incomplete look-back window."""
+
+    def __init__(self, message: str, gaps: list[LookBackGap]):
+        super().__init__(message)
+        self.gaps = gaps
+
+
+def _source_lookback(spec, source: str) -> int | None:
+    """Days of history features read from ``source`` (None: all of it)."""
+    days = [_group_lookback(g) for g in spec.features["groups"]
+            if g["source"] == source and g["kind"] in {"window_aggregates", "recency"}]
+    snapshot = source == spec.features["population"] or any(
+        g["source"] == source and g["kind"] == "attributes" for g in spec.features["groups"])
+    return None if snapshot or not days else max(days)
+
+
+def look_back_gaps(spec, lake: Lake, date: dt.date) -> list[LookBackGap]:
+    """Days in the look-back window of ``date`` (from the spec's start on) whose clean partition is
+    missing for a feature source, except the days the spec declares as known gaps."""
+    allowed = {str(d) for d in spec.features.get("allowed_missing_days", [])}
+    gaps = []
+    for source in spec.feature_sources():
+        lookback = _source_lookback(spec, source)
+        first = spec.start if lookback is None else max(spec.start, date - dt.timedelta(days=lookback))
+        clean = set(list_partitions(lake.clean(spec.name, source)))
+        raw = set(list_partitions(lake.raw(spec.name, source)))
+        rejected = set(list_partitions(lake.quarantine(spec.name, source)))
+        for i in range((date - first).days):
+            day = ds(first + dt.timedelta(days=i))
+            if day in clean or day in allowed:
+                continue
+            state = "rejected" if day in rejected else ("pending" if day in raw else "not delivered")
+            gaps.append(LookBackGap(source, day, state))
+    return gaps
+
+
+def require_complete_look_back(spec, lake: Lake, date: dt.date) -> None:
+    """Raise :class:`LookBackIncomplete` naming every missing day of ``date``'s look-back window."""
+    gaps = look_back_gaps(spec, lake, date)
+    if gaps:
+        shown = ", ".join(map(str, gaps[:10])) + (f" and {len(gaps) - 10} more" if len(gaps) > 10 else "")
+        raise LookBackIncomplete(
+            f"{spec.name}: features for {ds(date)} need every day of their look-back window; no validated "
+            f"partition for {shown}. Redeliver and validate those days, or declare them in the spec's "
+            f"features.allowed_missing_days.", gaps)
+
+
 def build_features(spark, spec, lake: Lake, date: dt.date) -> int:
     """Compute and write the ``ds=date`` feature partition (replaced whole); returns its row count.
 
     On the first day of data there is no history yet: nothing is written and 0 is returned.
+    Any other day refuses to run (:class:`LookBackIncomplete`) when a day of its look-back
+    window has no validated partition: features from a partial window would be silently wrong.
     """
     table = lake.features(spec.name)
     population = spec.features["population"]
@@ -162,6 +229,7 @@ def build_features(spark, spec, lake: Lake, date: dt.date) -> int:
         log.warning("%s: no clean %s partition before %s: no population yet, no features written",
                     spec.name, population, date)
         return 0
+    require_complete_look_back(spec, lake, date)
     compute_features(spark, spec, lake, date).write.mode("overwrite").partitionBy("ds").parquet(str(table))
     rows = partition_rows(table, date)
     log.info("%s: wrote %d feature rows for %s", spec.name, rows, date)

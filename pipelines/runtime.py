@@ -54,10 +54,18 @@ def simulate(use_case: str, **overrides) -> dict[str, int]:
     return simulate_to_lake(s, lake(), config_from_spec(s, **overrides))
 
 
-def validate(use_case: str, date: str | dt.date, run_id: str | None = None) -> dict[str, int]:
+def validate(use_case: str, date: str | dt.date, run_id: str | None = None,
+             allow_empty_redelivery: bool = False) -> dict[str, int]:
     from pipelines.validation import validate_day
 
-    return validate_day(spec(use_case), lake(), _date(date), run_id)
+    return validate_day(spec(use_case), lake(), _date(date), run_id, allow_empty_redelivery)
+
+
+def check_look_back(use_case: str, date: str | dt.date) -> None:
+    """Raise LookBackIncomplete if a day of the features' look-back window is not validated."""
+    from pipelines.features import require_complete_look_back
+
+    require_complete_look_back(spec(use_case), lake(), _date(date))
 
 
 def build_features(use_case: str, date: str | dt.date) -> int:
@@ -70,13 +78,16 @@ def resolve_champion(use_case: str) -> dict | None:
     """The champion as a concrete version (XCom-ready), or None before the first promotion."""
     from pipelines import tracking
 
-    ref = tracking.resolve_alias(spec(use_case).model.registered_name, tracking.CHAMPION)
+    tracking.require_tracking_server()
+    ref = tracking.resolve_champion(spec(use_case).model.registered_name)
     return ref.as_xcom() if ref else None
 
 
 def score(use_case: str, date: str | dt.date, champion: dict, run_id: str) -> int:
+    from pipelines import tracking
     from pipelines.scoring import score_partition
 
+    tracking.require_tracking_server()
     return score_partition(spark(f"{use_case}-scoring"), spec(use_case), lake(), _date(date), champion, run_id)
 
 
@@ -119,20 +130,42 @@ def request_retraining(use_case: str, decision: dict) -> dict:
     """Record a drift-triggered retrain request; returns the training run's conf and run id."""
     from pipelines.monitoring import RetrainDecision, record_retrain_request as record
 
-    record(spec(use_case), lake(), RetrainDecision(**decision))
+    fields = {k: decision[k] for k in ("retrain", "reason", "ds", "drift_share", "model_version")}
+    record(spec(use_case), lake(), RetrainDecision(**fields))
     as_of = _date(decision["ds"]) + dt.timedelta(days=1)   # the drift day's labels have landed
     return {"reason": decision["reason"], "trigger": "drift", "as_of": as_of.isoformat(),
             "run_id": f"drift__{decision['ds']}"}
 
 
+@lru_cache(maxsize=None)
+def training_lock(use_case: str, timeout: float = 3600.0):
+    """One training or promotion of a use case at a time, whoever starts it (DAG task or CLI).
+
+    A file lock beside the lake (shared by every worker that shares the lake); re-entrant in
+    one process, so the CLI can hold it across training and promotion.
+    """
+    from filelock import FileLock
+
+    path = lake().root / "_locks" / f"{use_case}.training.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), timeout=timeout)
+
+
 def train(use_case: str, as_of: str | dt.date, reason: str, trigger: str, run_id: str | None = None) -> dict:
+    from pipelines import tracking
     from pipelines.training import train_challenger
 
-    return train_challenger(spark(f"{use_case}-training"), spec(use_case), lake(), _date(as_of),
-                            reason=reason, trigger=trigger, airflow_run_id=run_id)
+    tracking.require_tracking_server()   # fail in seconds, before a long fit, when MLflow is away
+    with training_lock(use_case):
+        return train_challenger(spark(f"{use_case}-training"), spec(use_case), lake(), _date(as_of),
+                                reason=reason, trigger=trigger, airflow_run_id=run_id)
 
 
 def promote(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:
+    from pipelines import tracking
     from pipelines.evaluation import promote_if_better
 
-    return promote_if_better(spark(f"{use_case}-evaluation"), spec(use_case), lake(), challenger, _date(as_of))
+    tracking.require_tracking_server()
+    with training_lock(use_case):
+        return promote_if_better(spark(f"{use_case}-evaluation"), spec(use_case), lake(), challenger,
+                                 _date(as_of))

@@ -40,6 +40,7 @@ class SourceSpec:
     timestamp: str
     partition_by: str
     columns: dict[str, str]
+    min_rows: int = 1   # rows every daily delivery has; 0 for sources with legitimately empty days
 
 
 @dataclass(frozen=True)

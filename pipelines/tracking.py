@@ -19,12 +19,31 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 REFERENCE_ARTIFACT = "reference/features.parquet"
+CHAMPION_RECORD_TAG = "champion.version"   # on the registered model: who the alias should point at
+# MLflow retries a failed HTTP call 7 times with exponential backoff (minutes); a task that
+# lost its tracking server should say so in seconds, and Airflow's own retries take over.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server does not answer; the message names its URI."""
+
+
+class ChampionLost(RuntimeError):
+    """A champion was promoted once, but the alias no longer resolves to a usable version."""
+
+
+class ModelArtifactsMissing(RuntimeError):
+    """A registered version's model files cannot be loaded; the message names model, version and path."""
 
 
 def configure(settings: Settings | None = None) -> str:
     """Point MLflow at the configured tracking/registry URI; returns it."""
     import mlflow
 
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     settings = settings or current_settings()
     uri = settings.mlflow_tracking_uri
     if uri.startswith("sqlite:///"):
@@ -39,6 +58,26 @@ def client():
 
     configure()
     return MlflowClient()
+
+
+def require_tracking_server(timeout: float = 10.0) -> str:
+    """Fail within ``timeout`` seconds, naming the URI, unless the tracking server answers its
+    health check (a local store needs no server). Returns the tracking URI."""
+    import requests
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+    uri = configure()
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    try:
+        for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(1), reraise=True,
+                                retry=retry_if_exception_type(requests.RequestException)):
+            with attempt:
+                requests.get(f"{uri.rstrip('/')}/health", timeout=3).raise_for_status()
+    except requests.RequestException as exc:
+        raise TrackingUnavailable(f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}); "
+                                  f"nothing was written. Start it (make ui) or fix MLFLOW_TRACKING_URI.") from None
+    return uri
 
 
 def ensure_experiment(name: str) -> str:
@@ -182,8 +221,54 @@ def model_version(name: str, version: str) -> ModelRef:
 
 
 def load_model(ref: ModelRef):
-    """The scikit-learn model of a registered version."""
+    """The scikit-learn model of a registered version; :class:`ModelArtifactsMissing` names the
+    model, the version and the artifact location when its files cannot be loaded."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     configure()
-    return mlflow.sklearn.load_model(ref.uri)
+    try:
+        return mlflow.sklearn.load_model(ref.uri)
+    except (MlflowException, OSError) as exc:
+        try:
+            source = client().get_model_version(ref.name, ref.version).source
+        except MlflowException:
+            source = "unknown (the version is not in the registry)"
+        raise ModelArtifactsMissing(f"cannot load {ref.name} v{ref.version} ({ref.uri}, run {ref.run_id}): its "
+                                    f"artifacts at {source} are missing or unreadable: {exc}") from None
+
+
+def record_champion(name: str, version: str) -> None:
+    """Remember on the registered model which version the champion alias was moved to."""
+    client().set_registered_model_tag(name, CHAMPION_RECORD_TAG, str(version))
+
+
+def recorded_champion(name: str) -> str | None:
+    """The version last recorded as champion (None: no champion was ever promoted)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return (client().get_registered_model(name).tags or {}).get(CHAMPION_RECORD_TAG)
+    except MlflowException:
+        return None
+
+
+def resolve_champion(name: str) -> ModelRef | None:
+    """The champion as a concrete version; None only if no champion was ever promoted.
+
+    A champion that was promoted but whose alias no longer resolves (the version was deleted,
+    or the alias removed) raises :class:`ChampionLost`: scoring must not silently stop.
+    """
+    ref = resolve_alias(name, CHAMPION)
+    if ref is not None:
+        return ref
+    recorded = recorded_champion(name)
+    if recorded is None:
+        return None
+    try:
+        client().get_model_version(name, recorded)
+        state = f"v{recorded} still exists but the alias was removed"
+    except Exception:
+        state = f"v{recorded} is no longer in the registry (deleted?)"
+    raise ChampionLost(f"{name}@{CHAMPION} does not resolve: the last promoted champion was v{recorded} and "
+                       f"{state}. Point the alias at a valid version (mlops promote/rollback) before scoring.")

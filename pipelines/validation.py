@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines.lake import Lake, drop_partition, ds, read_files, replace_partition, write_json
+from pipelines.lake import Lake, drop_partition, ds, partition_rows, read_files, replace_partition, write_json
 
 log = logging.getLogger(__name__)
 # GX logs every registered function at INFO while importing; task logs are read by people.
@@ -95,6 +97,8 @@ def build_suite(spec, source: str, rules: dict[str, list[dict[str, Any]]]):
     suite.add_expectation(gxe.ExpectTableColumnsToMatchSet(column_set=list(src.columns), exact_match=True))
     for column, kind in src.columns.items():
         suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=PANDAS_TYPES[kind]))
+    # a source that always delivers has at least min_rows rows a day; map rules pass on empty data
+    suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(min_value=src.min_rows))
     for column in src.key:
         suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column))
     if len(src.key) == 1:
@@ -158,28 +162,57 @@ class PartitionValidator:
         result = batch.validate(self._suites[source])
         return [_describe(r) for r in result.results if not r.success]
 
-    def validate(self, source: str, date: dt.date | str, attempt: str) -> SourceReport:
-        """Validate one raw partition; land it in clean or quarantine it."""
+    def validate(self, source: str, date: dt.date | str, attempt: str,
+                 allow_empty_redelivery: bool = False) -> SourceReport:
+        """Validate one raw partition; land it in clean or quarantine it.
+
+        An unreadable file is a failed rule like any other (quarantined as delivered). An empty
+        delivery never replaces a clean partition that has rows, unless explicitly allowed:
+        it is quarantined and the clean partition is kept.
+        """
         raw_path = Lake.partition(self.lake.raw(self.spec.name, source), date)
         if not raw_path.exists():
             return SourceReport(source, ds(date), 0, False,
                                 [RuleFailure("raw partition present", None, f"nothing delivered at {raw_path}")])
-        table = read_files(sorted(str(p) for p in raw_path.glob("*.parquet")))
+        files = sorted(str(p) for p in raw_path.glob("*.parquet"))
+        clean = self.lake.clean(self.spec.name, source)
+        try:
+            table = read_files(files)
+        except Exception as exc:  # truncated or corrupt Parquet: retrying cannot help
+            report = SourceReport(source, ds(date), 0, False, [RuleFailure(
+                "readable Parquet", None, f"cannot read {', '.join(Path(f).name for f in files)}: "
+                                          f"{type(exc).__name__}: {exc}")])
+            self._quarantine(report, date, attempt, files=files)
+            drop_partition(clean, date)
+            return report
         frame = table.to_pandas(date_as_object=False)
         failures = self.check(source, frame)
+        kept = partition_rows(clean, date)
+        shrinks = not failures and len(frame) == 0 and kept > 0 and not allow_empty_redelivery
+        if shrinks:
+            failures = [RuleFailure("redelivery keeps rows", None,
+                                    f"an empty delivery would replace the clean partition's {kept} rows; "
+                                    f"the clean partition is kept (override: `mlops validate "
+                                    f"{self.spec.name} {ds(date)} --allow-empty-redelivery`)")]
         report = SourceReport(source, ds(date), len(frame), not failures, failures)
-        clean = self.lake.clean(self.spec.name, source)
         if failures:
-            qdir = Lake.partition(self.lake.quarantine(self.spec.name, source), date) / f"attempt={attempt}"
-            qdir.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, qdir / "data.parquet")
-            report.quarantined_to = str(qdir)
-            write_json(qdir / "validation.json", asdict(report))
-            if drop_partition(clean, date):
+            self._quarantine(report, date, attempt, table=table)
+            if not shrinks and drop_partition(clean, date):
                 log.warning("removed clean partition %s of %s: its new delivery failed validation", ds(date), source)
         else:
             replace_partition(clean, date, table)
         return report
+
+    def _quarantine(self, report: SourceReport, date, attempt: str, table=None, files: list[str] = ()) -> None:
+        """Keep the rejected delivery (as delivered) with its validation report; never deleted."""
+        qdir = Lake.partition(self.lake.quarantine(self.spec.name, report.source), date) / f"attempt={attempt}"
+        qdir.mkdir(parents=True, exist_ok=True)
+        if table is not None:
+            pq.write_table(table, qdir / "data.parquet")
+        for path in files:
+            shutil.copy2(path, qdir / Path(path).name)
+        report.quarantined_to = str(qdir)
+        write_json(qdir / "validation.json", asdict(report))
 
 
 def _quiet_progress_bars(context) -> None:
@@ -192,7 +225,8 @@ def _quiet_progress_bars(context) -> None:
         pass
 
 
-def validate_day(spec, lake: Lake, date: dt.date | str, run_id: str | None = None) -> dict[str, int]:
+def validate_day(spec, lake: Lake, date: dt.date | str, run_id: str | None = None,
+                 allow_empty_redelivery: bool = False) -> dict[str, int]:
     """Validate every source of ``date``; returns clean row counts or raises DataValidationError.
 
     Each attempt quarantines into its own folder (UTC time, then the run id if given), so a
@@ -202,7 +236,7 @@ def validate_day(spec, lake: Lake, date: dt.date | str, run_id: str | None = Non
     if run_id:
         attempt += "__" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)
     validator = PartitionValidator(spec, lake)
-    reports = [validator.validate(source, date, attempt) for source in spec.sources]
+    reports = [validator.validate(source, date, attempt, allow_empty_redelivery) for source in spec.sources]
     for report in reports:
         (log.info if report.success else log.error)("%s", report.summary())
     failed = [r for r in reports if not r.success]

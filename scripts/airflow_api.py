@@ -1,130 +1,177 @@
-"""A small client of Airflow's REST API (v2), for the demo driver and the end-to-end tests."""
+"""Airflow's REST API through the official client (``apache-airflow-client``), for the demo
+driver, the benchmarks and the end-to-end tests: authentication, triggers, backfills, and
+waits (``tenacity``) that stop early when the scheduler or dag-processor is unhealthy.
+
+Runs and task instances come back as plain dicts in the API's JSON shape (ISO dates).
+"""
 from __future__ import annotations
 
-import time
+import datetime as dt
+import json
+from typing import Any, Callable
 
-import requests
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 TERMINAL = {"success", "failed"}
 
 
+class AirflowUnhealthy(RuntimeError):
+    """The scheduler or dag-processor stopped heartbeating: waiting would be forever."""
+
+
+class _NotYet(Exception):
+    """A wait's condition does not hold yet (retried until the deadline)."""
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 2.0, what: str = "condition") -> Any:
+    """Call ``condition`` every ``interval`` s until it returns a truthy value, which is returned.
+    Exceptions other than the condition not holding yet propagate at once; past ``timeout``
+    a TimeoutError names ``what``."""
+    def attempt():
+        value = condition()
+        if not value:
+            raise _NotYet()
+        return value
+
+    try:
+        for tried in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(interval),
+                              retry=retry_if_exception_type(_NotYet), reraise=True):
+            with tried:
+                return attempt()
+    except _NotYet:
+        raise TimeoutError(f"{what}: not done after {timeout:.0f}s") from None
+
+
+def _plain(model) -> dict:
+    return json.loads(model.to_json())
+
+
 class AirflowClient:
-    """Token-authenticated calls to ``/api/v2`` of one Airflow api-server."""
+    """Token-authenticated calls to one Airflow api-server."""
 
     def __init__(self, base_url: str, username: str, password: str):
+        from airflow_client import client
+
         self.base = base_url.rstrip("/")
-        self.session = requests.Session()
-        resp = requests.post(f"{self.base}/auth/token", json={"username": username, "password": password}, timeout=30)
-        resp.raise_for_status()
-        self.session.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
+        self._client = client
+        config = client.Configuration(host=self.base)
+        api = client.ApiClient(config)
+        resp = api.rest_client.request("POST", f"{self.base}/auth/token",
+                                       headers={"Content-Type": "application/json"},
+                                       body={"username": username, "password": password}, _request_timeout=30)
+        resp.read()
+        if resp.status >= 300:
+            raise PermissionError(f"Airflow at {self.base} refused the login of {username!r}: {resp.status}")
+        config.access_token = json.loads(resp.data)["access_token"]
+        self.api = client.ApiClient(config)
+        self.dags_api = client.DAGApi(self.api)
+        self.runs_api = client.DagRunApi(self.api)
+        self.backfills_api = client.BackfillApi(self.api)
+        self.tis_api = client.TaskInstanceApi(self.api)
+        self.monitor_api = client.MonitorApi(self.api)
+        self.errors_api = client.ImportErrorApi(self.api)
+        self.xcom_api = client.XComApi(self.api)
 
-    def _call(self, method: str, path: str, **kwargs):
-        resp = self.session.request(method, f"{self.base}/api/v2{path}", timeout=60, **kwargs)
-        if resp.status_code >= 400:
-            raise RuntimeError(f"{method} {path} -> {resp.status_code}: {resp.text[:500]}")
-        return resp.json() if resp.content else None
-
-    def get(self, path: str, **params):
-        return self._call("GET", path, params=params)
-
-    def post(self, path: str, body: dict):
-        return self._call("POST", path, json=body)
-
-    def patch(self, path: str, body: dict):
-        return self._call("PATCH", path, json=body)
+    # ----------------------------------------------------------------- health
+    def health(self) -> dict:
+        return _plain(self.monitor_api.get_health())
 
     def check_healthy(self) -> None:
         """Raise if the scheduler or dag-processor stopped heartbeating (waiting would be forever)."""
-        health = self.get("/monitor/health")
+        health = self.health()
         sick = [part for part in ("scheduler", "dag_processor") if (health.get(part) or {}).get("status") != "healthy"]
         if sick:
-            raise RuntimeError(f"Airflow {', '.join(sick)} unhealthy: {health}; see $MLOPS_HOME/logs/")
+            raise AirflowUnhealthy(f"Airflow {', '.join(sick)} unhealthy: {health}; see $MLOPS_HOME/logs/")
 
+    # ----------------------------------------------------------------- DAGs and runs
     def wait_for_dags(self, dag_ids: list[str], timeout: float = 180) -> None:
         """Wait until the dag-processor has parsed every DAG, then make sure none is paused."""
-        deadline = time.monotonic() + timeout
-        missing = list(dag_ids)
-        while missing:
-            known = {d["dag_id"] for d in self.get("/dags", limit=1000)["dags"]}
-            missing = [d for d in dag_ids if d not in known]
-            if not missing:
-                break
-            errors = self.get("/importErrors").get("import_errors", [])
+        def parsed() -> bool:
+            known = {d.dag_id for d in self.dags_api.get_dags(limit=1000).dags}
+            if set(dag_ids) <= known:
+                return True
+            errors = self.errors_api.get_import_errors().import_errors
             if errors:
-                raise RuntimeError("DAG import errors:\n" + "\n".join(f"{e['filename']}: {e['stack_trace'][-1500:]}"
+                raise RuntimeError("DAG import errors:\n" + "\n".join(f"{e.filename}: {e.stack_trace[-1500:]}"
                                                                      for e in errors))
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"DAGs not parsed after {timeout}s: {missing}")
-            time.sleep(2)
+            return False
+
+        wait_for(parsed, timeout, what=f"DAGs {dag_ids} parsed")
         for dag_id in dag_ids:
-            self.patch(f"/dags/{dag_id}", {"is_paused": False})
+            self.dags_api.patch_dag(dag_id, self._client.DAGPatchBody(is_paused=False))
 
     def trigger(self, dag_id: str, conf: dict | None = None, logical_date: str | None = None,
                 run_id: str | None = None) -> str:
-        body = {"logical_date": logical_date, "conf": conf or {}}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self.post(f"/dags/{dag_id}/dagRuns", body)["dag_run_id"]
+        body = self._client.TriggerDAGRunPostBody(
+            conf=conf or {}, dag_run_id=run_id,
+            logical_date=dt.datetime.fromisoformat(logical_date) if logical_date else None)
+        return self.runs_api.trigger_dag_run(dag_id, body).dag_run_id
 
     def backfill(self, dag_id: str, from_date: str, to_date: str, max_active_runs: int = 2,
-                 reprocess: str = "completed", attempts: int = 10) -> dict:
-        """Create a backfill. On SQLite, Airflow refuses it while another process holds the
-        database lock (503 "Database is locked", or 500 "Database error" under load); that is
-        retried with backoff. If a failed attempt did create it, the running backfill is returned."""
-        body = {"dag_id": dag_id, "from_date": from_date, "to_date": to_date,
-                "max_active_runs": max_active_runs, "reprocess_behavior": reprocess}
-        for attempt in range(attempts):
-            try:
-                return self.post("/backfills", body)
-            except RuntimeError as exc:
-                transient = any(m in str(exc) for m in ("Database is locked", "Database error"))
-                if attempt and "-> 409" in str(exc):  # an earlier attempt went through after all
-                    running = self.running_backfill(dag_id)
-                    if running and running["from_date"][:10] == from_date[:10]:
-                        return running
-                if not transient or attempt == attempts - 1:
-                    raise
-                time.sleep(min(2 ** attempt, 15))
-        raise AssertionError("unreachable")
+                 reprocess: str = "completed") -> dict:
+        """Create a backfill over [from_date, to_date] (dates, UTC midnight)."""
+        def day(value: str) -> dt.datetime:
+            return dt.datetime.fromisoformat(value[:10]).replace(tzinfo=dt.timezone.utc)
 
-    def running_backfill(self, dag_id: str) -> dict | None:
-        """The backfill of ``dag_id`` that has not completed, if any."""
-        backfills = self.get("/backfills", dag_id=dag_id, limit=100)["backfills"]
-        return next((b for b in backfills if not b.get("completed_at")), None)
+        body = self._client.BackfillPostBody(dag_id=dag_id, from_date=day(from_date), to_date=day(to_date),
+                                             max_active_runs=max_active_runs,
+                                             reprocess_behavior=self._client.ReprocessBehavior(reprocess))
+        return _plain(self.backfills_api.create_backfill(body))
+
+    def get_backfill(self, backfill_id: int) -> dict:
+        return _plain(self.backfills_api.get_backfill(backfill_id))
 
     def runs(self, dag_id: str) -> list[dict]:
-        return self.get(f"/dags/{dag_id}/dagRuns", limit=1000, order_by="logical_date")["dag_runs"]
+        found = self.runs_api.get_dag_runs(dag_id, limit=1000, order_by=["logical_date"])
+        return [_plain(r) for r in found.dag_runs]
 
     def run(self, dag_id: str, run_id: str) -> dict:
-        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}")
+        return _plain(self.runs_api.get_dag_run(dag_id, run_id))
+
+    def clear_run(self, dag_id: str, run_id: str) -> None:
+        """Clear every task of a run, as the UI's "Clear" does: the scheduler runs it again."""
+        self.runs_api.clear_dag_run(dag_id, run_id, self._client.DAGRunClearBody(dry_run=False))
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return [_plain(t) for t in self.tis_api.get_task_instances(dag_id, run_id, limit=1000).task_instances]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
+        """One XCom value (deserialized), or None if the task pushed none under ``key``."""
+        from airflow_client.client.exceptions import NotFoundException
+
+        try:
+            entry = self.xcom_api.get_xcom_entry(dag_id, task_id, run_id, key, deserialize=True)
+        except NotFoundException:
+            return None
+        return entry.value
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
+        def finished():
             run = self.run(dag_id, run_id)
             if run["state"] in TERMINAL:
                 return run
             self.check_healthy()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{dag_id} {run_id} still {run['state']} after {timeout}s")
-            time.sleep(2)
+            return None
+
+        return wait_for(finished, timeout, what=f"{dag_id} {run_id}")
+
+    def active_runs(self, dag_ids: list[str]) -> list[tuple[str, str]]:
+        return [(d, r["dag_run_id"]) for d in dag_ids for r in self.runs(d) if r["state"] not in TERMINAL]
 
     def wait_idle(self, dag_ids: list[str], timeout: float = 1800, settle: float = 6.0) -> None:
-        """Wait until no run of these DAGs is queued or running, for ``settle`` seconds in a row."""
-        deadline = time.monotonic() + timeout
-        quiet_since = None
-        while True:
-            active = [(d, r["dag_run_id"]) for d in dag_ids for r in self.runs(d) if r["state"] not in TERMINAL]
-            if active:
-                quiet_since = None
+        """Wait until no run of these DAGs is queued or running, twice in a row ``settle`` s apart
+        (a finished run may trigger another: the drift watch, then retraining)."""
+        def quiet() -> bool:
+            if self.active_runs(dag_ids):
                 self.check_healthy()
-            else:
-                quiet_since = quiet_since or time.monotonic()
-                if time.monotonic() - quiet_since >= settle:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"runs still active after {timeout}s: {active[:5]}")
-            time.sleep(2)
+                return False
+            return True
+
+        wait_for(lambda: quiet() and _slept(settle) and quiet(), timeout, what=f"runs of {dag_ids} idle")
+
+
+def _slept(seconds: float) -> bool:
+    import time
+
+    time.sleep(seconds)
+    return True

@@ -1,9 +1,9 @@
 """The demo: play a use case's whole story through a running Airflow, then summarise.
 
 1. simulate the raw history into the lake's landing zone;
-2. start the stack of ``$MLOPS_TOPOLOGY``: embedded by default (Spark Connect, MLflow server
-   on SQLite, Airflow on SQLite with LocalExecutor: api-server, scheduler, dag-processor), or
-   ``cluster`` (the same on PostgreSQL and a Spark standalone master and worker);
+2. start the stack of ``$MLOPS_TOPOLOGY``: embedded by default (a private PostgreSQL for
+   Airflow's and MLflow's metadata, Spark Connect, an MLflow server, Airflow's api-server,
+   scheduler and dag-processor), or ``cluster`` (the same on a Spark standalone master and worker);
 3. backfill the daily DAG over the history before the first model;
 4. trigger the training DAG (as a user would from the UI form) and promote the first champion;
 5. backfill the daily DAG through the drift date to the end: scoring, monitoring, the drift
@@ -24,8 +24,8 @@ import shutil
 import sys
 import time
 
-from scripts.airflow_api import AirflowClient
-from scripts.stack import ROOT, Stack
+from scripts.airflow_api import TERMINAL, AirflowClient, wait_for
+from scripts.stack import ROOT, STACK_MARK, Stack
 
 STATE_DIRS = ("lake", "mlflow", "airflow", "reports", "logs", "run", "postgres", "spark")
 
@@ -44,22 +44,23 @@ def run_backfill(client: AirflowClient, dag_id: str, start: dt.date, end: dt.dat
     started = time.monotonic()
     backfill = client.backfill(dag_id, start.isoformat(), end.isoformat(), max_active_runs=max_active_runs)
     wanted = {(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)}
-    last_report = time.monotonic()
-    while not client.get(f"/backfills/{backfill['id']}").get("completed_at"):
-        if time.monotonic() - last_report > 30:
-            runs = [r for r in client.runs(dag_id) if (r.get("logical_date") or "")[:10] in wanted]
-            done = sum(r["state"] in ("success", "failed") for r in runs)
-            say(f"  {dag_id}: {done}/{len(wanted)} days done ({time.monotonic() - started:.0f}s)")
-            last_report = time.monotonic()
-            client.check_healthy()
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"backfill of {dag_id} not done after {timeout}s")
-        time.sleep(3)
+
+    def in_range() -> list[dict]:
+        return [r for r in client.runs(dag_id) if (r.get("logical_date") or "")[:10] in wanted]
+
+    def completed() -> bool:
+        if client.get_backfill(backfill["id"]).get("completed_at"):
+            return True
+        done = sum(r["state"] in TERMINAL for r in in_range())
+        say(f"  {dag_id}: {done}/{len(wanted)} days done ({time.monotonic() - started:.0f}s)")
+        client.check_healthy()
+        return False
+
+    wait_for(completed, timeout, interval=30, what=f"backfill of {dag_id}")
     client.wait_idle(watch, timeout=timeout)
-    runs = [r for r in client.runs(dag_id) if (r.get("logical_date") or "")[:10] in wanted]
-    done = [r for r in runs if r["state"] in ("success", "failed")]
+    runs = in_range()
     failed = [r["dag_run_id"] for r in runs if r["state"] == "failed"]
-    say(f"  {dag_id} {start}..{end}: {len(done) - len(failed)} succeeded, {len(failed)} failed "
+    say(f"  {dag_id} {start}..{end}: {len(runs) - len(failed)} succeeded, {len(failed)} failed "
         f"in {time.monotonic() - started:.0f}s" + (f": {failed}" if failed else ""))
     return runs
 
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     stack = Stack()
-    os.environ.update({k: v for k, v in stack.env().items() if k.startswith(("MLOPS", "MLFLOW"))})
+    os.environ.update({k: v for k, v in stack.env().items()
+                       if k.startswith(("MLOPS", "MLFLOW")) and k != STACK_MARK})
     from pipelines import runtime
     from pipelines.report import summarize
 
@@ -123,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     start = dt.date.fromisoformat(sim.history_start)
     end = start + dt.timedelta(days=sim.days - 1)
     first_training = dt.date.fromisoformat(sim.first_training)
-    if any(stack.status().values()):
-        stack.down()
+    stack.down()   # whatever an earlier run left behind
     if not args.keep:
         for name in STATE_DIRS:
             shutil.rmtree(stack.home / name, ignore_errors=True)

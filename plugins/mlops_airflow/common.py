@@ -51,3 +51,26 @@ def lifecycle_assets(use_case: str) -> LifecycleAssets:
 
     return LifecycleAssets(asset("clean"), asset("features"), asset("inference"), asset("drift_summary"),
                            asset("champion"))
+
+
+WORK_SECONDS_KEY = "work_seconds"
+
+
+def measured(step):
+    """Decorate a task function: time its own work and push it as the ``work_seconds`` XCom,
+    so a task's total time in Airflow can be split into work and overhead
+    (``bench/bench_task_overhead.py`` reads both)."""
+    import functools
+    import time
+
+    @functools.wraps(step)
+    def run(*args, **kwargs):
+        from airflow.sdk import get_current_context
+
+        started = time.perf_counter()
+        try:
+            return step(*args, **kwargs)
+        finally:
+            get_current_context()["ti"].xcom_push(WORK_SECONDS_KEY, round(time.perf_counter() - started, 3))
+
+    return run

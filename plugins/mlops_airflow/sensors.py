@@ -4,22 +4,31 @@ from __future__ import annotations
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 
-def latest_event_ds(context) -> str | None:
-    """The newest ``ds`` carried in the extra of the assets that triggered this run."""
-    found = []
+def event_dates(context) -> list[str]:
+    """Every ``ds`` carried in the extra of the asset events that triggered this run, in order
+    (several drift results can queue into one run while a backfill runs)."""
+    found = set()
     for events in (context.get("triggering_asset_events") or {}).values():
         for event in events:
             value = (getattr(event, "extra", None) or {}).get("ds")
             if value:
-                found.append(str(value))
-    return max(found) if found else None
+                found.add(str(value)[:10])
+    return sorted(found)
+
+
+def choose_decision(decisions: list[dict]) -> dict:
+    """Of one run's decisions (oldest first), the one to act on: the newest that asks for
+    retraining, else the newest. Every decision is kept under ``evaluated``."""
+    wanted = [d for d in decisions if d["retrain"]] or decisions
+    return {**wanted[-1], "evaluated": [{k: d[k] for k in ("ds", "retrain", "reason")} for d in decisions]}
 
 
 class DriftSensor(BaseSensorOperator):
-    """Waits for a date's drift result in the monitoring table, then returns the retrain decision.
+    """Waits for drift results in the monitoring table, then returns the retrain decision.
 
-    The date is ``ds`` if given (manual runs), else the newest date carried by the triggering
-    asset events. The decision (retrain or not, with its reason) is pushed to XCom.
+    The dates are ``ds`` if given (manual runs), else every date carried by the triggering
+    asset events: each is evaluated once. The decision acted on (retrain or not, with its
+    reason, see :func:`choose_decision`) is pushed to XCom with all the evaluated ones.
     """
 
     template_fields = ("ds",)
@@ -32,12 +41,47 @@ class DriftSensor(BaseSensorOperator):
     def poke(self, context) -> PokeReturnValue | bool:
         from pipelines import runtime
 
-        date = (self.ds or "").strip() or latest_event_ds(context)
-        if not date:
+        given = (self.ds or "").strip()
+        dates = [given] if given else event_dates(context)
+        if not dates:
             raise ValueError("no date to evaluate: give the 'ds' param or trigger through the drift asset")
-        decision = runtime.retrain_decision(self.use_case, date)
-        if decision is None:
-            self.log.info("no drift result for %s %s yet; waiting", self.use_case, date)
+        decisions = []
+        for date in dates:
+            decision = runtime.retrain_decision(self.use_case, date)
+            if decision is None:
+                self.log.info("no drift result for %s %s yet; waiting", self.use_case, date)
+                return False
+            self.log.info("%s %s: retrain=%s: %s", self.use_case, date, decision["retrain"], decision["reason"])
+            decisions.append(decision)
+        return PokeReturnValue(is_done=True, xcom_value=choose_decision(decisions))
+
+
+class LookBackSensor(BaseSensorOperator):
+    """Waits until every day of a date's feature look-back window has a validated partition.
+
+    A day still being validated (delivered, neither clean nor quarantined yet: for example the
+    previous day of a backfill running beside this one) is waited for. A day that was rejected
+    or never delivered cannot arrive by waiting: the sensor fails at once, naming the days.
+    """
+
+    template_fields = ("ds",)
+
+    def __init__(self, *, use_case: str, ds: str = "{{ ds }}", **kwargs):
+        super().__init__(**kwargs)
+        self.use_case = use_case
+        self.ds = ds
+
+    def poke(self, context) -> bool:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines import runtime
+        from pipelines.features import LookBackIncomplete
+
+        try:
+            runtime.check_look_back(self.use_case, self.ds)
+        except LookBackIncomplete as exc:
+            if any(gap.settled for gap in exc.gaps):
+                raise AirflowFailException(str(exc)) from None
+            self.log.info("waiting for validation of %s", ", ".join(map(str, exc.gaps)))
             return False
-        self.log.info("%s %s: retrain=%s: %s", self.use_case, date, decision["retrain"], decision["reason"])
-        return PokeReturnValue(is_done=True, xcom_value=decision)
+        return True

@@ -4,8 +4,8 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from pipelines.features import build_features, compute_features
-from pipelines.lake import Lake, read_partition, replace_partition
+from pipelines.features import LookBackIncomplete, build_features, compute_features, look_back_gaps
+from pipelines.lake import Lake, drop_partition, read_partition, replace_partition
 from pipelines.lake import arrow_schema
 
 pytestmark = pytest.mark.spark
@@ -33,7 +33,18 @@ def lake(tmp_path, small_spec):
     _land(lake, small_spec, "transactions", dt.date(2026, 1, 2), [_tx(1, "C1", "2026-01-02 12:00:00", 10.0, "store")])
     _land(lake, small_spec, "transactions", dt.date(2026, 1, 8), [_tx(2, "C1", "2026-01-08 09:00:00", 30.0),
                                                                    _tx(3, "C2", "2026-01-08 23:59:59", 5.0)])
+    _complete_history(lake, small_spec, D + dt.timedelta(days=2))
     return lake
+
+
+def _complete_history(lake, spec, until):
+    """Validated (here: empty) partitions for every other day, as the daily DAG would leave them."""
+    day = spec.start
+    while day < until:
+        for source in ("customers", "transactions"):
+            if not (lake.clean(spec.name, source) / f"ds={day}").exists():
+                _land(lake, spec, source, day, [])
+        day += dt.timedelta(days=1)
 
 
 def _features(spark, spec, lake):
@@ -77,3 +88,31 @@ def test_no_history_writes_nothing(spark, small_spec, lake):
 def test_missing_clean_source_is_a_clear_error(spark, small_spec, tmp_path):
     with pytest.raises(FileNotFoundError, match="no clean data"):
         compute_features(spark, small_spec, Lake(tmp_path / "empty"), D)
+
+
+def test_a_missing_day_in_the_look_back_window_stops_the_features(spark, small_spec, lake):
+    """A day without a validated partition would make windowed counts silently low: refused."""
+    drop_partition(lake.clean(small_spec.name, "transactions"), dt.date(2026, 1, 8))
+    with pytest.raises(LookBackIncomplete, match=r"transactions 2026-01-08 \(not delivered\)"):
+        build_features(spark, small_spec, lake, D)
+    assert not (lake.features(small_spec.name) / f"ds={D}").exists()
+
+
+def test_gap_states_tell_waiting_from_lost(small_spec, lake, tmp_path):
+    spec = small_spec
+    drop_partition(lake.clean(spec.name, "transactions"), dt.date(2026, 1, 5))   # rejected
+    (lake.quarantine(spec.name, "transactions") / "ds=2026-01-05").mkdir(parents=True)
+    drop_partition(lake.clean(spec.name, "transactions"), dt.date(2026, 1, 6))   # delivered, not validated yet
+    (lake.raw(spec.name, "transactions") / "ds=2026-01-06").mkdir(parents=True)
+    gaps = {g.ds: g for g in look_back_gaps(spec, lake, D)}
+    assert gaps["2026-01-05"].state == "rejected" and gaps["2026-01-05"].settled
+    assert gaps["2026-01-06"].state == "pending" and not gaps["2026-01-06"].settled
+    assert set(gaps) == {"2026-01-05", "2026-01-06"}
+
+
+def test_declared_gaps_are_allowed(small_spec, lake):
+    import dataclasses
+
+    drop_partition(lake.clean(small_spec.name, "transactions"), dt.date(2026, 1, 8))
+    spec = dataclasses.replace(small_spec, features={**small_spec.features, "allowed_missing_days": ["2026-01-08"]})
+    assert look_back_gaps(spec, lake, D) == []

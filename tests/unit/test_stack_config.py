@@ -5,41 +5,60 @@ import json
 
 import pytest
 
-from scripts.stack import Stack, StackError
+from scripts.stack import SERVICES_ENV, Stack, StackError, service_settings
+from scripts.supervision import render_config
 
 
-def test_embedded_is_the_default(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLOPS_TOPOLOGY", raising=False)
-    monkeypatch.delenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", raising=False)
-    stack = Stack(home=tmp_path)
-    env = stack.env()
-    assert stack.topology == "embedded" and stack.infrastructure() == []
-    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:///")
-    assert env["SPARK_REMOTE"] == f"sc://127.0.0.1:{stack.spark_port}"
-    assert stack.mlflow_backend_url().startswith("sqlite:///")
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for var in ("MLOPS_TOPOLOGY", "MLOPS_METADATA_DB", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+        monkeypatch.delenv(var, raising=False)
 
 
-def test_cluster_puts_airflow_and_mlflow_on_postgres(tmp_path):
-    stack = Stack(home=tmp_path, topology="cluster", postgres_port=6543)
+def test_embedded_default_keeps_metadata_on_postgres(tmp_path):
+    stack = Stack(home=tmp_path, postgres_port=6543)
     env = stack.env()
     creds = json.loads(stack.postgres.credentials_file.read_text())
-    assert env["MLOPS_TOPOLOGY"] == "cluster"
+    assert stack.topology == "embedded" and stack.metadata_db == "postgres"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == (
         f"postgresql+psycopg2://airflow:{creds['airflow']}@127.0.0.1:6543/airflow")
     assert stack.mlflow_backend_url() == f"postgresql+psycopg2://mlflow:{creds['mlflow']}@127.0.0.1:6543/mlflow"
+    assert env["SPARK_REMOTE"] == f"sc://127.0.0.1:{stack.spark_port}"
+    assert stack.service_names() == ["postgres", "spark-connect", "mlflow", "airflow-api-server",
+                                     "airflow-scheduler", "airflow-dag-processor"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "mlops_airflow.executors.PreloadingLocalExecutor"
+
+
+def test_sqlite_is_an_explicit_opt_in(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOPS_METADATA_DB", "sqlite")
+    stack = Stack(home=tmp_path)
+    assert stack.env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:///")
+    assert stack.mlflow_backend_url().startswith("sqlite:///")
+    assert "postgres" not in stack.service_names()
+    with pytest.raises(StackError, match="cluster topology keeps its metadata on PostgreSQL"):
+        Stack(home=tmp_path, topology="cluster")
+
+
+def test_cluster_adds_spark_standalone(tmp_path):
+    stack = Stack(home=tmp_path, topology="cluster", postgres_port=6543)
     assert stack.service_names()[:3] == ["postgres", "spark-master", "spark-worker"]
+    connect = next(p for p in stack.programs() if p.name == "spark-connect")
+    assert stack.spark_master_url in connect.command
+
+
+def test_each_role_has_its_own_private_password(tmp_path):
+    stack = Stack(home=tmp_path, topology="cluster")
+    creds = stack.postgres.credentials()
     assert oct(stack.postgres.credentials_file.stat().st_mode & 0o777) == "0o600"
-    assert len(set(creds.values())) == len(creds), "each role has its own password"
+    assert len(set(creds.values())) == len(creds)
+    assert Stack(home=tmp_path, topology="cluster").postgres.credentials() == creds, "stable across restarts"
 
 
-def test_credentials_are_stable_across_restarts(tmp_path):
-    first = Stack(home=tmp_path, topology="cluster").postgres.credentials()
-    assert Stack(home=tmp_path, topology="cluster").postgres.credentials() == first
-
-
-def test_unknown_topology_is_refused(tmp_path):
+def test_unknown_topology_or_metadata_db_is_refused(tmp_path):
     with pytest.raises(StackError, match="MLOPS_TOPOLOGY='kubernetes'"):
         Stack(home=tmp_path, topology="kubernetes")
+    with pytest.raises(StackError, match="MLOPS_METADATA_DB='mysql'"):
+        Stack(home=tmp_path, metadata_db="mysql")
 
 
 def test_postgres_refuses_an_unreachable_home(tmp_path):
@@ -51,3 +70,58 @@ def test_postgres_refuses_an_unreachable_home(tmp_path):
     private.chmod(0o700)
     with pytest.raises(postgres.PostgresError, match="not traversable"):
         postgres._check_traversable(private / "home" / "postgres")
+
+
+def test_service_settings_come_from_the_shared_file_and_the_environment(monkeypatch):
+    text = SERVICES_ENV.read_text()
+    assert "MLOPS_SPARK_SHUFFLE_PARTITIONS=" in text and "MLOPS_MLFLOW_ALLOWED_HOSTS=" in text
+    monkeypatch.setenv("MLOPS_MLFLOW_WORKERS", "3")
+    settings = service_settings()
+    assert settings["MLOPS_MLFLOW_WORKERS"] == "3"
+    assert settings["MLOPS_SPARK_SHUFFLE_PARTITIONS"] == [line.split("=", 1)[1] for line in text.splitlines()
+                                                           if line.startswith("MLOPS_SPARK_SHUFFLE_PARTITIONS=")][0]
+
+
+def test_programs_use_the_shared_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOPS_SPARK_SHUFFLE_PARTITIONS", "7")
+    monkeypatch.setenv("MLOPS_MLFLOW_ALLOWED_HOSTS", "example.internal")
+    stack = Stack(home=tmp_path)
+    commands = {p.name: p.command for p in stack.programs()}
+    assert "spark.sql.shuffle.partitions=7" in commands["spark-connect"]
+    mlflow = commands["mlflow"]
+    assert mlflow[mlflow.index("--allowed-hosts") + 1] == "example.internal"
+    assert mlflow[mlflow.index("--host") + 1] == "127.0.0.1"
+
+
+def test_supervisor_config_stops_whole_groups_and_escapes_percent(tmp_path):
+    stack = Stack(home=tmp_path)
+    text = render_config(stack.programs(), tmp_path / "run", tmp_path / "logs", stack.identifier)
+    assert text.count("stopasgroup=true") == text.count("killasgroup=true") == len(stack.programs())
+    assert "chmod=0700" in text
+    assert "[program:postgres]" in text and "stopsignal=INT" in text
+    from scripts.supervision import Program
+
+    odd = render_config([Program("x", ["echo", "100%"], 1)], tmp_path, tmp_path, "id")
+    assert "command=echo 100%%" in odd
+
+
+def test_stack_env_prints_no_secret(tmp_path, capsys, monkeypatch):
+    """`python -m scripts.stack env` redacts the JWT secret and every password."""
+    from scripts import stack as stack_module
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    stack = Stack(home=tmp_path)
+    secrets = [stack._secret(), *stack.postgres.credentials().values()]
+    assert stack_module.main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "AIRFLOW__API_AUTH__JWT_SECRET=" in out and "<redacted>" in out
+    for secret in secrets:
+        assert secret not in out
+
+
+def test_secret_files_are_private(tmp_path):
+    stack = Stack(home=tmp_path)
+    stack._secret()
+    stack.admin_password()
+    for path in (stack.airflow_home / "stack-secret", stack.password_file):
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path
