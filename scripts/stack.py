@@ -57,7 +57,6 @@ SERVICES_ENV = ROOT / "include" / "stack" / "services.env"
 TOPOLOGIES = ("embedded", "cluster")
 METADATA_DBS = ("postgres", "sqlite")
 DEFAULT_HOMES = {"embedded": ".state", "cluster": ".stack"}
-AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
 STACK_MARK = "MLOPS_STACK_SERVICE_OF"   # set in every service's environment: finds leftovers on down
 SECRET_KEY = re.compile(r"SECRET|PASSWORD|FERNET|TOKEN|SQL_ALCHEMY_CONN|BACKEND_STORE", re.IGNORECASE)
 
@@ -249,6 +248,7 @@ class Stack:
             "--conf", f"spark.connect.grpc.binding.port={self.spark_port}",
             "--conf", f"spark.sql.shuffle.partitions={self.settings['MLOPS_SPARK_SHUFFLE_PARTITIONS']}",
             "--conf", "spark.ui.enabled=false",
+            "--conf", "spark.log.level=WARN",
             "--conf", f"spark.driver.memory={env_default('MLOPS_SPARK_DRIVER_MEMORY', '2g')}",
             "--conf", f"spark.pyspark.python={sys.executable}",
         ]
@@ -305,10 +305,11 @@ class Stack:
         if self.clustered:
             self._start("spark-master", "spark-worker")
             self._wait(timeout, {"spark-master": self._spark_workers_alive})
-        self._start("spark-connect", "mlflow")
+        self._start("spark-connect", "mlflow")   # both boot while Airflow's database is migrated
         if self.pid("airflow-api-server") is None:
             self.migrate(env)
-        self._start(*AIRFLOW_SERVICES)
+        # the scheduler first: it imports the heavy libraries once before forking its workers
+        self._start("airflow-scheduler", "airflow-api-server", "airflow-dag-processor")
         self.wait_healthy(timeout)
         print(f"stack ({self.topology}, metadata on {self.metadata_db}) up in {time.monotonic() - started:.1f}s: "
               f"Airflow {self.airflow_url}, MLflow {self.mlflow_url}, Spark Connect {self.spark_remote}"

@@ -50,6 +50,16 @@ def free_port(pair: bool = False) -> int:
                 return port
 
 
+def traversable_home(prefix: str) -> Path:
+    """A fresh stack home whose parents the PostgreSQL server's own user can traverse (it runs as
+    that user when the tests run as root; pytest's private temporary folders are mode 0700)."""
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    home.chmod(0o755)
+    return home
+
+
 def write_spec(include: Path, spec: dict) -> Path:
     folder = include / spec["name"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,6 +113,185 @@ def validator_factory():
         return cache[key]
 
     return make
+
+
+class MlflowServer:
+    """A real MLflow tracking server (SQLite store, local artifacts) that tests can stop and restart."""
+
+    def __init__(self, home: Path):
+        self.home, self.port, self.proc = home, free_port(), None
+        self.artifacts = home / "artifacts"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MlflowServer":
+        import subprocess
+        import sys
+
+        from scripts.airflow_api import wait_for
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.home / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}", "--artifacts-destination",
+             str(self.artifacts), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self.healthy, 120, interval=0.5, what=f"MLflow server on {self.url}")
+        return self
+
+    def healthy(self) -> bool:
+        import urllib.request
+
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"MLflow server exited; see {self.home / 'server.log'}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(state_home):
+    """The tests' tracking server: the lifecycle tests and the fault suite talk to it over HTTP."""
+    server = MlflowServer(state_home / "mlflow-server").start()
+    os.environ["MLFLOW_TRACKING_URI"] = server.url
+    yield server
+    server.stop()
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+BROKEN_DAY = dt.date(2026, 1, 12)
+
+
+@pytest.fixture(scope="session")
+def lifecycle(state_home, small_spec, spark, mlflow_server):
+    """The small use case played like the DAGs do, on the CLI path: simulate, break one day's
+    transactions, validate and featurize every day, train and promote the first model, then
+    score and monitor each day from the first training on (days after the broken one declare it
+    as a known gap, as an operator would)."""
+    from pipelines import runtime
+    from pipelines.lake import read_partition, replace_partition
+    from pipelines.validation import DataValidationError
+
+    uc = small_spec.name
+    runtime.simulate(uc)
+    lake = runtime.lake()
+    tx = read_partition(lake.raw(uc, "transactions"), BROKEN_DAY)
+    tx.loc[tx.index[0], "channel"] = "carrier-pigeon"
+    replace_partition(lake.raw(uc, "transactions"), BROKEN_DAY, tx)
+    start = dt.date.fromisoformat(small_spec.simulation.history_start)
+    all_days = [start + dt.timedelta(days=i) for i in range(small_spec.simulation.days)]
+    first_training = dt.date.fromisoformat(small_spec.simulation.first_training)
+    failures, refused = {}, {}
+    from pipelines.features import LookBackIncomplete
+
+    for day in all_days:
+        try:
+            runtime.validate(uc, day)
+        except DataValidationError as exc:
+            failures[day] = str(exc)
+            continue
+        try:
+            runtime.build_features(uc, day)
+        except LookBackIncomplete as exc:
+            refused[day] = str(exc)
+    # the operator declares the lost day in the spec, and the refused days are built again
+    spec_file = small_spec.directory / "spec.yaml"
+    raw = yaml.safe_load(spec_file.read_text())
+    raw["features"]["allowed_missing_days"] = [d.isoformat() for d in failures]
+    spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    runtime._specs.cache_clear()
+    for day in refused:
+        runtime.build_features(uc, day)
+    challenger = runtime.train(uc, first_training, "first model", "manual")
+    decision = runtime.promote(uc, challenger, first_training)
+    champion = runtime.resolve_champion(uc)
+    scored = {}
+    for day in all_days:
+        if day >= first_training and day not in failures:
+            scored[day] = runtime.score(uc, day, champion, f"run-{day}")
+            runtime.monitor_drift(uc, day, champion)
+            runtime.live_performance(uc, day)
+    return {"failures": failures, "refused": refused, "challenger": challenger, "decision": decision,
+            "champion": champion, "scored": scored, "first_training": first_training, "use_case": uc}
+
+
+STORY_UC = "churn_flow"
+STORY_START, STORY_FIRST_TRAINING, STORY_BROKEN = dt.date(2026, 1, 1), dt.date(2026, 1, 16), dt.date(2026, 1, 23)
+
+
+@pytest.fixture(scope="session")
+def story(tmp_path_factory):
+    """One real-scheduler story for every test that needs Airflow itself (e2e and fault suite):
+    the embedded stack in its own home and ports, a small use case played through it."""
+    from pipelines import runtime
+    from pipelines.lake import read_partition, replace_partition
+    from scripts.demo import play_story
+    from scripts.stack import Stack
+
+    home = traversable_home("mlops-story-")
+    spec = small_spec_dict(STORY_UC, days=23, customers=700, first_training=STORY_FIRST_TRAINING.isoformat(),
+                           drift_start="2026-01-13")
+    # sensitive policy, so the sensor fires and retrains within the few scored days of this test
+    spec["monitoring"].update({"drift_share_threshold": 0.1, "column_threshold": 0.1, "consecutive_days": 1,
+                               "cooldown_days": 30})
+    include = home / "include"
+    write_spec(include, spec)
+    end = STORY_START + dt.timedelta(days=spec["simulation"]["days"] - 1)
+    mp = pytest.MonkeyPatch()
+    stack = Stack(home=home, airflow_port=free_port(), mlflow_port=free_port(), spark_port=free_port(),
+                  postgres_port=free_port())
+    mp.setenv("MLOPS_HOME", str(home))
+    mp.setenv("MLOPS_INCLUDE", str(include))
+    mp.setenv("MLOPS_SCHEDULE_END", end.isoformat())
+    runtime._specs.cache_clear()
+    runtime.simulate(STORY_UC)
+    raw = runtime.lake().raw(STORY_UC, "transactions")
+    broken = read_partition(raw, STORY_BROKEN)
+    broken.loc[broken.index[:5], "customer_id"] = None             # nulls in a key column
+    replace_partition(raw, STORY_BROKEN, broken)
+    env = {"MLOPS_HOME": str(home), "MLOPS_INCLUDE": str(include), "MLOPS_SCHEDULE_END": end.isoformat(),
+           "MLFLOW_TRACKING_URI": stack.mlflow_url}
+    try:
+        stack.up()
+        timings = play_story(stack, STORY_UC, STORY_START, STORY_FIRST_TRAINING, end)
+        from scripts.airflow_api import AirflowClient
+
+        client = AirflowClient(stack.airflow_url, "admin", stack.admin_password())
+        story = {"stack": stack, "client": client, "timings": timings, "end": end, "env": env,
+                 "spec": runtime.spec(STORY_UC)}
+        mp.undo()   # the stack keeps running; tests enter its environment with `in_story`
+        runtime._specs.cache_clear()
+        yield story
+    finally:
+        stack.down()
+        mp.undo()
+        runtime._specs.cache_clear()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture()
+def in_story(story, monkeypatch):
+    """The story's deployment as this test's environment (lake, specs, MLflow server)."""
+    from pipelines import runtime
+
+    for key, value in story["env"].items():
+        monkeypatch.setenv(key, value)
+    runtime._specs.cache_clear()
+    yield story
+    runtime._specs.cache_clear()
+
 
 
 def days(start: str, n: int) -> list[dt.date]:

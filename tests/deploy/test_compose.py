@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -101,7 +102,8 @@ def test_airflow_is_secure_and_distributed(config, env_file):
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql"), name
         assert "FabAuthManager" in env["AIRFLOW__CORE__AUTH_MANAGER"], name
     mlflow = " ".join(config["services"]["mlflow"]["command"])
-    assert "--allowed-hosts" in mlflow and "mlflow:5000" in mlflow
+    assert "--allowed-hosts" in mlflow and "mlflow:*" in dotenv_values(ROOT / "include/stack/services.env")[
+        "MLOPS_MLFLOW_ALLOWED_HOSTS"]
     assert "postgresql" in mlflow
 
 
@@ -163,3 +165,27 @@ def test_compose_env_generates_distinct_secrets_and_never_overwrites(tmp_path):
     before = path.read_text()
     assert main(["--output", str(path)]) == 1 and path.read_text() == before
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_service_settings_are_the_native_stacks(config):
+    """Ports, Spark shuffle partitions, MLflow workers and allowed hosts: compose reads the same
+    file as the native stack (include/stack/services.env), so the two cannot drift apart."""
+    from scripts.stack import SERVICES_ENV, Stack
+
+    settings = {k: v for k, v in dotenv_values(SERVICES_ENV).items()}
+    services = config["services"]
+    shared = ("MLOPS_SPARK_SHUFFLE_PARTITIONS", "MLOPS_MLFLOW_WORKERS", "MLOPS_MLFLOW_ALLOWED_HOSTS")
+    for name in ("mlflow", "spark-connect", "airflow-api-server", "airflow-scheduler", "airflow-worker"):
+        env = services[name].get("environment") or {}
+        assert {k: env.get(k) for k in shared} == {k: settings[k] for k in shared}, name
+    mlflow = " ".join(services["mlflow"]["command"])
+    # ($$ is compose's escape: the container's shell expands the variable from the env_file)
+    assert '--workers "$${MLOPS_MLFLOW_WORKERS}"' in mlflow and '--allowed-hosts "$${MLOPS_MLFLOW_ALLOWED_HOSTS}"' in mlflow
+    spark = " ".join(services["spark-connect"]["command"])
+    assert "spark.sql.shuffle.partitions=$${MLOPS_SPARK_SHUFFLE_PARTITIONS}" in spark
+    published = {name: str(services[name]["ports"][0]["published"]) for name in ("airflow-api-server", "mlflow")}
+    assert published == {"airflow-api-server": settings["MLOPS_AIRFLOW_PORT"], "mlflow": settings["MLOPS_MLFLOW_PORT"]}
+    # and the native stack uses the file's values when nothing overrides them
+    native = {p.name: p.command for p in Stack(topology="embedded").programs()}
+    assert f"spark.sql.shuffle.partitions={settings['MLOPS_SPARK_SHUFFLE_PARTITIONS']}" in native["spark-connect"]
+    assert settings["MLOPS_MLFLOW_ALLOWED_HOSTS"] in native["mlflow"]

@@ -1,58 +1,20 @@
-"""The lifecycle through a real Airflow (api-server, scheduler, dag-processor on SQLite with the
-LocalExecutor), a real MLflow server, a real Spark Connect server: backfills, a manual training
-run, the drift watch's sensor firing and triggering retraining, a broken day quarantined."""
+"""The lifecycle through a real Airflow (api-server, scheduler, dag-processor on the embedded
+PostgreSQL, the preloading LocalExecutor), a real MLflow server, a real Spark Connect server:
+backfills, a manual training run, the drift watch's sensor firing and triggering retraining, a
+broken last day quarantined. The same story then carries the fault cases that need a real
+scheduler (tests/faults/test_scheduler_faults.py): they run on this module's stack."""
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
 
-from tests.conftest import free_port, small_spec_dict, write_spec
+from tests.conftest import STORY_BROKEN as BROKEN
+from tests.conftest import STORY_FIRST_TRAINING as FIRST_TRAINING
+from tests.conftest import STORY_START as START
+from tests.conftest import STORY_UC as UC
 
-pytestmark = pytest.mark.e2e
-UC = "churn_flow"
-START, FIRST_TRAINING, BROKEN = dt.date(2026, 1, 1), dt.date(2026, 1, 16), dt.date(2026, 1, 18)
-
-
-@pytest.fixture(scope="module")
-def story(tmp_path_factory):
-    from pipelines import runtime
-    from pipelines.lake import read_partition, replace_partition
-    from scripts.demo import play_story
-    from scripts.stack import Stack
-
-    home = tmp_path_factory.mktemp("flow-home")
-    spec = small_spec_dict(UC, days=23, customers=700, first_training=FIRST_TRAINING.isoformat(),
-                           drift_start="2026-01-13")
-    # sensitive policy, so the sensor fires and retrains within the few scored days of this test
-    spec["monitoring"].update({"drift_share_threshold": 0.1, "column_threshold": 0.1, "consecutive_days": 1,
-                               "cooldown_days": 30})
-    include = home / "include"
-    write_spec(include, spec)
-    end = START + dt.timedelta(days=spec["simulation"]["days"] - 1)
-    mp = pytest.MonkeyPatch()
-    stack = Stack(home=home, airflow_port=free_port(), mlflow_port=free_port(), spark_port=free_port())
-    mp.setenv("MLOPS_HOME", str(home))
-    mp.setenv("MLOPS_INCLUDE", str(include))
-    mp.setenv("MLOPS_SCHEDULE_END", end.isoformat())
-    runtime._specs.cache_clear()
-    runtime.simulate(UC)
-    raw = runtime.lake().raw(UC, "transactions")
-    broken = read_partition(raw, BROKEN)
-    broken.loc[broken.index[:5], "customer_id"] = None             # nulls in a key column
-    replace_partition(raw, BROKEN, broken)
-    try:
-        stack.up()
-        timings = play_story(stack, UC, START, FIRST_TRAINING, end)
-        mp.setenv("MLFLOW_TRACKING_URI", stack.mlflow_url)
-        from scripts.airflow_api import AirflowClient
-
-        client = AirflowClient(stack.airflow_url, "admin", stack.admin_password())
-        yield {"stack": stack, "client": client, "timings": timings, "end": end, "spec": runtime.spec(UC)}
-    finally:
-        stack.down()
-        mp.undo()
-        runtime._specs.cache_clear()
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 
 
 def test_daily_runs_succeed_except_the_broken_day(story):
@@ -65,9 +27,9 @@ def test_daily_runs_succeed_except_the_broken_day(story):
     states = {t["task_id"]: t["state"] for t in client.task_instances(f"{UC}_daily", runs[BROKEN.isoformat()]["dag_run_id"])}
     assert states["validate_raw"] == "failed"
     assert states["build_features"] == states["score_batch"] == "upstream_failed"
-    day_after = {t["task_id"]: t["state"] for t in
-                 client.task_instances(f"{UC}_daily", runs[(BROKEN + dt.timedelta(days=1)).isoformat()]["dag_run_id"])}
-    assert day_after["score_batch"] == "success" and day_after["monitor_drift"] == "success"
+    day_before = {t["task_id"]: t["state"] for t in
+                  client.task_instances(f"{UC}_daily", runs[(BROKEN - dt.timedelta(days=1)).isoformat()]["dag_run_id"])}
+    assert day_before["score_batch"] == "success" and day_before["monitor_drift"] == "success"
 
 
 def test_broken_day_wrote_nothing_downstream(story):
@@ -113,7 +75,7 @@ def test_inference_rows_per_scored_day(story):
 
     lake = runtime.lake()
     scored = list_partitions(lake.inference(UC))
-    assert scored[0] == FIRST_TRAINING.isoformat() and scored[-1] == story["end"].isoformat()
+    assert scored[0] == FIRST_TRAINING.isoformat() and scored[-1] == (BROKEN - dt.timedelta(days=1)).isoformat()
     for ds in scored:
         rows = read_partition(lake.inference(UC), ds)
         assert rows["customer_id"].is_unique and rows["model_version"].nunique() == 1
@@ -126,7 +88,7 @@ def test_backfill_rerun_is_idempotent(story):
     from scripts.demo import run_backfill
 
     lake, client = runtime.lake(), story["client"]
-    day = story["end"]
+    day = BROKEN - dt.timedelta(days=1)
     before = {name: read_partition(t, day) for name, t in
               {"features": lake.features(UC), "inference": lake.inference(UC)}.items()}
     run_backfill(client, f"{UC}_daily", day, day, [f"{UC}_daily", f"{UC}_drift_watch", f"{UC}_training"])

@@ -1,4 +1,4 @@
-"""The lifecycle on the production topology, natively: Airflow and MLflow on a private
+"""The lifecycle on the production topology, natively: Airflow and MLflow on the private
 PostgreSQL, Spark Connect as an application of a standalone Spark master and worker.
 
 Proofs come from the systems themselves: the Spark master's and worker's JSON status, the
@@ -11,13 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import tempfile
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, small_spec_dict, write_spec
+from tests.conftest import free_port, small_spec_dict, traversable_home, write_spec
 
 pytestmark = pytest.mark.integration
 UC = "churn_cluster"
@@ -53,10 +51,7 @@ def cluster(tmp_path_factory):
     from scripts.demo import play_story
     from scripts.stack import Stack
 
-    # PostgreSQL runs as its own user when the tests run as root: the home's parents must be
-    # traversable, which pytest's private temporary folders are not.
-    home = Path(tempfile.mkdtemp(prefix="mlops-cluster-"))
-    home.chmod(0o755)
+    home = traversable_home("mlops-cluster-")
     spec = small_spec_dict(UC, days=DAYS, customers=500, first_training=FIRST_TRAINING.isoformat(),
                            drift_start="2026-01-14")
     include = home / "include"
@@ -132,15 +127,16 @@ def test_inference_table_written_through_the_cluster(cluster):
 
 
 def test_state_survives_a_restart(cluster):
-    """Stop every process group, start again on the same home: everything is still there."""
-    from scripts.stack import _group_alive
+    """Stop every service, start again on the same home: everything is still there."""
+    import psutil
 
     stack, spec = cluster["stack"], cluster["spec"]
     before = _facts(stack, spec)
     pids = {name: pid for name, pid in stack.status().items() if pid}
     assert set(pids) == set(stack.service_names())
     stack.down()
-    assert not any(_group_alive(pid) for pid in pids.values()), "a process group outlived `down`"
+    assert not any(psutil.pid_exists(pid) for pid in pids.values()), "a service outlived `down`"
+    assert stack.leftover_processes() == [], "a process of the stack outlived `down`"
     assert all(pid is None for pid in stack.status().values())
     stack.up()
     assert _facts(stack, spec) == before
