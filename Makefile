@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 
-.PHONY: demo test ui down status bench venv clean stack-up stack-down stack-status stack-demo compose-env
+.PHONY: demo test ui down status bench bench-overhead venv clean stack-up stack-down stack-status stack-demo compose-env
 
 demo: venv
 	$(PY) -m scripts.demo
@@ -39,6 +39,9 @@ compose-env: venv  ## .env with fresh secrets for docker-compose.yaml
 
 bench: venv
 	$(PY) -m bench.bench_scoring
+
+bench-overhead: venv  ## per-task overhead, stock LocalExecutor vs preloading (after `make demo`)
+	$(PY) -m bench.bench_task_overhead
 
 venv:
 	@bash scripts/bootstrap.sh

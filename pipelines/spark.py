@@ -21,6 +21,9 @@ SESSION_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.shuffle.partitions": os.environ.get("MLOPS_SPARK_SHUFFLE_PARTITIONS", "4"),
     "spark.sql.execution.arrow.pyspark.enabled": "true",
+    # list a table's partition folders on the driver: a distributed listing job (the default past
+    # 32 folders) costs seconds per read, and a daily table passes 32 folders in its second month
+    "spark.sql.sources.parallelPartitionDiscovery.threshold": "100000",
 }
 
 
@@ -40,6 +43,10 @@ def get_spark(settings: Settings, app_name: str = "mlops"):
                    .config("spark.pyspark.python", worker_python)
                    .config("spark.ui.showConsoleProgress", "false")
                    .config("spark.driver.memory", os.environ.get("MLOPS_SPARK_DRIVER_MEMORY", "2g")))
+        if settings.spark_master.startswith("local"):
+            # everything on this machine: listeners on loopback only, Python workers start warm
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            builder = builder.config("spark.python.daemon.module", "pipelines.spark_daemon")
         for key, value in SESSION_CONF.items():
             builder = builder.config(key, value)
         spark = builder.getOrCreate()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,16 +163,12 @@ def log_sklearn_model(model, input_example, output_example):
 
     requirements = [f"mlflow=={mlflow.__version__}", f"scikit-learn=={sklearn.__version__}",
                     f"pandas=={pandas.__version__}", f"numpy=={numpy.__version__}", f"skops=={skops.__version__}"]
-    with warnings.catch_warnings():
-        # skops looks functions up in every loaded module; inside an Airflow task that touches
-        # Airflow's deprecated-attribute shims, each lookup a warning (over a thousand log lines)
-        warnings.filterwarnings("ignore", message=r"The `airflow\.")
-        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))  # types of the model we just fitted
-        return mlflow.sklearn.log_model(
-            model, name="model", signature=infer_signature(input_example, output_example),
-            input_example=input_example, pip_requirements=requirements, skops_trusted_types=trusted,
-            pyfunc_predict_fn="predict_proba",
-        )
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))  # types of the model we just fitted
+    return mlflow.sklearn.log_model(
+        model, name="model", signature=infer_signature(input_example, output_example),
+        input_example=input_example, pip_requirements=requirements, skops_trusted_types=trusted,
+        pyfunc_predict_fn="predict_proba",
+    )
 
 
 def register_challenger(name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> str:

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PRELOAD = (
     "pandas", "pyarrow.parquet", "yaml", "sklearn.ensemble", "sklearn.model_selection", "sklearn.metrics",
     "mlflow", "mlflow.sklearn", "pyspark.sql.connect.session", "great_expectations",
-    "great_expectations.expectations", "evidently", "evidently.presets", "matplotlib.pyplot",
+    "great_expectations.expectations", "evidently", "evidently.presets", "plotly.offline", "plotly.graph_objects",
+    "matplotlib.pyplot",
 )
 
 

@@ -1,0 +1,56 @@
+"""Security defaults of the running embedded stack (the shared story's stack), checked live."""
+from __future__ import annotations
+
+import ipaddress
+import stat
+import urllib.error
+import urllib.request
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
+
+
+def test_api_refuses_unauthenticated_requests(story):
+    stack = story["stack"]
+    for path in ("/api/v2/dags", "/api/v2/dags/churn_flow_daily/dagRuns", "/api/v2/variables"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{stack.airflow_url}{path}", timeout=10)
+        assert err.value.code in (401, 403), path
+    with pytest.raises(PermissionError):
+        from scripts.airflow_api import AirflowClient
+
+        AirflowClient(stack.airflow_url, "admin", "not-the-password")
+
+
+def test_every_listener_is_on_loopback(story):
+    stack = story["stack"]
+    procs = stack.leftover_processes()   # every process started for this stack, running now
+    assert len(procs) >= len(stack.service_names())
+    listening = []
+    for proc in procs:
+        try:
+            conns = proc.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for conn in conns:
+            if conn.status == psutil.CONN_LISTEN:
+                listening.append((proc.name(), conn.laddr.ip, conn.laddr.port))
+    assert listening, "found no listener at all"
+    for name, ip, port in listening:
+        address = ipaddress.ip_address(ip)
+        if getattr(address, "ipv4_mapped", None):
+            address = address.ipv4_mapped
+        assert address.is_loopback, f"{name} listens on {ip}:{port}"
+
+
+def test_secret_files_are_readable_by_their_owner_only(story):
+    stack = story["stack"]
+    secret_files = [stack.password_file, stack.airflow_home / "stack-secret", stack.postgres.credentials_file,
+                    stack.supervisor.socket_path]
+    for path in secret_files:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is mode {oct(mode)}"
+    assert stat.S_IMODE(stack.postgres.data_dir.stat().st_mode) == 0o700, "PostgreSQL's data folder"
+    assert not (stack.airflow_home / "simple_auth_manager_passwords.json.generated").exists()
