@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -37,6 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--reason", default="manual run from the CLI")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # stdout carries only the result, so that scripts can parse it; what the libraries print on
+    # the way (MLflow's run links, progress) goes to stderr with the logs
+    with contextlib.redirect_stdout(sys.stderr):
+        result = _run(args, runtime)
+    if isinstance(result, int):
+        return result
+    print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _run(args: argparse.Namespace, runtime) -> dict | str | int:
+    """The command's result (JSON-able, or a text report), or an exit code when there is none."""
     uc = args.use_case
 
     if args.command == "simulate":
@@ -44,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "summary":
         from pipelines.report import summarize
 
-        print(summarize(runtime.spec(uc)))
-        return 0
+        return summarize(runtime.spec(uc))
     elif args.command == "validate":
         result = runtime.validate(uc, args.ds, allow_empty_redelivery=args.allow_empty_redelivery)
     elif args.command == "features":
@@ -64,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             as_of = runtime.resolve_as_of(uc, args.as_of, None)
             challenger = runtime.train(uc, as_of, args.reason, "manual")
             result = {"challenger": challenger, "promotion": runtime.promote(uc, challenger, as_of)}
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+    return result
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 2.0
 
 
 def _plain(model) -> dict:
-    return json.loads(model.to_json())
+    """The model as the API's JSON, unset fields included as None (``to_json`` drops them)."""
+    return model.model_dump(mode="json", by_alias=True)
 
 
 class AirflowClient:
