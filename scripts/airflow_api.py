@@ -23,10 +23,11 @@ class _NotYet(Exception):
     """A wait's condition does not hold yet (retried until the deadline)."""
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 2.0, what: str = "condition") -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 2.0,
+             what: str | Callable[[], str] = "condition") -> Any:
     """Call ``condition`` every ``interval`` s until it returns a truthy value, which is returned.
     Exceptions other than the condition not holding yet propagate at once; past ``timeout``
-    a TimeoutError names ``what``."""
+    a TimeoutError names ``what`` (a callable is asked then, so it can say what was last seen)."""
     def attempt():
         value = condition()
         if not value:
@@ -39,7 +40,7 @@ def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 2.0
             with tried:
                 return attempt()
     except _NotYet:
-        raise TimeoutError(f"{what}: not done after {timeout:.0f}s") from None
+        raise TimeoutError(f"{what() if callable(what) else what}: not done after {timeout:.0f}s") from None
 
 
 def _plain(model) -> dict:

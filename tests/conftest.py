@@ -283,9 +283,11 @@ def story(tmp_path_factory):
 
 @pytest.fixture()
 def in_story(story, monkeypatch):
-    """The story's deployment as this test's environment (lake, specs, MLflow server)."""
+    """The story's deployment as this test's environment (lake, specs, MLflow server), with its
+    stack running (a test before may have stopped it on purpose; `up` is idempotent)."""
     from pipelines import runtime
 
+    story["stack"].up()
     for key, value in story["env"].items():
         monkeypatch.setenv(key, value)
     runtime._specs.cache_clear()

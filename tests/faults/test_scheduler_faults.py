@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import signal
 import time
 
@@ -22,6 +23,7 @@ from tests.conftest import STORY_BROKEN, STORY_FIRST_TRAINING, STORY_UC
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 DAILY, WATCH, TRAINING = f"{STORY_UC}_daily", f"{STORY_UC}_drift_watch", f"{STORY_UC}_training"
 VOLATILE = {"scored_at", "run_id", "computed_at", "report_path"}
+TASK_TITLE = re.compile(r"airflow worker -- ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 
 
 def _tables(day) -> dict[str, pd.DataFrame]:
@@ -84,16 +86,24 @@ def _task_processes() -> dict[str, psutil.Process]:
     """Running task processes by task-instance id (their title is `airflow worker -- <ti id>`)."""
     found = {}
     for proc in psutil.process_iter(["cmdline"]):
-        title = " ".join(proc.info["cmdline"] or [])
-        if title.startswith("airflow worker -- ") and "LocalExecutor" not in title:
-            found[title.rsplit(" ", 1)[-1]] = proc
+        # a shorter title than the parent's leaves NUL padding: empty trailing arguments
+        match = TASK_TITLE.fullmatch(" ".join(proc.info["cmdline"] or []).strip())
+        if match:
+            found[match.group(1)] = proc
     return found
 
 
+_SEEN: dict[str, object] = {}
+
+
 def _running_task_process(client, run_id: str, task_id: str) -> psutil.Process | None:
-    """The process of ``task_id`` in ``run_id`` once its work has started."""
+    """The process of ``task_id`` in ``run_id`` once its work has started (what was last seen is
+    kept in ``_SEEN`` for the failure message)."""
     ti = next(t for t in client.task_instances(DAILY, run_id) if t["task_id"] == task_id)
-    return _task_processes().get(ti["id"]) if ti["state"] == "running" else None
+    processes = _task_processes()
+    _SEEN.update(state=ti["state"], ti_id=ti["id"], try_number=ti["try_number"], processes=sorted(processes),
+                 run_state=client.run(DAILY, run_id)["state"])
+    return processes.get(ti["id"]) if ti["state"] == "running" else None
 
 
 @pytest.mark.parametrize("task_id", ["build_features", "score_batch"])
@@ -105,7 +115,7 @@ def test_task_killed_while_writing_leaves_a_whole_partition(story, task_id):
     run = next(r for r in client.runs(DAILY) if r["logical_date"][:10] == day.isoformat())
     client.clear_run(DAILY, run["dag_run_id"])
     victim = wait_for(lambda: _running_task_process(client, run["dag_run_id"], task_id), 300, interval=0.2,
-                      what=f"{task_id} running")
+                      what=lambda: f"{task_id} running (last seen: {_SEEN})")
     time.sleep(1.5)   # into its work: the session is attached and the write under way
     os.kill(victim.pid, signal.SIGKILL)
     assert client.wait_for_run(DAILY, run["dag_run_id"], timeout=900)["state"] == "success"
@@ -119,9 +129,10 @@ def test_task_killed_while_writing_leaves_a_whole_partition(story, task_id):
 
 def test_scheduler_killed_mid_backfill_recovers_whole_and_leaves_nothing_behind(story):
     """SIGKILL the scheduler in the middle of a backfill: supervision restarts it, the backfill
-    completes, every partition is whole with no duplicates; `down` leaves no process behind."""
+    completes, every partition is whole with no duplicates; `down` leaves no process behind
+    (the next test that needs the story brings the stack up again: ``in_story``)."""
     stack, client = story["stack"], story["client"]
-    first, last = STORY_FIRST_TRAINING, STORY_BROKEN - dt.timedelta(days=1)
+    first, last = STORY_BROKEN - dt.timedelta(days=3), STORY_BROKEN - dt.timedelta(days=1)
     backfill = client.backfill(DAILY, first.isoformat(), last.isoformat(), max_active_runs=3)
     wait_for(_task_processes, 300, interval=0.5, what="a task running")
     scheduler = stack.pid("airflow-scheduler")
@@ -133,9 +144,8 @@ def test_scheduler_killed_mid_backfill_recovers_whole_and_leaves_nothing_behind(
     client.wait_idle([DAILY, WATCH, TRAINING], timeout=1800)
     days = {(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)}
     states = {r["logical_date"][:10]: r["state"] for r in client.runs(DAILY) if r["logical_date"][:10] in days}
-    assert set(states.values()) == {"success"}, states
+    assert set(states) == days and set(states.values()) == {"success"}, states
     for day in _scored_days():
         _assert_whole(day)
     stack.down()
     assert stack.leftover_processes() == [], "a process of the stack outlived `down`"
-    stack.up()   # the story's stack is shared: bring it back for the tests after this one

@@ -19,7 +19,7 @@ from tests.conftest import free_port, small_spec_dict, traversable_home, write_s
 
 pytestmark = pytest.mark.integration
 UC = "churn_cluster"
-START, FIRST_TRAINING, DAYS = dt.date(2026, 1, 1), dt.date(2026, 1, 16), 19
+START, FIRST_TRAINING, DAYS = dt.date(2026, 1, 1), dt.date(2026, 1, 16), 17
 
 
 def _json(url: str) -> dict:
