@@ -31,7 +31,9 @@ def build_training(spec):
         schedule=spec.training.schedule,
         catchup=False,
         max_active_runs=1,  # promotions never race each other
-        default_args=DEFAULT_ARGS,
+        # ahead of a backfill's daily tasks in the executor's queue: a retraining asked for by drift
+        # lands while the backfill runs, and the days after it are scored by the new champion
+        default_args={**DEFAULT_ARGS, "priority_weight": 100},
         tags=["mlops", spec.name, "training"],
         doc_md=DOC.format(name=spec.name),
         description=f"{spec.name}: train a challenger and promote it if it beats the champion",

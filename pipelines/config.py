@@ -14,6 +14,7 @@ same code at a cluster is a matter of setting the variables below; nothing else 
 ``SPARK_REMOTE``           Spark Connect URL (``sc://host:15002``); wins over the master
 ``MLOPS_SPARK_MASTER``     classic Spark master (default ``local[2]``; ``spark://host:7077``)
 ``MLOPS_SCHEDULE_END``     optional last date the scheduled DAGs may run for (YYYY-MM-DD)
+``MLOPS_RETRY_DELAY_S``    first retry delay of a failed task, doubled on each retry (default 20)
 =========================  ==========================================================
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Settings:
     spark_remote: str | None
     spark_master: str
     schedule_end: str | None
+    retry_delay_s: float = 20.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -51,6 +53,7 @@ class Settings:
             spark_remote=env.get("SPARK_REMOTE") or None,
             spark_master=env.get("MLOPS_SPARK_MASTER") or "local[2]",
             schedule_end=env.get("MLOPS_SCHEDULE_END") or None,
+            retry_delay_s=float(env.get("MLOPS_RETRY_DELAY_S") or 20.0),
         )
 
 

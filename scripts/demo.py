@@ -38,6 +38,9 @@ def dag_ids(use_case: str) -> dict[str, str]:
     return {"daily": f"{use_case}_daily", "training": f"{use_case}_training", "drift": f"{use_case}_drift_watch"}
 
 
+PROGRESS_EVERY_S = 30
+
+
 def run_backfill(client: AirflowClient, dag_id: str, start: dt.date, end: dt.date, watch: list[str],
                  max_active_runs: int = 2, timeout: float = 3600) -> list[dict]:
     """Backfill ``dag_id`` over [start, end], wait until it and ``watch`` are idle; returns its runs."""
@@ -48,15 +51,19 @@ def run_backfill(client: AirflowClient, dag_id: str, start: dt.date, end: dt.dat
     def in_range() -> list[dict]:
         return [r for r in client.runs(dag_id) if (r.get("logical_date") or "")[:10] in wanted]
 
+    reported = [started]
+
     def completed() -> bool:
         if client.get_backfill(backfill["id"]).get("completed_at"):
             return True
-        done = sum(r["state"] in TERMINAL for r in in_range())
-        say(f"  {dag_id}: {done}/{len(wanted)} days done ({time.monotonic() - started:.0f}s)")
-        client.check_healthy()
+        if time.monotonic() - reported[0] >= PROGRESS_EVERY_S:   # check often, report now and then
+            reported[0] = time.monotonic()
+            done = sum(r["state"] in TERMINAL for r in in_range())
+            say(f"  {dag_id}: {done}/{len(wanted)} days done ({time.monotonic() - started:.0f}s)")
+            client.check_healthy()
         return False
 
-    wait_for(completed, timeout, interval=30, what=f"backfill of {dag_id}")
+    wait_for(completed, timeout, interval=3, what=f"backfill of {dag_id}")
     client.wait_idle(watch, timeout=timeout)
     runs = in_range()
     failed = [r["dag_run_id"] for r in runs if r["state"] == "failed"]

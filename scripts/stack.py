@@ -386,7 +386,7 @@ class Stack:
         """Stop every service (reverse start order, whole process groups), stop supervisord, then end
         any process of this stack that outlived its group (SIGTERM, SIGKILL after ``grace`` s)."""
         supervisord = self.supervisor.pid()
-        self.supervisor.shutdown()
+        self.supervisor.shutdown([program.name for program in reversed(self.programs())])
         if supervisord:
             try:
                 psutil.Process(supervisord).wait(timeout=grace)

@@ -157,10 +157,16 @@ class Supervisor:
             return {}
         return {info["name"]: info for info in self.rpc().getAllProcessInfo()}
 
-    def shutdown(self) -> None:
-        """Stop every program (reverse priority order, whole process groups), then supervisord."""
+    def shutdown(self, order: list[str] | None = None) -> None:
+        """Stop the programs named in ``order`` one after the other (each whole process group; the
+        database last, so nothing loses it while stopping), then any other, then supervisord."""
         if not self.running():
             return
         rpc = self.rpc()
+        for name in order or []:
+            try:
+                rpc.stopProcess(name, True)
+            except xmlrpc.client.Fault:
+                pass  # not running, or not a program of this configuration
         rpc.stopAllProcesses(True)
         rpc.shutdown()

@@ -255,6 +255,7 @@ def story(tmp_path_factory):
     mp.setenv("MLOPS_HOME", str(home))
     mp.setenv("MLOPS_INCLUDE", str(include))
     mp.setenv("MLOPS_SCHEDULE_END", end.isoformat())
+    mp.setenv("MLOPS_RETRY_DELAY_S", "3")   # the fault suite kills tasks: their retries come soon
     runtime._specs.cache_clear()
     runtime.simulate(STORY_UC)
     raw = runtime.lake().raw(STORY_UC, "transactions")
@@ -262,7 +263,7 @@ def story(tmp_path_factory):
     broken.loc[broken.index[:5], "customer_id"] = None             # nulls in a key column
     replace_partition(raw, STORY_BROKEN, broken)
     env = {"MLOPS_HOME": str(home), "MLOPS_INCLUDE": str(include), "MLOPS_SCHEDULE_END": end.isoformat(),
-           "MLFLOW_TRACKING_URI": stack.mlflow_url}
+           "MLFLOW_TRACKING_URI": stack.mlflow_url, "MLOPS_RETRY_DELAY_S": "3"}
     try:
         stack.up()
         timings = play_story(stack, STORY_UC, STORY_START, STORY_FIRST_TRAINING, end)

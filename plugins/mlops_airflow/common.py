@@ -15,8 +15,10 @@ from pipelines.spec import UseCaseSpec, discover_specs
 DEFAULT_ARGS = {
     "owner": "mlops",
     "retries": 2,
-    "retry_delay": dt.timedelta(seconds=20),
+    # doubled on each try (a cleared run's tries count too), never past the cap
+    "retry_delay": dt.timedelta(seconds=settings().retry_delay_s),
     "retry_exponential_backoff": True,
+    "max_retry_delay": dt.timedelta(minutes=5),
 }
 
 
