@@ -18,7 +18,7 @@ import secrets
 import shutil
 import subprocess
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DATABASES = ("airflow", "mlflow")
@@ -55,6 +55,8 @@ class LocalPostgres:
 
     root: Path
     port: int
+    # server settings given as ``-c name=value`` (the stack passes those of services.env)
+    server_settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -136,7 +138,8 @@ class LocalPostgres:
         """The server in the foreground (its supervisor keeps it running), on loopback only."""
         return [str(bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
                 "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-                "-c", "max_connections=200", "-c", "shared_buffers=128MB"]
+                "-c", "max_connections=200", "-c", "shared_buffers=128MB",
+                *[arg for name, value in self.server_settings.items() for arg in ("-c", f"{name}={value}")]]
 
     def connect(self, database: str = "postgres", role: str = ADMIN):
         import psycopg2

@@ -103,7 +103,8 @@ class Stack:
         self.spark_port = port(spark_port, "MLOPS_SPARK_CONNECT_PORT")
         self.spark_master_port = port(spark_master_port, "MLOPS_SPARK_MASTER_PORT")
         self.spark_ui_port = port(spark_ui_port, "MLOPS_SPARK_UI_PORT")   # the worker's UI takes the next port
-        self.postgres = LocalPostgres(self.home / "postgres", port(postgres_port, "MLOPS_POSTGRES_PORT"))
+        self.postgres = LocalPostgres(self.home / "postgres", port(postgres_port, "MLOPS_POSTGRES_PORT"), {
+            "idle_in_transaction_session_timeout": self.settings["MLOPS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT"]})
         self.run_dir = self.home / "run"
         self.log_dir = self.home / "logs"
         self.identifier = "mlops-" + hashlib.sha256(str(self.home).encode()).hexdigest()[:12]

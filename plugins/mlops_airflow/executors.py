@@ -8,6 +8,13 @@ the scheduler, before the workers are forked, so every task process inherits the
 copy-on-write) and pays nothing. DAG files stay light: nothing here runs at parse time, and
 this module itself imports nothing heavy.
 
+Its worker processes, and the task processes they fork, also end with their parent: in
+stock Airflow a killed scheduler leaves its workers behind, still holding the scheduler's
+database connection (open transaction and row locks included) and running tasks that the
+restarted scheduler hands out a second time. Here the kernel ends them with the scheduler
+(Linux ``PR_SET_PDEATHSIG``); the restarted scheduler resets their task instances and runs
+them again, one try at a time.
+
 Set with ``AIRFLOW__CORE__EXECUTOR=mlops_airflow.executors.PreloadingLocalExecutor``; the
 modules come from ``MLOPS_PRELOAD_MODULES`` (comma-separated; empty disables preloading).
 Only third-party libraries are preloaded: the project's own modules are imported fresh by
@@ -15,9 +22,12 @@ each task, so a changed pipeline is picked up without restarting the scheduler.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 import os
+import signal
+import sys
 import time
 
 from airflow.executors.local_executor import LocalExecutor
@@ -56,10 +66,41 @@ def preload(modules: list[str]) -> dict[str, float]:
     return timings
 
 
+PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+_forked_by: int | None = None
+
+
+def _remember_parent() -> None:
+    global _forked_by
+    _forked_by = os.getpid()
+
+
+def _end_with_parent() -> None:
+    """In a freshly forked child: have the kernel SIGKILL this process when its parent ends; if
+    the parent has ended already, end now."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        log.warning("could not tie process %d to its parent: errno %d", os.getpid(), ctypes.get_errno())
+    elif _forked_by is not None and os.getppid() != _forked_by:
+        os._exit(1)
+
+
+def end_forked_children_with_their_parent() -> bool:
+    """From now on, every process forked from this one (and from those, and so on) is ended by the
+    kernel when the process that forked it ends. Linux only; returns whether it applies."""
+    if not sys.platform.startswith("linux"):
+        return False
+    os.register_at_fork(before=_remember_parent, after_in_child=_end_with_parent)
+    return True
+
+
 class PreloadingLocalExecutor(LocalExecutor):
-    """LocalExecutor that imports the heavy libraries before forking its worker processes."""
+    """LocalExecutor that imports the heavy libraries before forking its worker processes, whose
+    workers and task processes end with the scheduler."""
 
     def start(self) -> None:
+        if not end_forked_children_with_their_parent():
+            log.warning("workers and tasks may outlive a killed scheduler on %s", sys.platform)
         if self.is_mp_using_fork:
             started = time.perf_counter()
             timings = preload(preload_modules())

@@ -168,8 +168,9 @@ def test_compose_env_generates_distinct_secrets_and_never_overwrites(tmp_path):
 
 
 def test_service_settings_are_the_native_stacks(config):
-    """Ports, Spark shuffle partitions, MLflow workers and allowed hosts: compose reads the same
-    file as the native stack (include/stack/services.env), so the two cannot drift apart."""
+    """Ports, Spark shuffle partitions, MLflow workers and allowed hosts, PostgreSQL's transaction
+    timeout: compose reads the same file as the native stack (include/stack/services.env), so
+    the two cannot drift apart."""
     from scripts.stack import SERVICES_ENV, Stack
 
     settings = {k: v for k, v in dotenv_values(SERVICES_ENV).items()}
@@ -189,3 +190,7 @@ def test_service_settings_are_the_native_stacks(config):
     native = {p.name: p.command for p in Stack(topology="embedded").programs()}
     assert f"spark.sql.shuffle.partitions={settings['MLOPS_SPARK_SHUFFLE_PARTITIONS']}" in native["spark-connect"]
     assert settings["MLOPS_MLFLOW_ALLOWED_HOSTS"] in native["mlflow"]
+    # PostgreSQL ends transactions left open by a killed client, in both topologies
+    timeout = "idle_in_transaction_session_timeout"
+    assert f"{timeout}=$${{MLOPS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT}}" in " ".join(services["postgres"]["command"])
+    assert f"{timeout}={settings['MLOPS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT']}" in native["postgres"]

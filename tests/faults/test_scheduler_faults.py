@@ -127,22 +127,101 @@ def test_task_killed_while_writing_leaves_a_whole_partition(story, task_id):
         pd.testing.assert_frame_equal(after[name], before[name], obj=name)
 
 
+def _unfinished(client, days: set[str]) -> str:
+    """The daily runs of ``days`` that are not done yet, with their unfinished tasks' states."""
+    seen = []
+    for run in client.runs(DAILY):
+        if run["logical_date"][:10] in days and run["state"] not in ("success", "failed"):
+            tasks = {t["task_id"]: t["state"] for t in client.task_instances(DAILY, run["dag_run_id"])
+                     if t["state"] not in ("success", "skipped", "failed", "upstream_failed")}
+            seen.append(f"{run['logical_date'][:10]} {run['state']} {tasks}")
+    return "; ".join(seen) or "none"
+
+
+# A client holding a transaction open with a row lock, then killed while a forked child (as the
+# LocalExecutor's workers are forked from the scheduler) keeps the connection's socket alive.
+_KILLED_MID_TRANSACTION = """
+import os, signal, sys, time
+import psycopg2
+conn = psycopg2.connect(host="127.0.0.1", port=int(sys.argv[1]), dbname="postgres", user=sys.argv[2],
+                        password=os.environ["PROBE_PASSWORD"])
+conn.cursor().execute("SELECT id FROM fault_probe WHERE id = 1 FOR UPDATE")
+if os.fork() == 0:   # keeps the socket, not the caller's output pipes
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    time.sleep(600)
+    os._exit(0)
+print("locked", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_transaction_of_a_killed_client_ends_while_its_socket_lives_on(story):
+    """The database ends a transaction whose client was killed mid-transaction even while a forked
+    child keeps the connection open (what an orphaned executor worker does after a scheduler
+    crash): its row locks are released within the configured timeout, not held forever."""
+    import subprocess
+    import sys
+
+    import psycopg2
+
+    from scripts.postgres import ADMIN
+
+    pg = story["stack"].postgres
+    admin = pg.connect()
+    admin.autocommit = True
+    cur = admin.cursor()
+    cur.execute("SELECT setting::int / 1000 FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'")
+    timeout_s = cur.fetchone()[0]
+    assert 0 < timeout_s <= 300, "the server ends abandoned transactions within minutes"
+    cur.execute("DROP TABLE IF EXISTS fault_probe; CREATE TABLE fault_probe (id int primary key);"
+                "INSERT INTO fault_probe VALUES (1)")
+    out = subprocess.run([sys.executable, "-c", _KILLED_MID_TRANSACTION, str(pg.port), ADMIN], capture_output=True,
+                         text=True, env={**os.environ, "PROBE_PASSWORD": pg.credentials()[ADMIN]}, timeout=60)
+    assert out.stdout.strip() == "locked", out.stderr
+    orphan = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-2:] == [str(pg.port), ADMIN]]
+    try:
+        assert orphan, "the forked child keeps the killed client's connection"
+        killed_at = time.monotonic()
+
+        def lock_free() -> bool:
+            try:
+                cur.execute("SELECT id FROM fault_probe WHERE id = 1 FOR UPDATE NOWAIT")
+                return True
+            except psycopg2.errors.LockNotAvailable:
+                return False
+
+        assert not lock_free(), "the killed client's lock is held at first"
+        wait_for(lock_free, timeout_s + 30, interval=1, what="row lock of the killed client released")
+        assert time.monotonic() - killed_at >= timeout_s - 5
+    finally:
+        for proc in orphan:
+            proc.kill()
+        cur.execute("DROP TABLE IF EXISTS fault_probe")
+        admin.close()
+
+
 def test_scheduler_killed_mid_backfill_recovers_whole_and_leaves_nothing_behind(story):
-    """SIGKILL the scheduler in the middle of a backfill: supervision restarts it, the backfill
-    completes, every partition is whole with no duplicates; `down` leaves no process behind
+    """SIGKILL the scheduler in the middle of a backfill: its workers and tasks end with it,
+    supervision restarts it, the backfill completes, every partition is whole with no duplicates; `down` leaves no process behind
     (the next test that needs the story brings the stack up again: ``in_story``)."""
     stack, client = story["stack"], story["client"]
     first, last = STORY_BROKEN - dt.timedelta(days=3), STORY_BROKEN - dt.timedelta(days=1)
     backfill = client.backfill(DAILY, first.isoformat(), last.isoformat(), max_active_runs=3)
     wait_for(_task_processes, 300, interval=0.5, what="a task running")
     scheduler = stack.pid("airflow-scheduler")
+    forked = psutil.Process(scheduler).children(recursive=True)   # its workers and their tasks
+    assert forked, "the scheduler's executor runs its workers"
     os.kill(scheduler, signal.SIGKILL)
+    _, orphans = psutil.wait_procs(forked, timeout=10)
+    assert orphans == [], "workers and tasks of the killed scheduler outlived it"
     wait_for(lambda: (stack.pid("airflow-scheduler") or scheduler) != scheduler, 120, what="scheduler restarted")
     stack.up()   # idempotent: everything running, healthy again
-    wait_for(lambda: client.get_backfill(backfill["id"]).get("completed_at"), 1800, interval=5,
-             what="backfill after the scheduler was killed")
-    client.wait_idle([DAILY, WATCH, TRAINING], timeout=1800)
     days = {(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)}
+    wait_for(lambda: client.get_backfill(backfill["id"]).get("completed_at"), 1200, interval=5,
+             what=lambda: f"backfill after the scheduler was killed (unfinished: {_unfinished(client, days)})")
+    client.wait_idle([DAILY, WATCH, TRAINING], timeout=1200)
     states = {r["logical_date"][:10]: r["state"] for r in client.runs(DAILY) if r["logical_date"][:10] in days}
     assert set(states) == days and set(states.values()) == {"success"}, states
     for day in _scored_days():
