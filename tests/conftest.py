@@ -37,6 +37,30 @@ def small_spec_dict(name: str = "churn_small", **simulation) -> dict:
     return spec
 
 
+def assert_trainings_took_turns(name: str, known: set[str], previous_champion: str) -> list:
+    """Trainings started at once left a consistent registry: the versions registered since
+    ``known`` came from runs that did not overlap, each carries a truthful decision, and the
+    champion alias points at the last promoted one (or stayed at ``previous_champion``)."""
+    from pipelines import tracking
+
+    c = tracking.client()
+    new = sorted((v for v in c.search_model_versions(f"name = '{name}'") if v.version not in known),
+                 key=lambda v: int(v.version))
+    runs = sorted((c.get_run(v.run_id).info for v in new), key=lambda r: r.start_time)
+    for earlier, later in zip(runs, runs[1:]):
+        assert earlier.end_time <= later.start_time, "two trainings overlapped"
+    promoted = []
+    for v in new:
+        tags = c.get_model_version(name, v.version).tags
+        assert tags["promotion.decision"] in {"promoted", "rejected"}, (v.version, tags)
+        assert ("champion.since" in tags) == (tags["promotion.decision"] == "promoted"), (v.version, tags)
+        if tags["promotion.decision"] == "promoted":
+            promoted.append(v.version)
+    champion = tracking.resolve_alias(name, tracking.CHAMPION).version
+    assert champion == (promoted[-1] if promoted else previous_champion), (champion, promoted)
+    return new
+
+
 def free_port(pair: bool = False) -> int:
     """A free loopback port (with ``pair``, one whose successor is free too)."""
     while True:

@@ -18,6 +18,7 @@ import pytest
 
 from pipelines import runtime, tracking
 from pipelines.lake import read_partition
+from tests.conftest import assert_trainings_took_turns
 
 pytestmark = [pytest.mark.faults, pytest.mark.spark]
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,17 +153,7 @@ def test_two_cli_trainings_at_once_run_one_after_the_other(lifecycle, small_spec
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=900) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in outputs]
-    new = sorted((v for v in c.search_model_versions(f"name = '{name}'") if v.version not in known),
-                 key=lambda v: int(v.version))
+    new = assert_trainings_took_turns(name, known, restore_champion.version)
     assert len(new) == 2
-    runs = sorted((c.get_run(v.run_id).info for v in new), key=lambda r: r.start_time)
-    assert runs[0].end_time <= runs[1].start_time, "the two trainings overlapped"
-    champion = tracking.resolve_alias(name, tracking.CHAMPION).version
-    for v in new:
-        tags = c.get_model_version(name, v.version).tags
-        assert tags["promotion.decision"] in {"promoted", "rejected"}
-        assert ("champion.since" in tags) == (tags["promotion.decision"] == "promoted")
-    promoted = [v.version for v in new if c.get_model_version(name, v.version).tags["promotion.decision"] == "promoted"]
-    assert champion == (promoted[-1] if promoted else restore_champion.version)
     results = [json.loads(out) for out, _ in outputs]
     assert {r["challenger"]["version"] for r in results} == {v.version for v in new}

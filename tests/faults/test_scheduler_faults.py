@@ -18,7 +18,7 @@ from pipelines import runtime
 from pipelines.lake import list_partitions, read_partition
 from scripts.airflow_api import wait_for
 from scripts.demo import run_backfill
-from tests.conftest import STORY_BROKEN, STORY_FIRST_TRAINING, STORY_UC
+from tests.conftest import STORY_BROKEN, STORY_FIRST_TRAINING, STORY_UC, assert_trainings_took_turns
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 DAILY, WATCH, TRAINING = f"{STORY_UC}_daily", f"{STORY_UC}_drift_watch", f"{STORY_UC}_training"
@@ -211,6 +211,31 @@ def test_transaction_of_a_killed_client_ends_while_its_socket_lives_on(story):
             proc.kill()
         cur.execute("DROP TABLE IF EXISTS fault_probe")
         admin.close()
+
+
+def test_manual_training_while_a_drift_one_runs_waits_its_turn(story):
+    """A manual training triggered while a drift-triggered one runs: the second run waits until
+    the first has promoted or rejected; every new version has a truthful decision and trigger,
+    and the alias points at the last promoted one (or stayed)."""
+    from pipelines import tracking
+
+    client, name = story["client"], story["spec"].model.registered_name
+    known = {v.version for v in tracking.client().search_model_versions(f"name = '{name}'")}
+    champion = tracking.resolve_alias(name, tracking.CHAMPION).version
+    as_of = (STORY_BROKEN - dt.timedelta(days=1)).isoformat()
+    drift = client.trigger(TRAINING, {"reason": "drift (fault suite)", "trigger": "drift", "as_of": as_of},
+                           run_id=f"drift__fault_suite_{int(time.time())}")
+    wait_for(lambda: client.run(TRAINING, drift)["state"] == "running", 300, interval=0.5,
+             what="the drift-triggered training running")
+    manual = client.trigger(TRAINING, {"reason": "manual (fault suite)", "trigger": "manual", "as_of": as_of})
+    runs = [client.wait_for_run(TRAINING, run_id, timeout=900) for run_id in (drift, manual)]
+    assert [r["state"] for r in runs] == ["success", "success"], runs
+    ended, started = (dt.datetime.fromisoformat(r[k]) for r, k in zip(runs, ("end_date", "start_date")))
+    assert ended <= started, "the manual run started before the drift run ended"
+    new = assert_trainings_took_turns(name, known, champion)
+    triggers = [tracking.client().get_model_version(name, v.version).tags["trigger"] for v in new]
+    assert triggers == ["drift", "manual"]
+    client.wait_idle([DAILY, WATCH, TRAINING], timeout=600)
 
 
 def test_scheduler_killed_mid_backfill_recovers_whole_and_leaves_nothing_behind(story):
