@@ -10,7 +10,7 @@ import datetime as dt
 import json
 from typing import Any, Callable
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+from tenacity import Retrying, retry_if_exception, retry_if_exception_type, stop_after_delay, wait_fixed
 
 TERMINAL = {"success", "failed"}
 
@@ -41,6 +41,16 @@ def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 2.0
                 return attempt()
     except _NotYet:
         raise TimeoutError(f"{what() if callable(what) else what}: not done after {timeout:.0f}s") from None
+
+
+BACKFILL_SWEEP_WAIT_S = 120
+
+
+def _earlier_backfill_open(error: BaseException) -> bool:
+    """Airflow's 409 for a DAG whose previous backfill is finished but not yet marked complete."""
+    from airflow_client.client.exceptions import ConflictException
+
+    return isinstance(error, ConflictException) and "already a running backfill" in str(error.body or "")
 
 
 def _plain(model) -> dict:
@@ -118,7 +128,12 @@ class AirflowClient:
         body = self._client.BackfillPostBody(dag_id=dag_id, from_date=day(from_date), to_date=day(to_date),
                                              max_active_runs=max_active_runs,
                                              reprocess_behavior=self._client.ReprocessBehavior(reprocess))
-        return _plain(self.backfills_api.create_backfill(body))
+        # A finished backfill is marked complete by the scheduler's sweep (every 30 s); until then
+        # Airflow refuses a new one for the same DAG with 409. Wait for the sweep, not longer.
+        for tried in Retrying(stop=stop_after_delay(BACKFILL_SWEEP_WAIT_S), wait=wait_fixed(3),
+                              retry=retry_if_exception(_earlier_backfill_open), reraise=True):
+            with tried:
+                return _plain(self.backfills_api.create_backfill(body))
 
     def get_backfill(self, backfill_id: int) -> dict:
         return _plain(self.backfills_api.get_backfill(backfill_id))
