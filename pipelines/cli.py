@@ -1,5 +1,6 @@
 """``mlops``: run any lifecycle step from a shell, outside Airflow (same code as the DAG tasks).
 
+    mlops check churn              # every problem of include/churn/spec.yaml, one line each
     mlops simulate churn
     mlops validate churn 2026-01-05
     mlops features churn 2026-01-05
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate use-case specs (all of them when none is named)")
+    check.add_argument("use_case", nargs="*", help="use-case names or spec folders/files")
     for name in ("simulate", "summary"):
         sub.add_parser(name).add_argument("use_case")
     for name in ("validate", "features", "score", "monitor", "performance"):
@@ -37,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--as-of", default=None)
     train.add_argument("--reason", default="manual run from the CLI")
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return check_specs(args.use_case)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # stdout carries only the result, so that scripts can parse it; what the libraries print on
     # the way (MLflow's run links, progress) goes to stderr with the logs
@@ -46,6 +51,27 @@ def main(argv: list[str] | None = None) -> int:
         return result
     print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
     return 0
+
+
+def check_specs(names: list[str]) -> int:
+    """Print every problem of the named specs (or of all under the include folder); 1 if any."""
+    from pathlib import Path
+
+    from pipelines.config import settings
+    from pipelines.spec import SPEC_FILE, check_spec
+
+    include = settings().include
+    paths = [Path(n) if Path(n).exists() else include / n for n in names] or \
+        sorted(p.parent for p in include.glob(f"*/{SPEC_FILE}"))
+    if not paths:
+        print(f"no use-case spec under {include}", file=sys.stderr)
+        return 1
+    failed = 0
+    for path in paths:
+        problems = check_spec(path)
+        failed += bool(problems)
+        print("\n".join(problems) if problems else f"{path}: ok")
+    return 1 if failed else 0
 
 
 def _run(args: argparse.Namespace, runtime) -> dict | str | int:

@@ -3,9 +3,10 @@
 Rules (from the spec's ``promotion`` section):
 
 * a challenger whose metric is NaN never passes;
-* it must reach the absolute ``floor``;
+* it must reach the absolute ``floor`` (a ceiling for metrics where lower is better: Brier, RMSE);
 * with no champion yet, passing the floor is enough;
 * otherwise it must beat the champion's metric on the same holdout by ``min_improvement``
+  in the metric's direction
   (a champion whose metric is NaN on that holdout is beaten by any finite metric).
 
 The decision and its reasons are written as tags on the challenger's model version (and
@@ -40,21 +41,25 @@ class PromotionDecision:
 
 
 def decide_promotion(metric: str, challenger: float, champion: float | None, floor: float,
-                     min_improvement: float, champion_version: str | None = None) -> PromotionDecision:
-    """Pure promotion rule: see the module docstring."""
+                     min_improvement: float, champion_version: str | None = None,
+                     higher_is_better: bool = True) -> PromotionDecision:
+    """Pure promotion rule: see the module docstring. For a lower-is-better metric (RMSE, Brier)
+    the floor is a ceiling and the gain is the decrease."""
     def done(ok: bool, why: str) -> PromotionDecision:
         return PromotionDecision(ok, why, metric, challenger, champion, champion_version)
 
+    sign = 1.0 if higher_is_better else -1.0
     if challenger is None or not math.isfinite(challenger):
         return done(False, f"challenger {metric} is undefined (NaN) on the holdout")
-    if challenger < floor:
-        return done(False, f"challenger {metric} {challenger:.4f} is below the floor {floor:.4f}")
+    if sign * (challenger - floor) < 0:
+        bound = "below the floor" if higher_is_better else "above the ceiling"
+        return done(False, f"challenger {metric} {challenger:.4f} is {bound} {floor:.4f}")
     if champion_version is None:
         return done(True, f"first model: {metric} {challenger:.4f} passes the floor {floor:.4f}")
     if champion is None or not math.isfinite(champion):
         return done(True, f"champion v{champion_version} {metric} is undefined on the holdout; "
                           f"challenger {challenger:.4f} passes the floor {floor:.4f}")
-    gain = challenger - champion
+    gain = sign * (challenger - champion)
     if gain >= min_improvement:
         return done(True, f"challenger {metric} {challenger:.4f} beats champion v{champion_version} "
                           f"{champion:.4f} by {gain:+.4f} (margin {min_improvement:.4f})")
@@ -77,7 +82,7 @@ def promote_if_better(spark, spec, lake: Lake, challenger: dict, as_of: dt.date)
     from pipelines.features import feature_columns
 
     X, y = holdout[feature_columns(spec).all], holdout[spec.label.target]
-    metric, threshold = spec.promotion.metric, spec.model.threshold
+    metric, threshold = spec.promotion.metric, spec.model.threshold   # metric: a Metric (str enum)
 
     def holdout_metric(ref):
         scores = tracking.load_model(ref).predict_proba(X)[:, 1]
@@ -86,7 +91,8 @@ def promote_if_better(spark, spec, lake: Lake, challenger: dict, as_of: dt.date)
     challenger_value = holdout_metric(challenger_ref)
     champion_value = holdout_metric(champion_ref) if champion_ref else None
     decision = decide_promotion(metric, challenger_value, champion_value, spec.promotion.floor,
-                                spec.promotion.min_improvement, champion_ref.version if champion_ref else None)
+                                spec.promotion.min_improvement, champion_ref.version if champion_ref else None,
+                                higher_is_better=metric.higher_is_better)
     c = tracking.client()
     evaluated_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     outcome, reason = ("promoted" if decision.promote else "rejected"), decision.reason

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pipelines.lake import Lake, ds, list_partitions, partition_rows
 from pipelines.spark import table_exists
+from pipelines.spec import FeatureKind
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +42,17 @@ def feature_columns(spec) -> FeatureColumns:
     """The feature names a spec produces, in table order (no Spark needed)."""
     numeric: list[str] = []
     categorical: list[str] = []
-    for group in spec.features["groups"]:
-        kind = group["kind"]
-        if kind == "window_aggregates":
-            for window in group["windows_days"]:
-                numeric += [f"{agg['name']}_{window}d" for agg in group["aggregates"]]
-        elif kind == "recency":
-            numeric.append(group["name"])
-        elif kind == "attributes":
-            source_types = spec.source(group["source"]).columns
-            for col in group.get("columns", []):
+    for group in spec.features.groups:
+        if group.kind == FeatureKind.WINDOW_AGGREGATES:
+            for window in group.windows_days:
+                numeric += [f"{agg.name}_{window}d" for agg in group.aggregates]
+        elif group.kind == FeatureKind.RECENCY:
+            numeric.append(group.name)
+        else:
+            source_types = spec.source(group.source).columns
+            for col in group.columns:
                 (categorical if source_types[col] == "string" else numeric).append(col)
-            numeric += list(group.get("days_since", {}))
+            numeric += list(group.days_since)
     return FeatureColumns(numeric=numeric, categorical=categorical)
 
 
@@ -74,21 +74,19 @@ def _read_source(spark, lake: Lake, spec, source: str, date: dt.date, lookback: 
 
 
 
-def _event_aggregates(group: dict, ts: str, date: dt.date) -> tuple[list, dict[str, float]]:
+def _event_aggregates(group, ts: str, date: dt.date) -> tuple[list, dict[str, float]]:
     """Aggregate expressions of one event-source group, and the fill value of each feature."""
     from pyspark.sql import functions as F
 
     midnight = dt.datetime.combine(date, dt.time())
-    if group["kind"] == "recency":
-        cap = float(group.get("cap_days", 365))
+    if group.kind == FeatureKind.RECENCY:
         days = (F.unix_timestamp(F.lit(midnight)) - F.unix_timestamp(F.max(ts))) / 86400.0
-        return [days.cast("double").alias(group["name"])], {group["name"]: cap}
+        return [days.cast("double").alias(group.name)], {group.name: float(group.cap_days)}
     exprs, fill = [], {}
-    for window in group["windows_days"]:
+    for window in group.windows_days:
         inside = F.col(ts) >= F.lit(midnight - dt.timedelta(days=window))
-        for agg in group["aggregates"]:
-            name, fn = f"{agg['name']}_{window}d", agg["fn"]
-            col = agg.get("column")
+        for agg in group.aggregates:
+            name, fn, col = f"{agg.name}_{window}d", agg.fn, agg.column
             if fn == "count":
                 expr = F.count(F.when(inside, F.lit(1)))
             elif fn == "sum":
@@ -98,7 +96,7 @@ def _event_aggregates(group: dict, ts: str, date: dt.date) -> tuple[list, dict[s
             elif fn == "count_distinct":
                 expr = F.countDistinct(F.when(inside, F.col(col)))
             elif fn == "share":
-                hits = F.count(F.when(inside & (F.col(col) == F.lit(agg["value"])), F.lit(1)))
+                hits = F.count(F.when(inside & (F.col(col) == F.lit(agg.value)), F.lit(1)))
                 expr = F.try_divide(hits, F.count(F.when(inside, F.lit(1))))
             else:
                 raise ValueError(f"feature {name}: unknown aggregate fn {fn!r}")
@@ -108,9 +106,9 @@ def _event_aggregates(group: dict, ts: str, date: dt.date) -> tuple[list, dict[s
     return exprs, fill
 
 
-def _group_lookback(group: dict) -> int:
+def _group_lookback(group) -> int:
     """Days of history one event group reads."""
-    return max(list(group.get("windows_days", [])) + [group.get("cap_days", 0), 1])
+    return max(list(getattr(group, "windows_days", [])) + [getattr(group, "cap_days", 0), 1])
 
 
 def compute_features(spark, spec, lake: Lake, date: dt.date):
@@ -120,29 +118,27 @@ def compute_features(spark, spec, lake: Lake, date: dt.date):
 
     entity = spec.entity
     midnight = dt.datetime.combine(date, dt.time())
-    out = _read_source(spark, lake, spec, spec.features["population"], date, None).select(entity).distinct()
+    out = _read_source(spark, lake, spec, spec.features.population, date, None).select(entity).distinct()
     fill: dict[str, float] = {}
     # one scan and one aggregation per event source, whatever the number of groups on it
     by_source: dict[str, tuple[list, int]] = {}
-    for group in spec.features["groups"]:
-        kind, source = group["kind"], group["source"]
-        if kind in {"window_aggregates", "recency"}:
+    for group in spec.features.groups:
+        kind, source = group.kind, group.source
+        if kind in {FeatureKind.WINDOW_AGGREGATES, FeatureKind.RECENCY}:
             exprs, group_fill = _event_aggregates(group, spec.source(source).timestamp, date)
             fill.update(group_fill)
             known, lookback = by_source.get(source, ([], 0))
             by_source[source] = (known + exprs, max(lookback, _group_lookback(group)))
-        elif kind == "attributes":
+        else:
             ts = spec.source(source).timestamp
             rows = _read_source(spark, lake, spec, source, date, None)
             latest = Window.partitionBy(entity).orderBy(F.col(ts).desc())
             rows = rows.withColumn("_rank", F.row_number().over(latest)).where("_rank = 1")
-            cols = [F.col(c) for c in group.get("columns", [])]
-            for name, ts_col in group.get("days_since", {}).items():
+            cols = [F.col(c) for c in group.columns]
+            for name, ts_col in group.days_since.items():
                 cols.append(((F.unix_timestamp(F.lit(midnight)) - F.unix_timestamp(ts_col)) / 86400.0)
                             .cast("double").alias(name))
             out = out.join(rows.select(entity, *cols), entity, "left")
-        else:
-            raise ValueError(f"unknown feature group kind {kind!r}")
     for source, (exprs, lookback) in by_source.items():
         events = _read_source(spark, lake, spec, source, date, lookback)
         out = out.join(events.groupBy(entity).agg(*exprs), entity, "left")
@@ -178,17 +174,17 @@ class LookBackIncomplete(RuntimeError):
 
 def _source_lookback(spec, source: str) -> int | None:
     """Days of history features read from ``source`` (None: all of it)."""
-    days = [_group_lookback(g) for g in spec.features["groups"]
-            if g["source"] == source and g["kind"] in {"window_aggregates", "recency"}]
-    snapshot = source == spec.features["population"] or any(
-        g["source"] == source and g["kind"] == "attributes" for g in spec.features["groups"])
+    days = [_group_lookback(g) for g in spec.features.groups
+            if g.source == source and g.kind != FeatureKind.ATTRIBUTES]
+    snapshot = source == spec.features.population or any(
+        g.source == source and g.kind == FeatureKind.ATTRIBUTES for g in spec.features.groups)
     return None if snapshot or not days else max(days)
 
 
 def look_back_gaps(spec, lake: Lake, date: dt.date) -> list[LookBackGap]:
     """Days in the look-back window of ``date`` (from the spec's start on) whose clean partition is
     missing for a feature source, except the days the spec declares as known gaps."""
-    allowed = {str(d) for d in spec.features.get("allowed_missing_days", [])}
+    allowed = {ds(d) for d in spec.features.allowed_missing_days}
     gaps = []
     for source in spec.feature_sources():
         lookback = _source_lookback(spec, source)
@@ -224,7 +220,7 @@ def build_features(spark, spec, lake: Lake, date: dt.date) -> int:
     window has no validated partition: features from a partial window would be silently wrong.
     """
     table = lake.features(spec.name)
-    population = spec.features["population"]
+    population = spec.features.population
     if not any(p < ds(date) for p in list_partitions(lake.clean(spec.name, population))):
         log.warning("%s: no clean %s partition before %s: no population yet, no features written",
                     spec.name, population, date)

@@ -128,7 +128,7 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
         reference = reference.sample(n=spec.monitoring.reference_sample_rows, random_state=0)
     html = reports_dir / spec.name / "drift" / f"{ds(date)}.html"
     columns = drift_report(reference, current, cols.numeric, cols.categorical, html,
-                           method=spec.monitoring.method, threshold=spec.monitoring.column_threshold)
+                           method=spec.monitoring.method and str(spec.monitoring.method.value), threshold=spec.monitoring.column_threshold)
     drifted = [c.column for c in columns if c.drifted]
     share = len(drifted) / len(columns) if columns else 0.0
     summary = {

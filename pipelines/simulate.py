@@ -60,9 +60,9 @@ def config_from_spec(spec, **overrides) -> SimulationConfig:
     values = dict(
         seed=sim.seed,
         customers=sim.customers,
-        start=dt.date.fromisoformat(sim.history_start),
+        start=sim.history_start,
         days=sim.days,
-        drift_start=dt.date.fromisoformat(sim.drift_start) if sim.drift_start else None,
+        drift_start=sim.drift_start,
         horizon_days=spec.label.horizon_days,
         backlog_days=sim.backlog_days,
     )

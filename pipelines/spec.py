@@ -1,134 +1,267 @@
 """Use-case specs: the one place that describes a use case (sources, features, model, rules).
 
-A spec is ``include/<name>/spec.yaml``. Loading it needs only PyYAML, so DAG files can
-discover specs while parsing without slowing the parse down.
+A spec is ``include/<name>/spec.yaml``, parsed into typed, frozen models (pydantic): every
+closed set is an enum, unknown keys are refused, and cross-checks tie the parts together
+(referenced sources and columns exist, the target is not a feature, the promotion metric fits
+the task). Every problem of a file is reported at once, one line each, naming the file and key:
+
+    include/churn/spec.yaml: model.cv_folds: Input should be a valid integer, got 'three'
+    include/churn/spec.yaml: training.windw_days: unknown key (did you mean window_days?)
+
+Loading needs only PyYAML and pydantic, so DAG files can read specs while parsing. The deeper
+check of the estimator and its parameters imports scikit-learn: :func:`check_estimator`, run
+by ``mlops check`` and before any training.
 """
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field, fields
+import difflib
+import enum
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SPEC_FILE = "spec.yaml"
 
 
 class SpecError(ValueError):
-    """A spec file is missing a section, has an unknown key or a value of the wrong kind."""
+    """A spec has problems; ``problems`` holds one ``(key, message)`` per problem."""
+
+    def __init__(self, file: str, problems: list[tuple[str, str]]):
+        self.file, self.problems = file, problems
+        super().__init__("\n".join(f"{file}: {key}: {message}" if key else f"{file}: {message}"
+                                   for key, message in problems))
 
 
-def _build(cls, data: dict[str, Any] | None, where: str):
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys with a clear message."""
-    data = dict(data or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise SpecError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-    try:
-        return cls(**data)
-    except TypeError as exc:  # a required key is missing
-        raise SpecError(f"{where}: {exc}") from None
+# ----------------------------------------------------------------- closed sets
+class ColumnType(enum.StrEnum):
+    STRING = "string"
+    INT = "int"
+    LONG = "long"
+    DOUBLE = "double"
+    BOOLEAN = "boolean"
+    DATE = "date"
+    TIMESTAMP = "timestamp"
 
 
-@dataclass(frozen=True)
-class SourceSpec:
+class TaskType(enum.StrEnum):
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+    REGRESSION = "regression"
+
+
+SUPPORTED_TASKS = {TaskType.BINARY}
+
+
+class Metric(enum.StrEnum):
+    """Holdout metrics, each with its direction and the tasks it is defined for."""
+
+    ROC_AUC = "roc_auc"
+    AVERAGE_PRECISION = "average_precision"
+    BRIER = "brier"
+    PRECISION = "precision"
+    RECALL = "recall"
+    F1 = "f1"
+    ACCURACY = "accuracy"
+    F1_MACRO = "f1_macro"
+    LOG_LOSS = "log_loss"
+    RMSE = "rmse"
+    MAE = "mae"
+    R2 = "r2"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self not in {Metric.BRIER, Metric.LOG_LOSS, Metric.RMSE, Metric.MAE}
+
+    @property
+    def tasks(self) -> set[TaskType]:
+        return _METRIC_TASKS[self]
+
+
+_METRIC_TASKS = {
+    Metric.ROC_AUC: {TaskType.BINARY}, Metric.AVERAGE_PRECISION: {TaskType.BINARY},
+    Metric.BRIER: {TaskType.BINARY}, Metric.PRECISION: {TaskType.BINARY}, Metric.RECALL: {TaskType.BINARY},
+    Metric.F1: {TaskType.BINARY}, Metric.ACCURACY: {TaskType.BINARY, TaskType.MULTICLASS},
+    Metric.F1_MACRO: {TaskType.MULTICLASS}, Metric.LOG_LOSS: {TaskType.BINARY, TaskType.MULTICLASS},
+    Metric.RMSE: {TaskType.REGRESSION}, Metric.MAE: {TaskType.REGRESSION}, Metric.R2: {TaskType.REGRESSION},
+}
+
+
+class AggregateFn(enum.StrEnum):
+    COUNT = "count"
+    SUM = "sum"
+    AVG = "avg"
+    COUNT_DISTINCT = "count_distinct"
+    SHARE = "share"
+
+
+class DriftMethod(enum.StrEnum):
+    """Evidently's per-column statistical tests that suit tabular columns."""
+
+    PSI = "psi"
+    KS = "ks"
+    WASSERSTEIN = "wasserstein"
+    JENSENSHANNON = "jensenshannon"
+    KL_DIV = "kl_div"
+    CHISQUARE = "chisquare"
+    Z = "z"
+    HELLINGER = "hellinger"
+    ANDERSON = "anderson"
+    CRAMER_VON_MISES = "cramer_von_mises"
+
+
+class FeatureKind(enum.StrEnum):
+    WINDOW_AGGREGATES = "window_aggregates"
+    RECENCY = "recency"
+    ATTRIBUTES = "attributes"
+
+
+# ----------------------------------------------------------------- sections
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class SourceSpec(_Section):
     """A raw source: its key, event timestamp, partitioning timestamp and column types."""
 
-    key: list[str]
+    key: list[str] = Field(min_length=1)
     timestamp: str
     partition_by: str
-    columns: dict[str, str]
-    min_rows: int = 1   # rows every daily delivery has; 0 for sources with legitimately empty days
+    columns: dict[str, ColumnType] = Field(min_length=1)
+    min_rows: int = Field(1, ge=0)   # rows every daily delivery has; 0 for sources with legitimately empty days
 
 
-@dataclass(frozen=True)
-class LabelSpec:
+class Aggregate(_Section):
+    name: str
+    fn: AggregateFn
+    column: str | None = None
+    value: Any = None   # the value whose share ``share`` measures
+
+
+class WindowAggregatesGroup(_Section):
+    """Aggregates of an event source over trailing windows (``<name>_<window>d`` features)."""
+
+    kind: Literal[FeatureKind.WINDOW_AGGREGATES]
+    source: str
+    windows_days: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
+    aggregates: list[Aggregate] = Field(min_length=1)
+
+
+class RecencyGroup(_Section):
+    """Days since an entity's newest event, capped."""
+
+    kind: Literal[FeatureKind.RECENCY]
+    source: str
+    name: str
+    cap_days: int = Field(365, gt=0)
+
+
+class AttributesGroup(_Section):
+    """The latest value of snapshot columns before the feature date, and ages of timestamps."""
+
+    kind: Literal[FeatureKind.ATTRIBUTES]
+    source: str
+    columns: list[str] = Field(default_factory=list)
+    days_since: dict[str, str] = Field(default_factory=dict)
+
+
+FeatureGroup = Annotated[Union[WindowAggregatesGroup, RecencyGroup, AttributesGroup], Field(discriminator="kind")]
+
+
+class FeaturesSpec(_Section):
+    population: str                             # entities that exist before the feature date
+    allowed_missing_days: list[dt.date] = Field(default_factory=list)
+    groups: list[FeatureGroup] = Field(min_length=1)
+
+
+class LabelSpec(_Section):
     source: str
     date_column: str
     target: str
-    horizon_days: int
+    horizon_days: int = Field(ge=0)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(_Section):
     registered_name: str
-    estimator: str
-    params: dict[str, Any] = field(default_factory=dict)
-    search_space: dict[str, list[Any]] = field(default_factory=dict)
-    cv_folds: int = 3
-    threshold: float = 0.5
+    estimator: str = Field(pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")   # dotted import path of the class
+    task: TaskType = TaskType.BINARY
+    params: dict[str, Any] = Field(default_factory=dict)
+    search_space: dict[str, list[Any]] = Field(default_factory=dict)
+    cv_folds: int = Field(3, ge=2)
+    threshold: float = Field(0.5, gt=0, lt=1)
 
 
-@dataclass(frozen=True)
-class TrainingSpec:
+class TrainingSpec(_Section):
     schedule: str | None = None
-    window_days: int = 60
-    holdout_days: int = 7
-    recency_half_life_days: float | None = None
-    max_rows: int = 500_000
-    reference_rows: int = 5000
-    reference_days: int = 7
+    window_days: int = Field(60, gt=0)
+    holdout_days: int = Field(7, gt=0)
+    recency_half_life_days: float | None = Field(None, gt=0)
+    max_rows: int = Field(500_000, gt=0)
+    reference_rows: int = Field(5000, gt=0)
+    reference_days: int = Field(7, gt=0)
 
 
-@dataclass(frozen=True)
-class PromotionSpec:
-    metric: str = "roc_auc"
-    floor: float = 0.6
-    min_improvement: float = 0.0
+class PromotionSpec(_Section):
+    metric: Metric = Metric.ROC_AUC
+    floor: float = 0.6              # the worst value any champion may have (a ceiling for lower-is-better metrics)
+    min_improvement: float = Field(0.0, ge=0)
 
 
-@dataclass(frozen=True)
-class ScoringSpec:
+class ScoringSpec(_Section):
     schedule: str = "@daily"
 
 
-@dataclass(frozen=True)
-class MonitoringSpec:
-    reference_sample_rows: int = 5000
-    current_sample_rows: int = 5000
-    drift_share_threshold: float = 0.5
-    method: str | None = None             # Evidently stat test for every column (None: its defaults)
-    column_threshold: float | None = None  # that test's per-column threshold
-    consecutive_days: int = 1
-    cooldown_days: int = 7
+class MonitoringSpec(_Section):
+    reference_sample_rows: int = Field(5000, gt=0)
+    current_sample_rows: int = Field(5000, gt=0)
+    drift_share_threshold: float = Field(0.5, gt=0, le=1)
+    method: DriftMethod | None = None             # Evidently stat test for every column (None: its defaults)
+    column_threshold: float | None = Field(None, gt=0)   # that test's per-column threshold
+    consecutive_days: int = Field(1, ge=1)
+    cooldown_days: int = Field(7, ge=0)
 
 
-@dataclass(frozen=True)
-class SimulationSpec:
+class SimulationSpec(_Section):
     seed: int = 42
-    customers: int = 2000
-    history_start: str = "2026-01-01"
-    days: int = 60
-    drift_start: str | None = None
-    first_training: str | None = None
-    backlog_days: int = 0
+    customers: int = Field(2000, gt=0)
+    history_start: dt.date = dt.date(2026, 1, 1)
+    days: int = Field(60, gt=0)
+    drift_start: dt.date | None = None
+    first_training: dt.date | None = None
+    backlog_days: int = Field(0, ge=0)
 
 
-@dataclass(frozen=True)
-class UseCaseSpec:
+class UseCaseSpec(_Section):
     """One use case, as read from ``include/<name>/spec.yaml``."""
 
-    name: str
-    description: str
-    start_date: str
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")   # DAG ids, tables and model names derive from it
+    description: str = ""
+    start_date: dt.date
     entity: str
-    sources: dict[str, SourceSpec]
-    expectations: str
-    features: dict[str, Any]
+    sources: dict[str, SourceSpec] = Field(min_length=1)
+    expectations: str = "expectations.yaml"
+    features: FeaturesSpec
     label: LabelSpec
     model: ModelSpec
-    training: TrainingSpec
-    promotion: PromotionSpec
-    scoring: ScoringSpec
-    monitoring: MonitoringSpec
-    simulation: SimulationSpec | None
-    directory: Path
+    training: TrainingSpec = TrainingSpec()
+    promotion: PromotionSpec = PromotionSpec()
+    scoring: ScoringSpec = ScoringSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
+    simulation: SimulationSpec | None = None
+    directory: Path = Path(".")
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _strip(cls, value):
+        return str(value or "").strip()
 
     @property
     def start(self) -> dt.date:
-        return dt.date.fromisoformat(self.start_date)
+        return self.start_date
 
     @property
     def expectations_path(self) -> Path:
@@ -138,71 +271,304 @@ class UseCaseSpec:
         try:
             return self.sources[name]
         except KeyError:
-            raise SpecError(f"{self.name}: no source named {name!r}; sources are {sorted(self.sources)}") from None
+            raise SpecError(str(self.directory / SPEC_FILE),
+                            [("", f"no source named {name!r}; sources are {sorted(self.sources)}")]) from None
 
     def feature_sources(self) -> list[str]:
         """Sources read by the feature groups, in order of first use."""
-        names = [self.features["population"]] + [g["source"] for g in self.features["groups"]]
-        return list(dict.fromkeys(names))
+        return list(dict.fromkeys([self.features.population] + [g.source for g in self.features.groups]))
+
+    def feature_names(self) -> list[str]:
+        """Every feature column the groups produce (no types needed)."""
+        names: list[str] = []
+        for group in self.features.groups:
+            if isinstance(group, WindowAggregatesGroup):
+                names += [f"{agg.name}_{w}d" for w in group.windows_days for agg in group.aggregates]
+            elif isinstance(group, RecencyGroup):
+                names.append(group.name)
+            else:
+                names += list(group.columns) + list(group.days_since)
+        return names
 
 
+# ----------------------------------------------------------------- loading
 def load_spec(path: str | Path) -> UseCaseSpec:
-    """Load and check one spec file (or a use-case directory holding ``spec.yaml``)."""
+    """Load and check one spec file (or a use-case directory holding ``spec.yaml``).
+
+    Raises :class:`SpecError` listing every problem found."""
     path = Path(path)
     if path.is_dir():
         path = path / SPEC_FILE
+    file = _display(path)
     if not path.exists():
-        raise SpecError(f"spec file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    where = str(path)
-    required = ["name", "entity", "sources", "features", "label", "model", "start_date"]
-    missing = [k for k in required if k not in raw]
-    if missing:
-        raise SpecError(f"{where}: missing section(s) {missing}")
-    sources = {n: _build(SourceSpec, s, f"{where}: sources.{n}") for n, s in raw["sources"].items()}
-    spec = UseCaseSpec(
-        name=raw["name"],
-        description=str(raw.get("description", "")).strip(),
-        start_date=str(raw["start_date"]),
-        entity=raw["entity"],
-        sources=sources,
-        expectations=raw.get("expectations", "expectations.yaml"),
-        features=raw["features"],
-        label=_build(LabelSpec, raw["label"], f"{where}: label"),
-        model=_build(ModelSpec, raw["model"], f"{where}: model"),
-        training=_build(TrainingSpec, raw.get("training"), f"{where}: training"),
-        promotion=_build(PromotionSpec, raw.get("promotion"), f"{where}: promotion"),
-        scoring=_build(ScoringSpec, raw.get("scoring"), f"{where}: scoring"),
-        monitoring=_build(MonitoringSpec, raw.get("monitoring"), f"{where}: monitoring"),
-        simulation=_build(SimulationSpec, raw["simulation"], f"{where}: simulation") if raw.get("simulation") else None,
-        directory=path.parent,
-    )
-    _check_references(spec, where)
+        raise SpecError(file, [("", "spec file not found")])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(file, [("", f"not valid YAML: {exc}")]) from None
+    if not isinstance(raw, dict):
+        raise SpecError(file, [("", "a spec is a mapping of sections (name, sources, features, ...)")])
+    try:
+        spec = UseCaseSpec.model_validate({**raw, "directory": path.parent})
+    except ValidationError as exc:
+        raise SpecError(file, [_describe(error) for error in exc.errors()]) from None
+    problems = cross_check(spec)
+    if problems:
+        raise SpecError(file, problems)
     return spec
 
 
-def _check_references(spec: UseCaseSpec, where: str) -> None:
-    """Every source a feature group or the label names must exist, with the named columns."""
-    for name in spec.feature_sources() + [spec.label.source]:
-        spec.source(name)
-    for group in spec.features.get("groups", []):
-        if group.get("kind") not in {"window_aggregates", "recency", "attributes"}:
-            raise SpecError(f"{where}: features: unknown group kind {group.get('kind')!r}")
-        cols = spec.source(group["source"]).columns
-        for agg in group.get("aggregates", []):
-            if "column" in agg and agg["column"] not in cols:
-                raise SpecError(f"{where}: feature {agg['name']}: column {agg['column']!r} not in source {group['source']}")
-        for col in group.get("columns", []):
-            if col not in cols:
-                raise SpecError(f"{where}: attributes: column {col!r} not in source {group['source']}")
-    label_cols = spec.source(spec.label.source).columns
-    for col in (spec.label.date_column, spec.label.target, spec.entity):
-        if col not in label_cols:
-            raise SpecError(f"{where}: label: column {col!r} not in source {spec.label.source}")
-
-
 def discover_specs(include_dir: str | Path) -> list[UseCaseSpec]:
-    """All specs under ``include_dir`` (one per sub-directory holding ``spec.yaml``), by name."""
-    root = Path(include_dir)
-    specs = [load_spec(p) for p in sorted(root.glob(f"*/{SPEC_FILE}"))]
-    return sorted(specs, key=lambda s: s.name)
+    """All specs under ``include_dir`` (one per sub-directory holding ``spec.yaml``), by name.
+    Raises on the first broken one: see :func:`discover_specs_and_errors` to keep the rest."""
+    specs, errors = discover_specs_and_errors(include_dir)
+    if errors:
+        raise errors[0]
+    return specs
+
+
+def discover_specs_and_errors(include_dir: str | Path) -> tuple[list[UseCaseSpec], list[SpecError]]:
+    """The specs that load, by name, and the errors of those that do not (a broken spec breaks
+    only its own use case)."""
+    specs, errors = [], []
+    for path in sorted(Path(include_dir).glob(f"*/{SPEC_FILE}")):
+        try:
+            specs.append(load_spec(path))
+        except SpecError as exc:
+            errors.append(exc)
+    return sorted(specs, key=lambda s: s.name), errors
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# ----------------------------------------------------------------- messages
+def _key(loc: tuple) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1:] = [f"{parts[-1]}[{part}]"] if parts else [f"[{part}]"]
+        elif part in FeatureKind.__members__.values() and parts and parts[-1].endswith("]"):
+            continue   # the discriminator's tag pydantic adds to the location
+        else:
+            parts.append(str(part))
+    return ".".join(parts)
+
+
+def _describe(error: dict) -> tuple[str, str]:
+    """One readable ``(key, message)`` for a pydantic error."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    key = _key(loc)
+    if kind == "extra_forbidden":
+        known = _known_keys(UseCaseSpec, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else (f"; expected one of {sorted(known)}" if known else "")
+        return key, f"unknown key{hint}"
+    if kind == "missing":
+        return key, "required key is missing"
+    if kind == "union_tag_invalid":
+        return key, f"unknown kind {error['input'].get('kind')!r}; kinds are {[k.value for k in FeatureKind]}"
+    message = error["msg"]
+    if "input" in error and not isinstance(error["input"], dict | list):
+        message += f", got {error['input']!r}"
+    return key, message
+
+
+def _known_keys(model: Any, loc: tuple) -> list[str]:
+    """Field names of the model found at ``loc`` (walking dicts, lists and tagged unions)."""
+    current = model
+    for part in loc:
+        current = _inner(current, part)
+        if current is None:
+            return []
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _inner(current: Any, part: Any) -> Any:
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        field = current.model_fields.get(str(part))
+        return _strip(field.annotation) if field else None
+    origin, args = typing.get_origin(current), typing.get_args(current)
+    if origin in (dict, list):
+        return _strip(args[-1])
+    if origin in (Union, types.UnionType):   # a tagged feature group: pydantic puts the tag in the location
+        return next((m for m in map(_strip, args) if typing.get_args(m.model_fields["kind"].annotation)[0] == part),
+                    None)
+    return None
+
+
+def _strip(annotation: Any) -> Any:
+    """``X | None`` and ``Annotated[X, ...]`` to ``X``."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (Union, types.UnionType) and type(None) in typing.get_args(annotation):
+            rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = rest[0] if len(rest) == 1 else Union[tuple(rest)]
+        else:
+            return annotation
+
+
+# ----------------------------------------------------------------- cross-checks
+def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
+    """Problems that tie parts of a spec together: references, the target, the task."""
+    problems: list[tuple[str, str]] = []
+
+    def source_columns(key: str, name: str) -> dict[str, ColumnType] | None:
+        if name not in spec.sources:
+            close = difflib.get_close_matches(name, list(spec.sources), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f"; sources are {sorted(spec.sources)}"
+            problems.append((key, f"no source named {name!r}{hint}"))
+            return None
+        return spec.sources[name].columns
+
+    def column(key: str, source: str, name: str | None, types_: set[ColumnType] | None = None) -> None:
+        cols = source_columns(key, source) if source in spec.sources else None
+        if cols is None or name is None:
+            return
+        if name not in cols:
+            close = difflib.get_close_matches(name, list(cols), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append((key, f"column {name!r} is not a column of source {source}{hint}"))
+        elif types_ and cols[name] not in types_:
+            problems.append((key, f"column {name!r} of source {source} is {cols[name].value}; "
+                                  f"expected {' or '.join(sorted(t.value for t in types_))}"))
+
+    times = {ColumnType.TIMESTAMP, ColumnType.DATE}
+    numbers = {ColumnType.INT, ColumnType.LONG, ColumnType.DOUBLE, ColumnType.BOOLEAN}
+    for name, src in spec.sources.items():
+        for i, k in enumerate(src.key):
+            column(f"sources.{name}.key[{i}]", name, k)
+        column(f"sources.{name}.timestamp", name, src.timestamp, times)
+        column(f"sources.{name}.partition_by", name, src.partition_by, times)
+
+    source_columns("features.population", spec.features.population)
+    column("features.population", spec.features.population, spec.entity)
+    for i, group in enumerate(spec.features.groups):
+        where = f"features.groups[{i}]"
+        if source_columns(f"{where}.source", group.source) is None:
+            continue
+        column(f"{where}.source", group.source, spec.entity)
+        if isinstance(group, WindowAggregatesGroup):
+            for j, agg in enumerate(group.aggregates):
+                if agg.fn in {AggregateFn.SUM, AggregateFn.AVG} :
+                    if agg.column is None:
+                        problems.append((f"{where}.aggregates[{j}].column", f"{agg.fn.value} needs a column"))
+                    column(f"{where}.aggregates[{j}].column", group.source, agg.column, numbers)
+                elif agg.fn in {AggregateFn.COUNT_DISTINCT, AggregateFn.SHARE}:
+                    if agg.column is None:
+                        problems.append((f"{where}.aggregates[{j}].column", f"{agg.fn.value} needs a column"))
+                    column(f"{where}.aggregates[{j}].column", group.source, agg.column)
+                    if agg.fn is AggregateFn.SHARE and agg.value is None:
+                        problems.append((f"{where}.aggregates[{j}].value", "share needs the value whose share it is"))
+        elif isinstance(group, AttributesGroup):
+            for j, col in enumerate(group.columns):
+                column(f"{where}.columns[{j}]", group.source, col)
+            for name, ts in group.days_since.items():
+                column(f"{where}.days_since.{name}", group.source, ts, times)
+
+    names = spec.feature_names()
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(("features", f"feature {name!r} is produced twice"))
+    for reserved, what in ((spec.label.target, "the label's target"), (spec.entity, "the entity key")):
+        if reserved in names:
+            problems.append(("features", f"{reserved!r} is {what}; it cannot also be a feature"))
+
+    label = spec.label
+    if source_columns("label.source", label.source) is not None:
+        column("label.date_column", label.source, label.date_column, times)
+        column("label.target", label.source, label.target)
+        column("label.source", label.source, spec.entity)
+
+    if spec.model.task not in SUPPORTED_TASKS:
+        problems.append(("model.task", f"{spec.model.task.value} is not supported yet; supported: "
+                                       f"{sorted(t.value for t in SUPPORTED_TASKS)}"))
+    metric = spec.promotion.metric
+    if spec.model.task not in metric.tasks:
+        fits = sorted(m.value for m in Metric if spec.model.task in m.tasks)
+        problems.append(("promotion.metric", f"{metric.value} does not fit a {spec.model.task.value} task; "
+                                             f"use one of {fits}"))
+    if spec.monitoring.column_threshold is not None and spec.monitoring.method is None:
+        problems.append(("monitoring.column_threshold", "a threshold needs the method it applies to (monitoring.method)"))
+    for key, value in (("training.schedule", spec.training.schedule), ("scoring.schedule", spec.scoring.schedule)):
+        if value is not None and not _valid_schedule(value):
+            problems.append((key, f"{value!r} is neither a cron expression nor a preset like @daily"))
+    return problems
+
+
+_PRESETS = {"@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly"}
+
+
+def _valid_schedule(value: str) -> bool:
+    if value.startswith("@"):
+        return value in _PRESETS
+    from croniter import croniter   # light; Airflow's own dependency
+
+    return croniter.is_valid(value)
+
+
+# ----------------------------------------------------------------- the estimator (imports scikit-learn)
+def estimator_class(model: ModelSpec):
+    """The class ``model.estimator`` names; SpecError when it cannot be imported."""
+    import importlib
+
+    module_name, _, class_name = model.estimator.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise SpecError("spec", [("model.estimator", f"{model.estimator!r} cannot be imported")]) from None
+
+
+def check_estimator(model: ModelSpec) -> list[tuple[str, str]]:
+    """Problems of a ``model`` section: the estimator imports, suits the task, knows every parameter."""
+    from sklearn.base import is_classifier, is_regressor
+
+    try:
+        cls = estimator_class(model)
+    except SpecError as exc:
+        return exc.problems
+    try:
+        instance = cls()
+        known = set(instance.get_params())
+    except Exception as exc:   # not a scikit-learn estimator
+        return [("model.estimator", f"{model.estimator} is not a scikit-learn estimator ({exc})")]
+    problems = []
+    kind = "classifier" if is_classifier(instance) else "regressor" if is_regressor(instance) else "transformer"
+    wanted = "regressor" if model.task is TaskType.REGRESSION else "classifier"
+    if kind != wanted:
+        problems.append(("model.estimator", f"{cls.__name__} is a {kind}; a {model.task.value} task needs a {wanted}"))
+    for section, names in (("params", model.params), ("search_space", model.search_space)):
+        for name in names:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                problems.append((f"model.{section}.{name}", f"unknown parameter of {cls.__name__}{hint}"))
+    for name, values in model.search_space.items():
+        if not values:
+            problems.append((f"model.search_space.{name}", "an empty list of values to search"))
+    return problems
+
+
+def check_spec(path: str | Path) -> list[str]:
+    """Every problem of one spec, of its structure and of its estimator, as printable lines
+    (the estimator is checked whenever the ``model`` section itself is well-formed)."""
+    path = Path(path)
+    path = path / SPEC_FILE if path.is_dir() else path
+    problems: list[tuple[str, str]] = []
+    try:
+        model = load_spec(path).model
+    except SpecError as exc:
+        problems += exc.problems
+        raw = yaml.safe_load(path.read_text()) if path.exists() else None
+        try:
+            model = ModelSpec.model_validate(raw["model"]) if isinstance(raw, dict) else None
+        except (ValidationError, KeyError, TypeError, yaml.YAMLError):
+            model = None
+    if model is not None:
+        problems += check_estimator(model)
+    return str(SpecError(_display(path), problems)).splitlines() if problems else []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib
 import logging
 from dataclasses import dataclass
 
@@ -85,13 +84,14 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
 
 
 def make_estimator(spec):
-    """The spec's estimator class with its fixed params (dotted import path)."""
-    module_name, _, class_name = spec.model.estimator.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        raise ValueError(f"{spec.name}: model.estimator {spec.model.estimator!r} cannot be imported") from None
-    return cls(**spec.model.params)
+    """The spec's estimator with its fixed params; SpecError naming the key when the estimator
+    cannot be imported or does not know a parameter."""
+    from pipelines.spec import SPEC_FILE, SpecError, check_estimator, estimator_class
+
+    problems = check_estimator(spec.model)
+    if problems:
+        raise SpecError(str(spec.directory / SPEC_FILE), problems)
+    return estimator_class(spec.model)(**spec.model.params)
 
 
 def make_pipeline(spec):
@@ -141,8 +141,8 @@ def fit_model(spec, frame: pd.DataFrame):
 
 def classification_metrics(y_true, scores, threshold: float) -> dict[str, float]:
     """Holdout metrics; undefined ones (single-class holdout) are NaN, never a pass."""
-    from sklearn.metrics import (average_precision_score, brier_score_loss, f1_score, precision_score,
-                                 recall_score, roc_auc_score)
+    from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, f1_score,
+                                 log_loss, precision_score, recall_score, roc_auc_score)
 
     y_true = np.asarray(y_true)
     scores = np.asarray(scores, dtype=float)
@@ -152,6 +152,8 @@ def classification_metrics(y_true, scores, threshold: float) -> dict[str, float]
         "roc_auc": float(roc_auc_score(y_true, scores)) if two_classes else float("nan"),
         "average_precision": float(average_precision_score(y_true, scores)) if two_classes else float("nan"),
         "brier": float(brier_score_loss(y_true, scores)) if len(y_true) else float("nan"),
+        "log_loss": float(log_loss(y_true, scores, labels=[0, 1])) if len(y_true) else float("nan"),
+        "accuracy": float(accuracy_score(y_true, pred)) if len(y_true) else float("nan"),
         "precision": float(precision_score(y_true, pred, zero_division=0)),
         "recall": float(recall_score(y_true, pred, zero_division=0)),
         "f1": float(f1_score(y_true, pred, zero_division=0)),

@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     sim = spec.simulation
     if sim is None or not sim.first_training:
         raise SystemExit(f"{args.use_case}: the spec's simulation section needs history_start, days, first_training")
-    start = dt.date.fromisoformat(sim.history_start)
+    start = sim.history_start
     end = start + dt.timedelta(days=sim.days - 1)
-    first_training = dt.date.fromisoformat(sim.first_training)
+    first_training = sim.first_training
     stack.down()   # whatever an earlier run left behind
     if not args.keep:
         for name in STATE_DIRS:

@@ -214,9 +214,9 @@ def lifecycle(state_home, small_spec, spark, mlflow_server):
     tx = read_partition(lake.raw(uc, "transactions"), BROKEN_DAY)
     tx.loc[tx.index[0], "channel"] = "carrier-pigeon"
     replace_partition(lake.raw(uc, "transactions"), BROKEN_DAY, tx)
-    start = dt.date.fromisoformat(small_spec.simulation.history_start)
+    start = small_spec.simulation.history_start
     all_days = [start + dt.timedelta(days=i) for i in range(small_spec.simulation.days)]
-    first_training = dt.date.fromisoformat(small_spec.simulation.first_training)
+    first_training = small_spec.simulation.first_training
     failures, refused = {}, {}
     from pipelines.features import LookBackIncomplete
 

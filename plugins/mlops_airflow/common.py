@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from airflow.sdk import Asset
 
 from pipelines.config import settings
-from pipelines.spec import UseCaseSpec, discover_specs
+from pipelines.spec import SpecError, UseCaseSpec, discover_specs_and_errors
 
 DEFAULT_ARGS = {
     "owner": "mlops",
@@ -23,8 +23,15 @@ DEFAULT_ARGS = {
 
 
 def use_cases() -> list[UseCaseSpec]:
-    """Every spec under the configured include folder; one set of DAGs is generated per spec."""
-    return discover_specs(settings().include)
+    """Every valid spec under the configured include folder; one set of DAGs is generated per spec.
+    A broken spec breaks only its own use case: it is left out here and reported, as one import
+    error naming the file and every problem, by ``dags/spec_errors.py``."""
+    return discover_specs_and_errors(settings().include)[0]
+
+
+def spec_errors() -> list[SpecError]:
+    """The problems of every spec that does not load."""
+    return discover_specs_and_errors(settings().include)[1]
 
 
 def schedule_window(spec: UseCaseSpec) -> dict:

@@ -112,3 +112,26 @@ def test_task_functions_record_their_own_work_time(dagbag):
         for t in dag.tasks:
             if isinstance(t, PythonOperator):
                 assert getattr(t.python_callable, "__wrapped__", None), f"{dag_id}.{t.task_id} is not @measured"
+
+
+def test_a_broken_spec_breaks_only_its_own_use_case(tmp_path, monkeypatch):
+    """Two use cases, one with a typo: the good one's DAGs load; the broken one shows as one import
+    error (from dags/spec_errors.py) naming its file and key."""
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    raw = yaml.safe_load((ROOT / "include/churn/spec.yaml").read_text())
+    for name, mutate in (("good_case", lambda r: None),
+                         ("bad_case", lambda r: r["training"].update({"windw_days": 3}))):
+        spec = {**raw, "name": name, "training": dict(raw["training"])}
+        mutate(spec)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "spec.yaml").write_text(yaml.safe_dump(spec))
+        (tmp_path / name / "expectations.yaml").write_text((ROOT / "include/churn/expectations.yaml").read_text())
+    monkeypatch.setenv("MLOPS_INCLUDE", str(tmp_path))
+    bag = DagBag(str(ROOT / "dags"))
+    assert {"good_case_daily", "good_case_training", "good_case_drift_watch"} <= set(bag.dag_ids)
+    assert not [d for d in bag.dag_ids if d.startswith("bad_case")]
+    assert list(map(lambda p: Path(p).name, bag.import_errors)) == ["spec_errors.py"]
+    message = next(iter(bag.import_errors.values()))
+    assert "bad_case/spec.yaml: training.windw_days: unknown key (did you mean window_days?)" in message

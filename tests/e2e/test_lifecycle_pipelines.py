@@ -68,8 +68,8 @@ def test_monitoring_tables_and_reports(played, small_spec, state_home):
     drift = read_table(lake.monitoring(UC, "drift_summary"))
     assert sorted(drift["ds"]) == sorted(d.isoformat() for d in played["scored"])
     drift_start = small_spec.simulation.drift_start
-    before = drift[drift["ds"] < drift_start]["drift_share"].mean()
-    after = drift[drift["ds"] >= (dt.date.fromisoformat(drift_start) + dt.timedelta(days=3)).isoformat()]["drift_share"]
+    before = drift[drift["ds"] < drift_start.isoformat()]["drift_share"].mean()
+    after = drift[drift["ds"] >= (drift_start + dt.timedelta(days=3)).isoformat()]["drift_share"]
     assert after.mean() > before, "the simulated drift shows in the monitoring table"
     assert (state_home / "reports" / UC / "drift" / f"{played['first_training']}.html").exists()
     perf = read_table(lake.monitoring(UC, "performance"))

@@ -114,5 +114,6 @@ def test_declared_gaps_are_allowed(small_spec, lake):
     import dataclasses
 
     drop_partition(lake.clean(small_spec.name, "transactions"), dt.date(2026, 1, 8))
-    spec = dataclasses.replace(small_spec, features={**small_spec.features, "allowed_missing_days": ["2026-01-08"]})
+    spec = small_spec.model_copy(update={"features": small_spec.features.model_copy(
+        update={"allowed_missing_days": [dt.date(2026, 1, 8)]})})
     assert look_back_gaps(spec, lake, D) == []

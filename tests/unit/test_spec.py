@@ -1,13 +1,17 @@
-"""Spec loading: the real spec loads; mistakes are reported with the file and key."""
+"""Spec loading: the real spec loads; every kind of mistake gives one readable line naming the
+file and the key (and a likely fix where there is one)."""
+import copy
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipelines.features import feature_columns
-from pipelines.spec import SpecError, discover_specs, load_spec
+from pipelines.spec import (Metric, SpecError, TaskType, check_spec, discover_specs, discover_specs_and_errors,
+                            load_spec)
 
 ROOT = Path(__file__).resolve().parents[2]
+CHURN = yaml.safe_load((ROOT / "include/churn/spec.yaml").read_text())
 
 
 def test_churn_spec_loads():
@@ -15,40 +19,164 @@ def test_churn_spec_loads():
     assert spec.name == "churn"
     assert spec.source("transactions").key == ["transaction_id"]
     assert spec.expectations_path.exists()
+    assert spec.model.task is TaskType.BINARY and spec.promotion.metric is Metric.ROC_AUC
     cols = feature_columns(spec)
     assert "txn_count_7d" in cols.numeric and "segment" in cols.categorical
     assert len(cols.all) == len(set(cols.all))
+    assert check_spec(ROOT / "include" / "churn") == []
 
 
 def test_discover_finds_every_spec(tmp_path):
     for name in ("b_case", "a_case"):
-        raw = yaml.safe_load((ROOT / "include/churn/spec.yaml").read_text())
-        raw["name"] = name
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "spec.yaml").write_text(yaml.safe_dump(raw))
+        _write(tmp_path / name, lambda r, n=name: r.update(name=n))
     assert [s.name for s in discover_specs(tmp_path)] == ["a_case", "b_case"]
 
 
-def _write(tmp_path, mutate):
-    raw = yaml.safe_load((ROOT / "include/churn/spec.yaml").read_text())
+def test_a_broken_spec_is_reported_beside_the_good_ones(tmp_path):
+    _write(tmp_path / "good", lambda r: r.update(name="good"))
+    _write(tmp_path / "bad", lambda r: r.update(name="bad", start_date="2026-13-01"))
+    specs, errors = discover_specs_and_errors(tmp_path)
+    assert [s.name for s in specs] == ["good"]
+    assert len(errors) == 1 and "bad/spec.yaml: start_date:" in str(errors[0])
+    with pytest.raises(SpecError, match="start_date"):
+        discover_specs(tmp_path)
+
+
+def _write(folder: Path, mutate) -> Path:
+    raw = copy.deepcopy(CHURN)
     mutate(raw)
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
-    return tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.yaml").write_text(yaml.safe_dump(raw))
+    return folder
 
 
-def test_unknown_key_is_named(tmp_path):
-    path = _write(tmp_path, lambda r: r["training"].update({"windw_days": 3}))
-    with pytest.raises(SpecError, match="training.*windw_days"):
-        load_spec(path)
-
-
-def test_feature_on_missing_column_is_named(tmp_path):
+def _set(path: str, value):
+    """A mutation that sets ``a.b[0].c`` (``del`` as value removes the key)."""
     def mutate(raw):
-        raw["features"]["groups"][0]["aggregates"].append({"name": "x", "fn": "sum", "column": "price"})
-    with pytest.raises(SpecError, match="price"):
-        load_spec(_write(tmp_path, mutate))
+        *parents, last = _parts(path)
+        node = raw
+        for part in parents:
+            node = node[part]
+        if value == "del":
+            del node[last]
+        else:
+            node[last] = value
+    return mutate
 
 
-def test_missing_section(tmp_path):
-    with pytest.raises(SpecError, match="label"):
-        load_spec(_write(tmp_path, lambda r: r.pop("label")))
+def _parts(path: str) -> list:
+    out = []
+    for piece in path.split("."):
+        name, _, index = piece.partition("[")
+        out.append(name)
+        if index:
+            out.append(int(index.rstrip("]")))
+    return out
+
+
+AGG0 = "features.groups[0].aggregates"
+CASES = [
+    # (what, mutation, key the message names, words it contains)
+    ("unknown top-level key", _set("trainng", {}), "trainng", "unknown key (did you mean training?)"),
+    ("unknown key in a section", _set("training.windw_days", 3), "training.windw_days",
+     "did you mean window_days?"),
+    ("unknown key in a feature group", _set("features.groups[1].cap_dayz", 3), "features.groups[1].cap_dayz",
+     "did you mean cap_days?"),
+    ("missing section", _set("label", "del"), "label", "required key is missing"),
+    ("missing key", _set("label.target", "del"), "label.target", "required key is missing"),
+    ("wrong type", _set("model.cv_folds", "three"), "model.cv_folds", "valid integer"),
+    ("out of range", _set("model.threshold", 1.5), "model.threshold", "less than 1"),
+    ("bad date", _set("start_date", "2026-02-30"), "start_date", "date"),
+    ("bad date in a list", _set("features.allowed_missing_days", ["yesterday"]),
+     "features.allowed_missing_days[0]", "date"),
+    ("unknown aggregate", _set(f"{AGG0}[1].fn", "median"), f"{AGG0}[1].fn", "'count', 'sum'"),
+    ("unknown feature kind", _set("features.groups[0].kind", "embeddings"), "features.groups[0]",
+     "unknown kind 'embeddings'"),
+    ("unknown column type", _set("sources.transactions.columns.amount", "money"),
+     "sources.transactions.columns.amount", "'string'"),
+    ("unknown metric", _set("promotion.metric", "auc"), "promotion.metric", "'roc_auc'"),
+    ("metric that does not fit the task", _set("promotion.metric", "rmse"), "promotion.metric",
+     "does not fit a binary task"),
+    ("unknown task", _set("model.task", "ranking"), "model.task", "'binary', 'multiclass' or 'regression'"),
+    ("unknown drift method", _set("monitoring.method", "psy"), "monitoring.method", "'psi'"),
+    ("target listed as a feature", _set("features.groups[2].columns", ["segment", "churned"]),
+     "features.groups[2].columns[1]", "not a column of source customers"),
+    ("feature named like the target", _set("features.groups[1].name", "churned"), "features", "label's target"),
+    ("reference to a missing source", _set("features.groups[0].source", "transaction"),
+     "features.groups[0].source", "no source named 'transaction' (did you mean transactions?)"),
+    ("reference to a missing column", _set(f"{AGG0}[1].column", "amt"), f"{AGG0}[1].column",
+     "'amt' is not a column of source transactions (did you mean amount?)"),
+    ("aggregate of a text column", _set(f"{AGG0}[1].column", "channel"), f"{AGG0}[1].column",
+     "is string; expected"),
+    ("label date column missing", _set("label.date_column", "label_day"), "label.date_column",
+     "did you mean label_date?"),
+    ("timestamp that is not a time", _set("sources.transactions.partition_by", "amount"),
+     "sources.transactions.partition_by", "is double; expected date or timestamp"),
+    ("bad schedule", _set("training.schedule", "every monday"), "training.schedule", "cron expression"),
+    ("bad name", _set("name", "Churn Model"), "name", "pattern"),
+    ("bad estimator path", _set("model.estimator", "HistGradientBoosting"), "model.estimator", "pattern"),
+]
+
+
+@pytest.mark.parametrize("what, mutate, key, words", CASES, ids=[c[0] for c in CASES])
+def test_spec_mistakes_are_named(tmp_path, what, mutate, key, words):
+    folder = _write(tmp_path / "case", mutate)
+    with pytest.raises(SpecError) as caught:
+        load_spec(folder)
+    lines = str(caught.value).splitlines()
+    hits = [line for line in lines if f"spec.yaml: {key}: " in line and words in line]
+    assert hits, f"{what}: no line names {key!r} with {words!r}:\n" + "\n".join(lines)
+    assert all(line.count("spec.yaml: ") == 1 for line in lines)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    def mutate(raw):
+        raw["training"]["windw_days"] = 3
+        raw["model"]["cv_folds"] = "three"
+        raw["promotion"]["metric"] = "auc"
+    lines = str(pytest.raises(SpecError, load_spec, _write(tmp_path / "case", mutate)).value).splitlines()
+    assert len(lines) == 3, lines
+
+
+ESTIMATOR_CASES = [
+    ("unknown estimator", _set("model.estimator", "sklearn.ensemble.GradientBoostedTrees"), "model.estimator",
+     "cannot be imported"),
+    ("unknown estimator parameter", _set("model.search_space", {"max_depht": [3]}), "model.search_space.max_depht",
+     "unknown parameter of HistGradientBoostingClassifier (did you mean max_depth?)"),
+    ("unknown fixed parameter", _set("model.params", {"random_stat": 1}), "model.params.random_stat",
+     "did you mean random_state?"),
+    ("regressor for a classification task", _set("model.estimator", "sklearn.linear_model.Ridge"), "model.estimator",
+     "a binary task needs a classifier"),
+]
+
+
+@pytest.mark.parametrize("what, mutate, key, words", ESTIMATOR_CASES, ids=[c[0] for c in ESTIMATOR_CASES])
+def test_estimator_mistakes_are_named_by_check(tmp_path, what, mutate, key, words):
+    lines = check_spec(_write(tmp_path / "case", mutate))
+    assert [line for line in lines if f"spec.yaml: {key}: " in line and words in line], lines
+
+
+def test_metric_directions():
+    assert Metric.ROC_AUC.higher_is_better and Metric.R2.higher_is_better
+    assert not Metric.BRIER.higher_is_better and not Metric.RMSE.higher_is_better
+
+
+def test_every_binary_metric_is_computed():
+    import numpy as np
+
+    from pipelines.training import classification_metrics
+
+    computed = classification_metrics(np.array([0, 1, 0, 1]), np.array([0.1, 0.8, 0.4, 0.6]), 0.5)
+    assert {m.value for m in Metric if TaskType.BINARY in m.tasks} <= set(computed)
+
+
+def test_mlops_check_prints_every_problem_and_fails(tmp_path, capsys):
+    from pipelines.cli import main
+
+    folder = _write(tmp_path / "case", lambda r: (r["training"].update(windw_days=3),
+                                                  r["model"].update(search_space={"max_depht": [3]})))
+    assert main(["check", str(folder)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and any("training.windw_days" in line for line in out)
+    assert any("model.search_space.max_depht" in line and "did you mean max_depth?" in line for line in out)
+    assert main(["check", str(ROOT / "include" / "churn")]) == 0

@@ -49,7 +49,7 @@ def test_fit_refuses_single_class(small_spec):
 def test_bad_estimator_path(small_spec):
     import dataclasses
 
-    broken = dataclasses.replace(small_spec, model=dataclasses.replace(small_spec.model, estimator="sklearn.nope.Model"))
+    broken = small_spec.model_copy(update={"model": small_spec.model.model_copy(update={"estimator": "sklearn.nope.Model"})})
     with pytest.raises(ValueError, match="cannot be imported"):
         make_estimator(broken)
 
@@ -65,4 +65,17 @@ def test_bad_estimator_path(small_spec):
 ])
 def test_promotion_rule(challenger, champion, version, promote, why):
     d = decide_promotion("roc_auc", challenger, champion, floor=0.7, min_improvement=0.01, champion_version=version)
+    assert d.promote is promote and why in d.reason
+
+
+@pytest.mark.parametrize("challenger,champion,version,promote,why", [
+    (0.30, None, None, False, "above the ceiling"),     # Brier 0.30 is worse than the ceiling 0.25
+    (0.20, None, None, True, "first model"),
+    (0.10, 0.12, "3", True, "beats champion v3"),       # lower is better: a 0.02 decrease
+    (0.115, 0.12, "3", False, "does not beat"),         # a 0.005 decrease is under the margin
+    (0.13, 0.12, "3", False, "does not beat"),          # worse
+])
+def test_promotion_rule_for_lower_is_better_metric(challenger, champion, version, promote, why):
+    d = decide_promotion("brier", challenger, champion, floor=0.25, min_improvement=0.01, champion_version=version,
+                         higher_is_better=False)
     assert d.promote is promote and why in d.reason
