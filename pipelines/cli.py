@@ -1,6 +1,8 @@
 """``mlops``: run any lifecycle step from a shell, outside Airflow (same code as the DAG tasks).
 
     mlops check churn              # every problem of include/churn/spec.yaml, one line each
+    mlops ingest churn transactions exports/transactions-*.csv
+    mlops ingest churn customers customers.parquet --as-of 2026-01-05
     mlops simulate churn
     mlops validate churn 2026-01-05
     mlops features churn 2026-01-05
@@ -26,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate use-case specs (all of them when none is named)")
     check.add_argument("use_case", nargs="*", help="use-case names or spec folders/files")
+    ingest = sub.add_parser("ingest", help="land CSV/Parquet files as a source's raw daily partitions")
+    ingest.add_argument("use_case")
+    ingest.add_argument("source", help="a source of the use case's spec")
+    ingest.add_argument("location", help="a file, a folder or a glob of CSV/Parquet files")
+    ingest.add_argument("--as-of", default=None, help="date of a snapshot without a timestamp column")
     for name in ("simulate", "summary"):
         sub.add_parser(name).add_argument("use_case")
     for name in ("validate", "features", "score", "monitor", "performance"):
@@ -78,7 +85,15 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
     """The command's result (JSON-able, or a text report), or an exit code when there is none."""
     uc = args.use_case
 
-    if args.command == "simulate":
+    if args.command == "ingest":
+        from pipelines.ingest import IngestError
+
+        try:
+            result = runtime.ingest(uc, args.source, args.location, args.as_of)
+        except IngestError as exc:
+            print(f"refused, nothing written: {exc}", file=sys.stderr)
+            return 1
+    elif args.command == "simulate":
         result = runtime.simulate(uc)
     elif args.command == "summary":
         from pipelines.report import summarize

@@ -54,6 +54,13 @@ def simulate(use_case: str, **overrides) -> dict[str, int]:
     return simulate_to_lake(s, lake(), config_from_spec(s, **overrides))
 
 
+def ingest(use_case: str, source: str, location: str, as_of: str | dt.date | None = None) -> dict:
+    """Land a team's own CSV/Parquet files as a source's raw daily partitions (see pipelines.ingest)."""
+    from pipelines.ingest import ingest as land
+
+    return asdict(land(spec(use_case), lake(), source, location, _date(as_of) if as_of else None))
+
+
 def validate(use_case: str, date: str | dt.date, run_id: str | None = None,
              allow_empty_redelivery: bool = False) -> dict[str, int]:
     from pipelines.validation import validate_day

@@ -39,11 +39,12 @@ class SpecError(ValueError):
 
 # ----------------------------------------------------------------- closed sets
 class ColumnType(enum.StrEnum):
+    """Column types of raw sources (stored as Arrow string, int64, float64, bool, date32, timestamp[us])."""
+
     STRING = "string"
     INT = "int"
-    LONG = "long"
     DOUBLE = "double"
-    BOOLEAN = "boolean"
+    BOOL = "bool"
     DATE = "date"
     TIMESTAMP = "timestamp"
 
@@ -440,7 +441,7 @@ def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
                                   f"expected {' or '.join(sorted(t.value for t in types_))}"))
 
     times = {ColumnType.TIMESTAMP, ColumnType.DATE}
-    numbers = {ColumnType.INT, ColumnType.LONG, ColumnType.DOUBLE, ColumnType.BOOLEAN}
+    numbers = {ColumnType.INT, ColumnType.DOUBLE, ColumnType.BOOL}
     for name, src in spec.sources.items():
         for i, k in enumerate(src.key):
             column(f"sources.{name}.key[{i}]", name, k)

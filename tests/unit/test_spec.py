@@ -180,3 +180,10 @@ def test_mlops_check_prints_every_problem_and_fails(tmp_path, capsys):
     assert len(out) == 2 and any("training.windw_days" in line for line in out)
     assert any("model.search_space.max_depht" in line and "did you mean max_depth?" in line for line in out)
     assert main(["check", str(ROOT / "include" / "churn")]) == 0
+
+
+def test_every_column_type_has_a_storage_type():
+    from pipelines.lake import ARROW_TYPES
+    from pipelines.spec import ColumnType
+
+    assert {t.value for t in ColumnType} == set(ARROW_TYPES)

@@ -1,0 +1,155 @@
+"""Ingest: a team's own files (CSV or Parquet) into a source's raw daily partitions.
+
+    mlops ingest <use case> <source> <file, folder or glob> [--as-of YYYY-MM-DD]
+
+Every file is read and checked against the spec's columns first: a file that cannot be read,
+has a column the spec does not name or lacks one it needs, or holds a value that cannot be cast
+to the column's type is refused with its name, the column, the row number and the value, and
+nothing is written. Then each touched day's partition (by the date of the source's
+``partition_by`` timestamp) is replaced whole, so ingesting the same files again changes
+nothing. A snapshot table with no timestamp of its own takes ``--as-of``: its rows get that
+date's midnight as their timestamp and land in that day's partition.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.lake import Lake, write_raw_partition
+from pipelines.spec import ColumnType, UseCaseSpec
+
+log = logging.getLogger(__name__)
+
+READABLE = (".csv", ".parquet", ".pq")
+
+
+class IngestError(ValueError):
+    """A file was refused; nothing was written."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    source: str
+    files: list[str]
+    rows: int
+    partitions: dict[str, int] = field(default_factory=dict)   # ds -> rows written
+
+
+def expand(location: str | Path) -> list[Path]:
+    """The readable files of a file, a folder (recursively) or a glob, sorted."""
+    path = Path(location)
+    if path.is_dir():
+        files = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in READABLE]
+    elif path.is_file():
+        files = [path]
+    else:
+        files = [Path(p) for p in sorted(glob.glob(str(location), recursive=True)) if Path(p).is_file()]
+    if not files:
+        raise IngestError(f"no CSV or Parquet file at {location}")
+    return files
+
+
+def read_file(path: Path) -> pd.DataFrame:
+    """The file's rows as text (CSV) or as stored (Parquet); IngestError if it cannot be read."""
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path, dtype=str)   # text first: a bad value is reported, not guessed at
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pandas()
+    except Exception as exc:   # any reader failure: truncated, not CSV, not Parquet
+        raise IngestError(f"{path}: cannot be read as {path.suffix.lstrip('.') or 'a known format'}: "
+                          f"{type(exc).__name__}: {exc}") from None
+
+
+_TRUE, _FALSE = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
+
+
+def cast_column(values: pd.Series, kind: ColumnType) -> pd.Series:
+    """``values`` as the spec's type; NaN where the input is missing or cannot be cast."""
+    if kind is ColumnType.STRING:
+        return values.where(values.isna(), values.astype(str))
+    if kind in (ColumnType.INT, ColumnType.DOUBLE):
+        numbers = pd.to_numeric(values, errors="coerce")   # "inf" stays infinite: validation's rules judge it
+        if kind is ColumnType.INT:
+            whole = np.isfinite(numbers) & (numbers == numbers.round())
+            numbers = numbers.where(whole).astype("Int64")
+        return numbers
+    if kind is ColumnType.BOOL:
+        if pd.api.types.is_bool_dtype(values):
+            return values
+        text = values.astype(str).str.strip().str.lower()
+        return pd.Series([True if t in _TRUE else False if t in _FALSE else pd.NA for t in text],
+                         index=values.index, dtype="boolean").where(values.notna())
+    stamps = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+    stamps = stamps.dt.tz_convert(None)
+    return stamps.dt.date.where(stamps.notna(), None) if kind is ColumnType.DATE else stamps
+
+
+def typed_frame(path: Path, frame: pd.DataFrame, spec: UseCaseSpec, source: str,
+                as_of: dt.date | None) -> pd.DataFrame:
+    """The file's rows typed by the source's columns; IngestError naming the first problem."""
+    src = spec.source(source)
+    stamped = [c for c in dict.fromkeys([src.timestamp, src.partition_by]) if c not in frame.columns]
+    unknown = [c for c in frame.columns if c not in src.columns]
+    if unknown:
+        raise IngestError(f"{path}: column(s) {unknown} are not columns of source {source} in the spec "
+                          f"(it names {list(src.columns)}); add them to the spec or drop them from the file")
+    if stamped and as_of is None:
+        raise IngestError(f"{path}: no column {stamped[0]!r} to partition by; a snapshot without a timestamp "
+                          f"needs --as-of YYYY-MM-DD")
+    missing = [c for c in src.columns if c not in frame.columns and c not in stamped]
+    if missing:
+        raise IngestError(f"{path}: column(s) {missing} of source {source} are missing")
+    out = pd.DataFrame(index=frame.index)
+    for column, kind in src.columns.items():
+        if column in stamped:
+            midnight = pd.Timestamp(dt.datetime.combine(as_of, dt.time()))
+            out[column] = midnight.date() if kind is ColumnType.DATE else midnight
+            continue
+        raw = frame[column]
+        typed = cast_column(raw, kind)
+        bad = typed.isna() & raw.notna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            line = f"row {row + 1}" + (f" (line {row + 2})" if path.suffix.lower() == ".csv" else "")
+            raise IngestError(f"{path}: column {column!r}, {line}: value {raw.iloc[row]!r} is not a valid "
+                              f"{kind.value}" + (f" ({int(bad.sum())} such values in the file)" if bad.sum() > 1 else ""))
+        out[column] = typed
+    return out
+
+
+def partition_dates(frame: pd.DataFrame, spec: UseCaseSpec, source: str) -> pd.Series:
+    column = frame[spec.source(source).partition_by]
+    return pd.to_datetime(column).dt.date.map(lambda d: d.isoformat() if pd.notna(d) else None)
+
+
+def ingest(spec: UseCaseSpec, lake: Lake, source: str, location: str | Path,
+           as_of: dt.date | None = None) -> IngestResult:
+    """Read, check and land ``location``'s files as ``source``'s raw partitions (see module doc)."""
+    spec.source(source)
+    files = expand(location)
+    frames = []
+    for path in files:
+        frame = typed_frame(path, read_file(path), spec, source, as_of)
+        days = partition_dates(frame, spec, source)
+        if days.isna().any():
+            row = int(days.isna().to_numpy().nonzero()[0][0])
+            raise IngestError(f"{path}: column {spec.source(source).partition_by!r}, row {row + 1}: no timestamp "
+                              f"to partition by")
+        frames.append(frame.assign(_ds=days.to_numpy()))
+        log.info("%s: %s rows of %s checked", path, len(frame), source)
+    rows = pd.concat(frames, ignore_index=True)
+    written = {}
+    for day, part in rows.groupby("_ds", sort=True):   # only now: every file was readable and typed
+        write_raw_partition(lake, spec, source, dt.date.fromisoformat(day), part.drop(columns="_ds"))
+        written[day] = len(part)
+    log.info("%s.%s: %s rows from %s file(s) landed in %s partition(s) (%s..%s)", spec.name, source, len(rows),
+             len(files), len(written), min(written), max(written))
+    return IngestResult(source, [str(p) for p in files], len(rows), written)
