@@ -167,7 +167,15 @@ def live_performance(spec, lake: Lake, date: dt.date) -> list[dict]:
         return []
     if labels.empty:
         return []
+    from pipelines.labels import encode_labels
+
     labels["label_ds"] = pd.to_datetime(labels[label.date_column]).dt.strftime("%Y-%m-%d")
+    labels["_class"] = encode_labels(labels[label.target], label)
+    unknown = int(labels["_class"].isna().sum())
+    if unknown:
+        log.info("%s %s: %d landed label(s) missing or unmapped, left out of live performance",
+                 spec.name, ds(date), unknown)
+    labels = labels[labels["_class"].notna()]
     written = []
     for label_ds, group in labels.groupby("label_ds"):
         try:
@@ -180,7 +188,7 @@ def live_performance(spec, lake: Lake, date: dt.date) -> list[dict]:
             continue
         rows = []
         for version, part in joined.groupby("model_version"):
-            metrics = classification_metrics(part[label.target], part["score"], spec.model.threshold)
+            metrics = classification_metrics(part["_class"].astype(int), part["score"], spec.model.threshold)
             rows.append({"label_date": label_ds, "labels_landed": ds(date), "model_version": str(version),
                          **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}})
         replace_partition(lake.monitoring(spec.name, PERFORMANCE), label_ds, pd.DataFrame(rows))

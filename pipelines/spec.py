@@ -180,10 +180,19 @@ class FeaturesSpec(_Section):
 
 
 class LabelSpec(_Section):
+    """Where labels come from and how their values map to the model's classes.
+
+    ``positive`` names the value of ``target`` that is the positive class of a binary task
+    (every other value is negative); ``values`` maps each value to a class (0/1 for binary).
+    Without either, the target must already hold 0/1 (binary). Rows whose label is missing,
+    or not in ``values``, are left out of training and counted."""
+
     source: str
     date_column: str
     target: str
     horizon_days: int = Field(ge=0)
+    positive: str | int | float | bool | None = None
+    values: dict[str | int | float | bool, int] | None = None
 
 
 class ModelSpec(_Section):
@@ -485,6 +494,15 @@ def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
         column("label.date_column", label.source, label.date_column, times)
         column("label.target", label.source, label.target)
         column("label.source", label.source, spec.entity)
+        target_type = spec.sources[label.source].columns.get(label.target)
+        if label.positive is not None and label.values is not None:
+            problems.append(("label.positive", "give either positive or values, not both"))
+        if spec.model.task is TaskType.BINARY:
+            if label.values is not None and set(label.values.values()) - {0, 1}:
+                problems.append(("label.values", "a binary task maps every value to 0 or 1"))
+            if label.positive is None and label.values is None and target_type is ColumnType.STRING:
+                problems.append(("label.target", f"column {label.target!r} holds text; name the positive class "
+                                                 f"with label.positive (or map values with label.values)"))
 
     if spec.model.task not in SUPPORTED_TASKS:
         problems.append(("model.task", f"{spec.model.task.value} is not supported yet; supported: "

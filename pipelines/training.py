@@ -56,6 +56,8 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
     the features of their label date. Sorted by label date; sampled down to ``max_rows``."""
     from pyspark.sql import functions as F
 
+    from pipelines.labels import encode_label_column
+
     label = spec.label
     labels_path, features_path = lake.clean(spec.name, label.source), lake.features(spec.name)
     for path in (labels_path, features_path):
@@ -65,7 +67,9 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
               .where(F.col("ds") < ds(as_of))
               .where((F.col(label.date_column) >= F.lit(start)) & (F.col(label.date_column) <= F.lit(end)))
               .select(spec.entity, F.date_format(label.date_column, "yyyy-MM-dd").alias("ds"),
-                      F.col(label.target).cast("int").alias(label.target)))
+                      encode_label_column(F.col(label.target), label).alias(label.target)))
+    missing = labels.where(F.col(label.target).isNull()).count()
+    labels = labels.where(F.col(label.target).isNotNull())
     features = (spark.read.parquet(str(features_path))
                 .where((F.col("ds") >= ds(start)) & (F.col("ds") <= ds(end))))
     joined = labels.join(features, [spec.entity, "ds"], "inner")
@@ -75,12 +79,17 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
             joined = joined.sample(fraction=max_rows / total, seed=seed)
     frame = joined.toPandas()
     frame.attrs = {}  # Spark Connect attaches plan metrics that cannot be written to Parquet
+    if missing:
+        log.warning("%s: %d label row(s) with a missing or unmapped %s left out (label dates %s..%s)",
+                    spec.name, missing, label.target, start, end)
     if frame.empty:
         raise ValueError(f"{spec.name}: no labelled feature rows for label dates {start}..{end}")
     missing = sorted(set(pd.date_range(start, end).strftime("%Y-%m-%d")) - set(frame["ds"]))
     if missing:
         log.warning("%s: %d label date(s) without labelled features (skipped): %s", spec.name, len(missing), missing)
-    return frame.sort_values(["ds", spec.entity], kind="stable").reset_index(drop=True)
+    frame = frame.sort_values(["ds", spec.entity], kind="stable").reset_index(drop=True)
+    frame.attrs["labels_missing"] = int(missing)   # counted in the training run's metrics
+    return frame
 
 
 def make_estimator(spec):
@@ -211,7 +220,9 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
         })
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)}
                            | {"cv_roc_auc": float(search.best_score_),
-                              "train_positive_rate": float(train[target].mean())})
+                              "train_positive_rate": float(train[target].mean()),
+                              "train_labels_missing": train.attrs.get("labels_missing", 0),
+                              "holdout_labels_missing": holdout.attrs.get("labels_missing", 0)})
         mlflow.log_input(mlflow.data.from_pandas(train, source=str(lake.features(spec.name)),
                                                  name=f"{spec.name}-train-{window.fit_start}-{window.fit_end}",
                                                  targets=target), context="training")

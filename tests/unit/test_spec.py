@@ -114,6 +114,12 @@ CASES = [
      "sources.transactions.partition_by", "is double; expected date or timestamp"),
     ("bad schedule", _set("training.schedule", "every monday"), "training.schedule", "cron expression"),
     ("bad name", _set("name", "Churn Model"), "name", "pattern"),
+    ("text label without its positive class", _set("sources.labels.columns.churned", "string"), "label.target",
+     "name the positive class with label.positive"),
+    ("both positive and a value map", lambda r: r["label"].update(positive="yes", values={"yes": 1, "no": 0}),
+     "label.positive", "not both"),
+    ("binary value map to other classes", lambda r: r["label"].update(values={"a": 1, "b": 2}), "label.values",
+     "0 or 1"),
     ("bad estimator path", _set("model.estimator", "HistGradientBoosting"), "model.estimator", "pattern"),
 ]
 

@@ -1,0 +1,34 @@
+"""Label values to classes: the spec's positive value or value map, the same in pandas and Spark;
+missing and unmapped labels are never a class."""
+import pandas as pd
+import pytest
+
+from pipelines.labels import encode_label_column, encode_labels
+from pipelines.spec import LabelSpec
+
+BASE = dict(source="s", date_column="d", target="t", horizon_days=0)
+CASES = [
+    ("positive text", dict(positive="bad"), ["bad", "good", None, "BAD"], [1, 0, None, 0]),
+    ("positive number", dict(positive=2), [2, 1, None, 3], [1, 0, None, 0]),
+    ("value map", dict(values={"yes": 1, "no": 0}), ["yes", "no", "maybe", None], [1, 0, None, None]),
+    ("classes already", dict(), [1, 0, None, 1], [1, 0, None, 1]),
+    ("boolean positive", dict(positive=True), [True, False, None, True], [1, 0, None, 1]),
+]
+
+
+@pytest.mark.parametrize("what, rule, values, expected", CASES, ids=[c[0] for c in CASES])
+def test_encode_labels(what, rule, values, expected):
+    got = encode_labels(pd.Series(values, dtype=object), LabelSpec(**BASE, **rule))
+    assert [None if pd.isna(v) else int(v) for v in got] == expected
+
+
+@pytest.mark.parametrize("what, rule, values, expected", CASES, ids=[c[0] for c in CASES])
+def test_spark_encodes_like_pandas(spark, what, rule, values, expected):
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import BooleanType, LongType, StringType, StructField, StructType
+
+    kind = {str: StringType(), int: LongType(), bool: BooleanType()}[type(next(v for v in values if v is not None))]
+    frame = spark.createDataFrame([(i, v) for i, v in enumerate(values)],
+                                  StructType([StructField("i", LongType()), StructField("t", kind)]))
+    rows = frame.select("i", encode_label_column(F.col("t"), LabelSpec(**BASE, **rule)).alias("c")).orderBy("i")
+    assert [r["c"] for r in rows.collect()] == expected
