@@ -68,7 +68,7 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
               .where((F.col(label.date_column) >= F.lit(start)) & (F.col(label.date_column) <= F.lit(end)))
               .select(spec.entity, F.date_format(label.date_column, "yyyy-MM-dd").alias("ds"),
                       encode_label_column(F.col(label.target), label).alias(label.target)))
-    missing = labels.where(F.col(label.target).isNull()).count()
+    unlabelled = labels.where(F.col(label.target).isNull()).count()
     labels = labels.where(F.col(label.target).isNotNull())
     features = (spark.read.parquet(str(features_path))
                 .where((F.col("ds") >= ds(start)) & (F.col("ds") <= ds(end))))
@@ -79,16 +79,16 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
             joined = joined.sample(fraction=max_rows / total, seed=seed)
     frame = joined.toPandas()
     frame.attrs = {}  # Spark Connect attaches plan metrics that cannot be written to Parquet
-    if missing:
+    if unlabelled:
         log.warning("%s: %d label row(s) with a missing or unmapped %s left out (label dates %s..%s)",
-                    spec.name, missing, label.target, start, end)
+                    spec.name, unlabelled, label.target, start, end)
     if frame.empty:
         raise ValueError(f"{spec.name}: no labelled feature rows for label dates {start}..{end}")
     missing = sorted(set(pd.date_range(start, end).strftime("%Y-%m-%d")) - set(frame["ds"]))
     if missing:
         log.warning("%s: %d label date(s) without labelled features (skipped): %s", spec.name, len(missing), missing)
     frame = frame.sort_values(["ds", spec.entity], kind="stable").reset_index(drop=True)
-    frame.attrs["labels_missing"] = int(missing)   # counted in the training run's metrics
+    frame.attrs["labels_missing"] = int(unlabelled)   # counted in the training run's metrics
     return frame
 
 
