@@ -21,7 +21,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from pipelines.lake import Lake
-from pipelines.training import classification_metrics, label_window, labelled_features
+from pipelines.training import classification_metrics, holdout_frame, label_window
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def promote_if_better(spark, spec, lake: Lake, challenger: dict, as_of: dt.date)
         return {"promoted": False, "reason": "challenger is already the champion", "champion": champion_ref.as_xcom()}
 
     window = label_window(spec, as_of)
-    holdout = labelled_features(spark, spec, lake, window.holdout_start, window.holdout_end, as_of)
+    holdout = holdout_frame(spark, spec, lake, window)
     from pipelines.features import feature_columns
 
     X, y = holdout[feature_columns(spec).all], holdout[spec.label.target]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from pipelines.lake import Lake, ds, list_partitions, partition_rows
 from pipelines.spark import table_exists
-from pipelines.spec import FeatureKind
+from pipelines.spec import FeatureKind, SourceKind
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,17 @@ def feature_columns(spec) -> FeatureColumns:
 
 
 def _read_source(spark, lake: Lake, spec, source: str, date: dt.date, lookback: int | None):
-    """Clean rows of ``source`` strictly before ``date`` (within ``lookback`` days if given)."""
+    """Clean rows of ``source`` known before ``date``: events strictly before it (within ``lookback``
+    days if given); for a snapshot, its newest partition up to ``date``."""
     from pyspark.sql import functions as F
 
     path = lake.clean(spec.name, source)
     if not table_exists(path):
         raise FileNotFoundError(f"no clean data for source {source!r} at {path}; validate raw partitions first")
     frame = spark.read.parquet(str(path))
+    if spec.source(source).kind == SourceKind.SNAPSHOT:
+        known = [p for p in list_partitions(path) if p <= ds(date)]
+        return frame.where(F.col("ds") == (known[-1] if known else ""))
     cond = F.col("ds") < ds(date)
     if lookback is not None:
         cond = cond & (F.col("ds") >= ds(date - dt.timedelta(days=lookback)))
@@ -130,9 +134,9 @@ def compute_features(spark, spec, lake: Lake, date: dt.date):
             known, lookback = by_source.get(source, ([], 0))
             by_source[source] = (known + exprs, max(lookback, _group_lookback(group)))
         else:
-            ts = spec.source(source).timestamp
+            src = spec.source(source)
             rows = _read_source(spark, lake, spec, source, date, None)
-            latest = Window.partitionBy(entity).orderBy(F.col(ts).desc())
+            latest = Window.partitionBy(entity).orderBy(F.col(src.timestamp or "ds").desc())
             rows = rows.withColumn("_rank", F.row_number().over(latest)).where("_rank = 1")
             cols = [F.col(c) for c in group.columns]
             for name, ts_col in group.days_since.items():
@@ -187,6 +191,9 @@ def look_back_gaps(spec, lake: Lake, date: dt.date) -> list[LookBackGap]:
     allowed = {ds(d) for d in spec.features.allowed_missing_days}
     gaps = []
     for source in spec.feature_sources():
+        if spec.source(source).kind == SourceKind.SNAPSHOT:
+            gaps += _snapshot_gap(spec, lake, source, date)
+            continue
         lookback = _source_lookback(spec, source)
         first = spec.start if lookback is None else max(spec.start, date - dt.timedelta(days=lookback))
         clean = set(list_partitions(lake.clean(spec.name, source)))
@@ -199,6 +206,19 @@ def look_back_gaps(spec, lake: Lake, date: dt.date) -> list[LookBackGap]:
             state = "rejected" if day in rejected else ("pending" if day in raw else "not delivered")
             gaps.append(LookBackGap(source, day, state))
     return gaps
+
+
+def _snapshot_gap(spec, lake: Lake, source: str, date: dt.date) -> list[LookBackGap]:
+    """A snapshot's newest delivery up to ``date`` must be validated (an older one would be stale)."""
+    raw = [p for p in list_partitions(lake.raw(spec.name, source)) if p <= ds(date)]
+    if not raw:
+        return [LookBackGap(source, ds(date), "not delivered")]
+    clean = set(list_partitions(lake.clean(spec.name, source)))
+    newest = raw[-1]
+    if newest in clean or newest in {ds(d) for d in spec.features.allowed_missing_days}:
+        return []
+    rejected = newest in set(list_partitions(lake.quarantine(spec.name, source)))
+    return [LookBackGap(source, newest, "rejected" if rejected else "pending")]
 
 
 def require_complete_look_back(spec, lake: Lake, date: dt.date) -> None:
@@ -221,7 +241,8 @@ def build_features(spark, spec, lake: Lake, date: dt.date) -> int:
     """
     table = lake.features(spec.name)
     population = spec.features.population
-    if not any(p < ds(date) for p in list_partitions(lake.clean(spec.name, population))):
+    snapshot = spec.source(population).kind == SourceKind.SNAPSHOT
+    if not any(p <= ds(date) if snapshot else p < ds(date) for p in list_partitions(lake.clean(spec.name, population))):
         log.warning("%s: no clean %s partition before %s: no population yet, no features written",
                     spec.name, population, date)
         return 0

@@ -96,14 +96,14 @@ def typed_frame(path: Path, frame: pd.DataFrame, spec: UseCaseSpec, source: str,
                 as_of: dt.date | None) -> pd.DataFrame:
     """The file's rows typed by the source's columns; IngestError naming the first problem."""
     src = spec.source(source)
-    stamped = [c for c in dict.fromkeys([src.timestamp, src.partition_by]) if c not in frame.columns]
+    stamped = [c for c in dict.fromkeys([src.timestamp, src.partition_by]) if c and c not in frame.columns]
     unknown = [c for c in frame.columns if c not in src.columns]
     if unknown:
         raise IngestError(f"{path}: column(s) {unknown} are not columns of source {source} in the spec "
                           f"(it names {list(src.columns)}); add them to the spec or drop them from the file")
-    if stamped and as_of is None:
-        raise IngestError(f"{path}: no column {stamped[0]!r} to partition by; a snapshot without a timestamp "
-                          f"needs --as-of YYYY-MM-DD")
+    if (stamped or src.partition_by is None) and as_of is None:
+        what = f"no column {stamped[0]!r} to partition by" if stamped else f"source {source} is a snapshot"
+        raise IngestError(f"{path}: {what}; a snapshot without a timestamp needs --as-of YYYY-MM-DD")
     missing = [c for c in src.columns if c not in frame.columns and c not in stamped]
     if missing:
         raise IngestError(f"{path}: column(s) {missing} of source {source} are missing")
@@ -125,9 +125,12 @@ def typed_frame(path: Path, frame: pd.DataFrame, spec: UseCaseSpec, source: str,
     return out
 
 
-def partition_dates(frame: pd.DataFrame, spec: UseCaseSpec, source: str) -> pd.Series:
-    column = frame[spec.source(source).partition_by]
-    return pd.to_datetime(column).dt.date.map(lambda d: d.isoformat() if pd.notna(d) else None)
+def partition_dates(frame: pd.DataFrame, spec: UseCaseSpec, source: str, as_of: dt.date | None) -> pd.Series:
+    """Each row's partition: the date of its ``partition_by`` timestamp, or the as-of date."""
+    by = spec.source(source).partition_by
+    if by is None:
+        return pd.Series(as_of.isoformat(), index=frame.index)
+    return pd.to_datetime(frame[by]).dt.date.map(lambda d: d.isoformat() if pd.notna(d) else None)
 
 
 def ingest(spec: UseCaseSpec, lake: Lake, source: str, location: str | Path,
@@ -138,7 +141,7 @@ def ingest(spec: UseCaseSpec, lake: Lake, source: str, location: str | Path,
     frames = []
     for path in files:
         frame = typed_frame(path, read_file(path), spec, source, as_of)
-        days = partition_dates(frame, spec, source)
+        days = partition_dates(frame, spec, source, as_of)
         if days.isna().any():
             row = int(days.isna().to_numpy().nonzero()[0][0])
             raise IngestError(f"{path}: column {spec.source(source).partition_by!r}, row {row + 1}: no timestamp "

@@ -169,7 +169,8 @@ def live_performance(spec, lake: Lake, date: dt.date) -> list[dict]:
         return []
     from pipelines.labels import encode_labels
 
-    labels["label_ds"] = pd.to_datetime(labels[label.date_column]).dt.strftime("%Y-%m-%d")
+    labels["label_ds"] = (pd.to_datetime(labels[label.date_column]).dt.strftime("%Y-%m-%d") if label.date_column
+                          else ds(date))   # a snapshot's labels are about its own date
     labels["_class"] = encode_labels(labels[label.target], label)
     unknown = int(labels["_class"].isna().sum())
     if unknown:

@@ -115,6 +115,23 @@ class DriftMethod(enum.StrEnum):
     CRAMER_VON_MISES = "cramer_von_mises"
 
 
+class SourceKind(enum.StrEnum):
+    """``events``: rows happen at their ``timestamp``; a day's partition holds that day's events.
+    ``snapshot``: a partition is the whole table as known on its date (``mlops ingest --as-of``);
+    features of a date read each entity's row from the newest partition up to that date."""
+
+    EVENTS = "events"
+    SNAPSHOT = "snapshot"
+
+
+class Split(enum.StrEnum):
+    """How training holds out rows: the newest label dates (``time``) or a stable share of the
+    entities (``random``, for snapshots whose labels share one date)."""
+
+    TIME = "time"
+    RANDOM = "random"
+
+
 class FeatureKind(enum.StrEnum):
     WINDOW_AGGREGATES = "window_aggregates"
     RECENCY = "recency"
@@ -130,8 +147,9 @@ class SourceSpec(_Section):
     """A raw source: its key, event timestamp, partitioning timestamp and column types."""
 
     key: list[str] = Field(min_length=1)
-    timestamp: str
-    partition_by: str
+    kind: SourceKind = SourceKind.EVENTS
+    timestamp: str | None = None        # when a row happened (events: required)
+    partition_by: str | None = None     # its date is the row's partition (snapshots: the --as-of date)
     columns: dict[str, ColumnType] = Field(min_length=1)
     min_rows: int = Field(1, ge=0)   # rows every daily delivery has; 0 for sources with legitimately empty days
 
@@ -188,9 +206,9 @@ class LabelSpec(_Section):
     or not in ``values``, are left out of training and counted."""
 
     source: str
-    date_column: str
+    date_column: str | None = None      # the date a label is about; none: its partition's date (snapshots)
     target: str
-    horizon_days: int = Field(ge=0)
+    horizon_days: int = Field(0, ge=0)  # a label for date D is known on D + horizon_days
     positive: str | int | float | bool | None = None
     values: dict[str | int | float | bool, int] | None = None
 
@@ -211,6 +229,8 @@ class TrainingSpec(_Section):
     holdout_days: int = Field(7, gt=0)
     recency_half_life_days: float | None = Field(None, gt=0)
     max_rows: int = Field(500_000, gt=0)
+    split: Split = Split.TIME
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)   # share of entities held out by a random split
     reference_rows: int = Field(5000, gt=0)
     reference_days: int = Field(7, gt=0)
 
@@ -454,8 +474,10 @@ def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
     for name, src in spec.sources.items():
         for i, k in enumerate(src.key):
             column(f"sources.{name}.key[{i}]", name, k)
-        column(f"sources.{name}.timestamp", name, src.timestamp, times)
-        column(f"sources.{name}.partition_by", name, src.partition_by, times)
+        for key in ("timestamp", "partition_by"):
+            if src.kind is SourceKind.EVENTS and getattr(src, key) is None:
+                problems.append((f"sources.{name}.{key}", "required for an events source (or declare kind: snapshot)"))
+            column(f"sources.{name}.{key}", name, getattr(src, key), times)
 
     source_columns("features.population", spec.features.population)
     column("features.population", spec.features.population, spec.entity)
@@ -492,6 +514,8 @@ def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
     label = spec.label
     if source_columns("label.source", label.source) is not None:
         column("label.date_column", label.source, label.date_column, times)
+        if label.date_column is None and spec.sources[label.source].kind is SourceKind.EVENTS:
+            problems.append(("label.date_column", "required when labels come from an events source"))
         column("label.target", label.source, label.target)
         column("label.source", label.source, spec.entity)
         target_type = spec.sources[label.source].columns.get(label.target)

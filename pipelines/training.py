@@ -18,6 +18,7 @@ import pandas as pd
 from pipelines.features import feature_columns
 from pipelines.lake import Lake, ds
 from pipelines.spark import table_exists
+from pipelines.spec import Split
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,16 @@ class LabelWindow:
 
 
 def label_window(spec, as_of: dt.date) -> LabelWindow:
-    """Which label dates a run as of ``as_of`` may use (labels must have landed before it)."""
+    """Which label dates a run as of ``as_of`` may use (labels must have landed before it).
+    A random split fits and holds out over the same dates (it splits entities, not dates)."""
     horizon = spec.label.horizon_days
     last = as_of - dt.timedelta(days=horizon + 1)   # label partition ds = label_date + horizon < as_of
+    if spec.training.split == Split.RANDOM:
+        first = max(last - dt.timedelta(days=spec.training.window_days - 1), spec.start)
+        if last < first:
+            raise ValueError(f"{spec.name}: as of {as_of} there are no labelled dates "
+                             f"(labels arrive {horizon} days late; data starts {spec.start})")
+        return LabelWindow(as_of, first, last, first, last)
     holdout_start = last - dt.timedelta(days=spec.training.holdout_days - 1)
     fit_end = holdout_start - dt.timedelta(days=1)
     fit_start = max(fit_end - dt.timedelta(days=spec.training.window_days - 1), spec.start)
@@ -48,6 +56,41 @@ def label_window(spec, as_of: dt.date) -> LabelWindow:
         raise ValueError(f"{spec.name}: as of {as_of} there are no labelled dates to fit on "
                          f"(labels arrive {horizon} days late; data starts {spec.start})")
     return LabelWindow(as_of, fit_start, fit_end, holdout_start, last)
+
+
+def in_holdout(entities: pd.Series, fraction: float) -> np.ndarray:
+    """Stable random split by entity: the same entity is always on the same side, in every run
+    (so champion and challenger are compared on rows neither was fitted on)."""
+    import zlib
+
+    buckets = np.array([zlib.crc32(str(e).encode()) % 10_000 for e in entities])
+    return buckets < round(fraction * 10_000)
+
+
+def training_frames(spark, spec, lake: Lake, window: LabelWindow, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows to fit on and the holdout, by the spec's split (newest dates, or entities)."""
+    if spec.training.split == Split.RANDOM:
+        rows = labelled_features(spark, spec, lake, window.fit_start, window.fit_end, window.as_of)
+        mask = in_holdout(rows[spec.entity], spec.training.holdout_fraction)
+        train, holdout = rows[~mask], rows[mask]
+        if len(train) > spec.training.max_rows:
+            train = train.sample(n=spec.training.max_rows, random_state=seed).sort_index()
+        train, holdout = train.reset_index(drop=True), holdout.reset_index(drop=True)
+        train.attrs, holdout.attrs = dict(rows.attrs), {"labels_missing": 0}
+        if train.empty or holdout.empty:
+            raise ValueError(f"{spec.name}: {len(rows)} labelled rows are too few to hold out "
+                             f"{spec.training.holdout_fraction:.0%} of the entities")
+        return train, holdout
+    train = labelled_features(spark, spec, lake, window.fit_start, window.fit_end, window.as_of,
+                              max_rows=spec.training.max_rows, seed=seed)
+    return train, holdout_frame(spark, spec, lake, window)
+
+
+def holdout_frame(spark, spec, lake: Lake, window: LabelWindow) -> pd.DataFrame:
+    """The rows champion and challenger are judged on."""
+    if spec.training.split == Split.RANDOM:
+        return training_frames(spark, spec, lake, window)[1]
+    return labelled_features(spark, spec, lake, window.holdout_start, window.holdout_end, window.as_of)
 
 
 def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_of: dt.date,
@@ -65,8 +108,9 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
             raise FileNotFoundError(f"{spec.name}: no data at {path}; run the daily pipeline first")
     labels = (spark.read.parquet(str(labels_path))
               .where(F.col("ds") < ds(as_of))
-              .where((F.col(label.date_column) >= F.lit(start)) & (F.col(label.date_column) <= F.lit(end)))
-              .select(spec.entity, F.date_format(label.date_column, "yyyy-MM-dd").alias("ds"),
+              .withColumn("_label_date", F.to_date(F.col(label.date_column or "ds")))
+              .where((F.col("_label_date") >= F.lit(start)) & (F.col("_label_date") <= F.lit(end)))
+              .select(spec.entity, F.date_format("_label_date", "yyyy-MM-dd").alias("ds"),
                       encode_label_column(F.col(label.target), label).alias(label.target)))
     unlabelled = labels.where(F.col(label.target).isNull()).count()
     labels = labels.where(F.col(label.target).isNotNull())
@@ -194,9 +238,7 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
 
     window = label_window(spec, as_of)
     log.info("%s: training challenger, %s", spec.name, window.describe())
-    train = labelled_features(spark, spec, lake, window.fit_start, window.fit_end, as_of,
-                              max_rows=spec.training.max_rows, seed=int(as_of.strftime("%Y%m%d")))
-    holdout = labelled_features(spark, spec, lake, window.holdout_start, window.holdout_end, as_of)
+    train, holdout = training_frames(spark, spec, lake, window, seed=int(as_of.strftime("%Y%m%d")))
     cols = feature_columns(spec)
     target = spec.label.target
     model, search = fit_model(spec, train)
@@ -215,6 +257,7 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
             "estimator": spec.model.estimator, **{f"best.{k}": v for k, v in search.best_params_.items()},
             "fit_label_dates": f"{window.fit_start}..{window.fit_end}",
             "holdout_label_dates": f"{window.holdout_start}..{window.holdout_end}",
+            "split": str(spec.training.split.value), "holdout_fraction": spec.training.holdout_fraction,
             "train_rows": len(train), "holdout_rows": len(holdout), "threshold": threshold,
             "features": ",".join(cols.all), "recency_half_life_days": spec.training.recency_half_life_days,
         })

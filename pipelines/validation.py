@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipelines.lake import Lake, drop_partition, ds, partition_rows, read_files, replace_partition, write_json
+from pipelines.spec import SourceKind
 
 log = logging.getLogger(__name__)
 # GX logs every registered function at INFO while importing; task logs are read by people.
@@ -171,6 +172,10 @@ class PartitionValidator:
         it is quarantined and the clean partition is kept.
         """
         raw_path = Lake.partition(self.lake.raw(self.spec.name, source), date)
+        if not raw_path.exists() and self.spec.source(source).kind == SourceKind.SNAPSHOT:
+            log.info("%s %s: no new snapshot of %s; features use the newest earlier one",
+                     self.spec.name, ds(date), source)
+            return SourceReport(source, ds(date), 0, True, [])
         if not raw_path.exists():
             return SourceReport(source, ds(date), 0, False,
                                 [RuleFailure("raw partition present", None, f"nothing delivered at {raw_path}")])

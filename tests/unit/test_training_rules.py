@@ -79,3 +79,23 @@ def test_promotion_rule_for_lower_is_better_metric(challenger, champion, version
     d = decide_promotion("brier", challenger, champion, floor=0.25, min_improvement=0.01, champion_version=version,
                          higher_is_better=False)
     assert d.promote is promote and why in d.reason
+
+
+def test_random_split_is_stable_and_near_its_fraction():
+    import pandas as pd
+
+    from pipelines.training import in_holdout
+
+    entities = pd.Series([f"id-{i}" for i in range(5000)])
+    mask = in_holdout(entities, 0.2)
+    assert 0.17 < mask.mean() < 0.23
+    assert (in_holdout(entities[::-1].reset_index(drop=True), 0.2) == mask[::-1]).all()   # by entity, not position
+    assert not (mask & ~in_holdout(entities, 0.3)).any()    # a larger holdout contains the smaller one
+
+
+def test_random_split_window_covers_the_same_dates(small_spec):
+    from pipelines.spec import Split
+
+    spec = small_spec.model_copy(update={"training": small_spec.training.model_copy(update={"split": Split.RANDOM})})
+    w = label_window(spec, dt.date(2026, 1, 20))
+    assert (w.fit_start, w.fit_end) == (w.holdout_start, w.holdout_end) == (dt.date(2026, 1, 1), dt.date(2026, 1, 12))
