@@ -1,5 +1,6 @@
 """``mlops``: run any lifecycle step from a shell, outside Airflow (same code as the DAG tasks).
 
+    mlops init credit --source applicants=exports/applicants.csv --target Status --positive bad
     mlops check churn              # every problem of include/churn/spec.yaml, one line each
     mlops ingest churn transactions exports/transactions-*.csv
     mlops ingest churn customers customers.parquet --as-of 2026-01-05
@@ -26,6 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="profile data and draft include/<uc>/spec.yaml and expectations.yaml")
+    init.add_argument("use_case")
+    init.add_argument("--source", action="append", required=True, metavar="NAME=PATH",
+                      help="a source and its file, folder or glob (repeatable)")
+    init.add_argument("--target", required=True, help="the label column")
+    init.add_argument("--positive", default=None, help="the target's value that is the positive class")
+    init.add_argument("--timestamp", default=None, help="the event timestamp column (none: snapshots)")
+    init.add_argument("--entity", default=None, help="the column that identifies an entity")
+    init.add_argument("--task", default="binary", choices=["binary", "multiclass", "regression"])
+    init.add_argument("--force", action="store_true", help="replace an existing spec")
     check = sub.add_parser("check", help="validate use-case specs (all of them when none is named)")
     check.add_argument("use_case", nargs="*", help="use-case names or spec folders/files")
     ingest = sub.add_parser("ingest", help="land CSV/Parquet files as a source's raw daily partitions")
@@ -49,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         return check_specs(args.use_case)
+    if args.command == "init":
+        return init_use_case(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # stdout carries only the result, so that scripts can parse it; what the libraries print on
     # the way (MLflow's run links, progress) goes to stderr with the logs
@@ -58,6 +71,30 @@ def main(argv: list[str] | None = None) -> int:
         return result
     print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
     return 0
+
+
+def init_use_case(args: argparse.Namespace) -> int:
+    """Draft a use case's spec and expectations from its data, then check them."""
+    from pipelines.config import settings
+    from pipelines.ingest import IngestError
+    from pipelines.spec import TaskType, check_spec
+    from pipelines.spec_init import InitError, draft, write_use_case
+
+    sources = dict(item.split("=", 1) for item in args.source if "=" in item)
+    if len(sources) != len(args.source):
+        print("--source takes NAME=PATH", file=sys.stderr)
+        return 2
+    try:
+        spec_text, rules_text = draft(args.use_case, sources, args.target, args.positive, args.timestamp,
+                                      args.entity, TaskType(args.task))
+        folder = write_use_case(settings().include, args.use_case, spec_text, rules_text, args.force)
+    except (InitError, IngestError) as exc:
+        print(f"mlops init: {exc}", file=sys.stderr)
+        return 1
+    problems = check_spec(folder)
+    print("\n".join(problems) if problems else f"wrote {folder}/spec.yaml and expectations.yaml; "
+          f"read them, then: mlops ingest {args.use_case} <source> <files> --as-of YYYY-MM-DD")
+    return 1 if problems else 0
 
 
 def check_specs(names: list[str]) -> int:

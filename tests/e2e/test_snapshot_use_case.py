@@ -1,7 +1,7 @@
 """A team's own snapshot table, by spec alone, on the CLI path: a CSV with no timestamp, a text
-target ("bad"/"good") with some labels missing, and missing feature values goes through ingest,
-validation, features, training (a stable random split of the entities), promotion, scoring and
-live performance."""
+target ("bad"/"good") with some labels missing, and missing feature values goes through
+`mlops init` (then a person's edits), ingest, validation, features, training (a stable random
+split of the entities), promotion, scoring and live performance."""
 from __future__ import annotations
 
 import datetime as dt
@@ -13,22 +13,10 @@ import yaml
 
 UC = "credit_snap"
 AS_OF = dt.date(2026, 3, 1)
-SPEC = {
-    "name": UC, "description": "credit applicants, one snapshot", "start_date": AS_OF.isoformat(),
-    "entity": "applicant_id",
-    "sources": {"applicants": {"kind": "snapshot", "key": ["applicant_id"], "min_rows": 1, "columns": {
-        "applicant_id": "string", "age": "double", "income": "double", "job": "string", "Status": "string"}}},
-    "expectations": "expectations.yaml",
-    "features": {"population": "applicants",
-                 "groups": [{"kind": "attributes", "source": "applicants", "columns": ["age", "income", "job"]}]},
-    "label": {"source": "applicants", "target": "Status", "positive": "bad"},
-    "model": {"registered_name": f"{UC}_classifier", "estimator": "sklearn.ensemble.HistGradientBoostingClassifier",
-              "params": {"random_state": 0, "max_iter": 50}, "cv_folds": 2, "threshold": 0.5},
-    "training": {"split": "random", "holdout_fraction": 0.25, "window_days": 30, "reference_rows": 200},
-    "promotion": {"metric": "roc_auc", "floor": 0.6, "min_improvement": 0.01},
-}
-RULES = {"applicants": [{"type": "ExpectColumnValuesToBeInSet",
-                         "kwargs": {"column": "job", "value_set": ["clerk", "engineer", "driver"]}}]}
+# what a person changes in the drafted spec: the data's start, and a smaller search for a test
+EDITS = {"start_date": AS_OF.isoformat(),
+         "model": {"params": {"random_state": 0, "max_iter": 50}, "search_space": {}, "cv_folds": 2},
+         "training": {"holdout_fraction": 0.25, "reference_rows": 200}}
 
 
 def _applicants(n: int = 800, seed: int = 3) -> pd.DataFrame:
@@ -48,20 +36,29 @@ def _applicants(n: int = 800, seed: int = 3) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def snapshot_case(state_home, spark, mlflow_server, tmp_path_factory):
+    import os
+
     from pipelines import runtime
+    from pipelines.cli import main
 
     include = tmp_path_factory.mktemp("own-data-include")
-    (include / UC).mkdir()
-    (include / UC / "spec.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
-    (include / UC / "expectations.yaml").write_text(yaml.safe_dump(RULES))
     csv = tmp_path_factory.mktemp("exports") / "applicants.csv"
     frame = _applicants()
     frame.to_csv(csv, index=False)
-    saved = __import__("os").environ.get("MLOPS_INCLUDE")
-    __import__("os").environ["MLOPS_INCLUDE"] = str(include)
+    saved = os.environ.get("MLOPS_INCLUDE")
+    os.environ["MLOPS_INCLUDE"] = str(include)
     runtime._specs.cache_clear()
+    assert main(["init", UC, "--source", f"applicants={csv}", "--target", "Status", "--positive", "bad"]) == 0
+    path = include / UC / "spec.yaml"
+    spec = yaml.safe_load(path.read_text())
+    for section, value in EDITS.items():
+        spec[section] = {**spec[section], **value} if isinstance(value, dict) else value
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     yield {"csv": csv, "frame": frame, "include": include}
-    __import__("os").environ["MLOPS_INCLUDE"] = saved
+    if saved is None:
+        os.environ.pop("MLOPS_INCLUDE", None)
+    else:
+        os.environ["MLOPS_INCLUDE"] = saved
     runtime._specs.cache_clear()
 
 
