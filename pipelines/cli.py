@@ -139,13 +139,14 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
     elif args.command == "validate":
         result = runtime.validate(uc, args.ds, allow_empty_redelivery=args.allow_empty_redelivery)
     elif args.command == "features":
-        result = runtime.build_features(uc, args.ds)
+        result = {"ds": args.ds, "feature_rows": runtime.build_features(uc, args.ds)}
     elif args.command in ("score", "monitor"):
         champion = runtime.resolve_champion(uc)
         if champion is None:
             print("no champion yet: run 'mlops train' first", file=sys.stderr)
             return 2
-        result = (runtime.score(uc, args.ds, champion, "cli") if args.command == "score"
+        result = ({"ds": args.ds, "scored_rows": runtime.score(uc, args.ds, champion, "cli"),
+                   "model_version": champion.get("version")} if args.command == "score"
                   else runtime.monitor_drift(uc, args.ds, champion))
     elif args.command == "performance":
         result = runtime.live_performance(uc, args.ds)

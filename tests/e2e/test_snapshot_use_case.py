@@ -74,6 +74,7 @@ def test_snapshot_to_champion_and_scores(snapshot_case):
     assert runtime.validate(UC, AS_OF) == {"applicants": len(frame)}
     assert runtime.validate(UC, AS_OF + dt.timedelta(days=1)) == {"applicants": 0}   # no new snapshot: fine
     assert runtime.build_features(UC, AS_OF) == len(frame)
+    assert main(["features", UC, AS_OF.isoformat()]) == 0    # a row count is not an exit code
 
     as_of = AS_OF + dt.timedelta(days=1)
     challenger = runtime.train(UC, as_of, "first model from the team's CSV", "manual")
