@@ -160,7 +160,8 @@ class AirflowClient:
             entry = self.xcom_api.get_xcom_entry(dag_id, task_id, run_id, key, deserialize=True)
         except NotFoundException:
             return None
-        return entry.value
+        # the API answers one of two shapes (native or string value), wrapped in an any-of model
+        return getattr(entry, "actual_instance", entry).value
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900) -> dict:
         def finished():

@@ -19,3 +19,17 @@ def _conflict(body: str) -> ConflictException:
 ])
 def test_only_an_open_earlier_backfill_is_waited_out(error, wait):
     assert _earlier_backfill_open(error) is wait
+
+
+def test_xcom_value_is_read_through_the_any_of_wrapper():
+    from airflow_client.client.models.response_get_xcom_entry import ResponseGetXcomEntry
+    from airflow_client.client.models.x_com_response_native import XComResponseNative
+
+    from scripts.airflow_api import AirflowClient
+
+    native = XComResponseNative(key="work_seconds", value=1.5, timestamp="2026-01-01T00:00:00Z",
+                                logical_date=None, map_index=-1, task_id="t", dag_id="d", run_id="r",
+                                dag_display_name="d", task_display_name="t", run_after="2026-01-01T00:00:00Z")
+    client = AirflowClient.__new__(AirflowClient)
+    client.xcom_api = type("Api", (), {"get_xcom_entry": lambda *a, **k: ResponseGetXcomEntry(native)})()
+    assert client.xcom("d", "r", "t", "work_seconds") == 1.5
