@@ -13,6 +13,8 @@ same code at a cluster is a matter of setting the variables below; nothing else 
 ``MLOPS_MLFLOW_ARTIFACTS`` artifact root for new experiments (default ``$MLOPS_HOME/mlflow/artifacts``)
 ``SPARK_REMOTE``           Spark Connect URL (``sc://host:15002``); wins over the master
 ``MLOPS_SPARK_MASTER``     classic Spark master (default ``local[2]``; ``spark://host:7077``)
+``MLOPS_SPARK_SHARED_SESSION`` ``1`` (default): tasks share one Spark Connect session per hour;
+                           ``0``: a session of its own per task process
 ``MLOPS_SCHEDULE_END``     optional last date the scheduled DAGs may run for (YYYY-MM-DD)
 ``MLOPS_RETRY_DELAY_S``    first retry delay of a failed task, doubled on each retry (default 20)
 =========================  ==========================================================
@@ -38,6 +40,7 @@ class Settings:
     spark_master: str
     schedule_end: str | None
     retry_delay_s: float = 20.0
+    spark_shared_session: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -54,6 +57,8 @@ class Settings:
             spark_master=env.get("MLOPS_SPARK_MASTER") or "local[2]",
             schedule_end=env.get("MLOPS_SCHEDULE_END") or None,
             retry_delay_s=float(env.get("MLOPS_RETRY_DELAY_S") or 20.0),
+            spark_shared_session=(env.get("MLOPS_SPARK_SHARED_SESSION") or "1").strip().lower()
+            not in ("0", "false", "no", "off"),
         )
 
 

@@ -8,6 +8,8 @@ import datetime as dt
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import pandas as pd
@@ -56,12 +58,41 @@ def _scored_days() -> list[dt.date]:
     return [STORY_FIRST_TRAINING + dt.timedelta(days=i) for i in range((STORY_BROKEN - STORY_FIRST_TRAINING).days)]
 
 
-def _rerun(client, day) -> None:
+def _rerun(client, day) -> str:
     """Clear ``day``'s completed daily run (as the UI does) and wait until it has run again."""
     run = next(r for r in client.runs(DAILY) if r["logical_date"][:10] == day.isoformat())
     client.clear_run(DAILY, run["dag_run_id"])   # the run is queued again at once
     assert client.run(DAILY, run["dag_run_id"])["state"] != "success"
     assert client.wait_for_run(DAILY, run["dag_run_id"])["state"] == "success"
+    return run["dag_run_id"]
+
+
+STOP_SHARED_SESSIONS = """
+import time
+from pyspark.sql import SparkSession
+from pipelines.config import settings
+from pipelines.spark import SHARED_SESSION_PERIOD_S, shared_session_url
+
+s = settings()
+for now in (time.time(), time.time() + SHARED_SESSION_PERIOD_S):   # this period's and the next's
+    SparkSession.builder.remote(shared_session_url(s.spark_remote, str(s.lake), now)).create().stop()
+"""
+
+
+def test_closed_shared_spark_session_leaves_the_next_run_whole(story):
+    """Someone stops the Spark Connect session the tasks share (a ``spark.stop()``, or a server
+    that closes idle sessions sooner than the hour): the next run's Spark tasks say so in their
+    log, attach to a session of their own, and the run writes whole partitions (no task hangs
+    on the way out: the run finishes)."""
+    client, day = story["client"], STORY_BROKEN - dt.timedelta(days=3)
+    env = {**os.environ, **story["env"], "SPARK_REMOTE": story["stack"].spark_remote}
+    subprocess.run([sys.executable, "-c", STOP_SHARED_SESSIONS], env=env, check=True, timeout=120)
+    run_id = _rerun(client, day)
+    _assert_whole(day)
+    for task_id in ("build_features", "score_batch"):
+        folder = story["stack"].home / "airflow" / "logs" / f"dag_id={DAILY}" / f"run_id={run_id}" / f"task_id={task_id}"
+        newest = max(folder.glob("attempt=*.log"), key=lambda p: p.stat().st_mtime)
+        assert "shared Spark Connect session is closed" in newest.read_text(), newest
 
 
 def test_cleared_run_reruns_to_identical_rows(story):
