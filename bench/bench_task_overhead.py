@@ -1,10 +1,13 @@
 """Per-task overhead of the daily DAG: Airflow's stock LocalExecutor against the project's
 PreloadingLocalExecutor, on the same stack, the same state and the same days, in one run.
 
-For every task of the daily DAG it reports the task's own work (the ``work_seconds`` XCom that
-each task function pushes, see ``mlops_airflow.common.measured``) and its total time in Airflow
-(the task instance's start to end), the overhead (total - work) and the ratio of the stock
-executor's overhead to the preloading one's.
+For every task of the daily DAG it reports the task's own work, its total time in Airflow (the
+task instance's start to end) under each executor, the overhead (total - work) and the ratio of
+the stock executor's overhead to the preloading one's. The work is what the task function
+measures itself (the ``work_seconds`` XCom, see ``mlops_airflow.common.measured``) under the
+preloading executor, where its libraries are already imported; under the stock executor the
+same function also pays its imports, which are overhead, not work, so both executors' overhead
+is counted against the same work. The goal is an overhead of at most 1.5 s per task.
 
     make demo                                            # once: the state this bench replays
     .venv/bin/python -m bench.bench_task_overhead [--days 3]
@@ -22,6 +25,7 @@ import statistics
 import sys
 import time
 
+OVERHEAD_GOAL_S = 1.5
 EXECUTORS = {"stock": "LocalExecutor", "preloading": "mlops_airflow.executors.PreloadingLocalExecutor"}
 
 
@@ -86,22 +90,25 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"{'task':26s} {'work s':>7s} {'stock total':>12s} {'stock ovh':>10s} {'preload total':>14s} "
-          f"{'preload ovh':>12s} {'ovh ratio':>10s}")
+          f"{'preload ovh':>12s} {'ovh ratio':>10s}  goal")
     tasks = sorted(set(results["stock"]) | set(results["preloading"]))
-    sums = {"stock": 0.0, "preloading": 0.0}
+    sums = {"stock": 0.0, "preloading": 0.0, "work": 0.0}
     for task in tasks:
+        work = med([w for _, w in results["preloading"].get(task, [])])
+        sums["work"] += work
         row = {}
         for name in EXECUTORS:
-            pairs = results[name].get(task, [])
-            row[name] = (med([t for t, _ in pairs]), med([t - w for t, w in pairs]), med([w for _, w in pairs]))
-            sums[name] += row[name][1]
-        work = row["preloading"][2]
+            total = med([t for t, _ in results[name].get(task, [])])
+            row[name] = (total, total - work)
+            sums[name] += total - work
         ratio = row["stock"][1] / row["preloading"][1] if row["preloading"][1] > 0 else float("inf")
+        goal = "met" if row["preloading"][1] <= OVERHEAD_GOAL_S else "over"
         print(f"{task:26s} {work:7.2f} {row['stock'][0]:12.2f} {row['stock'][1]:10.2f} "
-              f"{row['preloading'][0]:14.2f} {row['preloading'][1]:12.2f} {ratio:9.1f}x")
-    print(f"{'per run (sum of medians)':26s} {'':7s} {'':12s} {sums['stock']:10.2f} {'':14s} "
+              f"{row['preloading'][0]:14.2f} {row['preloading'][1]:12.2f} {ratio:9.1f}x  {goal}")
+    print(f"{'per run (sum of medians)':26s} {sums['work']:7.2f} {'':12s} {sums['stock']:10.2f} {'':14s} "
           f"{sums['preloading']:12.2f} {sums['stock'] / sums['preloading']:9.1f}x")
-    print("\noverhead = task instance start..end in Airflow minus the task function's own work")
+    print(f"\nwork = the task function's own time under the preloading executor (libraries imported);"
+          f"\noverhead = task instance start..end in Airflow minus that work (goal: at most {OVERHEAD_GOAL_S} s)")
     return 0
 
 

@@ -192,7 +192,7 @@ def look_back_gaps(spec, lake: Lake, date: dt.date) -> list[LookBackGap]:
     gaps = []
     for source in spec.feature_sources():
         if spec.source(source).kind == SourceKind.SNAPSHOT:
-            gaps += _snapshot_gap(spec, lake, source, date)
+            gaps += _snapshot_gap(spec, lake, source, date, allowed)
             continue
         lookback = _source_lookback(spec, source)
         first = spec.start if lookback is None else max(spec.start, date - dt.timedelta(days=lookback))
@@ -208,14 +208,14 @@ def look_back_gaps(spec, lake: Lake, date: dt.date) -> list[LookBackGap]:
     return gaps
 
 
-def _snapshot_gap(spec, lake: Lake, source: str, date: dt.date) -> list[LookBackGap]:
+def _snapshot_gap(spec, lake: Lake, source: str, date: dt.date, allowed: set[str]) -> list[LookBackGap]:
     """A snapshot's newest delivery up to ``date`` must be validated (an older one would be stale)."""
     raw = [p for p in list_partitions(lake.raw(spec.name, source)) if p <= ds(date)]
     if not raw:
         return [LookBackGap(source, ds(date), "not delivered")]
     clean = set(list_partitions(lake.clean(spec.name, source)))
     newest = raw[-1]
-    if newest in clean or newest in {ds(d) for d in spec.features.allowed_missing_days}:
+    if newest in clean or newest in allowed:
         return []
     rejected = newest in set(list_partitions(lake.quarantine(spec.name, source)))
     return [LookBackGap(source, newest, "rejected" if rejected else "pending")]

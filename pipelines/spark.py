@@ -71,7 +71,7 @@ def _connect(settings: Settings, app_name: str):
     log.info("attaching to Spark Connect at %s", url)
     try:   # the builder's options are the session's first calls
         spark = SparkSession.builder.remote(url).appName(app_name).getOrCreate()
-        _configure(spark)
+        _configure(spark, connect=True)
     except Exception as exc:   # the shared session was closed (stopped, or expired early): a new one
         if url == settings.spark_remote or not _is_closed_session(exc):
             raise
@@ -82,7 +82,7 @@ def _connect(settings: Settings, app_name: str):
         _keep_open(ConnectSession._default_session)   # the failed one
         spark = SparkSession.builder.remote(settings.spark_remote).appName(app_name).create()
         _keep_open(spark)
-        _configure(spark)
+        _configure(spark, connect=True)
     return spark
 
 
@@ -93,8 +93,13 @@ def _keep_open(session) -> None:
         session.client.close = lambda: None
 
 
-def _configure(spark) -> None:
-    for key, value in SESSION_CONF.items():
+# Spark Connect caches the analysed plan of each ``spark.read`` per session, file listing included:
+# in a session shared by many tasks a table read again would miss the partitions written since.
+CONNECT_SESSION_CONF = {"spark.connect.session.planCache.enabled": "false"}
+
+
+def _configure(spark, connect: bool = False) -> None:
+    for key, value in (SESSION_CONF | CONNECT_SESSION_CONF if connect else SESSION_CONF).items():
         spark.conf.set(key, value)
 
 

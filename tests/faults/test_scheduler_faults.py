@@ -79,6 +79,33 @@ for now in (time.time(), time.time() + SHARED_SESSION_PERIOD_S):   # this period
 """
 
 
+COUNT_ROWS = """
+import sys
+from pipelines import runtime
+print(runtime.spark("reader").read.parquet(sys.argv[1]).count())
+"""
+
+
+def test_task_processes_sharing_a_spark_session_see_partitions_written_since(story, tmp_path):
+    """Two task processes, one shared Spark Connect session: the second reads a table after a
+    partition landed (written outside Spark, as ingest and validation do) and counts its rows."""
+    lake = tmp_path / "lake"   # a deployment of its own: a session nothing else has used
+    env = {**os.environ, **story["env"], "SPARK_REMOTE": story["stack"].spark_remote, "MLOPS_LAKE": str(lake)}
+    table = lake / "table"
+
+    def count() -> int:
+        out = subprocess.run([sys.executable, "-c", COUNT_ROWS, str(table)], env=env, check=True, timeout=180,
+                             capture_output=True, text=True)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    for day, rows in (("2026-01-01", 2), ("2026-01-02", 3)):
+        (table / f"ds={day}").mkdir(parents=True)
+        pd.DataFrame({"x": range(rows)}).to_parquet(table / f"ds={day}" / "part.parquet")
+        if day == "2026-01-01":
+            assert count() == 2
+    assert count() == 5
+
+
 def test_closed_shared_spark_session_leaves_the_next_run_whole(story):
     """Someone stops the Spark Connect session the tasks share (a ``spark.stop()``, or a server
     that closes idle sessions sooner than the hour): the next run's Spark tasks say so in their
