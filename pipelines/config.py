@@ -15,6 +15,8 @@ same code at a cluster is a matter of setting the variables below; nothing else 
 ``MLOPS_SPARK_MASTER``     classic Spark master (default ``local[2]``; ``spark://host:7077``)
 ``MLOPS_SPARK_SHARED_SESSION`` ``1`` (default): tasks share one Spark Connect session per hour;
                            ``0``: a session of its own per task process
+``MLOPS_MODEL_THREADS``    threads a model may use while it is fitted (OpenMP, BLAS); unset: the
+                           library's default (every core)
 ``MLOPS_SCHEDULE_END``     optional last date the scheduled DAGs may run for (YYYY-MM-DD)
 ``MLOPS_RETRY_DELAY_S``    first retry delay of a failed task, doubled on each retry (default 20)
 =========================  ==========================================================
@@ -41,6 +43,7 @@ class Settings:
     schedule_end: str | None
     retry_delay_s: float = 20.0
     spark_shared_session: bool = True
+    model_threads: int | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -59,6 +62,7 @@ class Settings:
             retry_delay_s=float(env.get("MLOPS_RETRY_DELAY_S") or 20.0),
             spark_shared_session=(env.get("MLOPS_SPARK_SHARED_SESSION") or "1").strip().lower()
             not in ("0", "false", "no", "off"),
+            model_threads=int(env["MLOPS_MODEL_THREADS"]) if env.get("MLOPS_MODEL_THREADS") else None,
         )
 
 

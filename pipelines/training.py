@@ -174,6 +174,22 @@ def recency_weights(dates: pd.Series, half_life_days: float | None) -> np.ndarra
     return np.power(0.5, age / half_life_days)
 
 
+def model_threads():
+    """A context that caps the threads a model's fit may use (``MLOPS_MODEL_THREADS``; unset: no cap).
+
+    Gradient boosting's OpenMP threads wait for each other at every split: beside the stack's
+    other busy processes on two cores, two of them took 4 s for a fit that one thread does in 2 s.
+    """
+    import contextlib
+
+    from threadpoolctl import threadpool_limits
+
+    from pipelines.config import settings
+
+    threads = settings().model_threads
+    return threadpool_limits(limits=threads) if threads else contextlib.nullcontext()
+
+
 def fit_model(spec, frame: pd.DataFrame):
     """Grid-search the spec's search space with time-ordered folds; returns (best pipeline, cv results)."""
     from sklearn.model_selection import GridSearchCV, TimeSeriesSplit
@@ -187,7 +203,8 @@ def fit_model(spec, frame: pd.DataFrame):
     grid = {f"model__{k}": v for k, v in spec.model.search_space.items()} or {}
     search = GridSearchCV(make_pipeline(spec), grid or [{}], scoring="roc_auc",
                           cv=TimeSeriesSplit(n_splits=spec.model.cv_folds), n_jobs=1, refit=True)
-    search.fit(X, y, model__sample_weight=weights)
+    with model_threads():
+        search.fit(X, y, model__sample_weight=weights)
     log.info("%s: best params %s (cv roc_auc %.4f)", spec.name, search.best_params_, search.best_score_)
     return search.best_estimator_, search
 

@@ -99,3 +99,21 @@ def test_random_split_window_covers_the_same_dates(small_spec):
     spec = small_spec.model_copy(update={"training": small_spec.training.model_copy(update={"split": Split.RANDOM})})
     w = label_window(spec, dt.date(2026, 1, 20))
     assert (w.fit_start, w.fit_end) == (w.holdout_start, w.holdout_end) == (dt.date(2026, 1, 1), dt.date(2026, 1, 12))
+
+
+@pytest.mark.parametrize("configured, expected", [("1", 1), ("2", 2), ("", None)])
+def test_model_fit_threads_follow_the_setting(monkeypatch, configured, expected):
+    """Inside ``model_threads()`` the OpenMP pool (gradient boosting's) has the configured size;
+    unset leaves the library's own choice."""
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_info
+
+    from pipelines.training import model_threads
+
+    HistGradientBoostingClassifier(max_iter=2).fit(np.random.rand(40, 2), np.arange(40) % 2)   # loads OpenMP
+    default = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"}
+    monkeypatch.setenv("MLOPS_MODEL_THREADS", configured)
+    with model_threads():
+        inside = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"}
+    assert inside == ({expected} if expected else default)
