@@ -82,6 +82,11 @@ def _connect(settings: Settings, app_name: str):
         _keep_open(ConnectSession._default_session)   # the failed one
         spark = SparkSession.builder.remote(settings.spark_remote).appName(app_name).create()
         _keep_open(spark)
+        # PySpark keeps the first session as the process's default and the thread's active one
+        # (it only fills them when empty); later lookups (the builder, PySpark's own conf reads)
+        # must find the replacement
+        ConnectSession._default_session = spark
+        ConnectSession._active_session.session = spark
         _configure(spark, connect=True)
     return spark
 
