@@ -9,8 +9,9 @@ and the server starts a Python worker daemon per session (scikit-learn, pandas a
 imported again, about 4 s on two cores, and 400 MB kept until the session expires an hour
 later). Task processes of one deployment therefore share a session: its id is derived from
 the server URL, the lake and the hour, so that an hour's tasks reuse one session (warm Python
-workers, warm plan cache) and a session idle for an hour, which the server then closes, is never
-asked for again. ``MLOPS_SPARK_SHARED_SESSION=0`` gives each process its own session. A shared
+workers) and a session idle for an hour, which the server then closes, is never asked for again.
+Its plan cache is off (``CONNECT_SESSION_CONF``): cached reads would keep an earlier task's file
+listing. ``MLOPS_SPARK_SHARED_SESSION=0`` gives each process its own session. A shared
 session must never be stopped by a task (``spark.stop()`` would close it for everyone).
 """
 from __future__ import annotations

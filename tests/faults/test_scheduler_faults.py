@@ -93,17 +93,22 @@ print(runtime.spark("reader").read.parquet(sys.argv[1]).count())
 """
 
 
+def _as_a_task(story, code: str, *args: str, **env: str) -> str:
+    """Run ``code`` in a new process with the story's task environment (its Spark Connect server
+    included); returns its standard output."""
+    env = {**os.environ, **story["env"], "SPARK_REMOTE": story["stack"].spark_remote, **env}
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, check=True, timeout=180,
+                          capture_output=True, text=True).stdout
+
+
 def test_task_processes_sharing_a_spark_session_see_partitions_written_since(story, tmp_path):
     """Two task processes, one shared Spark Connect session: the second reads a table after a
     partition landed (written outside Spark, as ingest and validation do) and counts its rows."""
     lake = tmp_path / "lake"   # a deployment of its own: a session nothing else has used
-    env = {**os.environ, **story["env"], "SPARK_REMOTE": story["stack"].spark_remote, "MLOPS_LAKE": str(lake)}
     table = lake / "table"
 
     def count() -> int:
-        out = subprocess.run([sys.executable, "-c", COUNT_ROWS, str(table)], env=env, check=True, timeout=180,
-                             capture_output=True, text=True)
-        return int(out.stdout.strip().splitlines()[-1])
+        return int(_as_a_task(story, COUNT_ROWS, str(table), MLOPS_LAKE=str(lake)).strip().splitlines()[-1])
 
     for day, rows in (("2026-01-01", 2), ("2026-01-02", 3)):
         (table / f"ds={day}").mkdir(parents=True)
@@ -119,9 +124,8 @@ def test_closed_shared_spark_session_leaves_the_next_run_whole(story):
     log, attach to a session of their own, and the run writes whole partitions (no task hangs
     on the way out: the run finishes)."""
     client, day = story["client"], STORY_BROKEN - dt.timedelta(days=3)
-    env = {**os.environ, **story["env"], "SPARK_REMOTE": story["stack"].spark_remote}
     for ahead in (0, SHARED_SESSION_PERIOD_S):   # this period's session and the next's
-        subprocess.run([sys.executable, "-c", STOP_SHARED_SESSION, str(ahead)], env=env, check=True, timeout=120)
+        _as_a_task(story, STOP_SHARED_SESSION, str(ahead))
     run_id = _rerun(client, day)
     _assert_whole(day)
     for task_id in ("build_features", "score_batch"):
