@@ -27,6 +27,7 @@ def main() -> None:
 
     from pipelines.config import Settings
     from pipelines.features import feature_columns
+    from pipelines.model_tasks import ModelTask
     from pipelines.scoring import inference_schema, make_scorer
     from pipelines.spark import get_spark
     from pipelines.spec import load_spec
@@ -34,6 +35,7 @@ def main() -> None:
 
     spec = load_spec(os.path.join(os.path.dirname(__file__), "..", "include", "churn"))
     cols = feature_columns(spec)
+    task = ModelTask.of(spec)
     rng = np.random.default_rng(0)
 
     def frame(n):
@@ -62,7 +64,8 @@ def main() -> None:
                      "run_id": "bench", "scored_at": pd.Timestamp("2026-01-01")}
 
         def ours():
-            out = features.mapInPandas(make_scorer(model, cols.all, 0.5, constants), schema=inference_schema("customer_id"))
+            out = features.mapInPandas(make_scorer(model, cols.all, task, constants),
+                                      schema=inference_schema("customer_id", task))
             out.write.mode("overwrite").format("noop").save()
 
         udf = mlflow.pyfunc.spark_udf(spark, info.model_uri, env_manager="local", result_type="array<double>")

@@ -3,7 +3,8 @@
 Rules (from the spec's ``promotion`` section):
 
 * a challenger whose metric is NaN never passes;
-* it must reach the absolute ``floor`` (a ceiling for metrics where lower is better: Brier, RMSE);
+* it must reach the absolute ``floor`` when the spec sets one (a ceiling for metrics where
+  lower is better: Brier, RMSE);
 * with no champion yet, passing the floor is enough;
 * otherwise it must beat the champion's metric on the same holdout by ``min_improvement``
   in the metric's direction
@@ -21,7 +22,8 @@ import math
 from dataclasses import asdict, dataclass
 
 from pipelines.lake import Lake
-from pipelines.training import classification_metrics, holdout_frame, label_window
+from pipelines.model_tasks import ModelTask
+from pipelines.training import holdout_frame, label_window
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class PromotionDecision:
     champion_version: str | None
 
 
-def decide_promotion(metric: str, challenger: float, champion: float | None, floor: float,
+def decide_promotion(metric: str, challenger: float, champion: float | None, floor: float | None,
                      min_improvement: float, champion_version: str | None = None,
                      higher_is_better: bool = True) -> PromotionDecision:
     """Pure promotion rule: see the module docstring. For a lower-is-better metric (RMSE, Brier)
@@ -51,14 +53,16 @@ def decide_promotion(metric: str, challenger: float, champion: float | None, flo
     sign = 1.0 if higher_is_better else -1.0
     if challenger is None or not math.isfinite(challenger):
         return done(False, f"challenger {metric} is undefined (NaN) on the holdout")
-    if sign * (challenger - floor) < 0:
-        bound = "below the floor" if higher_is_better else "above the ceiling"
-        return done(False, f"challenger {metric} {challenger:.4f} is {bound} {floor:.4f}")
+    bound = "floor" if higher_is_better else "ceiling"
+    if floor is not None and sign * (challenger - floor) < 0:
+        where = "below the floor" if higher_is_better else "above the ceiling"
+        return done(False, f"challenger {metric} {challenger:.4f} is {where} {floor:.4f}")
+    passes = f"passes the {bound} {floor:.4f}" if floor is not None else f"is defined (no {bound} set)"
     if champion_version is None:
-        return done(True, f"first model: {metric} {challenger:.4f} passes the floor {floor:.4f}")
+        return done(True, f"first model: {metric} {challenger:.4f} {passes}")
     if champion is None or not math.isfinite(champion):
         return done(True, f"champion v{champion_version} {metric} is undefined on the holdout; "
-                          f"challenger {challenger:.4f} passes the floor {floor:.4f}")
+                          f"challenger {challenger:.4f} {passes}")
     gain = sign * (challenger - champion)
     if gain >= min_improvement:
         return done(True, f"challenger {metric} {challenger:.4f} beats champion v{champion_version} "
@@ -81,12 +85,11 @@ def promote_if_better(spark, spec, lake: Lake, challenger: dict, as_of: dt.date)
     holdout = holdout_frame(spark, spec, lake, window)
     from pipelines.features import feature_columns
 
-    X, y = holdout[feature_columns(spec).all], holdout[spec.label.target]
-    metric, threshold = spec.promotion.metric, spec.model.threshold   # metric: a Metric (str enum)
+    X, y = holdout[feature_columns(spec).all], holdout[spec.label.target].to_numpy()
+    metric, task = spec.promotion.metric, ModelTask.of(spec)   # metric: a Metric (str enum)
 
     def holdout_metric(ref):
-        scores = tracking.load_model(ref).predict_proba(X)[:, 1]
-        return classification_metrics(y, scores, threshold)[metric]
+        return task.metrics(y, task.outputs(tracking.load_model(ref), X))[metric]
 
     challenger_value = holdout_metric(challenger_ref)
     champion_value = holdout_metric(champion_ref) if champion_ref else None

@@ -1,14 +1,15 @@
 """Label values to model classes, the same way in Spark (training) and pandas (live performance).
 
 The spec's ``label`` section says how: ``positive`` (that value is 1, any other value 0),
-``values`` (a map; unmapped values count as missing), or neither (the target holds the class).
-A missing label is never a class: those rows are left out and counted.
+``values`` (a map; unmapped values count as missing), or neither (the target holds the class,
+or, for a regression, the value to predict). A missing label is never a class: those rows are
+left out and counted.
 """
 from __future__ import annotations
 
 import pandas as pd
 
-from pipelines.spec import LabelSpec
+from pipelines.spec import LabelSpec, TaskType
 
 
 def _text(value) -> str:
@@ -16,8 +17,11 @@ def _text(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def encode_labels(values: pd.Series, label: LabelSpec) -> pd.Series:
-    """Classes as a nullable integer series; <NA> where the label is missing or unmapped."""
+def encode_labels(values: pd.Series, label: LabelSpec, task: TaskType = TaskType.BINARY) -> pd.Series:
+    """Classes as a nullable integer series (a regression's values as floats); <NA> where the
+    label is missing or unmapped."""
+    if task is TaskType.REGRESSION:
+        return pd.to_numeric(values, errors="coerce").astype("Float64")
     if label.positive is not None:
         classes = (values.map(_text) == _text(label.positive)).astype("Int64")
     elif label.values is not None:
@@ -28,10 +32,12 @@ def encode_labels(values: pd.Series, label: LabelSpec) -> pd.Series:
     return classes.where(values.notna())
 
 
-def encode_label_column(column, label: LabelSpec):
+def encode_label_column(column, label: LabelSpec, task: TaskType = TaskType.BINARY):
     """The Spark column expression of :func:`encode_labels` (null where missing or unmapped)."""
     from pyspark.sql import functions as F
 
+    if task is TaskType.REGRESSION:
+        return column.cast("double")
     text = column.cast("string")
     if label.positive is not None:
         classes = F.when(text == F.lit(_text(label.positive)), F.lit(1)).otherwise(F.lit(0))

@@ -1,10 +1,12 @@
 """Monitoring: input drift with Evidently, live performance once labels arrive, retrain decisions.
 
 * :func:`monitor_drift` compares the day's scoring inputs with the champion's training
-  reference (a sample logged with the model), saves the Evidently HTML report under
+  reference (a sample logged with the model), and the champion's outputs on both (its score,
+  predicted class or prediction), saves the Evidently HTML report under
   ``$MLOPS_REPORTS/<uc>/drift/``, logs it to MLflow and writes one summary row and one row
-  per column to the monitoring tables. Missing values are compared separately, because
-  drift tests drop them.
+  per column to the monitoring tables. The drift share that drives retraining counts input
+  columns; output drift is reported beside it. Missing values are compared separately,
+  because drift tests drop them.
 * :func:`live_performance` joins labels that arrived on a date with the scores written
   for their label date and records the quality per label date and model version.
 * :func:`retrain_decision` turns the drift history into a retrain/no-retrain decision
@@ -22,6 +24,7 @@ import pandas as pd
 
 from pipelines.features import feature_columns
 from pipelines.lake import Lake, ds, list_partitions, read_partition, read_table, replace_partition
+from pipelines.model_tasks import ModelTask, finite_or_none
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ DRIFT_COLUMNS = "drift_columns"
 PERFORMANCE = "performance"
 RETRAIN_REQUESTS = "retrain_requests"
 NULL_SHARE_TOLERANCE = 0.10
+OUTPUT_PREFIX = "model_output_"   # the drift columns of the champion's outputs (not features)
 
 
 @dataclass(frozen=True)
@@ -113,54 +117,80 @@ def _mlflow_monitoring_run(spec, date: dt.date):
                             tags={"ds": ds(date), "kind": "drift", "use_case": spec.name})
 
 
+def with_model_output(frame: pd.DataFrame, model, task: ModelTask, columns: list[str]) -> pd.DataFrame:
+    """``frame`` plus the model's monitored output on it, as column ``model_output_<name>``."""
+    output = task.outputs(model, frame[columns])[task.monitored_output]
+    if task.monitored_output_is_categorical:
+        output = output.astype(str)
+    return frame.assign(**{OUTPUT_PREFIX + task.monitored_output: output})
+
+
 def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: dict) -> dict:
-    """Drift of the day's scoring inputs against the champion's reference; returns the summary row."""
+    """Drift of the day's scoring inputs and of the champion's outputs against its reference;
+    returns the summary row."""
     import mlflow
 
     from pipelines import tracking
 
-    cols = feature_columns(spec)
+    cols, task = feature_columns(spec), ModelTask.of(spec)
     current = read_partition(lake.features(spec.name), date, columns=cols.all)
     if len(current) > spec.monitoring.current_sample_rows:
         current = current.sample(n=spec.monitoring.current_sample_rows, random_state=0)
     reference = tracking.load_reference_sample(champion["run_id"])
     if len(reference) > spec.monitoring.reference_sample_rows:
         reference = reference.sample(n=spec.monitoring.reference_sample_rows, random_state=0)
+    model = tracking.load_model(tracking.ModelRef.from_xcom(champion))
+    output = OUTPUT_PREFIX + task.monitored_output
+    current, reference = (with_model_output(f, model, task, cols.all) for f in (current, reference))
+    numeric, categorical = list(cols.numeric), list(cols.categorical)
+    (categorical if task.monitored_output_is_categorical else numeric).append(output)
     html = reports_dir / spec.name / "drift" / f"{ds(date)}.html"
-    columns = drift_report(reference, current, cols.numeric, cols.categorical, html,
-                           method=spec.monitoring.method and str(spec.monitoring.method.value), threshold=spec.monitoring.column_threshold)
-    drifted = [c.column for c in columns if c.drifted]
-    share = len(drifted) / len(columns) if columns else 0.0
+    columns = drift_report(reference, current, numeric, categorical, html,
+                           method=spec.monitoring.method and str(spec.monitoring.method.value),
+                           threshold=spec.monitoring.column_threshold)
+    inputs = [c for c in columns if c.column != output]
+    outputs = [c for c in columns if c.column == output]
+    drifted = [c.column for c in inputs if c.drifted]
+    share = len(drifted) / len(inputs) if inputs else 0.0
     summary = {
         "model_name": champion["name"], "model_version": str(champion["version"]),
         "rows_current": len(current), "rows_reference": len(reference),
-        "columns": len(columns), "drifted_columns": len(drifted), "drift_share": share,
+        "columns": len(inputs), "drifted_columns": len(drifted), "drift_share": share,
         "threshold": spec.monitoring.drift_share_threshold,
         "dataset_drift": share >= spec.monitoring.drift_share_threshold,
-        "drifted_column_names": ",".join(drifted), "report_path": str(html),
+        "drifted_column_names": ",".join(drifted),
+        "output_column": task.monitored_output,
+        "output_drift": bool(outputs and outputs[0].drifted),
+        "output_drift_score": outputs[0].score if outputs else float("nan"),
+        "report_path": str(html),
         "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
     }
     replace_partition(lake.monitoring(spec.name, DRIFT_SUMMARY), date, pd.DataFrame([summary]))
     replace_partition(lake.monitoring(spec.name, DRIFT_COLUMNS), date,
-                      pd.DataFrame([asdict(c) for c in columns]).assign(model_version=str(champion["version"])))
+                      pd.DataFrame([asdict(c) for c in columns]).assign(
+                          model_version=str(champion["version"]),
+                          role=["output" if c.column == output else "input" for c in columns]))
     with _mlflow_monitoring_run(spec, date):
-        mlflow.set_tags({"model_version": str(champion["version"]), "dataset_drift": str(summary["dataset_drift"])})
+        mlflow.set_tags({"model_version": str(champion["version"]), "dataset_drift": str(summary["dataset_drift"]),
+                         "output_drift": str(summary["output_drift"])})
         mlflow.log_metrics({"drift_share": share, "drifted_columns": len(drifted)}
                            | {f"drift.{c.column}": c.score for c in columns if math.isfinite(c.score)})
         if html.exists():
             mlflow.log_artifact(str(html), artifact_path="evidently")
-    log.info("%s %s: %d/%d columns drifted (share %.2f, threshold %.2f)%s", spec.name, ds(date), len(drifted),
-             len(columns), share, spec.monitoring.drift_share_threshold,
+    log.info("%s %s: %d/%d input columns drifted (share %.2f, threshold %.2f)%s", spec.name, ds(date), len(drifted),
+             len(inputs), share, spec.monitoring.drift_share_threshold,
              f": {', '.join(drifted)}" if drifted else "")
+    log.info("%s %s: the champion's %s %s (%s)", spec.name, ds(date), task.monitored_output,
+             "drifted" if summary["output_drift"] else "did not drift",
+             outputs[0].method if outputs else "not tested")
     log.info("%s %s: drift report at %s", spec.name, ds(date), html)
     return {"ds": ds(date), **{k: v for k, v in summary.items() if k != "computed_at"}}
 
 
 def live_performance(spec, lake: Lake, date: dt.date) -> list[dict]:
-    """Quality of past scores whose labels landed on ``date``, per label date and model version."""
-    from pipelines.training import classification_metrics
-
-    label = spec.label
+    """Quality of past scores whose labels landed on ``date``, per label date and model version,
+    by the task's metrics (:mod:`pipelines.model_tasks`)."""
+    label, task, metric = spec.label, ModelTask.of(spec), spec.promotion.metric
     try:
         labels = read_partition(lake.clean(spec.name, label.source), date)
     except FileNotFoundError:
@@ -171,7 +201,7 @@ def live_performance(spec, lake: Lake, date: dt.date) -> list[dict]:
 
     labels["label_ds"] = (pd.to_datetime(labels[label.date_column]).dt.strftime("%Y-%m-%d") if label.date_column
                           else ds(date))   # a snapshot's labels are about its own date
-    labels["_class"] = encode_labels(labels[label.target], label)
+    labels["_class"] = encode_labels(labels[label.target], label, task.kind)
     unknown = int(labels["_class"].isna().sum())
     if unknown:
         log.info("%s %s: %d landed label(s) missing or unmapped, left out of live performance",
@@ -181,7 +211,7 @@ def live_performance(spec, lake: Lake, date: dt.date) -> list[dict]:
     for label_ds, group in labels.groupby("label_ds"):
         try:
             scores = read_partition(lake.inference(spec.name), label_ds,
-                                    columns=[spec.entity, "score", "model_version"])
+                                    columns=[spec.entity, *task.output_columns, "model_version"])
         except FileNotFoundError:
             continue
         joined = group.merge(scores, on=spec.entity, how="inner")
@@ -189,14 +219,15 @@ def live_performance(spec, lake: Lake, date: dt.date) -> list[dict]:
             continue
         rows = []
         for version, part in joined.groupby("model_version"):
-            metrics = classification_metrics(part["_class"].astype(int), part["score"], spec.model.threshold)
+            truth = part["_class"].to_numpy(dtype=int if task.classifier else float)
+            metrics = task.metrics(truth, part[list(task.output_columns)])
             rows.append({"label_date": label_ds, "labels_landed": ds(date), "model_version": str(version),
-                         **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}})
+                         **finite_or_none(metrics)})
         replace_partition(lake.monitoring(spec.name, PERFORMANCE), label_ds, pd.DataFrame(rows))
         written += rows
         for row in rows:
-            log.info("%s: live performance for %s, model v%s: roc_auc %s on %d labels", spec.name, label_ds,
-                     row["model_version"], row["roc_auc"], int(row["rows"]))
+            log.info("%s: live performance for %s, model v%s: %s %s on %d labels", spec.name, label_ds,
+                     row["model_version"], metric.value, row.get(metric.value), int(row["rows"]))
     return written
 
 

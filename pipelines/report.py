@@ -58,8 +58,9 @@ def summarize(spec, lake: Lake | None = None) -> str:
     lines.append(f"Drift-triggered retraining requests: {', '.join(requests) if requests else 'none'}")
     perf = read_table(lake.monitoring(name, PERFORMANCE))
     if len(perf):
-        by_version = perf.groupby("model_version")["roc_auc"].mean().round(3).to_dict()
-        lines.append(f"Live ROC AUC by model version (mean over labelled days): {by_version}")
+        metric = spec.promotion.metric.value
+        by_version = perf.groupby("model_version")[metric].mean().round(3).to_dict()
+        lines.append(f"Live {metric} by model version (mean over labelled days): {by_version}")
     counts = []
     for source in spec.sources:
         clean = list_partitions(lake.clean(name, source))

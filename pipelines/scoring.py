@@ -12,29 +12,30 @@ import logging
 
 from pipelines.features import feature_columns
 from pipelines.lake import Lake, ds, partition_rows
+from pipelines.model_tasks import ModelTask
 from pipelines.spark import table_exists
 
 log = logging.getLogger(__name__)
 
-INFERENCE_COLUMNS = ["score", "predicted_label", "model_name", "model_version", "model_run_id",
-                     "run_id", "scored_at"]
+META_COLUMNS = {"model_name": "string", "model_version": "string", "model_run_id": "string",
+                "run_id": "string", "scored_at": "timestamp"}
 
 
-def inference_schema(entity: str) -> str:
-    return (f"{entity} string, score double, predicted_label int, model_name string, model_version string, "
-            "model_run_id string, run_id string, scored_at timestamp, ds string")
+def inference_schema(entity: str, task: ModelTask) -> str:
+    """The inference table's schema: the entity, the task's outputs (see :mod:`pipelines.model_tasks`),
+    the model version that wrote them, and ``ds``."""
+    columns = {entity: "string", **task.output_columns, **META_COLUMNS, "ds": "string"}
+    return ", ".join(f"`{name}` {kind}" for name, kind in columns.items())
 
 
-def make_scorer(model, columns: list[str], threshold: float, constants: dict):
+def make_scorer(model, columns: list[str], task: ModelTask, constants: dict):
     """A ``mapInPandas`` function scoring each batch with ``model`` (captured once in the closure)."""
     def score_batches(batches):
         import pandas as pd
 
+        entity = constants["entity"]
         for batch in batches:
-            scores = model.predict_proba(batch[columns])[:, 1] if len(batch) else []
-            out = pd.DataFrame({constants["entity"]: batch[constants["entity"]].astype(str)})
-            out["score"] = pd.Series(scores, index=batch.index, dtype="float64")
-            out["predicted_label"] = (out["score"] >= threshold).astype("int32")
+            out = pd.concat([batch[[entity]].astype(str), task.outputs(model, batch[columns])], axis=1)
             for key in ("model_name", "model_version", "model_run_id", "run_id"):
                 out[key] = constants[key]
             out["scored_at"] = pd.Timestamp(constants["scored_at"])
@@ -59,8 +60,9 @@ def score_partition(spark, spec, lake: Lake, date: dt.date, model_ref: dict, run
                  "model_run_id": ref.run_id, "run_id": run_id,
                  "scored_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)}
     frame = spark.read.parquet(str(features)).where(F.col("ds") == ds(date)).select(spec.entity, *cols.all, "ds")
-    scored = frame.mapInPandas(make_scorer(model, cols.all, spec.model.threshold, constants),
-                               schema=inference_schema(spec.entity))
+    task = ModelTask.of(spec)
+    scored = frame.mapInPandas(make_scorer(model, cols.all, task, constants),
+                               schema=inference_schema(spec.entity, task))
     table = lake.inference(spec.name)
     scored.write.mode("overwrite").partitionBy("ds").parquet(str(table))
     rows = partition_rows(table, date)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SPEC_FILE = "spec.yaml"
 
@@ -55,9 +55,6 @@ class TaskType(enum.StrEnum):
     REGRESSION = "regression"
 
 
-SUPPORTED_TASKS = {TaskType.BINARY}
-
-
 class Metric(enum.StrEnum):
     """Holdout metrics, each with its direction and the tasks it is defined for."""
 
@@ -82,6 +79,15 @@ class Metric(enum.StrEnum):
     def tasks(self) -> set[TaskType]:
         return _METRIC_TASKS[self]
 
+    @property
+    def scorer(self) -> str:
+        """scikit-learn's scorer of the metric (cross-validation searches for the promotion metric)."""
+        return _SCORERS.get(self, self.value)
+
+    @classmethod
+    def default_for(cls, task: TaskType) -> "Metric":
+        return {TaskType.BINARY: cls.ROC_AUC, TaskType.MULTICLASS: cls.F1_MACRO, TaskType.REGRESSION: cls.RMSE}[task]
+
 
 _METRIC_TASKS = {
     Metric.ROC_AUC: {TaskType.BINARY}, Metric.AVERAGE_PRECISION: {TaskType.BINARY},
@@ -90,6 +96,9 @@ _METRIC_TASKS = {
     Metric.F1_MACRO: {TaskType.MULTICLASS}, Metric.LOG_LOSS: {TaskType.BINARY, TaskType.MULTICLASS},
     Metric.RMSE: {TaskType.REGRESSION}, Metric.MAE: {TaskType.REGRESSION}, Metric.R2: {TaskType.REGRESSION},
 }
+
+_SCORERS = {Metric.BRIER: "neg_brier_score", Metric.LOG_LOSS: "neg_log_loss",
+            Metric.RMSE: "neg_root_mean_squared_error", Metric.MAE: "neg_mean_absolute_error"}
 
 
 class AggregateFn(enum.StrEnum):
@@ -236,13 +245,13 @@ class TrainingSpec(_Section):
 
 
 class PromotionSpec(_Section):
-    metric: Metric = Metric.ROC_AUC
-    floor: float = 0.6              # the worst value any champion may have (a ceiling for lower-is-better metrics)
+    metric: Metric = Metric.ROC_AUC   # default: roc_auc (binary), f1_macro (multiclass), rmse (regression)
+    floor: float | None = None      # the worst value any champion may have (a ceiling for lower-is-better metrics)
     min_improvement: float = Field(0.0, ge=0)
 
 
 class ScoringSpec(_Section):
-    schedule: str = "@daily"
+    schedule: str | None = "@daily"   # null: on demand (a manual run, or a new snapshot's ingest)
 
 
 class MonitoringSpec(_Section):
@@ -288,6 +297,21 @@ class UseCaseSpec(_Section):
     @classmethod
     def _strip(cls, value):
         return str(value or "").strip()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_of_the_task(cls, raw):
+        """Without ``promotion.metric``, the task's usual one (a regression has no ROC AUC)."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+            return raw
+        promotion = raw.get("promotion", {})
+        if not isinstance(promotion, dict) or "metric" in promotion:
+            return raw
+        try:
+            task = TaskType(raw["model"].get("task", TaskType.BINARY))
+        except ValueError:
+            return raw   # reported as the task's own error
+        return {**raw, "promotion": {**promotion, "metric": Metric.default_for(task).value}}
 
     @property
     def start(self) -> dt.date:
@@ -521,16 +545,33 @@ def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
         target_type = spec.sources[label.source].columns.get(label.target)
         if label.positive is not None and label.values is not None:
             problems.append(("label.positive", "give either positive or values, not both"))
-        if spec.model.task is TaskType.BINARY:
+        task = spec.model.task
+        if task is TaskType.BINARY:
             if label.values is not None and set(label.values.values()) - {0, 1}:
                 problems.append(("label.values", "a binary task maps every value to 0 or 1"))
             if label.positive is None and label.values is None and target_type is ColumnType.STRING:
                 problems.append(("label.target", f"column {label.target!r} holds text; name the positive class "
                                                  f"with label.positive (or map values with label.values)"))
+        elif task is TaskType.MULTICLASS:
+            if label.positive is not None:
+                problems.append(("label.positive", "a multiclass task has no positive class; map every value "
+                                                   "to a class with label.values"))
+            elif label.values is None:
+                problems.append(("label.values", "a multiclass task maps each value of the target to a class "
+                                                 "0, 1, 2, ... (label.values)"))
+            else:
+                classes = sorted(set(label.values.values()))
+                if len(classes) < 3 or classes != list(range(len(classes))):
+                    problems.append(("label.values", f"a multiclass task needs classes 0, 1, 2, ... (at least "
+                                                     f"three), got {classes}"))
+        else:
+            for key in ("positive", "values"):
+                if getattr(label, key) is not None:
+                    problems.append((f"label.{key}", "a regression predicts the target's value; it has no classes"))
+            if target_type is not None and target_type not in {ColumnType.INT, ColumnType.DOUBLE}:
+                problems.append(("label.target", f"column {label.target!r} is {target_type.value}; "
+                                                 f"a regression needs an int or double target"))
 
-    if spec.model.task not in SUPPORTED_TASKS:
-        problems.append(("model.task", f"{spec.model.task.value} is not supported yet; supported: "
-                                       f"{sorted(t.value for t in SUPPORTED_TASKS)}"))
     metric = spec.promotion.metric
     if spec.model.task not in metric.tasks:
         fits = sorted(m.value for m in Metric if spec.model.task in m.tasks)

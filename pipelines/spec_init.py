@@ -105,8 +105,8 @@ def draft(use_case: str, sources: dict[str, str], target: str, positive: str | N
           timestamp: str | None = None, entity: str | None = None, task: TaskType = TaskType.BINARY,
           today: dt.date | None = None) -> tuple[str, str]:
     """The spec's and the expectation suite's text for the given sources."""
-    if task is not TaskType.BINARY:
-        raise InitError(f"--task {task.value} is not supported yet; supported: binary")
+    if positive is not None and task is not TaskType.BINARY:
+        raise InitError(f"--positive names the positive class of a binary task; a {task.value} task has none")
     frames = {name: pd.concat([read_file(p) for p in expand(path)], ignore_index=True)
               for name, path in sources.items()}
     profiles = {name: profile(frame) for name, frame in frames.items()}
@@ -124,10 +124,17 @@ def draft(use_case: str, sources: dict[str, str], target: str, positive: str | N
         if entity not in cols:
             raise InitError(f"--entity {entity}: source {name} has no such column")
     labels = profiles[label_source][target]
-    if positive is None and labels.values is not None and set(map(str, labels.values)) - {"0", "1", "True", "False"}:
+    label_values = frames[label_source][target].dropna()
+    if task is TaskType.BINARY and positive is None and labels.values is not None and set(map(str, labels.values)) - {"0", "1", "True", "False"}:
         raise InitError(f"--target {target} holds {labels.values}; say which is the positive class with --positive")
     if positive is not None and labels.values is not None and str(positive) not in map(str, labels.values):
         raise InitError(f"--positive {positive}: not a value of {target} ({labels.values})")
+    classes = sorted(cast_column(label_values, labels.kind).unique().tolist(), key=str)
+    if task is TaskType.MULTICLASS and not 3 <= len(classes) <= MAX_CATEGORIES:
+        raise InitError(f"--task multiclass: {target} has {len(classes)} distinct values; a multiclass target "
+                        f"has 3 to {MAX_CATEGORIES} (binary: --task binary; a quantity: --task regression)")
+    if task is TaskType.REGRESSION and labels.kind not in (ColumnType.INT, ColumnType.DOUBLE):
+        raise InitError(f"--task regression: {target} holds {labels.kind.value} values; a regression target is a number")
     if timestamp and not any(timestamp in cols for cols in profiles.values()):
         raise InitError(f"--timestamp {timestamp}: no source has that column")
     start = (today or dt.date.today()).isoformat()
@@ -151,7 +158,8 @@ def draft(use_case: str, sources: dict[str, str], target: str, positive: str | N
     events_label = bool(timestamp and timestamp in profiles[label_source])
     label = {"source": label_source, "target": target, "horizon_days": 0,
              **({"date_column": timestamp} if events_label else {}),
-             **({"positive": _plain(positive, labels.kind)} if positive is not None else {})}
+             **({"positive": _plain(positive, labels.kind)} if positive is not None else {}),
+             **({"values": {value: i for i, value in enumerate(classes)}} if task is TaskType.MULTICLASS else {})}
     body = [
         _block(f"Use case {use_case}, drafted by `mlops init` from {', '.join(sources.values())} on {start}.\n"
                "Read every section, then run `mlops check " + use_case + "`.",
@@ -165,24 +173,51 @@ def draft(use_case: str, sources: dict[str, str], target: str, positive: str | N
         _block("Features: each entity's latest values. Excluded: the target, the entity, timestamps and\n"
                "identifier-like columns (unique per row). Text columns are one-hot encoded, missing\n"
                "values imputed by the model pipeline.", {"features": {"population": first, "groups": features}}),
-        _block("The label: which column, and which of its values is the positive class. Rows whose label\n"
-               "is missing are left out of training and counted in the run's metrics.", {"label": label}),
+        _block(LABEL_NOTES[task], {"label": label}),
         _block("The model: a scikit-learn estimator (dotted path), fixed params and a grid to search.",
                {"model": {"registered_name": f"{use_case}_model", "task": task.value,
-                          "estimator": "sklearn.ensemble.HistGradientBoostingClassifier",
+                          "estimator": ESTIMATORS[task],
                           "params": {"random_state": 0, "max_iter": 200},
                           "search_space": {"learning_rate": [0.05, 0.1], "max_leaf_nodes": [15, 31]},
-                          "cv_folds": 3, "threshold": 0.5}}),
+                          "cv_folds": 3, **({"threshold": 0.5} if task is TaskType.BINARY else {})}}),
         _block("Training: snapshots hold out a stable share of the entities (random split); event data\n"
                "holds out its newest label dates (time split).",
                {"training": {"split": "time" if events_label else "random", "holdout_fraction": 0.2,
                              "window_days": 60, "holdout_days": 7, "reference_rows": 2000}}),
-        _block("Promotion: a challenger must reach the floor, and beat the champion by the margin.",
-               {"promotion": {"metric": "roc_auc", "floor": 0.6, "min_improvement": 0.01}}),
+        _block(*promotion_section(task, label_values, len(classes))),
         _block("Drift: Evidently's tests per column; the share of drifted columns that triggers retraining.",
                {"monitoring": {"drift_share_threshold": 0.3, "consecutive_days": 2, "cooldown_days": 7}}),
     ]
     return "\n".join(body), draft_expectations(profiles)
+
+
+LABEL_NOTES = {
+    TaskType.BINARY: "The label: which column, and which of its values is the positive class. Rows whose label\n"
+                     "is missing are left out of training and counted in the run's metrics.",
+    TaskType.MULTICLASS: "The label: which column, and the class each of its values is (0, 1, 2, ...). Rows whose\n"
+                         "label is missing or not in `values` are left out of training and counted.",
+    TaskType.REGRESSION: "The label: the column whose value the model predicts. Rows whose label is missing are\n"
+                         "left out of training and counted in the run's metrics.",
+}
+ESTIMATORS = {TaskType.BINARY: "sklearn.ensemble.HistGradientBoostingClassifier",
+              TaskType.MULTICLASS: "sklearn.ensemble.HistGradientBoostingClassifier",
+              TaskType.REGRESSION: "sklearn.ensemble.HistGradientBoostingRegressor"}
+
+
+def promotion_section(task: TaskType, labels: pd.Series, classes: int) -> tuple[str, dict]:
+    """The promotion gate with a floor a model must clear to be better than guessing."""
+    if task is TaskType.REGRESSION:
+        ceiling = float(pd.to_numeric(labels).std())
+        return ("Promotion: lower RMSE is better. The ceiling is the target's standard deviation, the RMSE of\n"
+                "always predicting the mean; a challenger must beat the champion by the margin.",
+                {"promotion": {"metric": "rmse", "floor": _round(round(ceiling, 4)),
+                               "min_improvement": _round(round(0.01 * ceiling, 4))}})
+    if task is TaskType.MULTICLASS:
+        return ("Promotion: macro-averaged F1 over the classes. The floor is what guessing scores (1/classes);\n"
+                "a challenger must reach it, and beat the champion by the margin.",
+                {"promotion": {"metric": "f1_macro", "floor": round(1 / classes, 2), "min_improvement": 0.01}})
+    return ("Promotion: a challenger must reach the floor, and beat the champion by the margin.",
+            {"promotion": {"metric": "roc_auc", "floor": 0.6, "min_improvement": 0.01}})
 
 
 def draft_expectations(profiles: dict[str, dict[str, ColumnProfile]]) -> str:

@@ -107,28 +107,58 @@ def ensure_experiment(name: str) -> str:
         return found.experiment_id
 
 
-def log_classifier_plots(y_true, scores, threshold: float) -> None:
-    """ROC curve, precision-recall curve and confusion matrix as figures of the active run."""
+def _figures():
+    """pyplot on a headless backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import mlflow
-    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
+    return plt
+
+
+def _log_figure(fig, name: str) -> None:
+    import mlflow
+
+    mlflow.log_figure(fig, f"plots/{name}")
+    _figures().close(fig)
+
+
+def log_classifier_plots(y_true, scores, threshold: float) -> None:
+    """ROC curve, precision-recall curve and confusion matrix as figures of the active run."""
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+
+    plt = _figures()
     if len(set(y_true)) < 2:
         log.warning("holdout has a single class: no ROC or PR curve")
     else:
         for name, display in (("roc_curve.png", RocCurveDisplay), ("precision_recall.png", PrecisionRecallDisplay)):
             fig, ax = plt.subplots(figsize=(5, 4))
             display.from_predictions(y_true, scores, ax=ax)
-            mlflow.log_figure(fig, f"plots/{name}")
-            plt.close(fig)
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ConfusionMatrixDisplay.from_predictions(y_true, (scores >= threshold).astype(int), ax=ax, colorbar=False)
-    ax.set_title(f"threshold {threshold}")
-    mlflow.log_figure(fig, "plots/confusion_matrix.png")
-    plt.close(fig)
+            _log_figure(fig, name)
+    log_confusion_matrix(y_true, (scores >= threshold).astype(int), labels=[0, 1], title=f"threshold {threshold}")
+
+
+def log_confusion_matrix(y_true, predicted, labels: list, title: str) -> None:
+    """The confusion matrix of predicted classes, as a figure of the active run."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = _figures().subplots(figsize=(4 + 0.4 * len(labels), 4 + 0.4 * len(labels)))
+    ConfusionMatrixDisplay.from_predictions(y_true, predicted, labels=labels, ax=ax, colorbar=False)
+    ax.set_title(title)
+    _log_figure(fig, "confusion_matrix.png")
+
+
+def log_regression_plots(y_true, predicted) -> None:
+    """Predicted against actual values and residuals against predictions, as figures of the active run."""
+    from sklearn.metrics import PredictionErrorDisplay
+
+    for name, kind in (("predicted_vs_actual.png", "actual_vs_predicted"), ("residuals.png", "residual_vs_predicted")):
+        fig, ax = _figures().subplots(figsize=(5, 4))
+        PredictionErrorDisplay.from_predictions(y_true, predicted, kind=kind, ax=ax,
+                                                subsample=min(len(y_true), 2000), random_state=0)
+        ax.set_title(f"holdout, {len(y_true)} rows")
+        _log_figure(fig, name)
 
 
 def log_reference_sample(frame) -> None:
@@ -152,7 +182,7 @@ def load_reference_sample(run_id: str):
         return pd.read_parquet(local)
 
 
-def log_sklearn_model(model, input_example, output_example):
+def log_sklearn_model(model, input_example, output_example, predict_method: str = "predict_proba"):
     """Log a fitted scikit-learn pipeline with signature, input example and pinned requirements."""
     import mlflow
     import numpy
@@ -167,7 +197,7 @@ def log_sklearn_model(model, input_example, output_example):
     return mlflow.sklearn.log_model(
         model, name="model", signature=infer_signature(input_example, output_example),
         input_example=input_example, pip_requirements=requirements, skops_trusted_types=trusted,
-        pyfunc_predict_fn="predict_proba",
+        pyfunc_predict_fn=predict_method,
     )
 
 

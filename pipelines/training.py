@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +18,9 @@ import pandas as pd
 
 from pipelines.features import feature_columns
 from pipelines.lake import Lake, ds
+from pipelines.model_tasks import ModelTask, finite_or_none
 from pipelines.spark import table_exists
-from pipelines.spec import Split
+from pipelines.spec import Split, TaskType
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
               .withColumn("_label_date", F.to_date(F.col(label.date_column or "ds")))
               .where((F.col("_label_date") >= F.lit(start)) & (F.col("_label_date") <= F.lit(end)))
               .select(spec.entity, F.date_format("_label_date", "yyyy-MM-dd").alias("ds"),
-                      encode_label_column(F.col(label.target), label).alias(label.target)))
+                      encode_label_column(F.col(label.target), label, spec.model.task).alias(label.target)))
     unlabelled = labels.where(F.col(label.target).isNull()).count()
     labels = labels.where(F.col(label.target).isNotNull())
     features = (spark.read.parquet(str(features_path))
@@ -155,14 +157,33 @@ def make_pipeline(spec):
     from sklearn.preprocessing import OneHotEncoder
 
     cols = feature_columns(spec)
+    estimator = make_estimator(spec)
+    numeric = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
+    if spec.training.recency_half_life_days and type(estimator).__name__.startswith("HistGradientBoosting"):
+        numeric.append(("bins", quantile_bins(estimator.get_params()["max_bins"])))
     pre = ColumnTransformer([
-        ("numeric", SimpleImputer(strategy="median", keep_empty_features=True), cols.numeric),
+        ("numeric", Pipeline(numeric), cols.numeric),
         ("categorical", Pipeline([
             ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
             ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
         ]), cols.categorical),
     ])
-    return Pipeline([("features", pre), ("model", make_estimator(spec))])
+    return Pipeline([("features", pre), ("model", estimator)])
+
+
+def quantile_bins(bins: int):
+    """Numeric columns as their quantile bin (0..bins-1) by unweighted quantiles.
+
+    Gradient boosting given sample weights finds its bin edges by weighted quantiles, one
+    weighted percentile at a time: with recency weights a fit took about eight times longer
+    (7 s against 0.9 s for 40,000 rows of 22 columns). Binned beforehand, each column has at
+    most ``bins`` values, which the estimator keeps as they are; the weights still drive every
+    split. Bin edges are then unweighted quantiles, as they were before scikit-learn 1.7.
+    """
+    from sklearn.preprocessing import KBinsDiscretizer
+
+    return KBinsDiscretizer(n_bins=bins, encode="ordinal", strategy="quantile",
+                            quantile_method="averaged_inverted_cdf", subsample=None)
 
 
 def recency_weights(dates: pd.Series, half_life_days: float | None) -> np.ndarray:
@@ -190,46 +211,44 @@ def model_threads():
     return threadpool_limits(limits=threads) if threads else contextlib.nullcontext()
 
 
+def cross_validation(spec):
+    """Folds of the grid search: time-ordered for a time split; shuffled (stratified for
+    classifiers) for a random split, whose rows share one date."""
+    from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
+
+    folds = spec.model.cv_folds
+    if spec.training.split == Split.TIME:
+        return TimeSeriesSplit(n_splits=folds)
+    return (StratifiedKFold if ModelTask.of(spec).classifier else KFold)(n_splits=folds, shuffle=True, random_state=0)
+
+
 def fit_model(spec, frame: pd.DataFrame):
-    """Grid-search the spec's search space with time-ordered folds; returns (best pipeline, cv results)."""
-    from sklearn.model_selection import GridSearchCV, TimeSeriesSplit
+    """Grid-search the spec's search space for its promotion metric; returns (best pipeline, cv results)."""
+    from sklearn.model_selection import GridSearchCV
 
     target = spec.label.target
     y = frame[target].to_numpy()
-    if len(np.unique(y)) < 2:
-        raise ValueError(f"{spec.name}: the training labels have a single class ({np.unique(y)}); cannot fit")
+    ModelTask.of(spec).check_labels(spec.name, y)
     X = frame[feature_columns(spec).all]
-    weights = recency_weights(frame["ds"], spec.training.recency_half_life_days)
+    half_life = spec.training.recency_half_life_days
+    # no weights unless they differ: gradient boosting fits about ten times slower with any weights
+    fit_params = {"model__sample_weight": recency_weights(frame["ds"], half_life)} if half_life else {}
     grid = {f"model__{k}": v for k, v in spec.model.search_space.items()} or {}
-    search = GridSearchCV(make_pipeline(spec), grid or [{}], scoring="roc_auc",
-                          cv=TimeSeriesSplit(n_splits=spec.model.cv_folds), n_jobs=1, refit=True)
-    with model_threads():
-        search.fit(X, y, model__sample_weight=weights)
-    log.info("%s: best params %s (cv roc_auc %.4f)", spec.name, search.best_params_, search.best_score_)
+    metric = spec.promotion.metric
+    search = GridSearchCV(make_pipeline(spec), grid or [{}], scoring=metric.scorer,
+                          cv=cross_validation(spec), n_jobs=1, refit=True)
+    with model_threads(), warnings.catch_warnings():
+        # quantile bins of a column with few distinct values collapse; that is expected
+        warnings.filterwarnings("ignore", message="Bins whose width are too small", category=UserWarning)
+        search.fit(X, y, **fit_params)
+    log.info("%s: best params %s (cv %s %.4f)", spec.name, search.best_params_, metric.value, cv_score(search, metric))
     return search.best_estimator_, search
 
 
-def classification_metrics(y_true, scores, threshold: float) -> dict[str, float]:
-    """Holdout metrics; undefined ones (single-class holdout) are NaN, never a pass."""
-    from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, f1_score,
-                                 log_loss, precision_score, recall_score, roc_auc_score)
-
-    y_true = np.asarray(y_true)
-    scores = np.asarray(scores, dtype=float)
-    pred = (scores >= threshold).astype(int)
-    two_classes = len(np.unique(y_true)) == 2
-    return {
-        "roc_auc": float(roc_auc_score(y_true, scores)) if two_classes else float("nan"),
-        "average_precision": float(average_precision_score(y_true, scores)) if two_classes else float("nan"),
-        "brier": float(brier_score_loss(y_true, scores)) if len(y_true) else float("nan"),
-        "log_loss": float(log_loss(y_true, scores, labels=[0, 1])) if len(y_true) else float("nan"),
-        "accuracy": float(accuracy_score(y_true, pred)) if len(y_true) else float("nan"),
-        "precision": float(precision_score(y_true, pred, zero_division=0)),
-        "recall": float(recall_score(y_true, pred, zero_division=0)),
-        "f1": float(f1_score(y_true, pred, zero_division=0)),
-        "positive_rate": float(y_true.mean()) if len(y_true) else float("nan"),
-        "rows": float(len(y_true)),
-    }
+def cv_score(search, metric) -> float:
+    """The best cross-validated value of ``metric`` (scikit-learn negates lower-is-better scores)."""
+    value = float(search.best_score_)
+    return -value if metric.scorer.startswith("neg_") else value
 
 
 def frame_digest(frame: pd.DataFrame) -> str:
@@ -257,11 +276,10 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
     log.info("%s: training challenger, %s", spec.name, window.describe())
     train, holdout = training_frames(spark, spec, lake, window, seed=int(as_of.strftime("%Y%m%d")))
     cols = feature_columns(spec)
-    target = spec.label.target
+    target, task, metric = spec.label.target, ModelTask.of(spec), spec.promotion.metric
     model, search = fit_model(spec, train)
-    holdout_scores = model.predict_proba(holdout[cols.all])[:, 1]
-    threshold = spec.model.threshold
-    metrics = classification_metrics(holdout[target], holdout_scores, threshold)
+    holdout_outputs = task.outputs(model, holdout[cols.all])
+    metrics = task.metrics(holdout[target].to_numpy(), holdout_outputs)
     log.info("%s: challenger holdout metrics %s", spec.name, {k: round(v, 4) for k, v in metrics.items()})
 
     experiment = tracking.ensure_experiment(f"{spec.name}-training")
@@ -275,27 +293,30 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
             "fit_label_dates": f"{window.fit_start}..{window.fit_end}",
             "holdout_label_dates": f"{window.holdout_start}..{window.holdout_end}",
             "split": str(spec.training.split.value), "holdout_fraction": spec.training.holdout_fraction,
-            "train_rows": len(train), "holdout_rows": len(holdout), "threshold": threshold,
+            "task": task.kind.value, "train_rows": len(train), "holdout_rows": len(holdout),
+            **({"threshold": task.threshold} if task.kind is TaskType.BINARY else {}),
             "features": ",".join(cols.all), "recency_half_life_days": spec.training.recency_half_life_days,
         })
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)}
-                           | {"cv_roc_auc": float(search.best_score_),
-                              "train_positive_rate": float(train[target].mean()),
+                           | {f"cv_{metric.value}": cv_score(search, metric),
+                              **task.label_summary(train[target]),
                               "train_labels_missing": train.attrs.get("labels_missing", 0),
                               "holdout_labels_missing": holdout.attrs.get("labels_missing", 0)})
         mlflow.log_input(mlflow.data.from_pandas(train, source=str(lake.features(spec.name)),
                                                  name=f"{spec.name}-train-{window.fit_start}-{window.fit_end}",
                                                  targets=target), context="training")
-        tracking.log_classifier_plots(holdout[target].to_numpy(), holdout_scores, threshold)
+        task.log_plots(holdout[target].to_numpy(), holdout_outputs)
         reference = drift_reference(spec, train)
         tracking.log_reference_sample(reference)
-        info = tracking.log_sklearn_model(model, train[cols.all].head(5), holdout_scores[:5])
+        example = train[cols.all].head(5)
+        output = model.predict_proba(example) if task.classifier else model.predict(example)
+        info = tracking.log_sklearn_model(model, example, output, task.predict_method)
         version = tracking.register_challenger(spec.model.registered_name, info.model_uri, run.info.run_id, {
             "as_of": str(as_of), "trigger": trigger, "trigger_reason": reason,
-            f"holdout_{spec.promotion.metric}": f"{metrics.get(spec.promotion.metric, float('nan')):.4f}",
+            f"holdout_{metric.value}": f"{metrics.get(metric.value, float('nan')):.4f}",
         })
     uri = f"models:/{spec.model.registered_name}/{version}"
     log.info("%s: registered %s (run %s) with alias challenger", spec.name, uri, run.info.run_id)
     return {"model_uri": uri, "version": str(version), "name": spec.model.registered_name,
             "run_id": run.info.run_id, "as_of": str(as_of),
-            "metrics": {k: (None if not np.isfinite(v) else v) for k, v in metrics.items()}}
+            "metrics": finite_or_none(metrics)}

@@ -31,9 +31,10 @@ PANDAS_TYPES = {
     "string": ["object", "str", "string", "StringDtype"],
     "timestamp": ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"],
     "date": ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"],
-    "int": ["int64", "int32", "Int64", "Int32"],
-    "double": ["float64", "float32"],
-    "bool": ["bool", "boolean"],
+    # GX matches pandas' nullable types by their class names (what ingest writes for int columns)
+    "int": ["int64", "int32", "Int64Dtype", "Int32Dtype"],
+    "double": ["float64", "float32", "Float64Dtype"],
+    "bool": ["bool", "BooleanDtype"],
 }
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: isolated state, a small variant of the churn spec, a local Spark session."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import os
@@ -82,6 +83,24 @@ def traversable_home(prefix: str) -> Path:
     home = Path(tempfile.mkdtemp(prefix=prefix))
     home.chmod(0o755)
     return home
+
+
+@contextlib.contextmanager
+def include_folder(include: Path):
+    """Use-case specs read from ``include`` inside the block (``MLOPS_INCLUDE``), as before after it."""
+    from pipelines import runtime
+
+    saved = os.environ.get("MLOPS_INCLUDE")
+    os.environ["MLOPS_INCLUDE"] = str(include)
+    runtime._specs.cache_clear()
+    try:
+        yield include
+    finally:
+        if saved is None:
+            os.environ.pop("MLOPS_INCLUDE", None)
+        else:
+            os.environ["MLOPS_INCLUDE"] = saved
+        runtime._specs.cache_clear()
 
 
 def write_spec(include: Path, spec: dict) -> Path:

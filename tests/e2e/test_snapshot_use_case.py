@@ -36,30 +36,20 @@ def _applicants(n: int = 800, seed: int = 3) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def snapshot_case(state_home, spark, mlflow_server, tmp_path_factory):
-    import os
-
-    from pipelines import runtime
     from pipelines.cli import main
+    from tests.conftest import include_folder
 
-    include = tmp_path_factory.mktemp("own-data-include")
     csv = tmp_path_factory.mktemp("exports") / "applicants.csv"
     frame = _applicants()
     frame.to_csv(csv, index=False)
-    saved = os.environ.get("MLOPS_INCLUDE")
-    os.environ["MLOPS_INCLUDE"] = str(include)
-    runtime._specs.cache_clear()
-    assert main(["init", UC, "--source", f"applicants={csv}", "--target", "Status", "--positive", "bad"]) == 0
-    path = include / UC / "spec.yaml"
-    spec = yaml.safe_load(path.read_text())
-    for section, value in EDITS.items():
-        spec[section] = {**spec[section], **value} if isinstance(value, dict) else value
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    yield {"csv": csv, "frame": frame, "include": include}
-    if saved is None:
-        os.environ.pop("MLOPS_INCLUDE", None)
-    else:
-        os.environ["MLOPS_INCLUDE"] = saved
-    runtime._specs.cache_clear()
+    with include_folder(tmp_path_factory.mktemp("own-data-include")) as include:
+        assert main(["init", UC, "--source", f"applicants={csv}", "--target", "Status", "--positive", "bad"]) == 0
+        path = include / UC / "spec.yaml"
+        spec = yaml.safe_load(path.read_text())
+        for section, value in EDITS.items():
+            spec[section] = {**spec[section], **value} if isinstance(value, dict) else value
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        yield {"csv": csv, "frame": frame, "include": include}
 
 
 def test_snapshot_to_champion_and_scores(snapshot_case):

@@ -32,3 +32,24 @@ def test_spark_encodes_like_pandas(spark, what, rule, values, expected):
                                   StructType([StructField("i", LongType()), StructField("t", kind)]))
     rows = frame.select("i", encode_label_column(F.col("t"), LabelSpec(**BASE, **rule)).alias("c")).orderBy("i")
     assert [r["c"] for r in rows.collect()] == expected
+
+
+def test_regression_labels_are_numbers():
+    from pipelines.spec import TaskType
+
+    got = encode_labels(pd.Series(["1.5", 2, None, "x"], dtype=object), LabelSpec(**BASE), TaskType.REGRESSION)
+    assert [None if pd.isna(v) else float(v) for v in got] == [1.5, 2.0, None, None]
+
+
+def test_multiclass_value_map(spark):
+    from pyspark.sql import functions as F
+
+    from pipelines.spec import TaskType
+
+    rule = LabelSpec(**BASE, values={"red": 0, "green": 1, "blue": 2})
+    values = ["blue", "red", None, "pink", "green"]
+    assert [None if pd.isna(v) else int(v) for v in encode_labels(pd.Series(values), rule, TaskType.MULTICLASS)] \
+        == [2, 0, None, None, 1]
+    frame = spark.createDataFrame([(i, v) for i, v in enumerate(values)], "i long, t string")
+    rows = frame.select("i", encode_label_column(F.col("t"), rule, TaskType.MULTICLASS).alias("c")).orderBy("i")
+    assert [r["c"] for r in rows.collect()] == [2, 0, None, None, 1]

@@ -127,6 +127,22 @@ CASES = [
     ("binary value map to other classes", lambda r: r["label"].update(values={"a": 1, "b": 2}), "label.values",
      "0 or 1"),
     ("bad estimator path", _set("model.estimator", "HistGradientBoosting"), "model.estimator", "pattern"),
+    ("multiclass without a value map", _set("model.task", "multiclass"), "label.values",
+     "maps each value of the target to a class"),
+    ("multiclass classes with a gap", lambda r: (r["model"].update(task="multiclass"),
+                                                 r["label"].update(values={0: 0, 1: 1, 2: 5})),
+     "label.values", "classes 0, 1, 2, ... (at least three), got [0, 1, 5]"),
+    ("multiclass with a positive class", lambda r: (r["model"].update(task="multiclass"),
+                                                    r["label"].update(positive=1)), "label.positive",
+     "no positive class"),
+    ("regression with a value map", lambda r: (r["model"].update(task="regression"),
+                                               r["label"].update(values={0: 0, 1: 1})), "label.values",
+     "it has no classes"),
+    ("regression of a text target", lambda r: (r["model"].update(task="regression"),
+                                               r["sources"]["labels"]["columns"].update(churned="string")),
+     "label.target", "needs an int or double target"),
+    ("classification metric for a regression", lambda r: r["model"].update(task="regression"),
+     "promotion.metric", "roc_auc does not fit a regression task; use one of ['mae', 'r2', 'rmse']"),
 ]
 
 
@@ -173,13 +189,35 @@ def test_metric_directions():
     assert not Metric.BRIER.higher_is_better and not Metric.RMSE.higher_is_better
 
 
-def test_every_binary_metric_is_computed():
+@pytest.mark.parametrize("task", list(TaskType))
+def test_every_metric_of_a_task_is_computed(task):
     import numpy as np
+    import pandas as pd
 
-    from pipelines.training import classification_metrics
+    from pipelines.model_tasks import ModelTask
 
-    computed = classification_metrics(np.array([0, 1, 0, 1]), np.array([0.1, 0.8, 0.4, 0.6]), 0.5)
-    assert {m.value for m in Metric if TaskType.BINARY in m.tasks} <= set(computed)
+    model_task = ModelTask(task, () if task is TaskType.REGRESSION else (0, 1) if task is TaskType.BINARY
+                           else (0, 1, 2))
+    y = np.array([0, 1, 2, 1, 0, 2]) if task is TaskType.MULTICLASS else np.array([0, 1, 0, 1, 1, 0])
+    proba = np.full((6, len(model_task.classes)), 1 / max(len(model_task.classes), 1))
+    outputs = pd.DataFrame({"prediction": y + 0.5, "score": [0.2, 0.7, 0.4, 0.9, 0.6, 0.1],
+                            **{f"proba_{c}": proba[:, i] for i, c in enumerate(model_task.classes)}})
+    computed = model_task.metrics(y, outputs)
+    wanted = {m.value for m in Metric if task in m.tasks}
+    assert wanted <= set(computed) and all(np.isfinite(computed[m]) for m in wanted), computed
+    assert Metric.default_for(task).value in wanted
+
+
+@pytest.mark.parametrize("task, metric", [("binary", Metric.ROC_AUC), ("multiclass", Metric.F1_MACRO),
+                                          ("regression", Metric.RMSE)])
+def test_the_promotion_metric_defaults_to_the_tasks(tmp_path, task, metric):
+    def mutate(raw):
+        raw["model"]["task"] = task
+        del raw["promotion"]["metric"]
+        raw["label"]["values"] = {0: 0, 1: 1, 2: 2} if task == "multiclass" else None
+        raw["sources"]["labels"]["columns"]["churned"] = "double" if task == "regression" else "int"
+    spec = load_spec(_write(tmp_path / "case", mutate))
+    assert spec.promotion.metric is metric and spec.promotion.floor == CHURN["promotion"]["floor"]
 
 
 def test_mlops_check_prints_every_problem_and_fails(tmp_path, capsys):

@@ -62,7 +62,9 @@ def test_draft_writes_a_spec_that_loads(applicants, tmp_path):
     (dict(target="Status", positive="awful"), "--positive awful: not a value of Status"),
     (dict(target="Outcome", positive="bad"), "--target Outcome: no source has that column"),
     (dict(target="Status", positive="bad", entity="customer"), "--entity customer: source applicants has no such"),
-    (dict(target="Status", positive="bad", task="regression"), "not supported yet"),
+    (dict(target="Status", positive="bad", task="regression"), "--positive names the positive class of a binary"),
+    (dict(target="Status", task="regression"), "Status holds string values; a regression target is a number"),
+    (dict(target="country", task="multiclass"), "country has 1 distinct values; a multiclass target has 3 to 20"),
 ])
 def test_draft_refusals(applicants, options, words):
     from pipelines.spec import TaskType
@@ -71,6 +73,26 @@ def test_draft_refusals(applicants, options, words):
         options["task"] = TaskType(options["task"])
     with pytest.raises(InitError, match=words.replace("(", r"\(")):
         draft("credit", {"applicants": str(applicants)}, **options)
+
+
+@pytest.mark.parametrize("task, target, metric, estimator", [
+    ("multiclass", "job", "f1_macro", "HistGradientBoostingClassifier"),
+    ("regression", "income", "rmse", "HistGradientBoostingRegressor"),
+])
+def test_draft_for_other_tasks(applicants, tmp_path, task, target, metric, estimator):
+    from pipelines.spec import TaskType, check_spec
+
+    spec_text, rules_text = draft("credit", {"applicants": str(applicants)}, target, task=TaskType(task))
+    folder = write_use_case(tmp_path / "include", "credit", spec_text, rules_text)
+    spec = load_spec(folder)
+    assert check_spec(folder) == []
+    assert spec.model.task is TaskType(task) and spec.promotion.metric == metric
+    assert spec.model.estimator.endswith(estimator) and target not in spec.feature_names()
+    frame = pd.read_csv(applicants)
+    if task == "multiclass":
+        assert spec.label.values == {"clerk": 0, "driver": 1, "engineer": 2} and spec.promotion.floor == 0.33
+    else:
+        assert spec.label.values is None and spec.promotion.floor == pytest.approx(frame[target].std(), rel=1e-3)
 
 
 def test_an_existing_spec_is_kept_without_force(applicants, tmp_path, monkeypatch, capsys):

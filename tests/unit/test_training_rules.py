@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from pipelines.evaluation import decide_promotion
-from pipelines.training import classification_metrics, fit_model, label_window, make_estimator, recency_weights
+from pipelines.model_tasks import classification_metrics
+from pipelines.training import fit_model, label_window, make_estimator, make_pipeline, recency_weights
 
 
 def test_label_window_uses_only_landed_labels(small_spec):
@@ -81,6 +82,19 @@ def test_promotion_rule_for_lower_is_better_metric(challenger, champion, version
     assert d.promote is promote and why in d.reason
 
 
+@pytest.mark.parametrize("metric,higher,challenger,champion,version,promote,why", [
+    ("rmse", False, 40.0, None, None, True, "first model: rmse 40.0000 is defined (no ceiling set)"),
+    ("rmse", False, 38.0, 40.0, "2", True, "beats champion v2 40.0000 by +2.0000"),
+    ("rmse", False, 41.0, 40.0, "2", False, "does not beat"),
+    ("f1_macro", True, 0.9, None, None, True, "no floor set"),
+    ("f1_macro", True, float("nan"), None, None, False, "NaN"),
+])
+def test_promotion_rule_without_a_floor(metric, higher, challenger, champion, version, promote, why):
+    d = decide_promotion(metric, challenger, champion, floor=None, min_improvement=1.0 if metric == "rmse" else 0.01,
+                         champion_version=version, higher_is_better=higher)
+    assert d.promote is promote and why in d.reason
+
+
 def test_random_split_is_stable_and_near_its_fraction():
     import pandas as pd
 
@@ -117,3 +131,26 @@ def test_model_fit_threads_follow_the_setting(monkeypatch, configured, expected)
     with model_threads():
         inside = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"}
     assert inside == ({expected} if expected else default)
+
+
+@pytest.mark.parametrize("half_life, estimator, binned", [
+    (14, "sklearn.ensemble.HistGradientBoostingClassifier", True),     # weights: bin beforehand
+    (None, "sklearn.ensemble.HistGradientBoostingClassifier", False),  # no weights: its own binning is fast
+    (14, "sklearn.linear_model.LogisticRegression", False),            # bins would change what the model sees
+])
+def test_numeric_columns_are_binned_only_for_weighted_gradient_boosting(small_spec, half_life, estimator, binned):
+    spec = small_spec.model_copy(update={
+        "training": small_spec.training.model_copy(update={"recency_half_life_days": half_life}),
+        "model": small_spec.model.model_copy(update={"estimator": estimator, "params": {}, "search_space": {}})})
+    numeric = make_pipeline(spec).named_steps["features"].transformers[0][1]
+    assert ("bins" in numeric.named_steps) is binned
+
+
+def test_binned_columns_keep_the_order_of_values():
+    from pipelines.training import quantile_bins
+
+    values = np.random.default_rng(0).gamma(2.0, 10.0, (5000, 1))
+    codes = quantile_bins(255).fit_transform(values)[:, 0]
+    assert len(np.unique(codes)) <= 255
+    order = np.argsort(values[:, 0], kind="stable")
+    assert (np.diff(codes[order]) >= 0).all()     # monotone: every split on codes is a split on values

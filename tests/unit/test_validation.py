@@ -87,3 +87,24 @@ def test_nothing_delivered(lake, small_spec):
 
     shutil.rmtree(lake.raw(small_spec.name, "labels"))
     _fails(lake, small_spec, "labels", "nothing delivered")
+
+
+@pytest.mark.parametrize("kind, values, dtype", [
+    ("int", [1, 2, 3], "Int64"),            # what ingest writes for an int column
+    ("int", [1, 2, 3], "int64"),
+    ("double", [1.5, None, 3.0], "Float64"),
+    ("bool", [True, False, None], "boolean"),
+])
+def test_nullable_pandas_types_pass_the_type_rule(kind, values, dtype):
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    from pipelines.validation import PANDAS_TYPES
+
+    frame = pd.DataFrame({"c": pd.Series(values, dtype=dtype)})
+    context = gx.get_context(mode="ephemeral")
+    batch = (context.data_sources.add_pandas("p").add_dataframe_asset("a").add_batch_definition_whole_dataframe("b")
+             .get_batch(batch_parameters={"dataframe": frame}))
+    assert batch.validate(gxe.ExpectColumnValuesToBeInTypeList(column="c", type_list=PANDAS_TYPES[kind])).success
+    wrong = "double" if kind != "double" else "int"
+    assert not batch.validate(gxe.ExpectColumnValuesToBeInTypeList(column="c", type_list=PANDAS_TYPES[wrong])).success
