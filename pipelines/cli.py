@@ -1,5 +1,6 @@
 """``mlops``: run any lifecycle step from a shell, outside Airflow (same code as the DAG tasks).
 
+    mlops example-data wine --out data/      # a real table to try it on (scikit-learn's datasets)
     mlops init credit --source applicants=exports/applicants.csv --target Status --positive bad
     mlops check churn              # every problem of include/churn/spec.yaml, one line each
     mlops ingest churn transactions exports/transactions-*.csv
@@ -37,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--entity", default=None, help="the column that identifies an entity")
     init.add_argument("--task", default="binary", choices=["binary", "multiclass", "regression"])
     init.add_argument("--force", action="store_true", help="replace an existing spec")
+    example = sub.add_parser("example-data", help="export a dataset scikit-learn ships as a CSV to try the project on")
+    example.add_argument("dataset", choices=["breast_cancer", "diabetes", "wine"])
+    example.add_argument("--out", default="data", help="folder of the CSV (default: data/)")
+    example.add_argument("--missing", type=float, default=0.0, metavar="SHARE",
+                         help="blank this share of feature values and labels at random")
     check = sub.add_parser("check", help="validate use-case specs (all of them when none is named)")
     check.add_argument("use_case", nargs="*", help="use-case names or spec folders/files")
     ingest = sub.add_parser("ingest", help="land CSV/Parquet files as a source's raw daily partitions")
@@ -62,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         return check_specs(args.use_case)
     if args.command == "init":
         return init_use_case(args)
+    if args.command == "example-data":
+        from pathlib import Path
+
+        from pipelines.example_data import export
+
+        print(export(args.dataset, Path(args.out), args.missing))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # stdout carries only the result, so that scripts can parse it; what the libraries print on
     # the way (MLflow's run links, progress) goes to stderr with the logs
