@@ -90,9 +90,8 @@ class ModelTask:
             out["score"] = proba[:, 1]
             out["predicted_label"] = (out["score"] >= self.threshold).astype("int32")
             return out
-        best = proba.argmax(axis=1) if len(X) else np.empty(0, dtype=int)
-        out["score"] = proba.max(axis=1) if len(X) else np.empty(0)
-        out["predicted_label"] = np.asarray(self.classes, dtype="int32")[best] if len(X) else np.empty(0, "int32")
+        out["score"] = proba.max(axis=1)
+        out["predicted_label"] = np.asarray(self.classes, dtype="int32")[proba.argmax(axis=1)]
         for i, c in enumerate(self.classes):
             out[f"proba_{c}"] = proba[:, i]
         return out

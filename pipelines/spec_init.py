@@ -129,7 +129,8 @@ def draft(use_case: str, sources: dict[str, str], target: str, positive: str | N
         raise InitError(f"--target {target} holds {labels.values}; say which is the positive class with --positive")
     if positive is not None and labels.values is not None and str(positive) not in map(str, labels.values):
         raise InitError(f"--positive {positive}: not a value of {target} ({labels.values})")
-    classes = sorted(cast_column(label_values, labels.kind).unique().tolist(), key=str)
+    classes = (sorted(cast_column(label_values, labels.kind).unique().tolist(), key=str)
+               if task is TaskType.MULTICLASS else [])
     if task is TaskType.MULTICLASS and not 3 <= len(classes) <= MAX_CATEGORIES:
         raise InitError(f"--task multiclass: {target} has {len(classes)} distinct values; a multiclass target "
                         f"has 3 to {MAX_CATEGORIES} (binary: --task binary; a quantity: --task regression)")

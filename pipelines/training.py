@@ -309,8 +309,8 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
         reference = drift_reference(spec, train)
         tracking.log_reference_sample(reference)
         example = train[cols.all].head(5)
-        output = model.predict_proba(example) if task.classifier else model.predict(example)
-        info = tracking.log_sklearn_model(model, example, output, task.predict_method)
+        info = tracking.log_sklearn_model(model, example, getattr(model, task.predict_method)(example),
+                                          task.predict_method)
         version = tracking.register_challenger(spec.model.registered_name, info.model_uri, run.info.run_id, {
             "as_of": str(as_of), "trigger": trigger, "trigger_reason": reason,
             f"holdout_{metric.value}": f"{metrics.get(metric.value, float('nan')):.4f}",
