@@ -1,15 +1,17 @@
 """Daily lifecycle DAG per use case: validate raw data, build features, score, monitor."""
 from __future__ import annotations
 
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, schedule_window, use_cases
+from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, run_day, schedule_window, use_cases
 from mlops_airflow.sensors import LookBackSensor
 
 DOC = """
 ### {name}: daily lifecycle
 
-For the run's date `ds`:
+For the run's date `ds`: the `ds` param when given (a manual run), else the run's logical date
+(a scheduled run or a backfill), else, for a run woken by `{name}_ingest` ({woken}), the newest date
+the ingest landed.
 
 1. **validate_raw**: Great Expectations checks every raw source partition of `ds`.
    A failing partition is quarantined (never deleted) and the run stops with a message
@@ -36,23 +38,27 @@ def build_daily_lifecycle(spec):
     """The daily lifecycle DAG of one use case."""
     use_case = spec.name
     assets = lifecycle_assets(use_case)
+    timed = spec.scoring.schedule is not None   # else each ingest's landed partitions wake it
 
 
     @dag(
         dag_id=f"{spec.name}_daily",
-        schedule=spec.scoring.schedule,
+        schedule=spec.scoring.schedule if timed else [assets.landed],
         catchup=False,
         max_active_runs=2,
         default_args=DEFAULT_ARGS,
         tags=["mlops", spec.name, "daily"],
-        doc_md=DOC.format(name=spec.name),
+        doc_md=DOC.format(name=spec.name, woken="this use case has no schedule: every ingest wakes it" if not timed
+                          else f"not this use case: it runs on its schedule, `{spec.scoring.schedule}`"),
         description=f"{spec.name}: validate, featurize, score and monitor one day",
-        **schedule_window(spec),
+        params={"ds": Param("", type="string", title="Date to run for (YYYY-MM-DD)", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+                            description="Empty: the run's logical date, or the newest date the waking ingest landed.")},
+        **schedule_window(spec, timed),
     )
     def daily_lifecycle():
         @task(outlets=[assets.clean])
         @measured
-        def validate_raw(ds=None, run_id=None) -> dict:
+        def validate_raw(run_id=None) -> dict:
             """Validate every raw source of the day; land it clean or quarantine it."""
             from airflow.sdk.exceptions import AirflowFailException
 
@@ -60,19 +66,20 @@ def build_daily_lifecycle(spec):
             from pipelines.validation import DataValidationError
 
             try:
-                return runtime.validate(use_case, ds, run_id=run_id)
+                return runtime.validate(use_case, run_day(), run_id=run_id)
             except DataValidationError as exc:  # retrying the same bad data cannot help
                 raise AirflowFailException(str(exc)) from None
 
         @task(outlets=[assets.features])
         @measured
-        def build_features(ds=None) -> int:
+        def build_features() -> int:
             """Point-in-time features for the day on Spark."""
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
             from pipelines import runtime
             from pipelines.features import LookBackIncomplete
 
+            ds = run_day()
             try:
                 rows = runtime.build_features(use_case, ds)
             except LookBackIncomplete as exc:  # a window checked a moment ago lost a day: not retryable
@@ -100,7 +107,7 @@ def build_daily_lifecycle(spec):
 
         @task(outlets=[assets.inference])
         @measured
-        def score_batch(champion: dict, ds=None, run_id=None) -> int:
+        def score_batch(champion: dict, run_id=None) -> int:
             """Score the day's features with the pinned champion version."""
             from airflow.sdk.exceptions import AirflowFailException
 
@@ -108,16 +115,17 @@ def build_daily_lifecycle(spec):
             from pipelines.tracking import ModelArtifactsMissing
 
             try:
-                return runtime.score(use_case, ds, champion, run_id)
+                return runtime.score(use_case, run_day(), champion, run_id)
             except ModelArtifactsMissing as exc:  # nothing was written; retrying cannot bring files back
                 raise AirflowFailException(str(exc)) from None
 
         @task(outlets=[assets.drift])
         @measured
-        def monitor_drift(champion: dict, ds=None, outlet_events=None) -> dict:
+        def monitor_drift(champion: dict, outlet_events=None) -> dict:
             """Evidently drift report and metrics for the day's scoring inputs."""
             from pipelines import runtime
 
+            ds = run_day()
             summary = runtime.monitor_drift(use_case, ds, champion)
             outlet_events[assets.drift].extra = {"ds": ds, "drift_share": summary["drift_share"],
                                                  "model_version": summary["model_version"]}
@@ -125,11 +133,11 @@ def build_daily_lifecycle(spec):
 
         @task
         @measured
-        def measure_live_performance(ds=None) -> int:
+        def measure_live_performance() -> int:
             """Quality of earlier scores whose labels landed today."""
             from pipelines import runtime
 
-            return len(runtime.live_performance(use_case, ds))
+            return len(runtime.live_performance(use_case, run_day()))
 
         validated = validate_raw()
         look_back = LookBackSensor(task_id="wait_for_look_back", use_case=use_case, mode="reschedule",

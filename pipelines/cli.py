@@ -5,6 +5,7 @@
     mlops check churn              # every problem of include/churn/spec.yaml, one line each
     mlops ingest churn transactions exports/transactions-*.csv
     mlops ingest churn customers customers.parquet --as-of 2026-01-05
+    mlops inbox churn              # the drop folder the churn_ingest DAG watches (--land: land it now)
     mlops simulate churn
     mlops validate churn 2026-01-05
     mlops features churn 2026-01-05
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("source", help="a source of the use case's spec")
     ingest.add_argument("location", help="a file, a folder or a glob of CSV/Parquet files")
     ingest.add_argument("--as-of", default=None, help="date of a snapshot without a timestamp column")
+    inbox = sub.add_parser("inbox", help="print the use case's drop folder (the ingest DAG's); --land lands its files now")
+    inbox.add_argument("use_case")
+    inbox.add_argument("--land", action="store_true",
+                       help="land the files waiting there, as the ingest DAG does (archive or reject each)")
     for name in ("simulate", "summary"):
         sub.add_parser(name).add_argument("use_case")
     for name in ("validate", "features", "score", "monitor", "performance"):
@@ -142,6 +147,15 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
             result = runtime.ingest(uc, args.source, args.location, args.as_of)
         except IngestError as exc:
             print(f"refused, nothing written: {exc}", file=sys.stderr)
+            return 1
+    elif args.command == "inbox":
+        if not args.land:
+            return str(runtime.inbox(uc))
+        result = runtime.ingest_inbox(uc)
+        if result["rejected"]:   # the rest landed: show it all, and exit 1
+            print(json.dumps(result, indent=2))
+            print(f"{len(result['rejected'])} file(s) refused, each moved to rejected/ with its error beside it",
+                  file=sys.stderr)
             return 1
     elif args.command == "simulate":
         result = runtime.simulate(uc)

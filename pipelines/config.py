@@ -8,6 +8,7 @@ same code at a cluster is a matter of setting the variables below; nothing else 
 ``MLOPS_HOME``             state root (default ``<project>/.state``)
 ``MLOPS_LAKE``             Parquet lake root (default ``$MLOPS_HOME/lake``)
 ``MLOPS_REPORTS``          drift reports (default ``$MLOPS_HOME/reports``)
+``MLOPS_INBOX``            drop folders of the ingest DAGs, one per use case (default ``$MLOPS_HOME/inbox``)
 ``MLOPS_INCLUDE``          folder of use-case specs (default ``<project>/include``)
 ``MLFLOW_TRACKING_URI``    default ``sqlite:///$MLOPS_HOME/mlflow/mlflow.db``
 ``MLOPS_MLFLOW_ARTIFACTS`` artifact root for new experiments (default ``$MLOPS_HOME/mlflow/artifacts``)
@@ -35,6 +36,7 @@ class Settings:
     home: Path
     lake: Path
     reports: Path
+    inbox: Path
     include: Path
     mlflow_tracking_uri: str
     mlflow_artifacts: str
@@ -53,6 +55,7 @@ class Settings:
             home=home,
             lake=Path(env.get("MLOPS_LAKE") or home / "lake"),
             reports=Path(env.get("MLOPS_REPORTS") or home / "reports"),
+            inbox=Path(env.get("MLOPS_INBOX") or home / "inbox"),
             include=Path(env.get("MLOPS_INCLUDE") or PROJECT_ROOT / "include"),
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
             mlflow_artifacts=env.get("MLOPS_MLFLOW_ARTIFACTS") or str(home / "mlflow" / "artifacts"),

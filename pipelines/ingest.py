@@ -133,26 +133,37 @@ def partition_dates(frame: pd.DataFrame, spec: UseCaseSpec, source: str, as_of: 
     return pd.to_datetime(frame[by]).dt.date.map(lambda d: d.isoformat() if pd.notna(d) else None)
 
 
+def load_file(path: Path, spec: UseCaseSpec, source: str, as_of: dt.date | None = None) -> pd.DataFrame:
+    """One file's rows typed by the source's columns, with each row's partition date in ``_ds``;
+    IngestError naming the file, column, row and value of the first problem. Writes nothing."""
+    frame = typed_frame(path, read_file(path), spec, source, as_of)
+    days = partition_dates(frame, spec, source, as_of)
+    if days.isna().any():
+        row = int(days.isna().to_numpy().nonzero()[0][0])
+        raise IngestError(f"{path}: column {spec.source(source).partition_by!r}, row {row + 1}: no timestamp "
+                          f"to partition by")
+    log.info("%s: %s rows of %s checked", path, len(frame), source)
+    return frame.assign(_ds=days.to_numpy())
+
+
+def land(spec: UseCaseSpec, lake: Lake, source: str, files: list[Path], frames: list[pd.DataFrame]) -> IngestResult:
+    """Write checked frames (from :func:`load_file`) as the source's raw partitions, each touched
+    day's partition replaced whole by that day's rows of all of them."""
+    rows = pd.concat(frames, ignore_index=True)
+    written = {}
+    for day, part in rows.groupby("_ds", sort=True):
+        write_raw_partition(lake, spec, source, dt.date.fromisoformat(day), part.drop(columns="_ds"))
+        written[day] = len(part)
+    if written:
+        log.info("%s.%s: %s rows from %s file(s) landed in %s partition(s) (%s..%s)", spec.name, source, len(rows),
+                 len(files), len(written), min(written), max(written))
+    return IngestResult(source, [str(p) for p in files], len(rows), written)
+
+
 def ingest(spec: UseCaseSpec, lake: Lake, source: str, location: str | Path,
            as_of: dt.date | None = None) -> IngestResult:
     """Read, check and land ``location``'s files as ``source``'s raw partitions (see module doc)."""
     spec.source(source)
     files = expand(location)
-    frames = []
-    for path in files:
-        frame = typed_frame(path, read_file(path), spec, source, as_of)
-        days = partition_dates(frame, spec, source, as_of)
-        if days.isna().any():
-            row = int(days.isna().to_numpy().nonzero()[0][0])
-            raise IngestError(f"{path}: column {spec.source(source).partition_by!r}, row {row + 1}: no timestamp "
-                              f"to partition by")
-        frames.append(frame.assign(_ds=days.to_numpy()))
-        log.info("%s: %s rows of %s checked", path, len(frame), source)
-    rows = pd.concat(frames, ignore_index=True)
-    written = {}
-    for day, part in rows.groupby("_ds", sort=True):   # only now: every file was readable and typed
-        write_raw_partition(lake, spec, source, dt.date.fromisoformat(day), part.drop(columns="_ds"))
-        written[day] = len(part)
-    log.info("%s.%s: %s rows from %s file(s) landed in %s partition(s) (%s..%s)", spec.name, source, len(rows),
-             len(files), len(written), min(written), max(written))
-    return IngestResult(source, [str(p) for p in files], len(rows), written)
+    frames = [load_file(path, spec, source, as_of) for path in files]
+    return land(spec, lake, source, files, frames)   # only now: every file was readable and typed

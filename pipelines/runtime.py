@@ -61,6 +61,25 @@ def ingest(use_case: str, source: str, location: str, as_of: str | dt.date | Non
     return asdict(land(spec(use_case), lake(), source, location, _date(as_of) if as_of else None))
 
 
+def inbox(use_case: str):
+    """The use case's drop folder (``$MLOPS_INBOX/<use case>``), with a folder per source."""
+    from pipelines.inbox import inbox_folder, make_source_folders
+
+    folder = inbox_folder(settings().inbox, use_case)
+    make_source_folders(spec(use_case), folder)
+    return folder
+
+
+def ingest_inbox(use_case: str) -> dict:
+    """Land the files dropped in the use case's inbox (see pipelines.inbox): what landed, the
+    partition dates written, and each refused file with its error."""
+    from pipelines.inbox import process_inbox
+
+    result = process_inbox(spec(use_case), lake(), inbox(use_case))
+    return {"landed": result.landed, "partitions": result.partitions, "rejected": result.rejected,
+            "dates": result.dates}
+
+
 def validate(use_case: str, date: str | dt.date, run_id: str | None = None,
              allow_empty_redelivery: bool = False) -> dict[str, int]:
     from pipelines.validation import validate_day

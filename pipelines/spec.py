@@ -251,7 +251,7 @@ class PromotionSpec(_Section):
 
 
 class ScoringSpec(_Section):
-    schedule: str | None = "@daily"   # null: on demand (a manual run, or a new snapshot's ingest)
+    schedule: str | None = "@daily"   # null: on demand (a manual run) and on each ingest through the inbox
 
 
 class MonitoringSpec(_Section):

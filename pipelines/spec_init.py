@@ -186,10 +186,21 @@ def draft(use_case: str, sources: dict[str, str], target: str, positive: str | N
                {"training": {"split": "time" if events_label else "random", "holdout_fraction": 0.2,
                              "window_days": 60, "holdout_days": 7, "reference_rows": 2000}}),
         _block(*promotion_section(task, label_values, len(classes))),
+        _block(*scoring_section(any(source["kind"] == "events" for source in spec_sources.values()))),
         _block("Drift: Evidently's tests per column; the share of drifted columns that triggers retraining.",
                {"monitoring": {"drift_share_threshold": 0.3, "consecutive_days": 2, "cooldown_days": 7}}),
     ]
     return "\n".join(body), draft_expectations(profiles)
+
+
+def scoring_section(has_events: bool) -> tuple[str, dict]:
+    """Event data is scored daily; snapshots when one lands through the inbox (and on demand)."""
+    if has_events:
+        return ("Scoring: the daily DAG validates, featurizes and scores each day on this schedule.",
+                {"scoring": {"schedule": "@daily"}})
+    return ("Scoring: no schedule. A snapshot is scored when it lands through the inbox (the <uc>_ingest\n"
+            "DAG wakes the daily DAG for its date); `mlops score` or a manual run score one on demand.",
+            {"scoring": {"schedule": None}})
 
 
 LABEL_NOTES = {

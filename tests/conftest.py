@@ -17,7 +17,7 @@ CHURN = ROOT / "include" / "churn"
 
 # Nothing from the developer's shell may leak into the tests' deployment.
 for _var in ("SPARK_REMOTE", "MLFLOW_TRACKING_URI", "MLOPS_LAKE", "MLOPS_REPORTS", "MLOPS_SCHEDULE_END",
-             "MLOPS_MLFLOW_ARTIFACTS", "MLOPS_INCLUDE"):
+             "MLOPS_MLFLOW_ARTIFACTS", "MLOPS_INCLUDE", "MLOPS_INBOX"):
     os.environ.pop(_var, None)
 
 
@@ -276,13 +276,15 @@ def lifecycle(state_home, small_spec, spark, mlflow_server):
 
 
 STORY_UC = "churn_flow"
+STORY_SHIPPED_UC = "breast_cancer"   # a shipped use case on real data, fed through its inbox by its test
 STORY_START, STORY_FIRST_TRAINING, STORY_BROKEN = dt.date(2026, 1, 1), dt.date(2026, 1, 16), dt.date(2026, 1, 23)
 
 
 @pytest.fixture(scope="session")
 def story(tmp_path_factory):
     """One real-scheduler story for every test that needs Airflow itself (e2e and fault suite):
-    the embedded stack in its own home and ports, a small use case played through it."""
+    the embedded stack in its own home and ports, a small use case played through it; a shipped
+    use case beside it, untouched until its test drops files into its inbox."""
     from pipelines import runtime
     from pipelines.lake import read_partition, replace_partition
     from scripts.demo import play_story
@@ -296,6 +298,7 @@ def story(tmp_path_factory):
                                "cooldown_days": 30})
     include = home / "include"
     write_spec(include, spec)
+    shutil.copytree(ROOT / "include" / STORY_SHIPPED_UC, include / STORY_SHIPPED_UC)
     end = STORY_START + dt.timedelta(days=spec["simulation"]["days"] - 1)
     mp = pytest.MonkeyPatch()
     stack = Stack(home=home, airflow_port=free_port(), mlflow_port=free_port(), spark_port=free_port(),

@@ -34,11 +34,12 @@ def spec_errors() -> list[SpecError]:
     return discover_specs_and_errors(settings().include)[1]
 
 
-def schedule_window(spec: UseCaseSpec) -> dict:
-    """start_date and (optional, from MLOPS_SCHEDULE_END) end_date of a use case's scheduled DAGs."""
+def schedule_window(spec: UseCaseSpec, timed: bool = True) -> dict:
+    """start_date and (optional, from MLOPS_SCHEDULE_END, for ``timed`` schedules only) end_date
+    of a use case's scheduled DAGs."""
     window = {"start_date": dt.datetime.combine(spec.start, dt.time(), tzinfo=dt.timezone.utc)}
     end = settings().schedule_end
-    if end:
+    if end and timed:
         window["end_date"] = dt.datetime.combine(dt.date.fromisoformat(end), dt.time(23, 59), tzinfo=dt.timezone.utc)
     return window
 
@@ -52,14 +53,69 @@ class LifecycleAssets:
     inference: Asset
     drift: Asset
     champion: Asset
+    landed: Asset     # raw partitions landed by the ingest DAG; its events carry the dates
 
 
 def lifecycle_assets(use_case: str) -> LifecycleAssets:
-    def asset(kind: str) -> Asset:
-        return Asset(name=f"{use_case}_{kind}", uri=f"mlops://{use_case}/{kind}", group="mlops")
+    return LifecycleAssets(*(_asset(use_case, kind) for kind in
+                             ("clean", "features", "inference", "drift_summary", "champion", "landed")))
 
-    return LifecycleAssets(asset("clean"), asset("features"), asset("inference"), asset("drift_summary"),
-                           asset("champion"))
+
+def _asset(use_case: str, kind: str, **extra) -> Asset:
+    return Asset(name=f"{use_case}_{kind}", uri=f"mlops://{use_case}/{kind}", group="mlops", **extra)
+
+
+def inbox_asset(use_case: str) -> Asset:
+    """The use case's drop folder as an asset, watched by an :class:`InboxTrigger` in the triggerer:
+    every new file there is an asset event, which schedules the use case's ingest DAG."""
+    from airflow.sdk import AssetWatcher
+
+    from mlops_airflow.triggers import InboxTrigger
+    from pipelines.inbox import inbox_folder
+
+    folder = inbox_folder(settings().inbox, use_case)
+    watcher = AssetWatcher(name=f"{use_case}_inbox_watcher", trigger=InboxTrigger(directory=str(folder)))
+    return _asset(use_case, "inbox", watchers=[watcher])
+
+
+def event_dates(context) -> list[str]:
+    """Every ``ds`` carried in the extra of the asset events that triggered this run, sorted
+    (several events can queue into one run: drift results during a backfill, several ingests)."""
+    found = set()
+    for events in (context.get("triggering_asset_events") or {}).values():
+        for event in events:
+            value = (getattr(event, "extra", None) or {}).get("ds")
+            if value:
+                found.add(str(value)[:10])
+    return sorted(found)
+
+
+def choose_run_day(given: str | None, logical_ds: str | None, landed: list[str]) -> str:
+    """The date a lifecycle run is for: the ``ds`` param when given, else the run's logical date,
+    else (a run woken by ingests, which has no logical date) the newest date they landed."""
+    given = (given or "").strip()
+    if given:
+        return dt.date.fromisoformat(given).isoformat()   # a malformed date fails here, by name
+    if logical_ds:
+        return logical_ds
+    if landed:
+        return max(landed)
+    raise ValueError("this run has no date: give the 'ds' param (YYYY-MM-DD), or let a schedule or an ingest start it")
+
+
+def run_day(context=None) -> str:
+    """:func:`choose_run_day` for the running task (or the task of ``context``)."""
+    from airflow.sdk import get_current_context
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    context = context or get_current_context()
+    logical = context.get("logical_date")
+    try:
+        return choose_run_day((context.get("params") or {}).get("ds"),
+                              logical.strftime("%Y-%m-%d") if logical else None, event_dates(context))
+    except ValueError as exc:   # no date, or a malformed one: a retry cannot help
+        raise AirflowFailException(str(exc)) from None
 
 
 WORK_SECONDS_KEY = "work_seconds"

@@ -3,17 +3,7 @@ from __future__ import annotations
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-
-def event_dates(context) -> list[str]:
-    """Every ``ds`` carried in the extra of the asset events that triggered this run, in order
-    (several drift results can queue into one run while a backfill runs)."""
-    found = set()
-    for events in (context.get("triggering_asset_events") or {}).values():
-        for event in events:
-            value = (getattr(event, "extra", None) or {}).get("ds")
-            if value:
-                found.add(str(value)[:10])
-    return sorted(found)
+from mlops_airflow.common import event_dates, run_day
 
 
 def choose_decision(decisions: list[dict]) -> dict:
@@ -66,10 +56,10 @@ class LookBackSensor(BaseSensorOperator):
 
     template_fields = ("ds",)
 
-    def __init__(self, *, use_case: str, ds: str = "{{ ds }}", **kwargs):
+    def __init__(self, *, use_case: str, ds: str = "", **kwargs):
         super().__init__(**kwargs)
         self.use_case = use_case
-        self.ds = ds
+        self.ds = ds   # empty: the run's date (see mlops_airflow.common.run_day)
 
     def poke(self, context) -> bool:
         from airflow.sdk.exceptions import AirflowFailException
@@ -78,7 +68,7 @@ class LookBackSensor(BaseSensorOperator):
         from pipelines.features import LookBackIncomplete
 
         try:
-            runtime.check_look_back(self.use_case, self.ds)
+            runtime.check_look_back(self.use_case, (self.ds or "").strip() or run_day(context))
         except LookBackIncomplete as exc:
             if any(gap.settled for gap in exc.gaps):
                 raise AirflowFailException(str(exc)) from None

@@ -69,7 +69,7 @@ def test_one_set_of_dags_per_spec(dagbag):
 
     specs = discover_specs(ROOT / "include")
     assert specs, "no use-case spec found under include/"
-    expected = {f"{s.name}_{kind}" for s in specs for kind in ("daily", "training", "drift_watch")}
+    expected = {f"{s.name}_{kind}" for s in specs for kind in ("daily", "training", "drift_watch", "ingest")}
     assert expected <= set(dagbag.dag_ids)
 
 
@@ -94,6 +94,25 @@ def test_assets_link_daily_monitoring_to_drift_watch(dagbag):
     outlets = {a.uri for a in daily.get_task("monitor_drift").outlets}
     assert "mlops://churn/drift_summary" in outlets
     assert "mlops://churn/drift_summary" in str(watch.timetable.asset_condition)
+
+
+def test_inbox_watcher_schedules_ingest_and_ingest_wakes_unscheduled_daily(dagbag):
+    """Each ingest DAG runs on its inbox asset's watcher (an InboxTrigger on the use case's folder);
+    its landed asset wakes the daily DAG of a use case without a scoring schedule, and only that."""
+    from pipelines.spec import discover_specs
+
+    for spec in discover_specs(ROOT / "include"):
+        ingest, daily = dagbag.dags[f"{spec.name}_ingest"], dagbag.dags[f"{spec.name}_daily"]
+        [inbox] = ingest.schedule
+        assert inbox.uri == f"mlops://{spec.name}/inbox"
+        trigger = inbox.watchers[0].trigger
+        assert type(trigger).__name__ == "InboxTrigger" and trigger.directory.endswith(f"inbox/{spec.name}")
+        outlets = {a.uri for a in ingest.get_task("announce_landed").outlets}
+        assert outlets == {f"mlops://{spec.name}/landed"}
+        if spec.scoring.schedule is None:
+            assert [a.uri for a in daily.schedule] == [f"mlops://{spec.name}/landed"]
+        else:
+            assert daily.schedule == spec.scoring.schedule
 
 
 def test_daily_graph_order(dagbag):

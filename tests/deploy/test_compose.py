@@ -119,6 +119,10 @@ def test_the_same_code_selected_by_environment(config):
     lake_mounts = {name for name, s in config["services"].items()
                    for v in s.get("volumes", []) if v.get("source") == "lake"}
     assert {"airflow-worker", "spark-worker", "spark-connect"} <= lake_mounts
+    inbox_mounts = {name for name, s in config["services"].items()
+                    for v in s.get("volumes", []) if v.get("source") == "inbox" and v.get("target") == "/opt/mlops/inbox"}
+    assert {"airflow-triggerer", "airflow-worker"} <= inbox_mounts    # watched by one, landed by the other
+    assert config["services"]["airflow-triggerer"]["environment"]["MLOPS_INBOX"] == "/opt/mlops/inbox"
 
 
 def readme_section() -> str:

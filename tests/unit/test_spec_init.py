@@ -55,6 +55,16 @@ def test_draft_writes_a_spec_that_loads(applicants, tmp_path):
     age = next(r for r in rules if r["type"] == "ExpectColumnValuesToBeBetween" and r["kwargs"]["column"] == "age")
     assert age["kwargs"]["min_value"] < 20 and age["kwargs"]["max_value"] > 59
     assert spec_text.count("\n# ") >= 8, "every section carries a comment"
+    assert spec.scoring.schedule is None        # a snapshot is scored when it lands, not on a calendar
+
+
+def test_event_data_is_scored_daily(applicants, tmp_path):
+    frame = pd.read_csv(applicants).assign(applied_at=[f"2026-01-{1 + i % 28:02d} 10:00:00" for i in range(60)])
+    frame.to_csv(applicants, index=False)
+    spec_text, rules_text = draft("credit", {"applicants": str(applicants)}, "Status", positive="bad",
+                                  timestamp="applied_at")
+    spec = load_spec(write_use_case(tmp_path / "include", "credit", spec_text, rules_text))
+    assert spec.sources["applicants"].kind == "events" and spec.scoring.schedule == "@daily"
 
 
 @pytest.mark.parametrize("options, words", [

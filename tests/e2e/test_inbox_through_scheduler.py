@@ -1,0 +1,97 @@
+"""A shipped use case on real data through the real scheduler, fed only by files dropped into its
+inbox: the triggerer's watcher queues the ingest DAG, whose landed asset wakes the daily DAG for
+the snapshot's date; a manual training run promotes the first champion; the next snapshot is
+then scored on arrival, while a broken file dropped beside it is rejected with its error and
+fails its ingest run without holding back the good one. Runs on the shared story's stack."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import STORY_SHIPPED_UC as UC
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
+
+FIRST, SECOND = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
+
+
+def _drop(csv, folder, name: str) -> None:
+    """Drop a file as a careful writer does: a temporary name first, then one rename."""
+    partial = folder / f".{name}.tmp"
+    shutil.copy(csv, partial)
+    os.replace(partial, folder / name)
+
+
+def _states(client, dag_id: str, run: dict) -> dict[str, str]:
+    return {t["task_id"]: t["state"] for t in client.task_instances(dag_id, run["dag_run_id"])}
+
+
+def _settled_runs(client, dag_id: str, count: int, timeout: float = 600) -> list[dict]:
+    """The DAG's runs once there are at least ``count`` and none is still going."""
+    from scripts.airflow_api import wait_for
+
+    def done():
+        runs = client.runs(dag_id)
+        finished = len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs)
+        return runs if finished else None
+
+    return wait_for(done, timeout, interval=3,
+                    what=lambda: f"{dag_id}: {[(r['dag_run_id'], r['state']) for r in client.runs(dag_id)]}")
+
+
+def test_dropped_snapshots_land_wake_the_daily_dag_and_get_scored(story, tmp_path):
+    import pandas as pd
+
+    from pipelines import runtime, tracking
+    from pipelines.example_data import export
+    from pipelines.lake import list_partitions, read_partition
+
+    client = story["client"]
+    spec = runtime.spec(UC)
+    inbox = runtime.inbox(UC)
+    csv = export(UC, tmp_path)
+    rows = len(pd.read_csv(csv))
+    lake = runtime.lake()
+
+    # 1. the first snapshot: landed, archived, validated and featurized; nothing to score it with yet
+    _drop(csv, inbox / "patients", f"patients_{FIRST}.csv")
+    [ingest] = _settled_runs(client, f"{UC}_ingest", 1)
+    assert ingest["state"] == "success" and ingest["run_type"] == "asset_triggered"
+    assert (inbox / "archive" / "patients" / f"patients_{FIRST}.csv").exists()
+    assert list_partitions(lake.raw(UC, "patients")) == [FIRST.isoformat()]
+    [daily] = _settled_runs(client, f"{UC}_daily", 1)
+    states = _states(client, f"{UC}_daily", daily)
+    assert daily["state"] == "success" and daily["logical_date"] is None, daily   # woken by the landed asset
+    assert states["validate_raw"] == states["build_features"] == "success", states
+    assert states["resolve_champion"] == states["score_batch"] == "skipped", states
+    assert list_partitions(lake.features(UC)) == [FIRST.isoformat()]
+
+    # 2. the first model, trained from the UI's form (here: the API)
+    run_id = client.trigger(f"{UC}_training", conf={"as_of": SECOND.isoformat(), "trigger": "manual",
+                                                    "reason": "first model from the inbox's snapshot"})
+    assert client.wait_for_run(f"{UC}_training", run_id)["state"] == "success"
+    champion = tracking.resolve_alias(spec.model.registered_name, tracking.CHAMPION)
+    assert champion is not None
+
+    # 3. the next snapshot and a broken file, dropped together
+    (tmp_path / "broken.csv").write_text("patient_id,mean_radius,tumour_size\np1,12.0,large\n")
+    _drop(tmp_path / "broken.csv", inbox / "patients", "broken.csv")
+    _drop(csv, inbox / "patients", f"patients_{SECOND}.csv")
+    ingests = _settled_runs(client, f"{UC}_ingest", 2)
+    later = [r for r in ingests if r["dag_run_id"] != ingest["dag_run_id"]]
+    announced = [r for r in later if _states(client, f"{UC}_ingest", r)["announce_landed"] == "success"]
+    refused = [r for r in later if _states(client, f"{UC}_ingest", r)["report_rejected"] == "failed"]
+    assert len(announced) == 1 and len(refused) == 1 and refused[0]["state"] == "failed", later
+    error = (inbox / "rejected" / "patients" / "broken.csv.error.txt").read_text()
+    assert "['tumour_size'] are not columns of source patients" in error
+    assert not (inbox / "patients" / "broken.csv").exists()
+
+    # 4. ... and the daily DAG woke for the snapshot's date and scored it with the champion
+    dailies = _settled_runs(client, f"{UC}_daily", 2)
+    assert len(dailies) == 2 and all(r["state"] == "success" for r in dailies), dailies
+    scored = read_partition(lake.inference(UC), SECOND)
+    assert len(scored) == rows and set(scored["model_version"].astype(str)) == {str(champion.version)}
+    assert list_partitions(lake.inference(UC)) == [SECOND.isoformat()]
