@@ -12,6 +12,8 @@ DOC = """
   `as_of`, joined to the features of their label date), grid-searches the spec's model,
   logs params, metrics, plots, signature, input example and the training data's identity
   to MLflow, registers a new version and sets the alias `challenger`. Returns the model URI.
+  A retry or a cleared rerun of the same run reuses what an earlier try registered (or logged):
+  one run never leaves two versions.
 * **promote_if_better** scores champion and challenger on the same recent holdout and
   moves `champion` only if the challenger passes the floor and beats the champion by the
   spec's margin. The decision and its reasons are tags on the model version.

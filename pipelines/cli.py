@@ -12,6 +12,7 @@
     mlops train churn --as-of 2026-02-05 --reason "first model"
     mlops score churn 2026-02-06
     mlops monitor churn 2026-02-06
+    mlops rollback churn --reason "conversion dropped after v7"   # @champion back to the previous one
     mlops summary churn
 """
 from __future__ import annotations
@@ -55,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     inbox.add_argument("use_case")
     inbox.add_argument("--land", action="store_true",
                        help="land the files waiting there, as the ingest DAG does (archive or reject each)")
+    rollback = sub.add_parser("rollback", help="move @champion back to the previous champion (or --to VERSION)")
+    rollback.add_argument("use_case")
+    rollback.add_argument("--reason", required=True, help="why: recorded on the model versions")
+    rollback.add_argument("--to", default=None, help="a version that was champion before (default: the previous one)")
+    rollback.add_argument("--by", default=None, help="who asks (default: the current user)")
     for name in ("simulate", "summary"):
         sub.add_parser(name).add_argument("use_case")
     for name in ("validate", "features", "score", "monitor", "performance"):
@@ -156,6 +162,16 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
             print(json.dumps(result, indent=2))
             print(f"{len(result['rejected'])} file(s) refused, each moved to rejected/ with its error beside it",
                   file=sys.stderr)
+            return 1
+    elif args.command == "rollback":
+        import getpass
+
+        from pipelines.rollback import RollbackRefused
+
+        try:
+            result = runtime.rollback(uc, args.reason, args.by or getpass.getuser(), args.to)
+        except RollbackRefused as exc:
+            print(f"rollback refused, @champion unchanged: {exc}", file=sys.stderr)
             return 1
     elif args.command == "simulate":
         result = runtime.simulate(uc)

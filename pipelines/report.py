@@ -28,6 +28,10 @@ def champion_history(spec) -> list[dict]:
             "decision": tags.get("promotion.decision", "not evaluated"),
             "reason": tags.get("promotion.reason", ""),
             "run_id": mv.run_id,
+            "rolled_back": tags.get("champion.rolled_back", ""),      # this version was rolled back
+            "rollback": (f"champion again since {tags['rollback.at']}: rolled back from v{tags.get('rollback.from')} "
+                         f"by {tags.get('rollback.requested_by')}: {tags.get('rollback.reason')}")
+            if tags.get("rollback.at") else "",
         })
     return rows
 
@@ -49,6 +53,10 @@ def summarize(spec, lake: Lake | None = None) -> str:
         lines.append(f"  v{row['version']}{alias}: trained as of {row['as_of']} ({row['trigger']}: "
                      f"{row['trigger_reason']})")
         lines.append(f"      {row['decision']}: {row['reason']}")
+        if row["rolled_back"]:
+            lines.append(f"      rolled back {row['rolled_back']}")
+        if row["rollback"]:
+            lines.append(f"      {row['rollback']}")
     drift = read_table(lake.monitoring(name, DRIFT_SUMMARY))
     if len(drift):
         drifted = drift[drift["dataset_drift"].astype(bool)]["ds"].tolist()

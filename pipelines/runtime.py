@@ -187,6 +187,16 @@ def train(use_case: str, as_of: str | dt.date, reason: str, trigger: str, run_id
                                 reason=reason, trigger=trigger, airflow_run_id=run_id)
 
 
+def rollback(use_case: str, reason: str, requested_by: str, to: str | None = None) -> dict:
+    """Move @champion back to an earlier champion (see pipelines.rollback); what was done."""
+    from pipelines import tracking
+    from pipelines.rollback import roll_back
+
+    tracking.require_tracking_server()
+    with training_lock(use_case):   # not while a promotion of the same use case is deciding
+        return asdict(roll_back(spec(use_case), reason, requested_by, to))
+
+
 def promote(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:
     from pipelines import tracking
     from pipelines.evaluation import promote_if_better

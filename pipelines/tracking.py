@@ -20,6 +20,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 REFERENCE_ARTIFACT = "reference/features.parquet"
 CHAMPION_RECORD_TAG = "champion.version"   # on the registered model: who the alias should point at
+AIRFLOW_RUN_TAG = "airflow_run_id"         # on training runs and the versions they register
+LOGGED_MODEL_TAG = "logged_model_uri"      # on a training run, once its model is logged whole
 # MLflow retries a failed HTTP call 7 times with exponential backoff (minutes); a task that
 # lost its tracking server should say so in seconds, and Airflow's own retries take over.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -210,6 +212,43 @@ def register_challenger(name: str, model_uri: str, run_id: str, tags: dict[str, 
     c = client()
     c.set_registered_model_alias(name, CHALLENGER, version)
     return str(version)
+
+
+def _filter_value(value: str) -> str | None:
+    """``value`` quoted for an MLflow search filter; None if it cannot be (a quote inside)."""
+    return None if "'" in value or "\\" in value else f"'{value}'"
+
+
+def version_registered_by(name: str, airflow_run_id: str) -> ModelRef | None:
+    """The newest version of ``name`` that a training of this Airflow run registered, if any."""
+    quoted = _filter_value(airflow_run_id)
+    if quoted is None:
+        return None
+    found = client().search_model_versions(f"name = '{name}' and tags.{AIRFLOW_RUN_TAG} = {quoted}")
+    if not found:
+        return None
+    newest = max(found, key=lambda mv: int(mv.version))
+    return ModelRef(name=name, version=str(newest.version), run_id=newest.run_id)
+
+
+def model_logged_by(experiment_id: str, airflow_run_id: str) -> tuple[str, str] | None:
+    """(run id, model URI) of a training run of this Airflow run that logged its model whole but
+    registered nothing (it failed just after), newest first; None if there is none."""
+    quoted = _filter_value(airflow_run_id)
+    if quoted is None:
+        return None
+    runs = client().search_runs([experiment_id], f"tags.{AIRFLOW_RUN_TAG} = {quoted}",
+                                order_by=["attributes.start_time DESC"], max_results=20)
+    for run in runs:
+        uri = run.data.tags.get(LOGGED_MODEL_TAG)
+        if uri:
+            return run.info.run_id, uri
+    return None
+
+
+def point_challenger(ref: ModelRef) -> None:
+    """Point the ``challenger`` alias at a version registered earlier."""
+    client().set_registered_model_alias(ref.name, CHALLENGER, ref.version)
 
 
 @dataclass(frozen=True)

@@ -251,6 +251,20 @@ def cv_score(search, metric) -> float:
     return -value if metric.scorer.startswith("neg_") else value
 
 
+def search_trials(search, metric) -> pd.DataFrame:
+    """One row per searched candidate: its parameters, its cross-validated ``metric`` (in the
+    metric's own sign: an RMSE is positive), its rank and what it cost over all folds."""
+    results = search.cv_results_
+    sign = -1.0 if metric.scorer.startswith("neg_") else 1.0
+    trials = pd.DataFrame(list(results["params"])).rename(columns=lambda c: c.removeprefix("model__"))
+    folds = search.n_splits_
+    trials[f"cv_{metric.value}"] = sign * np.asarray(results["mean_test_score"], dtype=float)
+    trials["rank"] = np.asarray(results["rank_test_score"], dtype=int)
+    trials["fit_seconds"] = np.asarray(results["mean_fit_time"], dtype=float) * folds
+    trials["score_seconds"] = np.asarray(results["mean_score_time"], dtype=float) * folds
+    return trials
+
+
 def frame_digest(frame: pd.DataFrame) -> str:
     """A content hash identifying a training set (order-independent within the frame's order)."""
     hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
@@ -267,11 +281,20 @@ def drift_reference(spec, train: pd.DataFrame) -> pd.DataFrame:
 
 def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "scheduled",
                      trigger: str = "schedule", airflow_run_id: str | None = None) -> dict:
-    """Fit, log, register and alias a challenger; returns its URI, version and holdout metrics."""
+    """Fit, log, register and alias a challenger; returns its URI, version and holdout metrics.
+
+    Idempotent per Airflow run: a retried or cleared training of the same run first looks for
+    what an earlier try left (see :func:`resume_challenger`) and fits nothing when it finds it.
+    """
     import mlflow
 
     from pipelines import tracking
 
+    experiment = tracking.ensure_experiment(f"{spec.name}-training")
+    if airflow_run_id:
+        earlier = resume_challenger(spec, experiment, airflow_run_id, trigger, reason)
+        if earlier is not None:
+            return earlier
     window = label_window(spec, as_of)
     log.info("%s: training challenger, %s", spec.name, window.describe())
     train, holdout = training_frames(spark, spec, lake, window, seed=int(as_of.strftime("%Y%m%d")))
@@ -282,11 +305,11 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
     metrics = task.metrics(holdout[target].to_numpy(), holdout_outputs)
     log.info("%s: challenger holdout metrics %s", spec.name, {k: round(v, 4) for k, v in metrics.items()})
 
-    experiment = tracking.ensure_experiment(f"{spec.name}-training")
     with mlflow.start_run(experiment_id=experiment, run_name=f"train-{as_of}") as run:
         mlflow.set_tags({
             "use_case": spec.name, "as_of": str(as_of), "trigger": trigger, "trigger_reason": reason,
-            "airflow_run_id": airflow_run_id or "", "training_data_digest": frame_digest(train[[spec.entity, "ds", target] + cols.all]),
+            tracking.AIRFLOW_RUN_TAG: airflow_run_id or "",
+            "training_data_digest": frame_digest(train[[spec.entity, "ds", target] + cols.all]),
         })
         mlflow.log_params({
             "estimator": spec.model.estimator, **{f"best.{k}": v for k, v in search.best_params_.items()},
@@ -302,6 +325,12 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
                               **task.label_summary(train[target]),
                               "train_labels_missing": train.attrs.get("labels_missing", 0),
                               "holdout_labels_missing": holdout.attrs.get("labels_missing", 0)})
+        trials = search_trials(search, metric)
+        mlflow.log_table(trials, "search/trials.json")
+        mlflow.log_metrics({"search_candidates": len(trials),
+                            "search_seconds": float((trials["fit_seconds"] + trials["score_seconds"]).sum()),
+                            "search_seconds_per_candidate": float((trials["fit_seconds"]
+                                                                   + trials["score_seconds"]).mean())})
         mlflow.log_input(mlflow.data.from_pandas(train, source=str(lake.features(spec.name)),
                                                  name=f"{spec.name}-train-{window.fit_start}-{window.fit_end}",
                                                  targets=target), context="training")
@@ -311,12 +340,61 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
         example = train[cols.all].head(5)
         info = tracking.log_sklearn_model(model, example, getattr(model, task.predict_method)(example),
                                           task.predict_method)
-        version = tracking.register_challenger(spec.model.registered_name, info.model_uri, run.info.run_id, {
-            "as_of": str(as_of), "trigger": trigger, "trigger_reason": reason,
-            f"holdout_{metric.value}": f"{metrics.get(metric.value, float('nan')):.4f}",
-        })
-    uri = f"models:/{spec.model.registered_name}/{version}"
-    log.info("%s: registered %s (run %s) with alias challenger", spec.name, uri, run.info.run_id)
-    return {"model_uri": uri, "version": str(version), "name": spec.model.registered_name,
-            "run_id": run.info.run_id, "as_of": str(as_of),
-            "metrics": finite_or_none(metrics)}
+        mlflow.set_tag(tracking.LOGGED_MODEL_TAG, info.model_uri)   # a retry registers this model, fits nothing
+        version = tracking.register_challenger(
+            spec.model.registered_name, info.model_uri, run.info.run_id,
+            version_tags(spec, as_of, trigger, reason, metrics, airflow_run_id))
+    ref = tracking.ModelRef(spec.model.registered_name, str(version), run.info.run_id)
+    log.info("%s: registered %s (run %s) with alias challenger", spec.name, ref.uri, ref.run_id)
+    return challenger_xcom(ref, as_of, finite_or_none(metrics))
+
+
+def version_tags(spec, as_of, trigger: str, reason: str, metrics: dict[str, float],
+                 airflow_run_id: str | None) -> dict[str, str]:
+    """The tags a registered challenger carries: where it came from and its holdout metric."""
+    from pipelines import tracking
+
+    metric = spec.promotion.metric.value
+    value = metrics.get(metric)
+    return {"as_of": str(as_of), "trigger": trigger, "trigger_reason": reason,
+            f"holdout_{metric}": f"{value if value is not None else float('nan'):.4f}",
+            **({tracking.AIRFLOW_RUN_TAG: airflow_run_id} if airflow_run_id else {})}
+
+
+def challenger_xcom(ref, as_of, metrics: dict[str, float | None]) -> dict:
+    """What the training task hands on: the version, its run, its cut-off and holdout metrics."""
+    return {"model_uri": ref.uri, "version": ref.version, "name": ref.name, "run_id": ref.run_id,
+            "as_of": str(as_of), "metrics": metrics}
+
+
+def resume_challenger(spec, experiment_id: str, airflow_run_id: str, trigger: str, reason: str) -> dict | None:
+    """What an earlier try of the same Airflow run left, made whole: the version it registered
+    (``challenger`` pointed at it again), or the model it logged before failing (registered now).
+    None when it left neither: the caller trains."""
+    from pipelines import tracking
+
+    name = spec.model.registered_name
+    ref = tracking.version_registered_by(name, airflow_run_id)
+    if ref is not None:
+        tracking.point_challenger(ref)
+        run = tracking.client().get_run(ref.run_id)
+        log.info("%s: Airflow run %s registered %s already; reusing it (no new fit, no new version)",
+                 spec.name, airflow_run_id, ref.uri)
+    else:
+        logged = tracking.model_logged_by(experiment_id, airflow_run_id)
+        if logged is None:
+            return None
+        run_id, model_uri = logged
+        run = tracking.client().get_run(run_id)
+        tags = version_tags(spec, run.data.tags.get("as_of", ""), trigger, reason, _holdout_metrics(run),
+                            airflow_run_id)
+        ref = tracking.ModelRef(name, tracking.register_challenger(name, model_uri, run_id, tags), run_id)
+        log.info("%s: Airflow run %s logged its model in run %s before failing; registered it as %s",
+                 spec.name, airflow_run_id, run_id, ref.uri)
+    return challenger_xcom(ref, run.data.tags.get("as_of", ""), _holdout_metrics(run))
+
+
+def _holdout_metrics(run) -> dict[str, float]:
+    """The holdout metrics an MLflow training run logged (non-finite ones were not logged)."""
+    return {key.removeprefix("holdout_"): value for key, value in run.data.metrics.items()
+            if key.startswith("holdout_")}

@@ -53,6 +53,12 @@ def _earlier_backfill_open(error: BaseException) -> bool:
     return isinstance(error, ConflictException) and "already a running backfill" in str(error.body or "")
 
 
+def logical_day(run: dict) -> str:
+    """A run's logical date as YYYY-MM-DD; '' for a run that has none (woken by an asset, or
+    triggered without one: its date is then its ``ds`` Param)."""
+    return (run.get("logical_date") or "")[:10]
+
+
 def _plain(model) -> dict:
     """The model as the API's JSON, unset fields included as None (``to_json`` drops them)."""
     return model.model_dump(mode="json", by_alias=True)

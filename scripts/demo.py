@@ -3,7 +3,8 @@
 1. simulate the raw history into the lake's landing zone;
 2. start the stack of ``$MLOPS_TOPOLOGY``: embedded by default (a private PostgreSQL for
    Airflow's and MLflow's metadata, Spark Connect, an MLflow server, Airflow's api-server,
-   scheduler and dag-processor), or ``cluster`` (the same on a Spark standalone master and worker);
+   scheduler, dag-processor and triggerer), or ``cluster`` (the same on a Spark standalone master
+   and worker);
 3. backfill the daily DAG over the history before the first model;
 4. trigger the training DAG (as a user would from the UI form) and promote the first champion;
 5. backfill the daily DAG through the drift date to the end: scoring, monitoring, the drift
@@ -24,7 +25,7 @@ import shutil
 import sys
 import time
 
-from scripts.airflow_api import TERMINAL, AirflowClient, wait_for
+from scripts.airflow_api import TERMINAL, AirflowClient, logical_day, wait_for
 from scripts.stack import ROOT, STACK_MARK, Stack
 
 STATE_DIRS = ("lake", "mlflow", "airflow", "reports", "logs", "run", "postgres", "spark")
@@ -49,7 +50,7 @@ def run_backfill(client: AirflowClient, dag_id: str, start: dt.date, end: dt.dat
     wanted = {(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)}
 
     def in_range() -> list[dict]:
-        return [r for r in client.runs(dag_id) if (r.get("logical_date") or "")[:10] in wanted]
+        return [r for r in client.runs(dag_id) if logical_day(r) in wanted]
 
     reported = [started]
 

@@ -69,7 +69,7 @@ def test_one_set_of_dags_per_spec(dagbag):
 
     specs = discover_specs(ROOT / "include")
     assert specs, "no use-case spec found under include/"
-    expected = {f"{s.name}_{kind}" for s in specs for kind in ("daily", "training", "drift_watch", "ingest")}
+    expected = {f"{s.name}_{kind}" for s in specs for kind in ("daily", "training", "drift_watch", "ingest", "rollback")}
     assert expected <= set(dagbag.dag_ids)
 
 

@@ -89,6 +89,8 @@ def test_shipped_use_case_end_to_end(state_home, spark, mlflow_server, shipped_i
         run = tracking.client().get_run(challenger["run_id"])
         assert run.data.metrics[f"holdout_{metric}"] == pytest.approx(value)
         assert f"cv_{metric}" in run.data.metrics and run.data.params["task"] == runtime.spec(uc).model.task.value
+        assert run.data.metrics["search_candidates"] == 1 and run.data.metrics["search_seconds"] > 0   # one grid point
+        assert "search/trials.json" in {a.path for a in tracking.client().list_artifacts(challenger["run_id"], "search")}
         logged = {a.path.rsplit("/", 1)[-1] for a in tracking.client().list_artifacts(challenger["run_id"], "plots")}
         assert plots <= logged, logged
 

@@ -1,14 +1,17 @@
-"""The lifecycle through a real Airflow (api-server, scheduler, dag-processor on the embedded
-PostgreSQL, the preloading LocalExecutor), a real MLflow server, a real Spark Connect server:
-backfills, a manual training run, the drift watch's sensor firing and triggering retraining, a
-broken last day quarantined. The same story then carries the fault cases that need a real
-scheduler (tests/faults/test_scheduler_faults.py): they run on this module's stack."""
+"""The lifecycle through a real Airflow (api-server, scheduler, dag-processor and triggerer on
+the embedded PostgreSQL, the preloading LocalExecutor), a real MLflow server, a real Spark Connect
+server: backfills, a manual training run, the drift watch's sensor firing and triggering
+retraining, a broken last day quarantined, a rollback from the UI's form. The same story then
+carries the fault cases that need a real scheduler (tests/faults/test_scheduler_faults.py): they
+run on this module's stack."""
+
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
 
+from scripts.airflow_api import logical_day
 from tests.conftest import STORY_BROKEN as BROKEN
 from tests.conftest import STORY_FIRST_TRAINING as FIRST_TRAINING
 from tests.conftest import STORY_START as START
@@ -19,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 
 def test_daily_runs_succeed_except_the_broken_day(story):
     client = story["client"]
-    runs = {r["logical_date"][:10]: r for r in client.runs(f"{UC}_daily")}
+    runs = {logical_day(r): r for r in client.runs(f"{UC}_daily") if logical_day(r)}   # the scheduled days
     expected = {(START + dt.timedelta(days=i)).isoformat() for i in range((story["end"] - START).days + 1)}
     assert set(runs) == expected
     failed = sorted(d for d, r in runs.items() if r["state"] != "success")
@@ -99,3 +102,41 @@ def test_backfill_rerun_is_idempotent(story):
         before["features"].sort_values(cols).reset_index(drop=True))
     assert len(after_inference) == len(before["inference"]) and after_inference["customer_id"].is_unique
     assert set(after_inference["customer_id"]) == set(before["inference"]["customer_id"])
+
+
+def test_rollback_through_the_dag_changes_what_the_next_run_scores_with(story):
+    """A newer champion is rolled back from the UI's form (here: the API): the alias moves back,
+    who asked and why are on the versions, and a manual daily run for a date (the `ds` param)
+    scores with the rolled-back-to version."""
+    import mlflow
+
+    from pipelines import runtime, tracking
+    from pipelines.lake import read_partition
+
+    client, name = story["client"], story["spec"].model.registered_name
+    original = tracking.resolve_alias(name, tracking.CHAMPION)
+    c = tracking.client()
+    tracking.configure()
+    newer = str(mlflow.register_model(c.get_model_version(name, original.version).source, name).version)
+    for version in (original.version, newer):   # promoted in this order, as promotions record it
+        c.set_registered_model_alias(name, tracking.CHAMPION, version)
+        tracking.record_champion(name, version)
+        c.set_model_version_tag(name, version, "champion.since", dt.datetime.now(dt.timezone.utc).isoformat())
+    try:
+        run_id = client.trigger(f"{UC}_rollback", conf={"reason": "alerts since the newer model"})
+        assert client.wait_for_run(f"{UC}_rollback", run_id)["state"] == "success"
+        done = client.xcom(f"{UC}_rollback", run_id, "roll_back_champion")
+        assert (done["from_version"], done["to_version"]) == (newer, original.version)
+        assert done["requested_by"] == "admin" and done["reason"] == "alerts since the newer model"
+        assert tracking.resolve_alias(name, tracking.CHAMPION).version == original.version
+        assert c.get_model_version(name, newer).tags["champion.rolled_back"].endswith(
+            "by admin: alerts since the newer model")
+
+        day = BROKEN - dt.timedelta(days=1)
+        daily = client.trigger(f"{UC}_daily", conf={"ds": day.isoformat()})
+        assert client.wait_for_run(f"{UC}_daily", daily)["state"] == "success"
+        scored = read_partition(runtime.lake().inference(UC), day)
+        assert set(scored["run_id"]) == {daily} and set(scored["model_version"]) == {original.version}
+    finally:
+        c.set_registered_model_alias(name, tracking.CHAMPION, original.version)
+        tracking.record_champion(name, original.version)

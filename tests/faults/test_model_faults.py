@@ -157,3 +157,110 @@ def test_two_cli_trainings_at_once_run_one_after_the_other(lifecycle, small_spec
     assert len(new) == 2
     results = [json.loads(out) for out, _ in outputs]
     assert {r["challenger"]["version"] for r in results} == {v.version for v in new}
+
+
+@pytest.mark.parametrize("fails", ["after registering", "between logging and registering"])
+def test_a_retried_training_of_the_same_airflow_run_leaves_one_version(lifecycle, small_spec, mlflow_server,
+                                                                      monkeypatch, fails):
+    """A training task that fails late (after its version is registered, or after its model is
+    logged whole) and is retried registers no second version and fits nothing again: the retry
+    hands on the version (and MLflow run) the first try produced, with @challenger on it."""
+    from pipelines import training
+
+    uc, name = lifecycle["use_case"], small_spec.model.registered_name
+    airflow_run = f"manual__retry-{fails.split()[0]}"
+    experiment = tracking.ensure_experiment(f"{uc}-training")
+    real_register = tracking.register_challenger
+
+    def failing_register(*args, **kwargs):
+        if fails == "after registering":
+            real_register(*args, **kwargs)
+        raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(tracking, "register_challenger", failing_register)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        runtime.train(uc, lifecycle["first_training"], "retry test", "manual", run_id=airflow_run)
+    monkeypatch.undo()
+    [first_run] = tracking.client().search_runs([experiment], f"tags.airflow_run_id = '{airflow_run}'")
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the retry fitted a model again")
+
+    monkeypatch.setattr(training, "fit_model", no_fit)
+    retried = runtime.train(uc, lifecycle["first_training"], "retry test", "manual", run_id=airflow_run)
+    again = runtime.train(uc, lifecycle["first_training"], "retry test", "manual", run_id=airflow_run)   # a rerun
+    versions = tracking.client().search_model_versions(f"name = '{name}' and tags.airflow_run_id = '{airflow_run}'")
+    assert [v.version for v in versions] == [retried["version"]] and again["version"] == retried["version"]
+    assert retried["run_id"] == again["run_id"] == first_run.info.run_id
+    assert len(tracking.client().search_runs([experiment], f"tags.airflow_run_id = '{airflow_run}'")) == 1
+    assert tracking.resolve_alias(name, tracking.CHALLENGER).version == retried["version"]
+    assert retried["as_of"] == str(lifecycle["first_training"])
+    assert retried["metrics"][small_spec.promotion.metric.value] == pytest.approx(
+        first_run.data.metrics[f"holdout_{small_spec.promotion.metric.value}"])
+    tags = tracking.client().get_model_version(name, retried["version"]).tags
+    assert tags["airflow_run_id"] == airflow_run and tags["as_of"] == str(lifecycle["first_training"])
+
+
+def _promote_by_hand(name: str, version: str) -> None:
+    """What a promotion records, without evaluating: the alias and the champion tags."""
+    import datetime as dt
+
+    c = tracking.client()
+    c.set_registered_model_alias(name, tracking.CHAMPION, version)
+    tracking.record_champion(name, version)
+    c.set_model_version_tag(name, version, "champion.since", dt.datetime.now(dt.timezone.utc).isoformat())
+
+
+def _mlops(*args: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from pipelines.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_rollback_moves_the_champion_back_and_the_next_scoring_uses_it(lifecycle, small_spec, restore_champion):
+    from pipelines.report import champion_history
+
+    uc, name, day = lifecycle["use_case"], small_spec.model.registered_name, _scored_day(lifecycle)
+    _promote_by_hand(name, restore_champion.version)   # earlier cases moved the alias back without a record
+    newer = _new_version(small_spec, restore_champion)
+    _promote_by_hand(name, newer)
+    code, out, err = _mlops("rollback", uc, "--reason", "complaints since the new model", "--by", "on-call")
+    assert code == 0, err
+    done = json.loads(out)
+    assert (done["from_version"], done["to_version"]) == (newer, restore_champion.version)
+    assert tracking.resolve_alias(name, tracking.CHAMPION).version == restore_champion.version
+    runtime.score(uc, day, runtime.resolve_champion(uc), "after-rollback")
+    assert set(read_partition(runtime.lake().inference(uc), day)["model_version"]) == {restore_champion.version}
+    history = {row["version"]: row for row in champion_history(small_spec)}
+    assert "on-call: complaints since the new model" in history[newer]["rolled_back"]
+    assert f"rolled back from v{newer} by on-call" in history[restore_champion.version]["rollback"]
+    # refused, with the alias left alone: a version that never served, and no reason
+    code, _, err = _mlops("rollback", uc, "--reason", "try", "--to", "99999")
+    assert code == 1 and "v99999 was never champion" in err
+    code, _, err = _mlops("rollback", uc, "--reason", " ")
+    assert code == 1 and "needs a reason" in err
+    assert tracking.resolve_alias(name, tracking.CHAMPION).version == restore_champion.version
+
+
+def test_rollback_to_a_version_whose_files_are_gone_is_refused(lifecycle, small_spec, mlflow_server,
+                                                                restore_champion):
+    import mlflow
+
+    uc, name = lifecycle["use_case"], small_spec.model.registered_name
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment(f"{uc}-faults")) as run:
+        mlflow.log_artifacts(mlflow.artifacts.download_artifacts(
+            tracking.client().get_model_version(name, restore_champion.version).source), "model")
+    gone = str(mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version)
+    _promote_by_hand(name, gone)                  # it served once ...
+    _promote_by_hand(name, restore_champion.version)
+    for path in [p for p in mlflow_server.artifacts.rglob(run.info.run_id) if p.is_dir()]:
+        shutil.rmtree(path)                       # ... and its files are gone now
+    code, _, err = _mlops("rollback", uc, "--reason", "back to the old one", "--to", gone)
+    assert code == 1 and f"cannot roll back to v{gone}" in err and "missing or unreadable" in err
+    assert tracking.resolve_alias(name, tracking.CHAMPION).version == restore_champion.version

@@ -19,7 +19,7 @@ import pytest
 from pipelines import runtime
 from pipelines.lake import list_partitions, read_partition
 from pipelines.spark import SHARED_SESSION_PERIOD_S
-from scripts.airflow_api import wait_for
+from scripts.airflow_api import logical_day, wait_for
 from scripts.demo import run_backfill
 from tests.conftest import STORY_BROKEN, STORY_FIRST_TRAINING, STORY_UC, assert_trainings_took_turns
 
@@ -61,7 +61,7 @@ def _scored_days() -> list[dt.date]:
 
 def _rerun(client, day) -> str:
     """Clear ``day``'s completed daily run (as the UI does) and wait until it has run again."""
-    run = next(r for r in client.runs(DAILY) if r["logical_date"][:10] == day.isoformat())
+    run = next(r for r in client.runs(DAILY) if logical_day(r) == day.isoformat())
     client.clear_run(DAILY, run["dag_run_id"])   # the run is queued again at once
     assert client.run(DAILY, run["dag_run_id"])["state"] != "success"
     assert client.wait_for_run(DAILY, run["dag_run_id"])["state"] == "success"
@@ -193,7 +193,7 @@ def test_task_killed_while_writing_leaves_a_whole_partition(story, task_id):
     new whole one, and the retry completes it."""
     client, day = story["client"], STORY_BROKEN - dt.timedelta(days=1)
     before = _tables(day)
-    run = next(r for r in client.runs(DAILY) if r["logical_date"][:10] == day.isoformat())
+    run = next(r for r in client.runs(DAILY) if logical_day(r) == day.isoformat())
     client.clear_run(DAILY, run["dag_run_id"])
     victim = wait_for(lambda: _running_task_process(client, run["dag_run_id"], task_id), 300, interval=0.2,
                       what=lambda: f"{task_id} running (last seen: {_SEEN})")
@@ -212,10 +212,10 @@ def _unfinished(client, days: set[str]) -> str:
     """The daily runs of ``days`` that are not done yet, with their unfinished tasks' states."""
     seen = []
     for run in client.runs(DAILY):
-        if run["logical_date"][:10] in days and run["state"] not in ("success", "failed"):
+        if logical_day(run) in days and run["state"] not in ("success", "failed"):
             tasks = {t["task_id"]: t["state"] for t in client.task_instances(DAILY, run["dag_run_id"])
                      if t["state"] not in ("success", "skipped", "failed", "upstream_failed")}
-            seen.append(f"{run['logical_date'][:10]} {run['state']} {tasks}")
+            seen.append(f"{logical_day(run)} {run['state']} {tasks}")
     return "; ".join(seen) or "none"
 
 
@@ -328,7 +328,7 @@ def test_scheduler_killed_mid_backfill_recovers_whole_and_leaves_nothing_behind(
     wait_for(lambda: client.get_backfill(backfill["id"]).get("completed_at"), 1200, interval=5,
              what=lambda: f"backfill after the scheduler was killed (unfinished: {_unfinished(client, days)})")
     client.wait_idle([DAILY, WATCH, TRAINING], timeout=1200)
-    states = {r["logical_date"][:10]: r["state"] for r in client.runs(DAILY) if r["logical_date"][:10] in days}
+    states = {logical_day(r): r["state"] for r in client.runs(DAILY) if logical_day(r) in days}
     assert set(states) == days and set(states.values()) == {"success"}, states
     for day in _scored_days():
         _assert_whole(day)

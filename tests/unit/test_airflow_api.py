@@ -33,3 +33,14 @@ def test_xcom_value_is_read_through_the_any_of_wrapper():
     client = AirflowClient.__new__(AirflowClient)
     client.xcom_api = type("Api", (), {"get_xcom_entry": lambda *a, **k: ResponseGetXcomEntry(native)})()
     assert client.xcom("d", "r", "t", "work_seconds") == 1.5
+
+
+@pytest.mark.parametrize("run, day", [
+    ({"logical_date": "2026-01-05T00:00:00Z"}, "2026-01-05"),
+    ({"logical_date": None}, ""),          # woken by an asset, or triggered with a `ds` Param instead
+    ({}, ""),
+])
+def test_logical_day_of_a_run(run, day):
+    from scripts.airflow_api import logical_day
+
+    assert logical_day(run) == day

@@ -195,4 +195,3 @@ def test_the_date_of_a_run(given, logical, landed, expected):
             choose_run_day(given, logical, landed)
     else:
         assert choose_run_day(given, logical, landed) == expected
-

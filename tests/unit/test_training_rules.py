@@ -154,3 +154,29 @@ def test_binned_columns_keep_the_order_of_values():
     assert len(np.unique(codes)) <= 255
     order = np.argsort(values[:, 0], kind="stable")
     assert (np.diff(codes[order]) >= 0).all()     # monotone: every split on codes is a split on values
+
+
+@pytest.mark.parametrize("metric, scorer_sign", [("roc_auc", 1), ("rmse", -1)])
+def test_search_trials_report_each_candidate_its_metric_and_cost(metric, scorer_sign):
+    """One row per candidate with its parameters, its cross-validated metric in the metric's own
+    sign (an RMSE is positive, though scikit-learn maximises its negative), rank and cost."""
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import GridSearchCV
+
+    from pipelines.spec import Metric
+    from pipelines.training import search_trials
+
+    X, y = make_classification(n_samples=120, random_state=0)
+    chosen = Metric(metric)
+    estimator, grid = ((LogisticRegression(max_iter=200), {"C": [0.01, 1.0, 100.0]}) if metric == "roc_auc"
+                       else (Ridge(), {"alpha": [0.1, 10.0, 1000.0]}))
+    search = GridSearchCV(estimator, grid, scoring=chosen.scorer, cv=3).fit(X, y)
+    trials = search_trials(search, chosen)
+    assert len(trials) == 3 and list(trials[next(iter(grid))]) == next(iter(grid.values()))
+    values = trials[f"cv_{metric}"].to_numpy()
+    np.testing.assert_allclose(values, scorer_sign * search.cv_results_["mean_test_score"])
+    assert (values > 0).all()                                   # AUC and RMSE are both positive
+    best = trials.loc[trials["rank"] == 1, f"cv_{metric}"].item()
+    assert best == (values.max() if chosen.higher_is_better else values.min())
+    assert (trials["fit_seconds"] > 0).all() and (trials["score_seconds"] > 0).all()
