@@ -107,8 +107,8 @@ def promote_if_better(spark, spec, lake: Lake, challenger: dict, as_of: dt.date)
                       f"{challenger_ref.version} was evaluated against v{champion_ref.version if champion_ref else None}"
                       f" ({decision.reason}); rerun the evaluation against the new champion")
         else:
-            c.set_registered_model_alias(name, tracking.CHAMPION, challenger_ref.version)
-            tracking.record_champion(name, challenger_ref.version)
+            tracking.move_champion(name, challenger_ref.version, champion_ref.version if champion_ref else None,
+                                   evaluated_at)
     if outcome == "promoted":
         log.info("%s: PROMOTE v%s to champion (was %s): %s", spec.name, challenger_ref.version,
                  f"v{champion_ref.version}" if champion_ref else "none", reason)
@@ -130,11 +130,6 @@ def promote_if_better(spark, spec, lake: Lake, challenger: dict, as_of: dt.date)
         c.set_model_version_tag(name, challenger_ref.version, key, value)
     if outcome == "conflict":
         raise PromotionConflict(reason)
-    if outcome == "promoted":
-        c.set_model_version_tag(name, challenger_ref.version, "champion.since", evaluated_at)
-        if champion_ref:
-            c.set_model_version_tag(name, champion_ref.version, "champion.replaced_by", challenger_ref.version)
-            c.set_model_version_tag(name, champion_ref.version, "champion.until", evaluated_at)
     run = c.get_run(challenger_ref.run_id)
     if run:
         c.log_metric(challenger_ref.run_id, f"promotion_challenger_{metric}", challenger_value

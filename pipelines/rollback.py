@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-SINCE_TAG = "champion.since"
-
 
 class RollbackRefused(ValueError):
     """The rollback cannot happen as asked; the alias did not move."""
@@ -62,7 +60,8 @@ def former_champions(name: str) -> list[str]:
     from pipelines import tracking
 
     versions = tracking.client().search_model_versions(f"name = '{name}'")
-    served = [(mv.tags[SINCE_TAG], int(mv.version)) for mv in versions if (mv.tags or {}).get(SINCE_TAG)]
+    since = tracking.CHAMPION_SINCE_TAG
+    served = [(mv.tags[since], int(mv.version)) for mv in versions if (mv.tags or {}).get(since)]
     return [str(version) for _, version in sorted(served)]
 
 
@@ -86,15 +85,12 @@ def roll_back(spec, reason: str, requested_by: str, to: str | None = None) -> Ro
         raise RollbackRefused(f"the champion moved to v{now.version if now else None} while the rollback "
                               f"from v{current.version} was prepared; nothing changed, run it again")
     at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    tracking.move_champion(name, target, current.version, at)
     c = tracking.client()
-    c.set_registered_model_alias(name, tracking.CHAMPION, target)
-    tracking.record_champion(name, target)
-    for key, value in {SINCE_TAG: at, "rollback.from": current.version, "rollback.reason": reason,
+    for key, value in {"rollback.from": current.version, "rollback.reason": reason,
                        "rollback.requested_by": requested_by, "rollback.at": at}.items():
         c.set_model_version_tag(name, target, key, value)
-    for key, value in {"champion.until": at, "champion.replaced_by": target,
-                       "champion.rolled_back": f"{at} by {requested_by}: {reason}"}.items():
-        c.set_model_version_tag(name, current.version, key, value)
+    c.set_model_version_tag(name, current.version, "champion.rolled_back", f"{at} by {requested_by}: {reason}")
     done = Rollback(spec.name, name, current.version, target, reason, requested_by, at)
     log.info("%s: ROLLBACK champion v%s -> v%s by %s: %s", spec.name, current.version, target, requested_by, reason)
     return done

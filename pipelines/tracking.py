@@ -20,6 +20,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 REFERENCE_ARTIFACT = "reference/features.parquet"
 CHAMPION_RECORD_TAG = "champion.version"   # on the registered model: who the alias should point at
+CHAMPION_SINCE_TAG = "champion.since"      # on a version: when it last became champion
 AIRFLOW_RUN_TAG = "airflow_run_id"         # on training runs and the versions they register
 LOGGED_MODEL_TAG = "logged_model_uri"      # on a training run, once its model is logged whole
 # MLflow retries a failed HTTP call 7 times with exponential backoff (minutes); a task that
@@ -305,6 +306,19 @@ def load_model(ref: ModelRef):
             source = "unknown (the version is not in the registry)"
         raise ModelArtifactsMissing(f"cannot load {ref.name} v{ref.version} ({ref.uri}, run {ref.run_id}): its "
                                     f"artifacts at {source} are missing or unreadable: {exc}") from None
+
+
+def move_champion(name: str, version: str, replaced: str | None, at: str) -> None:
+    """Point ``@champion`` at ``version`` and record the move (promotion and rollback alike): the
+    registered model remembers the version (see :func:`resolve_champion`), ``version`` is champion
+    since ``at``, and the version it replaced is champion until ``at``, replaced by ``version``."""
+    c = client()
+    c.set_registered_model_alias(name, CHAMPION, version)
+    record_champion(name, version)
+    c.set_model_version_tag(name, version, CHAMPION_SINCE_TAG, at)
+    if replaced is not None:
+        c.set_model_version_tag(name, replaced, "champion.replaced_by", version)
+        c.set_model_version_tag(name, replaced, "champion.until", at)
 
 
 def record_champion(name: str, version: str) -> None:

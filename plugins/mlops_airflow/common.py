@@ -106,7 +106,6 @@ def choose_run_day(given: str | None, logical_ds: str | None, landed: list[str])
 def run_day(context=None) -> str:
     """:func:`choose_run_day` for the running task (or the task of ``context``)."""
     from airflow.sdk import get_current_context
-
     from airflow.sdk.exceptions import AirflowFailException
 
     context = context or get_current_context()

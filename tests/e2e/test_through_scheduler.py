@@ -119,9 +119,7 @@ def test_rollback_through_the_dag_changes_what_the_next_run_scores_with(story):
     tracking.configure()
     newer = str(mlflow.register_model(c.get_model_version(name, original.version).source, name).version)
     for version in (original.version, newer):   # promoted in this order, as promotions record it
-        c.set_registered_model_alias(name, tracking.CHAMPION, version)
-        tracking.record_champion(name, version)
-        c.set_model_version_tag(name, version, "champion.since", dt.datetime.now(dt.timezone.utc).isoformat())
+        tracking.move_champion(name, version, None, dt.datetime.now(dt.timezone.utc).isoformat())
     try:
         run_id = client.trigger(f"{UC}_rollback", conf={"reason": "alerts since the newer model"})
         assert client.wait_for_run(f"{UC}_rollback", run_id)["state"] == "success"

@@ -205,10 +205,7 @@ def _promote_by_hand(name: str, version: str) -> None:
     """What a promotion records, without evaluating: the alias and the champion tags."""
     import datetime as dt
 
-    c = tracking.client()
-    c.set_registered_model_alias(name, tracking.CHAMPION, version)
-    tracking.record_champion(name, version)
-    c.set_model_version_tag(name, version, "champion.since", dt.datetime.now(dt.timezone.utc).isoformat())
+    tracking.move_champion(name, version, None, dt.datetime.now(dt.timezone.utc).isoformat())
 
 
 def _mlops(*args: str) -> tuple[int, str, str]:
