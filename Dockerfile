@@ -17,7 +17,11 @@ COPY --chown=airflow:0 requirements.txt /opt/airflow/project/requirements.txt
 RUN pip install --no-cache-dir -r /opt/airflow/project/requirements.txt \
  && ln -s "$(python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')" /opt/airflow/spark
 COPY --chown=airflow:0 . /opt/airflow/project
+# .git stays out of the image; the commit it was built from is recorded on every run and model card
+# (docker compose build --build-arg CODE_VERSION=$(git rev-parse HEAD))
+ARG CODE_VERSION=unknown
 
 ENV SPARK_HOME=/opt/airflow/spark \
+    MLOPS_CODE_VERSION=${CODE_VERSION} \
     PYTHONPATH=/opt/airflow/project:/opt/airflow/project/plugins
 WORKDIR /opt/airflow/project

@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 
-.PHONY: demo test ui down status bench bench-overhead venv clean stack-up stack-down stack-status stack-demo compose-env
+.PHONY: demo test ui serve down status bench bench-serving bench-overhead venv clean stack-up stack-down stack-status stack-demo compose-env
 
 demo: venv
 	$(PY) -m scripts.demo
@@ -11,8 +11,11 @@ demo: venv
 test: venv
 	$(PY) -m pytest
 
-ui: venv  ## start Airflow and MLflow on the demo's state, for exploring
-	$(PY) -m scripts.stack up
+ui: venv  ## start Airflow, MLflow and the scoring service on the demo's state, for exploring
+	$(PY) -m scripts.stack serve
+
+serve: venv  ## the scoring service of every use case's @champion (with the stack it needs)
+	$(PY) -m scripts.stack serve
 
 down: venv  ## stop everything `make ui` or `make demo` started
 	$(PY) -m scripts.stack down
@@ -39,6 +42,9 @@ compose-env: venv  ## .env with fresh secrets for docker-compose.yaml
 
 bench: venv
 	$(PY) -m bench.bench_scoring
+
+bench-serving: venv  ## the scoring service under Locust load against `mlflow models serve`
+	$(PY) -m bench.bench_serving
 
 bench-overhead: venv  ## per-task overhead, stock LocalExecutor vs preloading (after `make demo`)
 	$(PY) -m bench.bench_task_overhead

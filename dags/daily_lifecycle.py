@@ -19,7 +19,9 @@ the ingest landed.
 2. **wait_for_look_back** (`LookBackSensor`): every day of the features' look-back window
    must have a validated partition; it waits while an earlier day is still being validated
    and fails at once, naming the days, when one was rejected or never delivered.
-   **build_features**: point-in-time features on Spark (events strictly before `ds`).
+   **build_features**: point-in-time features on Spark (events strictly before `ds`);
+   **refresh_online_store** then puts them in the online store the scoring service reads
+   (unless it already holds a newer date).
 3. **resolve_champion**: `@champion` resolved to a concrete version once; skipped
    (with everything after it) before the first promotion; fails loudly, naming the alias
    and the version, when a champion was promoted but the alias no longer resolves.
@@ -90,6 +92,14 @@ def build_daily_lifecycle(spec):
 
         @task
         @measured
+        def refresh_online_store() -> dict:
+            """The day's features as the online store the scoring service reads (newest date wins)."""
+            from pipelines import runtime
+
+            return runtime.refresh_online_store(use_case, run_day())
+
+        @task
+        @measured
         def resolve_champion() -> dict:
             """Pin @champion to a concrete model version for this run."""
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -145,6 +155,7 @@ def build_daily_lifecycle(spec):
         features = build_features()
         champion = resolve_champion()
         validated >> look_back >> features >> champion
+        features >> refresh_online_store()
         score_batch(champion)
         monitor_drift(champion)  # compares the same inputs with the reference: runs beside scoring
         validated >> measure_live_performance()

@@ -1,32 +1,46 @@
 """Training DAG per use case: train a challenger, evaluate it against the champion, promote if better."""
 from __future__ import annotations
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, task
 
 from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, schedule_window, use_cases
+from mlops_airflow.operators import REVIEW_XCOM, promotion_review
 
 DOC = """
-### {name}: train, evaluate, promote
+### {name}: train, evaluate through the promotion gate, promote
 
 * **train_challenger** builds the point-in-time training set (labels known before
-  `as_of`, joined to the features of their label date), grid-searches the spec's model,
-  logs params, metrics, plots, signature, input example and the training data's identity
-  to MLflow, registers a new version and sets the alias `challenger`. Returns the model URI.
-  A retry or a cleared rerun of the same run reuses what an earlier try registered (or logged):
-  one run never leaves two versions.
-* **promote_if_better** scores champion and challenger on the same recent holdout and
-  moves `champion` only if the challenger passes the floor and beats the champion by the
-  spec's margin. The decision and its reasons are tags on the model version.
+  `as_of`, joined to the features of their label date), searches the spec's model (grid or
+  Optuna), logs params, metrics, plots, SHAP explanations, signature, input example, code
+  version and the training data's identity to MLflow, registers a new version and sets the
+  alias `challenger`. Returns the model URI. A retry or a cleared rerun of the same run reuses
+  what an earlier try registered (or logged): one run never leaves two versions.
+* **evaluate_challenger** runs the promotion gate on the recent holdout: the metric against its
+  floor and the champion, then the spec's checks (slices, fairness, calibration, latency, schema),
+  each enforced or only recorded. Every result goes to the `promotion_checks` table and the
+  version's tags, and a model card is written (reports folder and MLflow).
+{review}* **promote_if_better** moves `champion` only if the gate passed{approved}, guarded by a
+  compare-and-set on the champion the gate judged against. The decision and its reasons are
+  tags on the model version and in its model card.
 
 Runs on its schedule, by manual trigger (fill in the form: `as_of`, `reason`), and when
 `{name}_drift_watch` detects drift (the reason is in the run's note and conf).
 """
 
+REVIEW_DOC = """* **passed_gate** skips the review of a challenger the gate rejected.
+* **review_challenger** (human in the loop) waits for a reviewer to approve or reject in the
+  Airflow UI (Browse, Required Actions, or the task's page); no answer within {hours:g} h rejects.
+"""
+
+
 def build_training(spec):
     """The training DAG of one use case."""
     use_case = spec.name
     assets = lifecycle_assets(use_case)
-
+    reviewed = spec.promotion.approval == "required"
+    doc = DOC.format(name=spec.name, review=REVIEW_DOC.format(hours=spec.promotion.approval_timeout_hours)
+                     if reviewed else "", approved=" and the reviewer approved" if reviewed else "")
 
     @dag(
         dag_id=f"{spec.name}_training",
@@ -37,8 +51,8 @@ def build_training(spec):
         # lands while the backfill runs, and the days after it are scored by the new champion
         default_args={**DEFAULT_ARGS, "priority_weight": 100},
         tags=["mlops", spec.name, "training"],
-        doc_md=DOC.format(name=spec.name),
-        description=f"{spec.name}: train a challenger and promote it if it beats the champion",
+        doc_md=doc,
+        description=f"{spec.name}: train a challenger and promote it if it passes the gate",
         params={
             "as_of": Param("", type="string", title="Training cut-off date (YYYY-MM-DD)",
                            description="Use labels that landed before this date. Empty: the newest labels."),
@@ -63,15 +77,34 @@ def build_training(spec):
             reason = "scheduled retraining" if scheduled else params.get("reason", "")
             return runtime.train(use_case, as_of, reason, trigger, run_id)
 
-        @task(outlets=[assets.champion])
+        @task
         @measured
-        def promote_if_better(challenger: dict) -> dict:
-            """Champion vs challenger on the same holdout; move @champion only on a clear win."""
+        def evaluate_challenger(challenger: dict) -> dict:
+            """The promotion gate on the holdout: every check recorded, a model card written."""
             from pipelines import runtime
 
-            return runtime.promote(use_case, challenger, challenger["as_of"])
+            return runtime.evaluate(use_case, challenger, challenger["as_of"])
 
-        promote_if_better(train_challenger())
+        @task(outlets=[assets.champion], trigger_rule="none_failed" if reviewed else "all_success")
+        @measured
+        def promote_if_better(evaluation: dict, ti=None) -> dict:
+            """Move @champion to the challenger if the gate passed (and the reviewer approved)."""
+            from pipelines import runtime
+
+            review = ti.xcom_pull(task_ids="review_challenger", key=REVIEW_XCOM) if reviewed else None
+            return runtime.decide(use_case, evaluation, review)
+
+        evaluation = evaluate_challenger(train_challenger())
+        decision = promote_if_better(evaluation)
+        if reviewed:
+            @task.short_circuit(ignore_downstream_trigger_rules=False)
+            def passed_gate(evaluation: dict) -> bool:
+                """Ask a reviewer only about a challenger the gate let through."""
+                return bool(evaluation["eligible"])
+
+            # a rejection skips `approved` only; promote_if_better then records the rejection
+            approved = EmptyOperator(task_id="approved")
+            passed_gate(evaluation) >> promotion_review(spec) >> approved >> decision
 
     return training()
 

@@ -61,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     rollback.add_argument("--reason", required=True, help="why: recorded on the model versions")
     rollback.add_argument("--to", default=None, help="a version that was champion before (default: the previous one)")
     rollback.add_argument("--by", default=None, help="who asks (default: the current user)")
+    serve = sub.add_parser("serve", help="run the online scoring service of @champion (FastAPI, uvicorn)")
+    serve.add_argument("use_case", nargs="*", help="use cases to serve (default: every spec)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8090)
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    online = sub.add_parser("online-store", help="load a day's features into the online store the service reads")
+    online.add_argument("use_case")
+    online.add_argument("ds", help="date, YYYY-MM-DD (the newest date the store has seen wins)")
     for name in ("simulate", "summary"):
         sub.add_parser(name).add_argument("use_case")
     for name in ("validate", "features", "score", "monitor", "performance"):
@@ -87,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         print(export(args.dataset, Path(args.out), args.missing))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        from pipelines.scoring_service import serve as run_service
+
+        for name in args.use_case:
+            runtime.spec(name)   # an unknown use case fails here, with the specs found
+        run_service(args.use_case, args.host, args.port, args.workers)
+        return 0
     # stdout carries only the result, so that scripts can parse it; what the libraries print on
     # the way (MLflow's run links, progress) goes to stderr with the logs
     with contextlib.redirect_stdout(sys.stderr):
@@ -173,6 +188,8 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
         except RollbackRefused as exc:
             print(f"rollback refused, @champion unchanged: {exc}", file=sys.stderr)
             return 1
+    elif args.command == "online-store":
+        result = runtime.refresh_online_store(uc, args.ds)
     elif args.command == "simulate":
         result = runtime.simulate(uc)
     elif args.command == "summary":

@@ -20,6 +20,9 @@ same code at a cluster is a matter of setting the variables below; nothing else 
                            library's default (every core)
 ``MLOPS_SCHEDULE_END``     optional last date the scheduled DAGs may run for (YYYY-MM-DD)
 ``MLOPS_RETRY_DELAY_S``    first retry delay of a failed task, doubled on each retry (default 20)
+``MLOPS_ONLINE_STORE``     folder of the online feature stores, one SQLite file per use case
+                           (default ``$MLOPS_HOME/online``)
+``MLOPS_SERVING_POLL_S``   how often the scoring service checks the registry alias (default 2)
 =========================  ==========================================================
 """
 from __future__ import annotations
@@ -46,6 +49,8 @@ class Settings:
     retry_delay_s: float = 20.0
     spark_shared_session: bool = True
     model_threads: int | None = None
+    online_store: Path | None = None
+    serving_poll_s: float = 2.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -66,6 +71,8 @@ class Settings:
             spark_shared_session=(env.get("MLOPS_SPARK_SHARED_SESSION") or "1").strip().lower()
             not in ("0", "false", "no", "off"),
             model_threads=int(env["MLOPS_MODEL_THREADS"]) if env.get("MLOPS_MODEL_THREADS") else None,
+            online_store=Path(env.get("MLOPS_ONLINE_STORE") or home / "online"),
+            serving_poll_s=float(env.get("MLOPS_SERVING_POLL_S") or 2.0),
         )
 
 

@@ -1,6 +1,7 @@
-"""Evaluate champion and challenger on the same recent holdout; promote only a clear winner.
+"""Evaluate a challenger on the recent holdout through the promotion gate; promote only what passes.
 
-Rules (from the spec's ``promotion`` section):
+The gate (see :mod:`pipelines.gate`) runs the spec's checks, the first always the promotion
+metric's rule (:func:`decide_promotion`):
 
 * a challenger whose metric is NaN never passes;
 * it must reach the absolute ``floor`` when the spec sets one (a ceiling for metrics where
@@ -10,16 +11,20 @@ Rules (from the spec's ``promotion`` section):
   in the metric's direction
   (a champion whose metric is NaN on that holdout is beaten by any finite metric).
 
-The decision and its reasons are written as tags on the challenger's model version (and
-on the replaced champion), and the alias ``champion`` moves only on promotion, guarded by
-a compare-and-set: if another run moved it meanwhile, the promotion is refused.
+then ``promotion.checks`` (slices, fairness, calibration, latency, schema, more metrics), each
+enforced or only recorded. :func:`evaluate_challenger` runs them and records every result (the
+``promotion_checks`` table, tags ``gate.*`` on the version, ``gate/checks.json`` in its run, a
+model card); :func:`promote_if_better` acts on the evaluation and, when the spec requires it, a
+reviewer's answer. The decision and its reasons are tags on the challenger's version (and on the
+replaced champion), and the alias ``champion`` moves only on promotion, guarded by a
+compare-and-set: if another run moved it meanwhile, the promotion is refused.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from pipelines.lake import Lake
 from pipelines.model_tasks import ModelTask
@@ -71,76 +76,246 @@ def decide_promotion(metric: str, challenger: float, champion: float | None, flo
                        f"{champion:.4f} by the margin {min_improvement:.4f} (gain {gain:+.4f})")
 
 
-def promote_if_better(spark, spec, lake: Lake, challenger: dict, as_of: dt.date) -> dict:
-    """Score both models on the holdout of ``as_of``, decide, tag, and move the alias if promoted."""
-    from pipelines import tracking
+PROMOTION_CHECKS = "promotion_checks"   # the monitoring table of every gate check's results
+
+
+def gate_checks(spec) -> list:
+    """The gate's checks: the promotion metric against its floor and the champion (always
+    enforced), then the spec's ``promotion.checks`` in order."""
+    from pipelines.spec import CheckKind, MetricCheck
+
+    promotion = spec.promotion
+    primary = MetricCheck(name=f"holdout_{promotion.metric.value}", kind=CheckKind.METRIC, metric=promotion.metric,
+                          floor=promotion.floor, min_improvement=promotion.min_improvement)
+    return [primary, *promotion.checks]
+
+
+def run_checks(spec, task: ModelTask, holdout, challenger_ref, champion_ref) -> list:
+    """Every check's verdict. A check that raises is a failed verdict naming the error: it never passes."""
+    from pipelines import gate
+    from pipelines.features import feature_columns
+    from pipelines.spec import CheckKind
+
+    verdicts = []
+    for check in gate_checks(spec):
+        try:
+            if gate.is_kind(check, CheckKind.METRIC):
+                result = gate.metric_check(check, task, holdout)
+            elif gate.is_kind(check, CheckKind.SLICES):
+                result = gate.slices_check(check, task, holdout, spec.promotion.metric)
+            elif gate.is_kind(check, CheckKind.FAIRNESS):
+                result = gate.fairness_check(check, task, holdout, spec.promotion.metric)
+            elif gate.is_kind(check, CheckKind.CALIBRATION):
+                result = gate.calibration_check(check, task, holdout)
+            elif gate.is_kind(check, CheckKind.LATENCY):
+                result = gate.latency_check(check, gate.measure_latency(challenger_ref.uri, holdout.X, check))
+            else:
+                expected, against = gate.expected_inputs(feature_columns(spec)), "the spec's features"
+                if champion_ref is not None:
+                    expected = gate.signature_inputs(champion_ref.uri) or expected
+                    against = f"champion v{champion_ref.version}"
+                result = gate.schema_check(check, gate.signature_inputs(challenger_ref.uri), expected, against)
+        except Exception as exc:   # noqa: BLE001 - any failure to compute is a failed check, with its reason
+            log.exception("%s: check %s could not be computed", spec.name, check.name)
+            row = gate.CheckResult(check.name, check.kind.value, check.mode.value, "overall", gate.FAILED,
+                                   detail=f"cannot be computed: {type(exc).__name__}: {exc}")
+            result = gate.verdict(check, [row])
+        log.info("%s: check %s (%s, %s): %s: %s", spec.name, result.name, result.kind, result.mode,
+                 "passed" if result.passed else "FAILED", result.reason)
+        verdicts.append(result)
+    return verdicts
+
+
+def record_checks(spec, lake: Lake, as_of: dt.date, challenger_version: str, champion_version: str | None,
+                  verdicts: list, evaluated_at: str) -> None:
+    """Rows of the ``promotion_checks`` table (partition of the evaluation's as-of date): an
+    evaluation of the same version again replaces its rows, other versions' rows stay."""
+    import pandas as pd
+
+    from pipelines import gate
+    from pipelines.lake import read_partition, replace_partition
+
+    table = lake.monitoring(spec.name, PROMOTION_CHECKS)
+    rows = pd.DataFrame(gate.result_rows(verdicts))
+    verdict_of = {v.name: ("passed" if v.passed else "failed") for v in verdicts}
+    rows.insert(0, "model_version", str(challenger_version))
+    rows.insert(1, "champion_version", str(champion_version) if champion_version else None)
+    rows["check_verdict"] = rows["check"].map(verdict_of)
+    rows["evaluated_at"] = evaluated_at
+    for column in ("value", "threshold", "champion_value"):
+        rows[column] = pd.to_numeric(rows[column], errors="coerce").astype("float64")
+    rows["rows"] = pd.to_numeric(rows["rows"], errors="coerce").astype("Int64")
+    try:
+        earlier = read_partition(table, as_of)
+        earlier = earlier[earlier["model_version"].astype(str) != str(challenger_version)]
+        rows = pd.concat([earlier, rows], ignore_index=True) if len(earlier) else rows
+    except FileNotFoundError:
+        pass
+    replace_partition(table, as_of, rows)
+
+
+def evaluate_challenger(spark, spec, lake: Lake, challenger: dict, as_of: dt.date) -> dict:
+    """Run the gate on the holdout of ``as_of``: every check's result goes to the ``promotion_checks``
+    table, the version's tags and its MLflow run; a model card is written. Moves no alias."""
+    import mlflow
+    import pandas as pd
+
+    from pipelines import gate, model_card, tracking
+    from pipelines.features import feature_columns
 
     name = spec.model.registered_name
     challenger_ref = tracking.model_version(name, challenger["version"])
     champion_ref = tracking.resolve_alias(name, tracking.CHAMPION)
+    evaluated_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    base = {"challenger": challenger_ref.as_xcom(), "champion": champion_ref.as_xcom() if champion_ref else None,
+            "as_of": str(as_of), "metric": spec.promotion.metric.value, "evaluated_at": evaluated_at}
     if champion_ref is not None and champion_ref.version == challenger_ref.version:
-        return {"promoted": False, "reason": "challenger is already the champion", "champion": champion_ref.as_xcom()}
+        return {**base, "eligible": False, "reason": "challenger is already the champion", "failing": [],
+                "warnings": [], "challenger_value": None, "champion_value": None, "already_champion": True}
 
     window = label_window(spec, as_of)
-    holdout = holdout_frame(spark, spec, lake, window)
-    from pipelines.features import feature_columns
-
-    X, y = holdout[feature_columns(spec).all], holdout[spec.label.target].to_numpy()
-    metric, task = spec.promotion.metric, ModelTask.of(spec)   # metric: a Metric (str enum)
-
-    def holdout_metric(ref):
-        return task.metrics(y, task.outputs(tracking.load_model(ref), X))[metric]
-
-    challenger_value = holdout_metric(challenger_ref)
-    champion_value = holdout_metric(champion_ref) if champion_ref else None
-    decision = decide_promotion(metric, challenger_value, champion_value, spec.promotion.floor,
-                                spec.promotion.min_improvement, champion_ref.version if champion_ref else None,
-                                higher_is_better=metric.higher_is_better)
+    frame = holdout_frame(spark, spec, lake, window)
+    X, y = frame[feature_columns(spec).all], frame[spec.label.target].to_numpy()
+    task = ModelTask.of(spec)
+    holdout = gate.Holdout(X, y, task.outputs(tracking.load_model(challenger_ref), X),
+                           task.outputs(tracking.load_model(champion_ref), X) if champion_ref else None,
+                           champion_ref.version if champion_ref else None)
+    verdicts = run_checks(spec, task, holdout, challenger_ref, champion_ref)
+    decision = gate.decide_gate(verdicts)
+    log.info("%s: gate for v%s: %s", spec.name, challenger_ref.version, decision.reason)
+    record_checks(spec, lake, as_of, challenger_ref.version, champion_ref.version if champion_ref else None,
+                  verdicts, evaluated_at)
+    metric = spec.promotion.metric.value
+    challenger_value = task.metrics(y, holdout.challenger)[metric]
+    champion_value = task.metrics(y, holdout.champion)[metric] if holdout.champion is not None else None
     c = tracking.client()
-    evaluated_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    outcome, reason = ("promoted" if decision.promote else "rejected"), decision.reason
-    if decision.promote:  # compare-and-set: only if the champion is still the one we evaluated against
+    tags = {"gate.decision": "passed" if decision.eligible else "failed", "gate.reason": decision.reason,
+            "gate.failing": ",".join(decision.failing) or "none", "gate.warnings": ",".join(decision.warnings) or "none",
+            "gate.evaluated_at": evaluated_at, "gate.champion_version": champion_ref.version if champion_ref else "none",
+            **{f"gate.check.{v.name}": ("passed" if v.passed else ("failed" if v.enforced else "warned"))
+               for v in verdicts}}
+    for key, value in tags.items():
+        c.set_model_version_tag(name, challenger_ref.version, key, value[:4900])
+    # the gate's results beside the training run's own artifacts
+    mlflow.log_table(pd.DataFrame(gate.result_rows(verdicts)), "gate/checks.json", run_id=challenger_ref.run_id)
+    model_card.log_calibration_plot(task, y, holdout, challenger_ref)
+    evaluation = {**base, "eligible": decision.eligible, "reason": decision.reason, "failing": decision.failing,
+                  "warnings": decision.warnings, "challenger_value": _finite(challenger_value),
+                  "champion_value": _finite(champion_value),
+                  "holdout": f"{window.holdout_start}..{window.holdout_end} ({len(frame)} rows)",
+                  "checks": [{"name": v.name, "kind": v.kind, "mode": v.mode, "passed": v.passed, "reason": v.reason}
+                             for v in verdicts],
+                  "results": gate.result_rows(verdicts)}
+    evaluation["card"] = str(model_card.publish(spec, challenger_ref, evaluation, decision=None))
+    evaluation["review_summary"] = model_card.review_summary(spec, evaluation)
+    return evaluation
+
+
+@dataclass(frozen=True)
+class Review:
+    """A reviewer's answer to an approval request (None ``by``: nobody answered in time)."""
+
+    approved: bool
+    by: str | None
+    at: str | None = None
+    comment: str = ""
+
+    @classmethod
+    def from_hitl(cls, answer: dict | None) -> "Review | None":
+        """From the return value of Airflow's ApprovalOperator (None: no review was asked)."""
+        if not answer:
+            return None
+        user = answer.get("responded_by_user") or {}
+        by = user.get("name") or user.get("id") if isinstance(user, dict) else (str(user) if user else None)
+        comment = str((answer.get("params_input") or {}).get("comment") or "")
+        return cls("Approve" in (answer.get("chosen_options") or []), by or None,
+                   str(answer.get("responded_at") or "") or None, comment)
+
+
+def decide_final(spec, evaluation: dict, review: Review | None) -> tuple[str, str]:
+    """(outcome, reason) of a promotion from the gate and the review: ``promoted`` (still subject to
+    the champion not having moved), ``rejected``, or ``awaiting_approval``."""
+    from pipelines.spec import Approval
+
+    if evaluation.get("already_champion"):
+        return "rejected", evaluation["reason"]
+    if not evaluation["eligible"]:
+        return "rejected", f"gate {evaluation['reason']}"
+    if spec.promotion.approval is Approval.REQUIRED:
+        if review is None:
+            return "awaiting_approval", (f"gate {evaluation['reason']}; awaiting a reviewer's approval in the "
+                                         f"{spec.name}_training DAG")
+        if not review.approved:
+            who = (f"rejected by {review.by}" if review.by else
+                   f"no review within {spec.promotion.approval_timeout_hours:g} h: rejected")
+            return "rejected", who + (f" ({review.comment})" if review.comment else "") + f"; gate {evaluation['reason']}"
+        return "promoted", (f"approved by {review.by}" + (f" ({review.comment})" if review.comment else "")
+                            + f"; gate {evaluation['reason']}")
+    return "promoted", f"gate {evaluation['reason']}"
+
+
+def promote_if_better(spec, evaluation: dict, review: Review | None = None) -> dict:
+    """Act on an evaluation: move ``@champion`` to the challenger when the gate (and, if the spec
+    asks, a reviewer) says so, guarded by a compare-and-set on the champion it was judged against.
+    The decision, its reason and the review are tags on the version and in its model card."""
+    from pipelines import model_card, tracking
+
+    name = spec.model.registered_name
+    challenger_ref = tracking.ModelRef.from_xcom(evaluation["challenger"])
+    champion_ref = tracking.ModelRef.from_xcom(evaluation["champion"]) if evaluation.get("champion") else None
+    if evaluation.get("already_champion"):
+        return {"promoted": False, "reason": evaluation["reason"], "champion": champion_ref.as_xcom()}
+    outcome, reason = decide_final(spec, evaluation, review)
+    decided_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    if outcome == "promoted":   # compare-and-set: only if the champion is still the one the gate judged against
         now = tracking.resolve_alias(name, tracking.CHAMPION)
         if (now.version if now else None) != (champion_ref.version if champion_ref else None):
             outcome = "conflict"
             reason = (f"not promoted: the champion moved to v{now.version if now else None} while v"
                       f"{challenger_ref.version} was evaluated against v{champion_ref.version if champion_ref else None}"
-                      f" ({decision.reason}); rerun the evaluation against the new champion")
+                      f" ({reason}); rerun the evaluation against the new champion")
         else:
             tracking.move_champion(name, challenger_ref.version, champion_ref.version if champion_ref else None,
-                                   evaluated_at)
+                                   decided_at)
     if outcome == "promoted":
         log.info("%s: PROMOTE v%s to champion (was %s): %s", spec.name, challenger_ref.version,
                  f"v{champion_ref.version}" if champion_ref else "none", reason)
     else:
         log.info("%s: KEEP champion %s, challenger v%s %s: %s", spec.name,
                  f"v{champion_ref.version}" if champion_ref else "(none)", challenger_ref.version, outcome, reason)
-    # tags are written after the alias decision, so they say what actually happened
+    metric = evaluation["metric"]
     tags = {
-        "promotion.decision": outcome,
-        "promotion.reason": reason,
-        "promotion.metric": metric,
-        f"promotion.challenger_{metric}": _fmt(challenger_value),
-        f"promotion.champion_{metric}": _fmt(champion_value),
+        "promotion.decision": outcome, "promotion.reason": reason, "promotion.metric": metric,
+        f"promotion.challenger_{metric}": _fmt(evaluation["challenger_value"]),
+        f"promotion.champion_{metric}": _fmt(evaluation["champion_value"]),
         "promotion.champion_version": champion_ref.version if champion_ref else "none",
-        "promotion.holdout": f"{window.holdout_start}..{window.holdout_end} ({len(holdout)} rows)",
-        "promotion.evaluated_at": evaluated_at,
+        "promotion.holdout": evaluation.get("holdout", ""), "promotion.evaluated_at": evaluation["evaluated_at"],
+        "promotion.decided_at": decided_at,
+        **({"review.decision": "approved" if review.approved else "rejected", "review.by": review.by or "nobody",
+            "review.at": review.at or decided_at, "review.comment": review.comment} if review else {}),
     }
+    c = tracking.client()
     for key, value in tags.items():
-        c.set_model_version_tag(name, challenger_ref.version, key, value)
+        c.set_model_version_tag(name, challenger_ref.version, key, str(value)[:4900])
+    card = model_card.publish(spec, challenger_ref, evaluation, decision=(outcome, reason, review))
     if outcome == "conflict":
         raise PromotionConflict(reason)
-    run = c.get_run(challenger_ref.run_id)
-    if run:
-        c.log_metric(challenger_ref.run_id, f"promotion_challenger_{metric}", challenger_value
-                     if math.isfinite(challenger_value) else -1.0)
-        if champion_value is not None and math.isfinite(champion_value):
-            c.log_metric(challenger_ref.run_id, f"promotion_champion_{metric}", champion_value)
-    champion_now = challenger_ref if decision.promote else champion_ref
-    return {"promoted": decision.promote, **{k: v for k, v in asdict(decision).items() if k != "promote"},
-            "challenger_version": challenger_ref.version,
+    value = evaluation["challenger_value"]
+    c.log_metric(challenger_ref.run_id, f"promotion_challenger_{metric}", value if value is not None else -1.0)
+    if evaluation["champion_value"] is not None:
+        c.log_metric(challenger_ref.run_id, f"promotion_champion_{metric}", evaluation["champion_value"])
+    promoted = outcome == "promoted"
+    champion_now = challenger_ref if promoted else champion_ref
+    return {"promoted": promoted, "outcome": outcome, "reason": reason, "metric": metric,
+            "challenger_value": evaluation["challenger_value"], "champion_value": evaluation["champion_value"],
+            "champion_version": champion_ref.version if champion_ref else None,
+            "challenger_version": challenger_ref.version, "failing": evaluation["failing"],
+            "warnings": evaluation["warnings"], "card": str(card),
             "champion": champion_now.as_xcom() if champion_now else None}
 
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
 
 def _fmt(value: float | None) -> str:
     return "none" if value is None else ("nan" if not math.isfinite(value) else f"{value:.4f}")

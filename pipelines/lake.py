@@ -12,6 +12,7 @@ Layout under the lake root, per use case::
     quarantine/<uc>/<source>/ds=.../attempt=<utc>/   rejected partitions, never deleted
     features/<uc>/ds=.../              point-in-time features, one row per entity
     inference/<uc>/ds=.../             batch scores
+    online_inference/<uc>/ds=.../      online predictions (the scoring service's request log)
     monitoring/<uc>/<table>/ds=.../    drift summary, drift per column, live performance
 """
 from __future__ import annotations
@@ -64,6 +65,10 @@ class Lake:
 
     def inference(self, uc: str) -> Path:
         return self.root / "inference" / uc
+
+    def online_inference(self, uc: str) -> Path:
+        """Online predictions of the scoring service (request log), Parquet files per ``ds``."""
+        return self.root / "online_inference" / uc
 
     def monitoring(self, uc: str, table: str) -> Path:
         return self.root / "monitoring" / uc / table

@@ -28,12 +28,30 @@ def champion_history(spec) -> list[dict]:
             "decision": tags.get("promotion.decision", "not evaluated"),
             "reason": tags.get("promotion.reason", ""),
             "run_id": mv.run_id,
+            "gate": tags.get("gate.decision", ""),
+            "gate_failing": tags.get("gate.failing", "none"),
+            "gate_warnings": tags.get("gate.warnings", "none"),
+            "review": (f"{tags['review.decision']} by {tags.get('review.by')}" if tags.get("review.decision") else ""),
+            "card": (mv.description or "").removeprefix("Model card: ").split(" (and artifact")[0]
+            if (mv.description or "").startswith("Model card: ") else "",
             "rolled_back": tags.get("champion.rolled_back", ""),      # this version was rolled back
             "rollback": (f"champion again since {tags['rollback.at']}: rolled back from v{tags.get('rollback.from')} "
                          f"by {tags.get('rollback.requested_by')}: {tags.get('rollback.reason')}")
             if tags.get("rollback.at") else "",
         })
     return rows
+
+
+PASSED_GATE = "gate passed every enforced check: "
+
+
+def short_reason(reason: str, limit: int = 400) -> str:
+    """A promotion reason for one summary line: of a passed gate, only its first check (the metric
+    rule; the gate line lists the rest); anything else cut at ``limit`` characters."""
+    if PASSED_GATE in reason:
+        head, _, checks = reason.partition(PASSED_GATE)
+        reason = f"{head}{checks.split('; ')[0]}"
+    return reason if len(reason) <= limit else reason[:limit - 3] + "..."
 
 
 def summarize(spec, lake: Lake | None = None) -> str:
@@ -52,7 +70,12 @@ def summarize(spec, lake: Lake | None = None) -> str:
         alias = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
         lines.append(f"  v{row['version']}{alias}: trained as of {row['as_of']} ({row['trigger']}: "
                      f"{row['trigger_reason']})")
-        lines.append(f"      {row['decision']}: {row['reason']}")
+        lines.append(f"      {row['decision']}: {short_reason(row['reason'])}")
+        if row["gate"]:
+            failing = "" if row["gate_failing"] == "none" else f", failing {row['gate_failing']}"
+            warned = "" if row["gate_warnings"] == "none" else f", warnings {row['gate_warnings']}"
+            review = f"; review: {row['review']}" if row["review"] else ""
+            lines.append(f"      gate {row['gate']}{failing}{warned}{review}; model card {row['card']}")
         if row["rolled_back"]:
             lines.append(f"      rolled back {row['rolled_back']}")
         if row["rollback"]:
@@ -87,6 +110,8 @@ def summarize(spec, lake: Lake | None = None) -> str:
         f"  monitoring tables {lake.root / 'monitoring' / name}  (drift_summary, drift_columns, performance)",
         f"  quarantine        {lake.root / 'quarantine' / name}",
         f"  drift reports     {cfg.reports / name / 'drift'}  (Evidently HTML, also in MLflow)",
+        f"  model cards       {cfg.reports / name / 'model_cards'}/v<version>/model_card.html  (also in MLflow)",
+        f"  gate results      {lake.monitoring(name, 'promotion_checks')}  (every check of every evaluation)",
         f"  MLflow            {cfg.mlflow_tracking_uri}",
     ]
     return "\n".join(lines)

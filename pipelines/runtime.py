@@ -36,6 +36,11 @@ def spec(use_case: str) -> UseCaseSpec:
     return specs[use_case]
 
 
+def use_case_names() -> list[str]:
+    """Every use case of the configured include folder."""
+    return sorted(_specs(str(settings().include)))
+
+
 def lake() -> Lake:
     return Lake(settings().lake)
 
@@ -98,6 +103,13 @@ def build_features(use_case: str, date: str | dt.date) -> int:
     from pipelines.features import build_features as build
 
     return build(spark(f"{use_case}-features"), spec(use_case), lake(), _date(date))
+
+
+def refresh_online_store(use_case: str, date: str | dt.date) -> dict:
+    """The features of ``date`` into the use case's online store (see pipelines.online_store)."""
+    from pipelines.online_store import refresh, store_path
+
+    return refresh(spec(use_case), lake(), _date(date), store_path(settings().online_store, use_case))
 
 
 def resolve_champion(use_case: str) -> dict | None:
@@ -197,11 +209,29 @@ def rollback(use_case: str, reason: str, requested_by: str, to: str | None = Non
         return asdict(roll_back(spec(use_case), reason, requested_by, to))
 
 
-def promote(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:
+def evaluate(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:
+    """Run the promotion gate on a challenger (see pipelines.evaluation); moves no alias."""
     from pipelines import tracking
-    from pipelines.evaluation import promote_if_better
+    from pipelines.evaluation import evaluate_challenger
 
     tracking.require_tracking_server()
     with training_lock(use_case):
-        return promote_if_better(spark(f"{use_case}-evaluation"), spec(use_case), lake(), challenger,
-                                 _date(as_of))
+        return evaluate_challenger(spark(f"{use_case}-evaluation"), spec(use_case), lake(), challenger, _date(as_of))
+
+
+def decide(use_case: str, evaluation: dict, review: dict | None = None) -> dict:
+    """Promote an evaluated challenger if the gate passed (and, when the spec requires it, the
+    reviewer approved: ``review`` is what Airflow's ApprovalOperator returned)."""
+    from pipelines import tracking
+    from pipelines.evaluation import Review, promote_if_better
+
+    tracking.require_tracking_server()
+    with training_lock(use_case):
+        return promote_if_better(spec(use_case), evaluation, Review.from_hitl(review))
+
+
+def promote(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:
+    """Evaluate and decide in one step (the CLI, and tests). With ``promotion.approval: required``
+    the challenger is left awaiting approval, which only the training DAG asks for."""
+    with training_lock(use_case):
+        return decide(use_case, evaluate(use_case, challenger, as_of))

@@ -222,12 +222,64 @@ class LabelSpec(_Section):
     values: dict[str | int | float | bool, int] | None = None
 
 
+class SearchMethod(enum.StrEnum):
+    GRID = "grid"       # every combination of the listed values
+    OPTUNA = "optuna"   # Optuna's sampler over the lists and ranges, within a trial and time budget
+
+
+class SearchRange(_Section):
+    """A range to search with Optuna: integers when both ends are integers (and no ``log``)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs a positive low")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return float(self.low).is_integer() and float(self.high).is_integer() and not self.log
+
+
+class SearchSpec(_Section):
+    method: SearchMethod = SearchMethod.GRID
+    trials: int = Field(20, ge=1)                  # optuna: at most this many trials
+    timeout_s: float | None = Field(None, gt=0)    # optuna: and no new trial after this many seconds
+    seed: int = 0
+
+
 class ModelSpec(_Section):
     registered_name: str
     estimator: str = Field(pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")   # dotted import path of the class
     task: TaskType = TaskType.BINARY
     params: dict[str, Any] = Field(default_factory=dict)
-    search_space: dict[str, list[Any]] = Field(default_factory=dict)
+    search_space: dict[str, list[Any] | SearchRange] = Field(default_factory=dict)
+    search: SearchSpec = SearchSpec()
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _ranges(cls, value):
+        """A mapping is a range: checked here, so a mistake in it reads as one message."""
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for name, values in value.items():
+            if isinstance(values, dict):
+                try:
+                    values = SearchRange.model_validate(values)
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = ".".join(str(p) for p in first["loc"])
+                    raise ValueError(f"{name}: {where + ': ' if where else ''}"
+                                     f"{first['msg'].removeprefix('Value error, ')}") from None
+            out[name] = values
+        return out
     cv_folds: int = Field(3, ge=2)
     threshold: float = Field(0.5, gt=0, lt=1)
 
@@ -244,14 +296,142 @@ class TrainingSpec(_Section):
     reference_days: int = Field(7, gt=0)
 
 
+class CheckMode(enum.StrEnum):
+    """``enforce``: a failure blocks promotion. ``warn``: the result is recorded, nothing is blocked."""
+
+    ENFORCE = "enforce"
+    WARN = "warn"
+
+
+class CheckKind(enum.StrEnum):
+    METRIC = "metric"
+    SLICES = "slices"
+    FAIRNESS = "fairness"
+    CALIBRATION = "calibration"
+    LATENCY = "latency"
+    SCHEMA = "schema"
+
+
+class FairnessMeasure(enum.StrEnum):
+    """Between-group differences (Fairlearn): selection rates, error rates, or the check's metric."""
+
+    DEMOGRAPHIC_PARITY_DIFFERENCE = "demographic_parity_difference"
+    EQUALIZED_ODDS_DIFFERENCE = "equalized_odds_difference"
+    METRIC_DIFFERENCE = "metric_difference"
+
+
+class _Check(_Section):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    mode: CheckMode = CheckMode.ENFORCE
+
+
+class MetricCheck(_Check):
+    """A holdout metric against an absolute floor (a ceiling when lower is better) and against the
+    champion on the same holdout (``min_improvement``; negative: the regression tolerated)."""
+
+    kind: Literal[CheckKind.METRIC]
+    metric: Metric
+    floor: float | None = None
+    min_improvement: float | None = None
+
+
+class SlicesCheck(_Check):
+    """The metric per value of each column (numeric columns in ``bins`` quantile bins): no slice of
+    at least ``min_rows`` rows may fall below the champion's value on it by more than ``max_regression``."""
+
+    kind: Literal[CheckKind.SLICES]
+    columns: list[str] = Field(min_length=1)
+    metric: Metric | None = None        # default: promotion.metric
+    min_rows: int = Field(30, ge=1)
+    max_regression: float = Field(0.05, ge=0)
+    floor: float | None = None          # with no champion yet, each slice against this (if set)
+    bins: int = Field(4, ge=2)
+
+
+class FairnessCheck(_Check):
+    """For each sensitive column, a Fairlearn between-group difference of the challenger at most
+    ``max_difference`` (groups of fewer than ``min_rows`` rows are reported, not judged)."""
+
+    kind: Literal[CheckKind.FAIRNESS]
+    sensitive: list[str] = Field(min_length=1)
+    measure: FairnessMeasure = FairnessMeasure.DEMOGRAPHIC_PARITY_DIFFERENCE
+    metric: Metric | None = None        # metric_difference: default promotion.metric
+    max_difference: float = Field(gt=0)
+    min_rows: int = Field(30, ge=1)
+    bins: int = Field(4, ge=2)
+
+
+class CalibrationCheck(_Check):
+    """Brier score and expected calibration error (``bins`` equal-width bins of the score) at most
+    their ceilings (classification)."""
+
+    kind: Literal[CheckKind.CALIBRATION]
+    max_brier: float | None = Field(None, gt=0)
+    max_ece: float | None = Field(None, gt=0)
+    bins: int = Field(10, ge=2)
+
+
+class LatencyCheck(_Check):
+    """The model as it will be served (the registered version through MLflow's pyfunc): p50/p99 of
+    single-row and ``batch_rows``-row predictions over ``repeats`` calls, and its size on disk. The
+    calls are made in ``rounds`` rounds and the best round counts: a pause of the machine the
+    gate runs on is not the model's latency, while a slow model is slow in every round."""
+
+    kind: Literal[CheckKind.LATENCY]
+    single_p99_ms: float = Field(100.0, gt=0)
+    batch_p99_ms: float = Field(2000.0, gt=0)
+    batch_rows: int = Field(1000, gt=0)
+    max_size_mb: float = Field(100.0, gt=0)
+    repeats: int = Field(50, ge=5)
+    rounds: int = Field(3, ge=1)
+
+
+class SchemaCheck(_Check):
+    """The challenger's signature takes what inference sends: the champion's input columns and types
+    (or, for a first model, the spec's features)."""
+
+    kind: Literal[CheckKind.SCHEMA]
+
+
+PromotionCheck = Annotated[Union[MetricCheck, SlicesCheck, FairnessCheck, CalibrationCheck, LatencyCheck,
+                                 SchemaCheck], Field(discriminator="kind")]
+
+
+class Approval(enum.StrEnum):
+    """``required``: a challenger that passes every enforced check waits for a reviewer in Airflow."""
+
+    NONE = "none"
+    REQUIRED = "required"
+
+
 class PromotionSpec(_Section):
+    """The promotion gate. ``metric``/``floor``/``min_improvement`` are its first check (always
+    enforced); ``checks`` adds more, each enforced or only recorded (``mode: warn``)."""
+
     metric: Metric = Metric.ROC_AUC   # default: roc_auc (binary), f1_macro (multiclass), rmse (regression)
     floor: float | None = None      # the worst value any champion may have (a ceiling for lower-is-better metrics)
     min_improvement: float = Field(0.0, ge=0)
+    checks: list[PromotionCheck] = Field(default_factory=list)
+    approval: Approval = Approval.NONE
+    approval_timeout_hours: float = Field(24.0, gt=0)   # no answer by then: rejected
 
 
 class ScoringSpec(_Section):
     schedule: str | None = "@daily"   # null: on demand (a manual run) and on each ingest through the inbox
+
+
+class ServingInput(enum.StrEnum):
+    """What an online request carries: every feature (``features``) or only the entity id, whose
+    features the service reads from the online store (``entity``)."""
+
+    FEATURES = "features"
+    ENTITY = "entity"
+
+
+class DeploymentSpec(_Section):
+    """The online scoring service of the use case."""
+
+    input: ServingInput = ServingInput.FEATURES
 
 
 class MonitoringSpec(_Section):
@@ -279,6 +459,8 @@ class UseCaseSpec(_Section):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")   # DAG ids, tables and model names derive from it
     description: str = ""
+    owner: str = ""                  # who answers for the model (model cards)
+    intended_use: str = ""           # what its scores may be used for, and what not (model cards)
     start_date: dt.date
     entity: str
     sources: dict[str, SourceSpec] = Field(min_length=1)
@@ -289,11 +471,12 @@ class UseCaseSpec(_Section):
     training: TrainingSpec = TrainingSpec()
     promotion: PromotionSpec = PromotionSpec()
     scoring: ScoringSpec = ScoringSpec()
+    deployment: DeploymentSpec = DeploymentSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     simulation: SimulationSpec | None = None
     directory: Path = Path(".")
 
-    @field_validator("description", mode="before")
+    @field_validator("description", "owner", "intended_use", mode="before")
     @classmethod
     def _strip(cls, value):
         return str(value or "").strip()
@@ -406,7 +589,8 @@ def _key(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             parts[-1:] = [f"{parts[-1]}[{part}]"] if parts else [f"[{part}]"]
-        elif part in FeatureKind.__members__.values() and parts and parts[-1].endswith("]"):
+        elif (part in FeatureKind.__members__.values() or part in CheckKind.__members__.values()) \
+                and parts and parts[-1].endswith("]"):
             continue   # the discriminator's tag pydantic adds to the location
         else:
             parts.append(str(part))
@@ -425,7 +609,8 @@ def _describe(error: dict) -> tuple[str, str]:
     if kind == "missing":
         return key, "required key is missing"
     if kind == "union_tag_invalid":
-        return key, f"unknown kind {error['input'].get('kind')!r}; kinds are {[k.value for k in FeatureKind]}"
+        kinds = CheckKind if "checks" in loc else FeatureKind
+        return key, f"unknown kind {error['input'].get('kind')!r}; kinds are {[k.value for k in kinds]}"
     message = error["msg"]
     if "input" in error and not isinstance(error["input"], dict | list):
         message += f", got {error['input']!r}"
@@ -577,11 +762,47 @@ def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
         fits = sorted(m.value for m in Metric if spec.model.task in m.tasks)
         problems.append(("promotion.metric", f"{metric.value} does not fit a {spec.model.task.value} task; "
                                              f"use one of {fits}"))
+    problems += _check_gate(spec)
+    if spec.model.search.method is SearchMethod.GRID:
+        for name, values in spec.model.search_space.items():
+            if isinstance(values, SearchRange):
+                problems.append((f"model.search_space.{name}", "a grid searches listed values; a range needs "
+                                                               "model.search.method: optuna"))
     if spec.monitoring.column_threshold is not None and spec.monitoring.method is None:
         problems.append(("monitoring.column_threshold", "a threshold needs the method it applies to (monitoring.method)"))
     for key, value in (("training.schedule", spec.training.schedule), ("scoring.schedule", spec.scoring.schedule)):
         if value is not None and not _valid_schedule(value):
             problems.append((key, f"{value!r} is neither a cron expression nor a preset like @daily"))
+    return problems
+
+
+def _check_gate(spec: UseCaseSpec) -> list[tuple[str, str]]:
+    """The promotion checks fit the spec: unique names, columns that are features, metrics and
+    measures that suit the task."""
+    problems: list[tuple[str, str]] = []
+    task, features = spec.model.task, spec.feature_names()
+    seen: set[str] = set()
+    for i, check in enumerate(spec.promotion.checks):
+        key = f"promotion.checks[{i}]"
+        if check.name in seen:
+            problems.append((f"{key}.name", f"{check.name!r} is used by another check; names must be unique"))
+        seen.add(check.name)
+        metric = getattr(check, "metric", None)
+        if metric is not None and task not in metric.tasks:
+            problems.append((f"{key}.metric", f"{metric.value} does not fit a {task.value} task"))
+        for field in ("columns", "sensitive"):
+            for column in getattr(check, field, None) or []:
+                if column not in features:
+                    problems.append((f"{key}.{field}", f"{column!r} is not a feature column; features are "
+                                                       f"{sorted(features)}"))
+        if isinstance(check, FairnessCheck) and check.measure is not FairnessMeasure.METRIC_DIFFERENCE \
+                and task is not TaskType.BINARY:
+            problems.append((f"{key}.measure", f"{check.measure.value} needs a binary task; use metric_difference"))
+        if isinstance(check, CalibrationCheck):
+            if task is TaskType.REGRESSION:
+                problems.append((f"{key}.kind", "calibration applies to classifiers, not a regression"))
+            if check.max_brier is None and check.max_ece is None:
+                problems.append((key, "a calibration check needs max_brier, max_ece or both"))
     return problems
 
 

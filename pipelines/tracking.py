@@ -10,6 +10,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from pipelines.config import Settings, settings as current_settings
@@ -108,6 +109,32 @@ def ensure_experiment(name: str) -> str:
         if found is None:
             raise
         return found.experiment_id
+
+
+@lru_cache(maxsize=1)
+def code_version() -> tuple[str, bool]:
+    """(commit, dirty) of the code that runs: ``MLOPS_CODE_VERSION`` when set (an image built
+    without its .git), else the git checkout this package sits in; ("unknown", False) otherwise."""
+    import subprocess
+
+    pinned = os.environ.get("MLOPS_CODE_VERSION")
+    if pinned:
+        return pinned, False
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changes = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+    return commit, bool(changes)
+
+
+def code_version_tags() -> dict[str, str]:
+    """Tags naming the code version of a run (MLflow's own git tag, so its UI shows it too)."""
+    commit, dirty = code_version()
+    return {"mlflow.source.git.commit": commit, "code_version": commit + ("+dirty" if dirty else "")}
 
 
 def _figures():

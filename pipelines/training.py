@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +18,7 @@ import pandas as pd
 from pipelines.features import feature_columns
 from pipelines.lake import Lake, ds
 from pipelines.model_tasks import ModelTask, finite_or_none
+from pipelines.search import log_trials
 from pipelines.spark import table_exists
 from pipelines.spec import Split, TaskType
 
@@ -223,8 +223,9 @@ def cross_validation(spec):
 
 
 def fit_model(spec, frame: pd.DataFrame):
-    """Grid-search the spec's search space for its promotion metric; returns (best pipeline, cv results)."""
-    from sklearn.model_selection import GridSearchCV
+    """Search the spec's space for its promotion metric (grid or Optuna, see pipelines.search);
+    returns the :class:`~pipelines.search.SearchOutcome` (the refitted best pipeline and the trials)."""
+    from pipelines.search import search
 
     target = spec.label.target
     y = frame[target].to_numpy()
@@ -233,36 +234,11 @@ def fit_model(spec, frame: pd.DataFrame):
     half_life = spec.training.recency_half_life_days
     # no weights unless they differ: gradient boosting fits about ten times slower with any weights
     fit_params = {"model__sample_weight": recency_weights(frame["ds"], half_life)} if half_life else {}
-    grid = {f"model__{k}": v for k, v in spec.model.search_space.items()} or {}
-    metric = spec.promotion.metric
-    search = GridSearchCV(make_pipeline(spec), grid or [{}], scoring=metric.scorer,
-                          cv=cross_validation(spec), n_jobs=1, refit=True)
-    with model_threads(), warnings.catch_warnings():
-        # quantile bins of a column with few distinct values collapse; that is expected
-        warnings.filterwarnings("ignore", message="Bins whose width are too small", category=UserWarning)
-        search.fit(X, y, **fit_params)
-    log.info("%s: best params %s (cv %s %.4f)", spec.name, search.best_params_, metric.value, cv_score(search, metric))
-    return search.best_estimator_, search
-
-
-def cv_score(search, metric) -> float:
-    """The best cross-validated value of ``metric`` (scikit-learn negates lower-is-better scores)."""
-    value = float(search.best_score_)
-    return -value if metric.scorer.startswith("neg_") else value
-
-
-def search_trials(search, metric) -> pd.DataFrame:
-    """One row per searched candidate: its parameters, its cross-validated ``metric`` (in the
-    metric's own sign: an RMSE is positive), its rank and what it cost over all folds."""
-    results = search.cv_results_
-    sign = -1.0 if metric.scorer.startswith("neg_") else 1.0
-    trials = pd.DataFrame(list(results["params"])).rename(columns=lambda c: c.removeprefix("model__"))
-    folds = search.n_splits_
-    trials[f"cv_{metric.value}"] = sign * np.asarray(results["mean_test_score"], dtype=float)
-    trials["rank"] = np.asarray(results["rank_test_score"], dtype=int)
-    trials["fit_seconds"] = np.asarray(results["mean_fit_time"], dtype=float) * folds
-    trials["score_seconds"] = np.asarray(results["mean_score_time"], dtype=float) * folds
-    return trials
+    with model_threads():
+        outcome = search(spec, make_pipeline(spec), X, y, fit_params, cross_validation(spec))
+    log.info("%s: %s search of %d candidate(s): best params %s (cv %s %.4f)", spec.name, outcome.method.value,
+             len(outcome.trials), outcome.best_params, spec.promotion.metric.value, outcome.cv_score)
+    return outcome
 
 
 def frame_digest(frame: pd.DataFrame) -> str:
@@ -300,7 +276,8 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
     train, holdout = training_frames(spark, spec, lake, window, seed=int(as_of.strftime("%Y%m%d")))
     cols = feature_columns(spec)
     target, task, metric = spec.label.target, ModelTask.of(spec), spec.promotion.metric
-    model, search = fit_model(spec, train)
+    outcome = fit_model(spec, train)
+    model = outcome.model
     holdout_outputs = task.outputs(model, holdout[cols.all])
     metrics = task.metrics(holdout[target].to_numpy(), holdout_outputs)
     log.info("%s: challenger holdout metrics %s", spec.name, {k: round(v, 4) for k, v in metrics.items()})
@@ -308,11 +285,11 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
     with mlflow.start_run(experiment_id=experiment, run_name=f"train-{as_of}") as run:
         mlflow.set_tags({
             "use_case": spec.name, "as_of": str(as_of), "trigger": trigger, "trigger_reason": reason,
-            tracking.AIRFLOW_RUN_TAG: airflow_run_id or "",
+            tracking.AIRFLOW_RUN_TAG: airflow_run_id or "", **tracking.code_version_tags(),
             "training_data_digest": frame_digest(train[[spec.entity, "ds", target] + cols.all]),
         })
         mlflow.log_params({
-            "estimator": spec.model.estimator, **{f"best.{k}": v for k, v in search.best_params_.items()},
+            "estimator": spec.model.estimator,
             "fit_label_dates": f"{window.fit_start}..{window.fit_end}",
             "holdout_label_dates": f"{window.holdout_start}..{window.holdout_end}",
             "split": str(spec.training.split.value), "holdout_fraction": spec.training.holdout_fraction,
@@ -321,20 +298,16 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
             "features": ",".join(cols.all), "recency_half_life_days": spec.training.recency_half_life_days,
         })
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)}
-                           | {f"cv_{metric.value}": cv_score(search, metric),
+                           | {f"cv_{metric.value}": outcome.cv_score,
                               **task.label_summary(train[target]),
                               "train_labels_missing": train.attrs.get("labels_missing", 0),
                               "holdout_labels_missing": holdout.attrs.get("labels_missing", 0)})
-        trials = search_trials(search, metric)
-        mlflow.log_table(trials, "search/trials.json")
-        mlflow.log_metrics({"search_candidates": len(trials),
-                            "search_seconds": float((trials["fit_seconds"] + trials["score_seconds"]).sum()),
-                            "search_seconds_per_candidate": float((trials["fit_seconds"]
-                                                                   + trials["score_seconds"]).mean())})
+        log_trials(outcome, metric)
         mlflow.log_input(mlflow.data.from_pandas(train, source=str(lake.features(spec.name)),
                                                  name=f"{spec.name}-train-{window.fit_start}-{window.fit_end}",
                                                  targets=target), context="training")
         task.log_plots(holdout[target].to_numpy(), holdout_outputs)
+        explain_challenger(spec, model, holdout[cols.all], task)
         reference = drift_reference(spec, train)
         tracking.log_reference_sample(reference)
         example = train[cols.all].head(5)
@@ -347,6 +320,20 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
     ref = tracking.ModelRef(spec.model.registered_name, str(version), run.info.run_id)
     log.info("%s: registered %s (run %s) with alias challenger", spec.name, ref.uri, ref.run_id)
     return challenger_xcom(ref, as_of, finite_or_none(metrics))
+
+
+def explain_challenger(spec, model, X: pd.DataFrame, task: ModelTask) -> None:
+    """SHAP plots and importances into the active run (see pipelines.explanations). A model SHAP
+    cannot explain is still trained: the run says why it has no explanations."""
+    import mlflow
+
+    from pipelines.explanations import explain, log_explanations
+
+    try:
+        log_explanations(spec, explain(model, X, task.predict_method))
+    except Exception as exc:   # noqa: BLE001 - explanations describe the model, they do not gate its training
+        log.warning("%s: no SHAP explanations: %s: %s", spec.name, type(exc).__name__, exc)
+        mlflow.set_tag("explanations", f"failed: {type(exc).__name__}: {exc}"[:500])
 
 
 def version_tags(spec, as_of, trigger: str, reason: str, metrics: dict[str, float],

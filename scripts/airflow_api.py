@@ -179,6 +179,58 @@ class AirflowClient:
 
         return wait_for(finished, timeout, what=f"{dag_id} {run_id}")
 
+    # ----------------------------------------------------------------- human in the loop
+    def wait_for_review(self, dag_id: str, run_id: str, task_id: str, timeout: float = 900) -> dict:
+        """The approval request of a human-in-the-loop task once it waits for a person (its
+        subject, body, options); raises if the run ends without asking."""
+        from airflow_client.client.exceptions import NotFoundException
+
+        def asked():
+            try:
+                detail = _plain(self.tis_api.get_hitl_detail(dag_id, run_id, task_id, -1))
+            except NotFoundException:
+                detail = None
+            if detail is not None and not detail.get("response_received"):
+                return detail
+            run = self.run(dag_id, run_id)
+            if run["state"] in TERMINAL:
+                raise RuntimeError(f"{dag_id} {run_id} ended ({run['state']}) without asking for a review")
+            self.check_healthy()
+            return None
+
+        return wait_for(asked, timeout, interval=2, what=f"review request of {dag_id} {run_id} {task_id}")
+
+    def review(self, dag_id: str, run_id: str, task_id: str, approve: bool, comment: str = "",
+               timeout: float = 300) -> dict:
+        """Answer an approval request as a reviewer does in the UI (Approve or Reject, with a comment),
+        and wait until the task has acted on it; returns the task instance then.
+
+        An answer given within a second of the question can be lost: the scheduler may handle the
+        task's pause only after the answer queued it again, count that as the task changing state
+        externally and retry it, and the retry asks again. A retry that asks again gets the same
+        answer, as a reviewer would give it."""
+        from airflow_client.client.exceptions import NotFoundException
+
+        body = self._client.UpdateHITLDetailPayload(chosen_options=["Approve" if approve else "Reject"],
+                                                    params_input={"comment": comment})
+
+        def answered():
+            task = next(t for t in self.task_instances(dag_id, run_id) if t["task_id"] == task_id)
+            if task["state"] in ("success", "skipped", "failed", "upstream_failed"):
+                return task
+            if task["state"] == "awaiting_input":
+                try:
+                    detail = _plain(self.tis_api.get_hitl_detail(dag_id, run_id, task_id, -1))
+                except NotFoundException:
+                    return None
+                if not detail.get("response_received"):
+                    self.tis_api.update_hitl_detail(dag_id, run_id, task_id, -1, body)
+            self.check_healthy()
+            return None
+
+        self.tis_api.update_hitl_detail(dag_id, run_id, task_id, -1, body)
+        return wait_for(answered, timeout, interval=2, what=f"{dag_id} {run_id} {task_id} acting on the review")
+
     def active_runs(self, dag_ids: list[str]) -> list[tuple[str, str]]:
         return [(d, r["dag_run_id"]) for d in dag_ids for r in self.runs(d) if r["state"] not in TERMINAL]
 

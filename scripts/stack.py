@@ -85,7 +85,7 @@ class Stack:
     def __init__(self, home: Path | None = None, airflow_port: int | None = None, mlflow_port: int | None = None,
                  spark_port: int | None = None, topology: str | None = None, postgres_port: int | None = None,
                  spark_master_port: int | None = None, spark_ui_port: int | None = None,
-                 metadata_db: str | None = None):
+                 metadata_db: str | None = None, serving_port: int | None = None):
         env = os.environ
         self.settings = service_settings()
         self.topology = topology or env.get("MLOPS_TOPOLOGY") or "embedded"
@@ -103,6 +103,7 @@ class Stack:
         self.spark_port = port(spark_port, "MLOPS_SPARK_CONNECT_PORT")
         self.spark_master_port = port(spark_master_port, "MLOPS_SPARK_MASTER_PORT")
         self.spark_ui_port = port(spark_ui_port, "MLOPS_SPARK_UI_PORT")   # the worker's UI takes the next port
+        self.serving_port = port(serving_port, "MLOPS_SERVING_PORT")
         self.postgres = LocalPostgres(self.home / "postgres", port(postgres_port, "MLOPS_POSTGRES_PORT"), {
             "idle_in_transaction_session_timeout": self.settings["MLOPS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT"]})
         self.run_dir = self.home / "run"
@@ -277,6 +278,9 @@ class Stack:
             # runs the inbox watchers of the ingest DAGs (AssetWatcher triggers) and deferred tasks
             Program("airflow-triggerer", [str(BIN / "airflow"), "triggerer", "--skip-serve-logs"], 90,
                     environment=airflow),
+            # started by `serve` only (make ui, make serve): each use case's @champion over HTTP
+            Program("scoring-service", [sys.executable, "-m", "pipelines.cli", "serve", "--host", "127.0.0.1",
+                                        "--port", str(self.serving_port)], 100),
         ]
         return programs
 
@@ -320,6 +324,18 @@ class Stack:
               f"Airflow {self.airflow_url}, MLflow {self.mlflow_url}, Spark Connect {self.spark_remote}"
               + (f" on {self.spark_master_url} (UI {self.spark_master_ui})" if self.clustered else "")
               + (f", PostgreSQL 127.0.0.1:{self.postgres.port}" if self.on_postgres else ""), flush=True)
+        return self
+
+    @property
+    def serving_url(self) -> str:
+        return f"http://127.0.0.1:{self.serving_port}"
+
+    def serve(self, timeout: float = 120.0) -> "Stack":
+        """The stack, and the scoring service of every use case on it."""
+        self.up()
+        self._start("scoring-service")
+        self._wait(timeout, {"scoring-service": lambda: _http_ok(f"{self.serving_url}/healthz")})
+        print(f"scoring service {self.serving_url}: POST /v1/<use case>/predict, /readyz, /metrics, /docs", flush=True)
         return self
 
     def _start(self, *names: str) -> None:
@@ -483,13 +499,15 @@ def _airflow_healthy(base: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("command", choices=["up", "serve", "down", "status", "env"])
     args = parser.parse_args(argv)
     stack = Stack()
-    if args.command == "up":
-        stack.up()
+    if args.command in ("up", "serve"):
+        stack.serve() if args.command == "serve" else stack.up()
         print(f"Airflow UI: {stack.airflow_url} (user admin, password in {stack.password_file})")
         print(f"MLflow UI:  {stack.mlflow_url}")
+        if args.command == "serve":
+            print(f"Scoring:    {stack.serving_url}/docs")
     elif args.command == "down":
         stack.down()
         print("stack stopped")

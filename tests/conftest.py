@@ -32,6 +32,9 @@ def small_spec_dict(name: str = "churn_small", **simulation) -> dict:
     spec["model"]["cv_folds"] = 2
     spec["training"].update({"window_days": 20, "holdout_days": 3, "reference_rows": 1000})
     spec["promotion"]["floor"] = 0.55
+    for check in spec["promotion"]["checks"]:   # timings never decide a test: latency is recorded only,
+        if check["kind"] == "latency":         # and measured briefly
+            check.update(mode="warn", repeats=10, rounds=2, batch_rows=100)
     spec["simulation"].update({"customers": 400, "days": 30, "drift_start": "2026-01-24",
                                "first_training": "2026-01-20"})
     spec["simulation"].update(simulation)
@@ -60,6 +63,45 @@ def assert_trainings_took_turns(name: str, known: set[str], previous_champion: s
     champion = tracking.resolve_alias(name, tracking.CHAMPION).version
     assert champion == (promoted[-1] if promoted else previous_champion), (champion, promoted)
     return new
+
+
+@pytest.fixture()
+def restore_champion(lifecycle, small_spec):
+    """Whatever a case does to the alias, the champion of the lifecycle is put back afterwards."""
+    from pipelines import tracking
+
+    name = small_spec.model.registered_name
+    before = tracking.resolve_alias(name, tracking.CHAMPION)
+    yield before
+    tracking.client().set_registered_model_alias(name, tracking.CHAMPION, before.version)
+    tracking.record_champion(name, before.version)
+
+
+def new_version(small_spec, champion) -> str:
+    """Another registered version of the champion's model (same run, same files)."""
+    import mlflow
+
+    from pipelines import tracking
+
+    tracking.configure()
+    source = tracking.client().get_model_version(small_spec.model.registered_name, champion.version).source
+    return str(mlflow.register_model(source, small_spec.model.registered_name).version)
+
+
+def version_without_files(small_spec, champion, mlflow_server, experiment: str) -> str:
+    """A registered version of the champion's model whose files are then deleted from the server."""
+    import mlflow
+
+    from pipelines import tracking
+
+    name = small_spec.model.registered_name
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment(experiment)) as run:
+        mlflow.log_artifacts(mlflow.artifacts.download_artifacts(
+            tracking.client().get_model_version(name, champion.version).source), "model")
+    gone = str(mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version)
+    for path in [p for p in mlflow_server.artifacts.rglob(run.info.run_id) if p.is_dir()]:
+        shutil.rmtree(path)
+    return gone
 
 
 def free_port(pair: bool = False) -> int:
@@ -103,11 +145,11 @@ def include_folder(include: Path):
         runtime._specs.cache_clear()
 
 
-def write_spec(include: Path, spec: dict) -> Path:
+def write_spec(include: Path, spec: dict, expectations: Path = CHURN / "expectations.yaml") -> Path:
     folder = include / spec["name"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    shutil.copy(CHURN / "expectations.yaml", folder / "expectations.yaml")
+    shutil.copy(expectations, folder / "expectations.yaml")
     return folder
 
 
@@ -277,7 +319,19 @@ def lifecycle(state_home, small_spec, spark, mlflow_server):
 
 STORY_UC = "churn_flow"
 STORY_SHIPPED_UC = "breast_cancer"   # a shipped use case on real data, fed through its inbox by its test
+STORY_REVIEWED_UC = "breast_cancer_reviewed"   # the same data, with promotions a person approves
 STORY_START, STORY_FIRST_TRAINING, STORY_BROKEN = dt.date(2026, 1, 1), dt.date(2026, 1, 16), dt.date(2026, 1, 23)
+
+
+def reviewed_spec_dict() -> dict:
+    """The shipped breast_cancer spec renamed, with approval required and a cheap search; no margin,
+    so a second challenger on the same data passes the gate and goes to review too."""
+    raw = yaml.safe_load((ROOT / "include" / STORY_SHIPPED_UC / "spec.yaml").read_text())
+    raw["name"] = STORY_REVIEWED_UC
+    raw["model"].update(registered_name=f"{STORY_REVIEWED_UC}_model", cv_folds=2,
+                        search_space={"max_leaf_nodes": [7]})
+    raw["promotion"].update(min_improvement=0.0, approval="required", approval_timeout_hours=1)
+    return raw
 
 
 @pytest.fixture(scope="session")
@@ -299,6 +353,7 @@ def story(tmp_path_factory):
     include = home / "include"
     write_spec(include, spec)
     shutil.copytree(ROOT / "include" / STORY_SHIPPED_UC, include / STORY_SHIPPED_UC)
+    write_spec(include, reviewed_spec_dict(), expectations=ROOT / "include" / STORY_SHIPPED_UC / "expectations.yaml")
     end = STORY_START + dt.timedelta(days=spec["simulation"]["days"] - 1)
     mp = pytest.MonkeyPatch()
     stack = Stack(home=home, airflow_port=free_port(), mlflow_port=free_port(), spark_port=free_port(),

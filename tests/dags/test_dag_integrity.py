@@ -154,3 +154,59 @@ def test_a_broken_spec_breaks_only_its_own_use_case(tmp_path, monkeypatch):
     assert list(map(lambda p: Path(p).name, bag.import_errors)) == ["spec_errors.py"]
     message = next(iter(bag.import_errors.values()))
     assert "bad_case/spec.yaml: training.windw_days: unknown key (did you mean window_days?)" in message
+
+
+def test_training_graph_with_and_without_approval(dagbag, tmp_path, monkeypatch):
+    """Without approval: train, gate, promote. With `promotion.approval: required`: the gate, then a
+    short-circuit that skips the review of a rejected challenger, Airflow's ApprovalOperator
+    (rejecting on timeout, with the spec's timeout and the gate's summary as body), and a promotion
+    that runs whatever the review answered (it records a rejection too)."""
+    import datetime as dt
+
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    plain = dagbag.dags["churn_training"]
+    assert plain.get_task("evaluate_challenger").upstream_task_ids == {"train_challenger"}
+    assert plain.get_task("promote_if_better").upstream_task_ids == {"evaluate_challenger"}
+    assert "review_challenger" not in plain.task_ids
+
+    raw = yaml.safe_load((ROOT / "include/churn/spec.yaml").read_text())
+    raw["promotion"].update(approval="required", approval_timeout_hours=6)
+    (tmp_path / "churn").mkdir()
+    (tmp_path / "churn" / "spec.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "churn" / "expectations.yaml").write_text((ROOT / "include/churn/expectations.yaml").read_text())
+    monkeypatch.setenv("MLOPS_INCLUDE", str(tmp_path))
+    dag = DagBag(str(ROOT / "dags")).dags["churn_training"]
+    review = dag.get_task("review_challenger")
+    assert isinstance(review, ApprovalOperator) and review.defaults == ["Reject"]
+    assert review.response_timeout == dt.timedelta(hours=6) and "review_summary" in review.body
+    assert "comment" in review.params
+    assert review.upstream_task_ids == {"passed_gate"} and dag.get_task("passed_gate").upstream_task_ids == {
+        "evaluate_challenger"}
+    promote = dag.get_task("promote_if_better")
+    assert promote.upstream_task_ids == {"evaluate_challenger", "approved"} and promote.trigger_rule == "none_failed"
+    assert dag.get_task("approved").upstream_task_ids == {"review_challenger"}
+    assert "review_challenger" in dag.doc_md
+
+
+@pytest.mark.parametrize("choice", ["Approve", "Reject"])
+def test_the_review_keeps_the_answer_before_acting_on_it(choice):
+    """A rejection skips the tasks after the review before the operator's return value is pushed:
+    the answer is kept as XCom `review` first, so the promotion task can record who rejected."""
+    import datetime as dt
+    import types
+
+    from mlops_airflow.operators import REVIEW_XCOM, promotion_review
+    from pipelines.spec import load_spec
+
+    review = promotion_review(load_spec(ROOT / "include" / "churn"))
+    pushed = {}
+    ti = types.SimpleNamespace(xcom_push=lambda key, value: pushed.update({key: value}))
+    at = dt.datetime(2026, 12, 2, 10, 0, tzinfo=dt.timezone.utc)
+    review.execute_complete({"ti": ti, "task": review}, {
+        "chosen_options": [choice], "params_input": {"comment": "why"}, "responded_at": at,
+        "responded_by_user": {"id": "7", "name": "risk"}})
+    assert pushed[REVIEW_XCOM] == {"chosen_options": [choice], "params_input": {"comment": "why"},
+                                   "responded_by_user": {"id": "7", "name": "risk"}, "responded_at": str(at)}

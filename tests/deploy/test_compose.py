@@ -81,6 +81,19 @@ def test_topology_services_present(config):
                                "spark-connect"} <= services
 
 
+def test_the_scoring_service_reads_what_the_workers_write(config):
+    """The scoring service and the Airflow workers see the same lake (online store, request log)
+    and the same MLflow; it answers its health check on the published port."""
+    services = config["services"]
+    service, worker = services["scoring-service"], services["airflow-worker"]
+    for key in ("MLOPS_LAKE", "MLOPS_ONLINE_STORE", "MLFLOW_TRACKING_URI", "MLOPS_HOME"):
+        assert service["environment"][key] == worker["environment"][key], key
+    mounts = lambda s: {(v["source"], v["target"]) for v in s["volumes"]}  # noqa: E731
+    assert mounts(service) <= mounts(worker)
+    assert service["environment"]["MLOPS_ONLINE_STORE"].startswith(service["environment"]["MLOPS_LAKE"])
+    assert "serve" in service["command"] and "http://localhost:8070/healthz" in " ".join(service["healthcheck"]["test"])
+
+
 def test_every_service_has_a_healthcheck_and_dependencies_use_conditions(config):
     for name, service in config["services"].items():
         if name != "init":  # a one-shot job: dependants wait for it to complete
@@ -188,8 +201,10 @@ def test_service_settings_are_the_native_stacks(config):
     assert '--workers "$${MLOPS_MLFLOW_WORKERS}"' in mlflow and '--allowed-hosts "$${MLOPS_MLFLOW_ALLOWED_HOSTS}"' in mlflow
     spark = " ".join(services["spark-connect"]["command"])
     assert "spark.sql.shuffle.partitions=$${MLOPS_SPARK_SHUFFLE_PARTITIONS}" in spark
-    published = {name: str(services[name]["ports"][0]["published"]) for name in ("airflow-api-server", "mlflow")}
-    assert published == {"airflow-api-server": settings["MLOPS_AIRFLOW_PORT"], "mlflow": settings["MLOPS_MLFLOW_PORT"]}
+    published = {name: str(services[name]["ports"][0]["published"])
+                 for name in ("airflow-api-server", "mlflow", "scoring-service")}
+    assert published == {"airflow-api-server": settings["MLOPS_AIRFLOW_PORT"], "mlflow": settings["MLOPS_MLFLOW_PORT"],
+                         "scoring-service": settings["MLOPS_SERVING_PORT"]}
     # and the native stack uses the file's values when nothing overrides them
     native = {p.name: p.command for p in Stack(topology="embedded").programs()}
     assert f"spark.sql.shuffle.partitions={settings['MLOPS_SPARK_SHUFFLE_PARTITIONS']}" in native["spark-connect"]

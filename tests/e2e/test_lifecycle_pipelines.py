@@ -51,6 +51,38 @@ def test_first_model_is_registered_tracked_and_promoted(played, small_spec):
     assert run.inputs.dataset_inputs, "training data identity is logged as an MLflow dataset"
 
 
+def test_the_gate_records_every_check_explanations_and_a_model_card(played, small_spec):
+    from pathlib import Path
+
+    from pipelines.report import summarize
+
+    name, version = small_spec.model.registered_name, played["challenger"]["version"]
+    checks = read_table(runtime.lake().monitoring(UC, "promotion_checks"))
+    mine = checks[checks["model_version"] == version]
+    wanted = {f"holdout_{small_spec.promotion.metric.value}"} | {c.name for c in small_spec.promotion.checks}
+    assert set(mine["check"]) == wanted and len(wanted) >= 6
+    assert set(mine["status"]) <= {"passed", "failed", "not_judged", "info"}
+    slices = mine[mine["kind"] == "slices"]
+    assert {s.split("=")[0] for s in slices["subject"]} == {"segment", "region"}
+    latency = mine[(mine["kind"] == "latency") & (mine["subject"] == "single_row_p99_ms")]
+    assert latency["value"].item() > 0 and latency["threshold"].item() == 250
+    c = tracking.client()
+    mv = c.get_model_version(name, version)
+    assert {f"gate.check.{n}" for n in wanted} <= set(mv.tags) and mv.tags["gate.decision"] == "passed"
+    run = c.get_run(played["challenger"]["run_id"])
+    assert len(run.data.tags["code_version"].removesuffix("+dirty")) == 40        # the git commit
+    artifacts = {a.path for folder in ("explanations", "gate", "model_card") for a in c.list_artifacts(run.info.run_id,
+                                                                                                     folder)}
+    assert {"explanations/shap_bar.png", "explanations/shap_beeswarm.png", "explanations/importance.json",
+            "gate/checks.json", "gate/calibration.png", "model_card/model_card.html"} <= artifacts
+    card = Path(mv.description.split("Model card: ")[1].split(" ")[0])
+    html = card.read_text()
+    assert card.name == "model_card.html" and html.count("data:image/png;base64,") >= 3
+    assert all(n in html for n in wanted) and "Decision: promoted" in html
+    summary = summarize(small_spec)
+    assert "gate passed" in summary and str(card) in summary and "promotion_checks" in summary
+
+
 def test_inference_table_rows(played, small_spec):
     lake = runtime.lake()
     day = played["first_training"]
@@ -104,3 +136,25 @@ def test_challenger_without_margin_is_rejected(played, small_spec):
     assert runtime.resolve_champion(UC)["version"] == played["champion"]["version"]
     mv = tracking.client().get_model_version(small_spec.model.registered_name, again["version"])
     assert mv.tags["promotion.decision"] == "rejected"
+
+
+def test_optuna_search_logs_each_trial_as_a_nested_run(played, small_spec, spark):
+    """model.search: optuna over ranges, with the spec's time-ordered folds: each trial a nested run,
+    the best parameters on the parent run (a separate registered model, so the others' stay as they are)."""
+    from pipelines.training import train_challenger
+
+    raw = small_spec.model.model_dump()
+    raw.update(registered_name=f"{UC}_optuna", search={"method": "optuna", "trials": 3, "timeout_s": 600},
+               search_space={"max_leaf_nodes": {"low": 7, "high": 31},
+                             "learning_rate": {"low": 0.05, "high": 0.2, "log": True}})
+    spec = small_spec.model_copy(update={"model": type(small_spec.model).model_validate(raw)})
+    out = train_challenger(spark, spec, runtime.lake(), played["first_training"], "optuna search", "manual")
+    c = tracking.client()
+    run = c.get_run(out["run_id"])
+    assert run.data.params["search_method"] == "optuna" and run.data.metrics["search_candidates"] == 3
+    trials = c.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert len(trials) == 3 and all({"max_leaf_nodes", "learning_rate"} <= set(t.data.params) for t in trials)
+    best = max(trials, key=lambda t: t.data.metrics["cv_roc_auc"])
+    assert best.data.params["max_leaf_nodes"] == run.data.params["best.max_leaf_nodes"]
+    assert 7 <= int(best.data.params["max_leaf_nodes"]) <= 31
+    assert run.data.metrics["cv_roc_auc"] == pytest.approx(best.data.metrics["cv_roc_auc"])

@@ -18,29 +18,10 @@ import pytest
 
 from pipelines import runtime, tracking
 from pipelines.lake import read_partition
-from tests.conftest import assert_trainings_took_turns
+from tests.conftest import assert_trainings_took_turns, new_version
 
 pytestmark = [pytest.mark.faults, pytest.mark.spark]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture()
-def restore_champion(lifecycle, small_spec):
-    """Whatever a case does to the alias, the champion of the lifecycle is put back afterwards."""
-    name = small_spec.model.registered_name
-    before = tracking.resolve_alias(name, tracking.CHAMPION)
-    yield before
-    tracking.client().set_registered_model_alias(name, tracking.CHAMPION, before.version)
-    tracking.record_champion(name, before.version)
-
-
-def _new_version(small_spec, champion) -> str:
-    """Another registered version of the champion's model (same run, same files)."""
-    import mlflow
-
-    tracking.configure()
-    source = tracking.client().get_model_version(small_spec.model.registered_name, champion.version).source
-    return str(mlflow.register_model(source, small_spec.model.registered_name).version)
 
 
 def _scored_day(lifecycle) -> dt.date:
@@ -102,7 +83,7 @@ def test_champion_with_missing_artifacts_fails_before_writing(lifecycle, small_s
 def test_lost_champion_fails_loudly_never_skips(lifecycle, small_spec, restore_champion):
     """A promoted champion whose version is deleted is not 'no champion yet'."""
     uc, name = lifecycle["use_case"], small_spec.model.registered_name
-    version = _new_version(small_spec, restore_champion)
+    version = new_version(small_spec, restore_champion)
     tracking.client().set_registered_model_alias(name, tracking.CHAMPION, version)
     tracking.record_champion(name, version)
     tracking.client().delete_model_version(name, version)
@@ -118,8 +99,8 @@ def test_alias_moved_during_evaluation_is_a_truthful_conflict(lifecycle, small_s
     from pipelines import evaluation
 
     uc, name = lifecycle["use_case"], small_spec.model.registered_name
-    challenger_version = _new_version(small_spec, restore_champion)
-    intruder = _new_version(small_spec, restore_champion)
+    challenger_version = new_version(small_spec, restore_champion)
+    intruder = new_version(small_spec, restore_champion)
     real = tracking.resolve_alias
     calls = {"n": 0}
 
@@ -225,7 +206,7 @@ def test_cli_rollback_moves_the_champion_back_and_the_next_scoring_uses_it(lifec
 
     uc, name, day = lifecycle["use_case"], small_spec.model.registered_name, _scored_day(lifecycle)
     _promote_by_hand(name, restore_champion.version)   # earlier cases moved the alias back without a record
-    newer = _new_version(small_spec, restore_champion)
+    newer = new_version(small_spec, restore_champion)
     _promote_by_hand(name, newer)
     code, out, err = _mlops("rollback", uc, "--reason", "complaints since the new model", "--by", "on-call")
     assert code == 0, err

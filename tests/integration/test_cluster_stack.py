@@ -60,7 +60,7 @@ def cluster(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     stack = Stack(home=home, topology="cluster", airflow_port=free_port(), mlflow_port=free_port(),
                   spark_port=free_port(), postgres_port=free_port(), spark_master_port=free_port(),
-                  spark_ui_port=free_port(pair=True))
+                  spark_ui_port=free_port(pair=True), serving_port=free_port())
     mp.delenv("MLOPS_SPARK_MASTER", raising=False)
     mp.setenv("MLOPS_HOME", str(home))
     mp.setenv("MLOPS_INCLUDE", str(include))
@@ -71,6 +71,7 @@ def cluster(tmp_path_factory):
         stack.up()
         mp.setenv("MLFLOW_TRACKING_URI", stack.mlflow_url)
         timings = play_story(stack, UC, START, FIRST_TRAINING, end)
+        stack.serve()   # the scoring service, as `make ui` starts it
         yield {"stack": stack, "spec": runtime.spec(UC), "end": end, "timings": timings}
     finally:
         stack.down()
@@ -124,6 +125,29 @@ def test_inference_table_written_through_the_cluster(cluster):
     assert scored[0] == FIRST_TRAINING.isoformat() and scored[-1] == cluster["end"].isoformat()
     rows = read_partition(lake.inference(UC), scored[-1])
     assert len(rows) > 0 and rows["customer_id"].is_unique
+
+
+def test_the_stacks_scoring_service_answers_with_the_champion(cluster):
+    """The native stack's scoring service serves the champion the registry names; the daily DAG
+    put its newest features in the online store (its refresh_online_store task)."""
+    import httpx
+
+    from pipelines import runtime
+    from pipelines.config import settings
+    from pipelines.features import feature_columns
+    from pipelines.lake import read_partition
+    from pipelines.online_store import store_date, store_path
+
+    stack, spec = cluster["stack"], cluster["spec"]
+    assert store_date(store_path(settings().online_store, UC)) == cluster["end"].isoformat()
+    champion = str(_facts(stack, spec)["champion"])
+    ready = httpx.get(f"{stack.serving_url}/v1/{UC}/readyz", timeout=10).json()
+    assert ready["ready"] and ready["version"] == champion, ready
+    rows = read_partition(runtime.lake().features(UC), cluster["end"], [spec.entity, *feature_columns(spec).all])
+    records = json.loads(rows.head(5).to_json(orient="records"))
+    answer = httpx.post(f"{stack.serving_url}/v1/{UC}/predict", json={"records": records}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["version"] == champion and len(answer.json()["predictions"]) == 5
 
 
 def test_state_survives_a_restart(cluster):

@@ -111,7 +111,6 @@ def test_gap_states_tell_waiting_from_lost(small_spec, lake, tmp_path):
 
 
 def test_declared_gaps_are_allowed(small_spec, lake):
-    import dataclasses
 
     drop_partition(lake.clean(small_spec.name, "transactions"), dt.date(2026, 1, 8))
     spec = small_spec.model_copy(update={"features": small_spec.features.model_copy(

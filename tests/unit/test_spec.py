@@ -141,6 +141,31 @@ CASES = [
     ("regression of a text target", lambda r: (r["model"].update(task="regression"),
                                                r["sources"]["labels"]["columns"].update(churned="string")),
      "label.target", "needs an int or double target"),
+    ("unknown promotion check kind", _set("promotion.checks", [{"name": "x", "kind": "vibes"}]),
+     "promotion.checks[0]", "vibes"),
+    ("unknown check mode", _set("promotion.checks", [{"name": "x", "kind": "schema", "mode": "block"}]),
+     "promotion.checks[0].mode", "'enforce' or 'warn'"),
+    ("slice column that is not a feature", _set("promotion.checks", [{"name": "x", "kind": "slices",
+                                                                      "columns": ["gender"]}]),
+     "promotion.checks[0].columns", "'gender' is not a feature column"),
+    ("two checks of one name", _set("promotion.checks", [{"name": "x", "kind": "schema"},
+                                                         {"name": "x", "kind": "schema"}]),
+     "promotion.checks[1].name", "names must be unique"),
+    ("calibration without a ceiling", _set("promotion.checks", [{"name": "c", "kind": "calibration"}]),
+     "promotion.checks[0]", "needs max_brier, max_ece or both"),
+    ("fairness without its threshold", _set("promotion.checks", [{"name": "f", "kind": "fairness",
+                                                                  "sensitive": ["region"]}]),
+     "promotion.checks[0].max_difference", "required key is missing"),
+    ("parity of a regression", lambda r: (r["model"].update(task="regression"), r["promotion"].update(
+        metric="rmse", checks=[{"name": "f", "kind": "fairness", "sensitive": ["region"], "max_difference": 0.1}])),
+     "promotion.checks[0].measure", "needs a binary task; use metric_difference"),
+    ("unknown approval", _set("promotion.approval", "maybe"), "promotion.approval", "'none' or 'required'"),
+    ("a range in a grid", _set("model.search_space", {"learning_rate": {"low": 0.01, "high": 0.3}}),
+     "model.search_space.learning_rate", "needs model.search.method: optuna"),
+    ("a range upside down", lambda r: r["model"].update(search={"method": "optuna"},
+                                                        search_space={"learning_rate": {"low": 0.3, "high": 0.1}}),
+     "model.search_space", "learning_rate: low (0.3) must be below high (0.1)"),
+    ("unknown search method", _set("model.search", {"method": "random"}), "model.search.method", "'grid' or 'optuna'"),
     ("classification metric for a regression", lambda r: r["model"].update(task="regression"),
      "promotion.metric", "roc_auc does not fit a regression task; use one of ['mae', 'r2', 'rmse']"),
 ]
@@ -214,6 +239,7 @@ def test_the_promotion_metric_defaults_to_the_tasks(tmp_path, task, metric):
     def mutate(raw):
         raw["model"]["task"] = task
         del raw["promotion"]["metric"]
+        raw["promotion"]["checks"] = []   # churn's checks are a binary task's (parity, calibration)
         raw["label"]["values"] = {0: 0, 1: 1, 2: 2} if task == "multiclass" else None
         raw["sources"]["labels"]["columns"]["churned"] = "double" if task == "regression" else "int"
     spec = load_spec(_write(tmp_path / "case", mutate))

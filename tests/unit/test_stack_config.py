@@ -25,7 +25,8 @@ def test_embedded_default_keeps_metadata_on_postgres(tmp_path):
     assert stack.mlflow_backend_url() == f"postgresql+psycopg2://mlflow:{creds['mlflow']}@127.0.0.1:6543/mlflow"
     assert env["SPARK_REMOTE"] == f"sc://127.0.0.1:{stack.spark_port}"
     assert stack.service_names() == ["postgres", "spark-connect", "mlflow", "airflow-api-server",
-                                     "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
+                                     "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+                                     "scoring-service"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "mlops_airflow.executors.PreloadingLocalExecutor"
 
 

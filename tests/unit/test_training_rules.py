@@ -48,7 +48,6 @@ def test_fit_refuses_single_class(small_spec):
 
 
 def test_bad_estimator_path(small_spec):
-    import dataclasses
 
     broken = small_spec.model_copy(update={"model": small_spec.model.model_copy(update={"estimator": "sklearn.nope.Model"})})
     with pytest.raises(ValueError, match="cannot be imported"):
@@ -165,7 +164,7 @@ def test_search_trials_report_each_candidate_its_metric_and_cost(metric, scorer_
     from sklearn.model_selection import GridSearchCV
 
     from pipelines.spec import Metric
-    from pipelines.training import search_trials
+    from pipelines.search import search_trials
 
     X, y = make_classification(n_samples=120, random_state=0)
     chosen = Metric(metric)

@@ -1,0 +1,197 @@
+"""Online scoring under load: our scoring service against ``mlflow models serve``, same model version.
+
+    .venv/bin/python -m bench.bench_serving [--seconds 60] [--rate 200] [--users 40] [--workers 1]
+
+Both serve the churn spec's pipeline (fitted on synthetic rows, registered as ``@champion`` in a
+throwaway MLflow store), one uvicorn worker each by default. Locust (headless) sends single-record
+requests at ``--rate`` requests/s for ``--seconds``: to ours by entity id (features looked up in the
+online store, as in ``deployment.input: entity``), to MLflow's ``/invocations`` with the same
+entity's feature row in the body. Prints throughput, p50/p99 and failures of each, and the
+ratios; appends a dated row to docs/benchmarks.md. Timings only; no pass/fail.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ENTITY_DAY = "2026-01-31"
+
+
+def prepare(home: Path, entities: int) -> tuple[dict, list[dict]]:
+    """A throwaway deployment: the churn spec in entity mode, a champion, an online store."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    include = home / "include" / "churn"
+    shutil.copytree(ROOT / "include" / "churn", include)
+    raw = yaml.safe_load((include / "spec.yaml").read_text())
+    raw["deployment"] = {"input": "entity"}
+    (include / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {"MLOPS_HOME": str(home), "MLOPS_INCLUDE": str(home / "include"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow/mlflow.db",
+           "MLOPS_MLFLOW_ARTIFACTS": str(home / "mlflow" / "artifacts"), "MLOPS_SERVING_POLL_S": "5",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
+    os.environ.update(env)
+
+    from pipelines import runtime, tracking
+    from pipelines.features import feature_columns
+    from pipelines.lake import replace_partition
+    from pipelines.training import make_pipeline
+
+    spec = runtime.spec("churn")
+    cols = feature_columns(spec)
+    rng = np.random.default_rng(0)
+
+    def frame(n):
+        data = {c: rng.gamma(2.0, 10.0, n) for c in cols.numeric}
+        data.update({c: rng.choice(["retail", "smb", "enterprise"], n) for c in cols.categorical})
+        return pd.DataFrame(data)
+
+    train = frame(20_000)
+    y = (train[cols.numeric[0]] + rng.normal(0, 5, len(train)) > 25).astype(int)
+    model = make_pipeline(spec).fit(train, y)
+    import mlflow
+
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment("churn-training")) as run:
+        info = tracking.log_sklearn_model(model, train.head(5), model.predict_proba(train.head(5)))
+    version = tracking.register_challenger(spec.model.registered_name, info.model_uri, run.info.run_id, {})
+    tracking.move_champion(spec.model.registered_name, version, None, dt.datetime.now(dt.timezone.utc).isoformat())
+    features = frame(entities)
+    features.insert(0, spec.entity, [f"C{i:06d}" for i in range(entities)])
+    replace_partition(runtime.lake().features("churn"), ENTITY_DAY, features)
+    runtime.refresh_online_store("churn", ENTITY_DAY)
+    sample = features.sample(n=min(2000, entities), random_state=1)
+    rows = [{"id": r[spec.entity], "record": {c: r[c] for c in cols.all}}
+            for r in json.loads(sample.to_json(orient="records"))]
+    return env, rows
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(argv: list[str], env: dict, ready_url: str, log: Path, timeout: float = 120) -> subprocess.Popen:
+    import httpx
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+    process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.5), reraise=True,
+                            retry=retry_if_exception_type((httpx.HTTPError, AssertionError))):
+        with attempt:
+            if process.poll() is not None:
+                raise RuntimeError(f"{argv[:4]} exited: {log.read_text()[-2000:]}")
+            assert httpx.get(ready_url, timeout=5).status_code == 200
+    return process
+
+
+def load(target: str, url: str, records: Path, args, out: Path, env: dict) -> dict:
+    """Locust, headless, at ``args.rate`` requests/s; the aggregated stats row."""
+    prefix = out / target
+    subprocess.run([str(BIN / "locust"), "-f", str(ROOT / "bench" / "locust_scoring.py"), "--headless",
+                    "-u", str(args.users), "-r", str(args.users), "-t", f"{args.seconds}s", "--host", url,
+                    "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"],
+                   env={**os.environ, **env, "BENCH_TARGET": target, "BENCH_RECORDS": str(records),
+                        "BENCH_RATE": str(args.rate / args.users)}, check=True, capture_output=True)
+    with open(f"{prefix}_stats.csv") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+    return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
+            "rps": float(row["Requests/s"]), "p50": float(row["50%"]), "p99": float(row["99%"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second, all users together")
+    parser.add_argument("--users", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes of each service")
+    parser.add_argument("--entities", type=int, default=10_000)
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        env, rows = prepare(home, args.entities)
+        records = home / "records.json"
+        records.write_text(json.dumps(rows))
+        ours_port, peer_port = free_port(), free_port()
+        ours = start([sys.executable, "-m", "pipelines.cli", "serve", "churn", "--port", str(ours_port),
+                      "--workers", str(args.workers)], env, f"http://127.0.0.1:{ours_port}/readyz", home / "ours.log")
+        peer = start([str(BIN / "mlflow"), "models", "serve", "-m", "models:/churn_classifier@champion",
+                      "--env-manager", "local", "-p", str(peer_port), "-w", str(args.workers)], env,
+                     f"http://127.0.0.1:{peer_port}/ping", home / "mlflow.log")
+        try:
+            results = {"ours": load("ours", f"http://127.0.0.1:{ours_port}", records, args, home, env),
+                       "mlflow": load("mlflow", f"http://127.0.0.1:{peer_port}", records, args, home, env)}
+        finally:
+            for process in (ours, peer):
+                os.killpg(process.pid, 15)
+                process.wait(30)
+    mine, peer_stats = results["ours"], results["mlflow"]
+    throughput = mine["rps"] / peer_stats["rps"]
+    p99 = peer_stats["p99"] / mine["p99"] if mine["p99"] else float("nan")
+    for name, r in results.items():
+        print(f"{name:7s} {r['rps']:7.1f} req/s  p50 {r['p50']:5.0f} ms  p99 {r['p99']:5.0f} ms  "
+              f"{r['failures']} failed of {r['requests']}")
+    print(f"throughput ours / mlflow models serve: {throughput:.2f}x; p99 mlflow / ours: {p99:.2f}x "
+          f"({args.rate:.0f} req/s offered for {args.seconds} s, {args.workers} worker(s) each)")
+    command = (f".venv/bin/python -m bench.bench_serving --seconds {args.seconds} --rate {args.rate:.0f} "
+               f"--users {args.users} --workers {args.workers}")
+    row = (f"| {dt.date.today()} | {os.cpu_count()} cores, {platform.machine()} | {args.rate:.0f} req/s, "
+           f"{args.seconds} s | {mine['rps']:.0f} req/s, p50 {mine['p50']:.0f} ms, p99 {mine['p99']:.0f} ms, "
+           f"{mine['failures']} failed | {peer_stats['rps']:.0f} req/s, p50 {peer_stats['p50']:.0f} ms, "
+           f"p99 {peer_stats['p99']:.0f} ms, {peer_stats['failures']} failed | {throughput:.2f}x | {p99:.2f}x | "
+           f"`{command}` | {time.monotonic() - started:.0f} s |")
+    append_row(row)
+    print(row)
+
+
+SECTION = "## Online scoring: our service against `mlflow models serve`"
+
+
+def append_row(row: str) -> None:
+    docs = ROOT / "docs" / "benchmarks.md"
+    text = docs.read_text()
+    if SECTION not in text:
+        text += f"""
+{SECTION}
+
+What it compares: our scoring service (`mlops serve`, FastAPI + uvicorn) answering single-record
+requests by entity id, its features read from the online store, against `mlflow models serve`
+of the same registered version answering the same entity's feature row sent in full. Locust
+(headless, on the same machine) offers a constant request rate; both run one worker. Reported:
+achieved throughput, p50 and p99 latency as Locust measures them, failed requests, and the ratios
+(throughput ours / MLflow; p99 MLflow / ours: above 1 means ours is faster).
+
+| date | machine | load | ours | `mlflow models serve` | throughput ratio | p99 ratio | command | wall time |
+|---|---|---|---|---|---|---|---|---|
+"""
+    lines = text.rstrip("\n").split("\n")
+    end = lines.index(SECTION)
+    while end + 1 < len(lines) and not lines[end + 1].startswith("|"):
+        end += 1
+    while end + 1 < len(lines) and lines[end + 1].startswith("|"):
+        end += 1
+    lines.insert(end + 1, row)   # the section's table ends at `end`
+    docs.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The online feature store: the newest feature row of every entity, for the scoring service.
+
+One SQLite file per use case (``$MLOPS_ONLINE_STORE/<uc>.sqlite``, default under
+``$MLOPS_HOME/online``), holding the features of the newest date built (a feature partition has
+one row per entity of the population, so the newest partition *is* the latest row per entity).
+The daily DAG refreshes it after ``build_features``. A refresh writes a new file beside the old
+one and swaps it in by rename: a reader sees the old store or the new one, never a half-written
+one, and any number of service workers read it at once (each lookup opens the current file,
+read-only). A refresh for a date older than the store's (a backfill) leaves it as it is.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sqlite3
+import uuid
+from contextlib import closing
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.lake import Lake, ds, read_partition
+
+log = logging.getLogger(__name__)
+
+TABLE, META = "features", "meta"
+
+
+def store_path(folder: Path, use_case: str) -> Path:
+    return folder / f"{use_case}.sqlite"
+
+
+def store_date(path: Path) -> str | None:
+    """The feature date the store holds (None: no store yet)."""
+    if not path.exists():
+        return None
+    with closing(_connect(path)) as conn:
+        row = conn.execute(f"select value from {META} where key = 'ds'").fetchone()
+    return row[0] if row else None
+
+
+def refresh(spec, lake: Lake, date: dt.date | str, path: Path, force: bool = False) -> dict:
+    """Load the features of ``date`` into the store unless it holds a newer date; what it did."""
+    from pipelines.features import feature_columns
+
+    held = store_date(path)
+    if held is not None and held > ds(date) and not force:
+        log.info("%s: online store holds %s, newer than %s; left as it is", spec.name, held, ds(date))
+        return {"refreshed": False, "ds": held, "rows": None, "path": str(path)}
+    columns = [spec.entity, *feature_columns(spec).all]
+    frame = read_partition(lake.features(spec.name), date, columns)
+    frame[spec.entity] = frame[spec.entity].astype(str)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        conn = sqlite3.connect(staging)
+        try:
+            frame.to_sql(TABLE, conn, index=False)
+            conn.execute(f'create unique index entity_key on {TABLE} ("{spec.entity}")')
+            conn.execute(f"create table {META} (key text primary key, value text)")
+            conn.executemany(f"insert into {META} values (?, ?)",
+                             [("ds", ds(date)), ("entity", spec.entity), ("refreshed_at",
+                              dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))])
+            conn.commit()
+        finally:
+            conn.close()
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    log.info("%s: online store %s now holds the features of %s (%d entities)", spec.name, path, ds(date), len(frame))
+    return {"refreshed": True, "ds": ds(date), "rows": len(frame), "path": str(path)}
+
+
+def lookup(path: Path, entity: str, ids: list[str], columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The feature rows of ``ids`` in the order asked (``entity`` plus ``columns``), and the ids
+    the store does not know."""
+    if not path.exists():
+        raise FileNotFoundError(f"no online store at {path}; the daily DAG writes it after build_features")
+    wanted = [str(i) for i in ids]
+    quoted = ", ".join(f'"{c}"' for c in [entity, *columns])
+    with closing(_connect(path)) as conn:
+        rows = conn.execute(f'select {quoted} from {TABLE} where "{entity}" in '
+                            f'({", ".join("?" * len(wanted))})', wanted).fetchall()
+    found = pd.DataFrame(rows, columns=[entity, *columns]).set_index(entity)
+    missing = [i for i in wanted if i not in found.index]
+    known = [i for i in wanted if i in found.index]
+    return found.loc[known].reset_index(), missing
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)

@@ -1,0 +1,189 @@
+"""The online scoring service, started for real (uvicorn on a free port) on the lifecycle's state:
+its predictions are the batch scorer's, a promotion is served within seconds under load without
+a failed request, a broken version is never swapped in, bad records get a 422 naming the field,
+and every prediction lands in the online inference table."""
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import runtime, tracking
+from pipelines.lake import read_partition, read_table
+from tests.conftest import free_port, new_version, version_without_files
+
+pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+UC = "churn_small"
+POLL_S = 0.5
+
+
+def _start(app):
+    """uvicorn serving ``app`` on a free port in a thread; (server, thread, url) once /readyz is 200."""
+    import uvicorn
+
+    from scripts.airflow_api import wait_for
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def state() -> str:
+        try:
+            return httpx.get(f"{url}/readyz", timeout=5).text
+        except httpx.HTTPError as exc:
+            return repr(exc)
+
+    wait_for(ready, 90, interval=0.3, what=lambda: f"scoring service at {url} ready (last answer: {state()})")
+    return server, thread, url
+
+
+@pytest.fixture(scope="module")
+def service(lifecycle, small_spec, mlflow_server):
+    from pipelines.scoring_service import create_app
+
+    day = max(lifecycle["scored"])
+    runtime.refresh_online_store(UC, day)
+    app = create_app(UC, poll_s=POLL_S)
+    server, thread, url = _start(app)
+    yield {"url": url, "app": app, "day": day}
+    server.should_exit = True
+    thread.join(15)
+
+
+def _records(small_spec, day, n=40) -> list[dict]:
+    from pipelines.features import feature_columns
+
+    cols = feature_columns(small_spec).all
+    frame = read_partition(runtime.lake().features(UC), day, [small_spec.entity, *cols]).head(n)
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+            for row in frame.astype(object).to_dict("records")]
+
+
+def test_predictions_equal_the_batch_scorers(service, small_spec, lifecycle):
+    records = _records(small_spec, service["day"])
+    answer = httpx.post(f"{service['url']}/v1/{UC}/predict", json={"records": records}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["version"] == lifecycle["champion"]["version"] and body["request_id"]
+    online = pd.DataFrame(body["predictions"]).set_index(small_spec.entity)
+    batch = read_partition(runtime.lake().inference(UC), service["day"]).set_index(small_spec.entity)
+    assert set(batch.loc[online.index, "model_version"]) == {body["version"]}
+    np.testing.assert_allclose(online["score"], batch.loc[online.index, "score"], rtol=0, atol=1e-12)
+    assert (online["predicted_label"] == batch.loc[online.index, "predicted_label"]).all()
+
+
+@pytest.mark.parametrize("change, field, words", [
+    (lambda r: r.pop("txn_count_7d"), "txn_count_7d", "field required"),
+    (lambda r: r.update(amount_sum_30d="a lot"), "amount_sum_30d", "expected double, got str 'a lot'"),
+    (lambda r: r.update(segment=7), "segment", "expected string, got int 7"),
+])
+def test_a_malformed_record_gets_a_422_naming_the_field(service, small_spec, change, field, words):
+    records = _records(small_spec, service["day"], n=2)
+    change(records[1])
+    answer = httpx.post(f"{service['url']}/v1/{UC}/predict", json={"records": records}, timeout=30)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["detail"]
+    assert error["loc"] == ["records", 1, field] and words in error["msg"]
+
+
+def test_a_promotion_is_served_within_seconds_under_load_without_a_failed_request(service, small_spec,
+                                                                                  restore_champion):
+    records = _records(small_spec, service["day"], n=5)
+    seen, failures, stop = [], [], threading.Event()
+
+    def load():
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                answer = client.post(f"{service['url']}/v1/{UC}/predict", json={"records": records})
+                if answer.status_code != 200:
+                    failures.append(answer.text)
+                else:
+                    seen.append((time.monotonic(), answer.json()["version"]))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        newer = new_version(small_spec, restore_champion)
+        moved = time.monotonic()
+        tracking.move_champion(small_spec.model.registered_name, newer, restore_champion.version, "now")
+        deadline = moved + 5.0
+        while time.monotonic() < deadline and not any(v == newer for _, v in seen):
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not failures, failures[:3]
+    first_new = min((at for at, v in seen if v == newer), default=None)
+    assert first_new is not None and first_new - moved <= 5.0, "the promotion was not served within 5 s"
+    assert all(v == newer for at, v in seen if at > first_new + 0.2), "an old version answered after the swap"
+    assert len(seen) > 20
+
+
+def test_a_version_that_fails_to_load_is_never_swapped_in(service, small_spec, mlflow_server, restore_champion):
+    from scripts.airflow_api import wait_for
+
+    served = restore_champion.version   # what the service serves once it has caught up with the registry
+    wait_for(lambda: httpx.get(f"{service['url']}/readyz", timeout=10).json()["version"] == served, 30, interval=0.2)
+    broken = version_without_files(small_spec, restore_champion, mlflow_server, f"{UC}-serving-faults")
+    tracking.client().set_registered_model_alias(small_spec.model.registered_name, tracking.CHAMPION, broken)
+    time.sleep(POLL_S * 6)
+    ready = httpx.get(f"{service['url']}/readyz", timeout=10).json()
+    assert ready["ready"] and ready["version"] == served and f"v{broken}" in ready["error"]
+    answer = httpx.post(f"{service['url']}/v1/{UC}/predict", json={"records": _records(small_spec, service["day"], 3)},
+                        timeout=30)
+    assert answer.status_code == 200 and answer.json()["version"] == served
+    metrics = httpx.get(f"{service['url']}/metrics", timeout=10).text
+    assert 'mlops_model_reloads{outcome="failed",use_case="churn_small"}' in metrics
+
+
+def test_entity_mode_reads_the_online_store(service, small_spec, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from pipelines.scoring_service import create_app
+    from pipelines.spec import ServingInput
+
+    variant = small_spec.model_copy(update={"deployment": small_spec.deployment.model_copy(
+        update={"input": ServingInput.ENTITY})})
+    monkeypatch.setattr(runtime, "spec", lambda uc: variant)
+    records = _records(small_spec, service["day"], n=10)
+    ids = [r[small_spec.entity] for r in records]
+    with TestClient(create_app(UC, poll_s=60)) as client:
+        by_id = client.post(f"/v1/{UC}/predict", json={"entity_ids": ids})
+        unknown = client.post(f"/v1/{UC}/predict", json={"entity_ids": [ids[0], "nobody"]})
+    assert by_id.status_code == 200, by_id.text
+    direct = httpx.post(f"{service['url']}/v1/{UC}/predict", json={"records": records}, timeout=30).json()
+    assert [p["score"] for p in by_id.json()["predictions"]] == pytest.approx([p["score"] for p in direct["predictions"]])
+    assert [p[small_spec.entity] for p in by_id.json()["predictions"]] == ids
+    assert unknown.status_code == 404 and unknown.json()["detail"]["unknown_entities"] == ["nobody"]
+
+
+def test_every_prediction_is_in_the_online_inference_table_and_metrics(service, small_spec):
+    records = _records(small_spec, service["day"], n=7)
+    answer = httpx.post(f"{service['url']}/v1/{UC}/predict", json={"records": records}, timeout=30).json()
+    service["app"].state.request_log.flush()
+    logged = read_table(runtime.lake().online_inference(UC))
+    mine = logged[logged["request_id"] == answer["request_id"]]
+    assert len(mine) == 7 and set(mine["mode"]) == {"served"} and (mine["latency_ms"] > 0).all()
+    assert set(mine["model_version"]) == {answer["version"]}
+    assert list(mine[small_spec.entity]) == [r[small_spec.entity] for r in records]
+    batch_columns = set(read_partition(runtime.lake().inference(UC), service["day"]).columns)
+    assert batch_columns <= set(logged.columns)
+    metrics = httpx.get(f"{service['url']}/metrics", timeout=10).text
+    assert f'mlops_requests_total{{model_version="{answer["version"]}",outcome="ok",use_case="{UC}"}}' in metrics
+    assert "mlops_request_seconds_bucket" in metrics

@@ -1,0 +1,85 @@
+"""The online store (newest date wins, swapped in whole, lookups in the order asked) and the
+service's record checks against a signature (every problem named by record and field)."""
+import datetime as dt
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.lake import Lake, replace_partition
+from pipelines.online_store import lookup, refresh, store_date, store_path
+from pipelines.serving import InvalidRecords, RequestLog, check_records
+
+
+def _features(spec, ids, value: float) -> pd.DataFrame:
+    from pipelines.features import feature_columns
+
+    cols = feature_columns(spec)
+    frame = pd.DataFrame({spec.entity: ids})
+    for c in cols.numeric:
+        frame[c] = value
+    for c in cols.categorical:
+        frame[c] = "retail"
+    return frame
+
+
+def test_the_store_holds_the_newest_date_and_finds_entities_in_order(small_spec, tmp_path):
+    lake = Lake(tmp_path / "lake")
+    table = lake.features(small_spec.name)
+    replace_partition(table, "2026-01-10", _features(small_spec, ["a", "b", "c"], 1.0))
+    replace_partition(table, "2026-01-11", _features(small_spec, ["a", "b", "d"], 2.0))
+    path = store_path(tmp_path / "online", small_spec.name)
+    assert store_date(path) is None
+    assert refresh(small_spec, lake, dt.date(2026, 1, 11), path)["rows"] == 3
+    older = refresh(small_spec, lake, dt.date(2026, 1, 10), path)      # a backfill of an older day
+    assert not older["refreshed"] and store_date(path) == "2026-01-11"
+    found, missing = lookup(path, small_spec.entity, ["d", "zz", "a"], ["txn_count_7d", "segment"])
+    assert list(found[small_spec.entity]) == ["d", "a"] and missing == ["zz"]
+    assert (found["txn_count_7d"] == 2.0).all() and (found["segment"] == "retail").all()
+    assert not list(path.parent.glob(".*.tmp")), "no staging file is left behind"
+    with pytest.raises(sqlite3.OperationalError):   # readers open it read-only
+        sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("delete from features")
+
+
+def test_a_missing_store_says_who_writes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="build_features"):
+        lookup(tmp_path / "none.sqlite", "id", ["a"], ["x"])
+
+
+INPUTS = {"amount": "double", "visits": "long", "segment": "string"}
+
+
+def test_records_become_the_signatures_frame_with_missing_values():
+    frame = check_records([{"amount": 1, "visits": 3, "segment": "pro", "extra": "ignored"},
+                           {"amount": None, "visits": None, "segment": None}], INPUTS)
+    assert list(frame.columns) == list(INPUTS) and frame["amount"].dtype == "float64"
+    assert np.isnan(frame.loc[1, "amount"]) and frame.loc[1, "segment"] is None
+
+
+@pytest.mark.parametrize("records, loc, words", [
+    ([{"amount": 1.0, "visits": 2}], ["records", 0, "segment"], "field required (string)"),
+    ([{"amount": "1.0", "visits": 2, "segment": "x"}], ["records", 0, "amount"], "expected double, got str"),
+    ([{"amount": 1.0, "visits": 2.5, "segment": "x"}], ["records", 0, "visits"], "expected long, got float"),
+    ([{"amount": True, "visits": 2, "segment": "x"}], ["records", 0, "amount"], "expected double, got bool"),
+    ([{"amount": 1.0, "visits": 2, "segment": "x"}, "oops"], ["records", 1], "an object of column: value"),
+    ([], ["records"], "at least one record"),
+])
+def test_records_that_do_not_fit_the_signature_are_named(records, loc, words):
+    with pytest.raises(InvalidRecords) as caught:
+        check_records(records, INPUTS)
+    assert any(e["loc"] == loc and words in e["msg"] for e in caught.value.errors), caught.value.errors
+
+
+def test_the_request_log_writes_whole_files_per_day_and_keeps_rows_when_writing_fails(tmp_path, monkeypatch):
+    log = RequestLog(tmp_path / "online")
+    log.add(pd.DataFrame({"id": ["a", "b"], "score": [0.1, 0.2], "ds": ["2026-01-01", "2026-01-02"]}))
+    log.add(pd.DataFrame({"id": ["c"], "score": [0.3], "ds": ["2026-01-02"]}))
+    assert log.flush() == 3 and log.written == 3
+    assert len(list((tmp_path / "online" / "ds=2026-01-02").glob("*.parquet"))) == 1
+    assert pd.read_parquet(tmp_path / "online" / "ds=2026-01-02")["id"].tolist() == ["b", "c"]
+    log.add(pd.DataFrame({"id": ["d"], "score": [0.4], "ds": ["2026-01-03"]}))
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    assert log.flush() == 0
+    monkeypatch.undo()
+    assert log.flush() == 1 and (tmp_path / "online" / "ds=2026-01-03").exists()
