@@ -21,7 +21,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import mlflow
-    import numpy as np
     import pandas as pd
     from pyspark.sql import functions as F
 
@@ -31,21 +30,14 @@ def main() -> None:
     from pipelines.scoring import inference_schema, make_scorer
     from pipelines.spark import get_spark
     from pipelines.spec import load_spec
-    from pipelines.training import make_pipeline
+
+    from bench.synthetic import SyntheticChurn
 
     spec = load_spec(os.path.join(os.path.dirname(__file__), "..", "include", "churn"))
     cols = feature_columns(spec)
     task = ModelTask.of(spec)
-    rng = np.random.default_rng(0)
-
-    def frame(n):
-        data = {c: rng.gamma(2.0, 10.0, n) for c in cols.numeric}
-        data.update({c: rng.choice(["a", "b", "c"], n) for c in cols.categorical})
-        return pd.DataFrame(data)
-
-    train = frame(20_000)
-    y = (train[cols.numeric[0]] + rng.normal(0, 5, len(train)) > 25).astype(int)
-    model = make_pipeline(spec).fit(train, y)
+    synthetic = SyntheticChurn(spec)
+    frame, train, model = synthetic.frame, synthetic.train, synthetic.model
 
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")

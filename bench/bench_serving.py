@@ -31,8 +31,6 @@ ENTITY_DAY = "2026-01-31"
 
 def prepare(home: Path, entities: int) -> tuple[dict, list[dict]]:
     """A throwaway deployment: the churn spec in entity mode, a champion, an online store."""
-    import numpy as np
-    import pandas as pd
     import yaml
 
     include = home / "include" / "churn"
@@ -43,33 +41,27 @@ def prepare(home: Path, entities: int) -> tuple[dict, list[dict]]:
     env = {"MLOPS_HOME": str(home), "MLOPS_INCLUDE": str(home / "include"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow/mlflow.db",
            "MLOPS_MLFLOW_ARTIFACTS": str(home / "mlflow" / "artifacts"), "MLOPS_SERVING_POLL_S": "5",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}   # mlflow models serve runs `uvicorn`
     os.environ.update(env)
 
     from pipelines import runtime, tracking
     from pipelines.features import feature_columns
     from pipelines.lake import replace_partition
-    from pipelines.training import make_pipeline
+
+    from bench.synthetic import SyntheticChurn
 
     spec = runtime.spec("churn")
     cols = feature_columns(spec)
-    rng = np.random.default_rng(0)
-
-    def frame(n):
-        data = {c: rng.gamma(2.0, 10.0, n) for c in cols.numeric}
-        data.update({c: rng.choice(["retail", "smb", "enterprise"], n) for c in cols.categorical})
-        return pd.DataFrame(data)
-
-    train = frame(20_000)
-    y = (train[cols.numeric[0]] + rng.normal(0, 5, len(train)) > 25).astype(int)
-    model = make_pipeline(spec).fit(train, y)
+    synthetic = SyntheticChurn(spec)
+    train, model = synthetic.train, synthetic.model
     import mlflow
 
     with mlflow.start_run(experiment_id=tracking.ensure_experiment("churn-training")) as run:
         info = tracking.log_sklearn_model(model, train.head(5), model.predict_proba(train.head(5)))
     version = tracking.register_challenger(spec.model.registered_name, info.model_uri, run.info.run_id, {})
     tracking.move_champion(spec.model.registered_name, version, None, dt.datetime.now(dt.timezone.utc).isoformat())
-    features = frame(entities)
+    features = synthetic.frame(entities)
     features.insert(0, spec.entity, [f"C{i:06d}" for i in range(entities)])
     replace_partition(runtime.lake().features("churn"), ENTITY_DAY, features)
     runtime.refresh_online_store("churn", ENTITY_DAY)
