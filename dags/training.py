@@ -5,7 +5,6 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, task
 
 from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, schedule_window, use_cases
-from mlops_airflow.operators import REVIEW_XCOM, promotion_review
 
 DOC = """
 ### {name}: train, evaluate through the promotion gate, promote
@@ -91,12 +90,18 @@ def build_training(spec):
             """Move @champion to the challenger if the gate passed (and the reviewer approved)."""
             from pipelines import runtime
 
-            review = ti.xcom_pull(task_ids="review_challenger", key=REVIEW_XCOM) if reviewed else None
+            review = None
+            if reviewed:
+                from mlops_airflow.review import REVIEW_XCOM
+
+                review = ti.xcom_pull(task_ids="review_challenger", key=REVIEW_XCOM)
             return runtime.decide(use_case, evaluation, review)
 
         evaluation = evaluate_challenger(train_challenger())
         decision = promote_if_better(evaluation)
         if reviewed:
+            from mlops_airflow.review import promotion_review   # loaded only where a person reviews
+
             @task.short_circuit(ignore_downstream_trigger_rules=False)
             def passed_gate(evaluation: dict) -> bool:
                 """Ask a reviewer only about a challenger the gate let through."""

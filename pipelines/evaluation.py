@@ -185,9 +185,8 @@ def evaluate_challenger(spark, spec, lake: Lake, challenger: dict, as_of: dt.dat
     log.info("%s: gate for v%s: %s", spec.name, challenger_ref.version, decision.reason)
     record_checks(spec, lake, as_of, challenger_ref.version, champion_ref.version if champion_ref else None,
                   verdicts, evaluated_at)
-    metric = spec.promotion.metric.value
-    challenger_value = task.metrics(y, holdout.challenger)[metric]
-    champion_value = task.metrics(y, holdout.champion)[metric] if holdout.champion is not None else None
+    primary = verdicts[0].results[0]   # the promotion metric's rule: both models' values, computed once
+    challenger_value, champion_value = primary.value, primary.champion_value
     c = tracking.client()
     tags = {"gate.decision": "passed" if decision.eligible else "failed", "gate.reason": decision.reason,
             "gate.failing": ",".join(decision.failing) or "none", "gate.warnings": ",".join(decision.warnings) or "none",

@@ -8,6 +8,7 @@ from pipelines.lake import Lake, list_partitions, read_table
 def champion_history(spec) -> list[dict]:
     """Every registered version with its trigger, promotion decision and reason, oldest first."""
     from pipelines import tracking
+    from pipelines.model_card import card_folder
 
     c = tracking.client()
     name = spec.model.registered_name
@@ -32,8 +33,7 @@ def champion_history(spec) -> list[dict]:
             "gate_failing": tags.get("gate.failing", "none"),
             "gate_warnings": tags.get("gate.warnings", "none"),
             "review": (f"{tags['review.decision']} by {tags.get('review.by')}" if tags.get("review.decision") else ""),
-            "card": (mv.description or "").removeprefix("Model card: ").split(" (and artifact")[0]
-            if (mv.description or "").startswith("Model card: ") else "",
+            "card": str(card) if (card := card_folder(spec, mv.version) / "model_card.html").exists() else "",
             "rolled_back": tags.get("champion.rolled_back", ""),      # this version was rolled back
             "rollback": (f"champion again since {tags['rollback.at']}: rolled back from v{tags.get('rollback.from')} "
                          f"by {tags.get('rollback.requested_by')}: {tags.get('rollback.reason')}")

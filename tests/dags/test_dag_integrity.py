@@ -198,7 +198,7 @@ def test_the_review_keeps_the_answer_before_acting_on_it(choice):
     import datetime as dt
     import types
 
-    from mlops_airflow.operators import REVIEW_XCOM, promotion_review
+    from mlops_airflow.review import REVIEW_XCOM, promotion_review
     from pipelines.spec import load_spec
 
     review = promotion_review(load_spec(ROOT / "include" / "churn"))
