@@ -12,13 +12,11 @@ ratios; appends a dated row to docs/benchmarks.md. Timings only; no pass/fail.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,41 +69,13 @@ def prepare(home: Path, entities: int) -> tuple[dict, list[dict]]:
     return env, rows
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(argv: list[str], env: dict, ready_url: str, log: Path, timeout: float = 120) -> subprocess.Popen:
-    import httpx
-    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
-
-    process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.5), reraise=True,
-                            retry=retry_if_exception_type((httpx.HTTPError, AssertionError))):
-        with attempt:
-            if process.poll() is not None:
-                raise RuntimeError(f"{argv[:4]} exited: {log.read_text()[-2000:]}")
-            assert httpx.get(ready_url, timeout=5).status_code == 200
-    return process
-
-
 def load(target: str, url: str, records: Path, args, out: Path, env: dict) -> dict:
-    """Locust, headless, at ``args.rate`` requests/s; the aggregated stats row."""
-    prefix = out / target
-    subprocess.run([str(BIN / "locust"), "-f", str(ROOT / "bench" / "locust_scoring.py"), "--headless",
-                    "-u", str(args.users), "-r", str(args.users), "-t", f"{args.seconds}s", "--host", url,
-                    "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"],
-                   env={**os.environ, **env, "BENCH_TARGET": target, "BENCH_RECORDS": str(records),
-                        "BENCH_RATE": str(args.rate / args.users)}, check=True, capture_output=True)
-    with open(f"{prefix}_stats.csv") as handle:
-        row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
-    return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
-            "rps": float(row["Requests/s"]), "p50": float(row["50%"]), "p99": float(row["99%"])}
+    """Locust, headless, at ``args.rate`` requests/s (the rollout's load test runs the same users)."""
+    from pipelines.load_test import run_locust
+
+    result = run_locust(target, url, records, args.users, args.rate, args.seconds, out, "churn", env)
+    return {"requests": result.requests, "failures": result.failures, "rps": result.rps, "p50": result.p50_ms,
+            "p99": result.p99_ms}
 
 
 def main() -> None:
@@ -123,10 +93,12 @@ def main() -> None:
         env, rows = prepare(home, args.entities)
         records = home / "records.json"
         records.write_text(json.dumps(rows))
+        from pipelines.load_test import free_port, start_process, stop_process
+
         ours_port, peer_port = free_port(), free_port()
-        ours = start([sys.executable, "-m", "pipelines.cli", "serve", "churn", "--port", str(ours_port),
+        ours = start_process([sys.executable, "-m", "pipelines.cli", "serve", "churn", "--port", str(ours_port),
                       "--workers", str(args.workers)], env, f"http://127.0.0.1:{ours_port}/readyz", home / "ours.log")
-        peer = start([str(BIN / "mlflow"), "models", "serve", "-m", "models:/churn_classifier@champion",
+        peer = start_process([str(BIN / "mlflow"), "models", "serve", "-m", "models:/churn_classifier@champion",
                       "--env-manager", "local", "-p", str(peer_port), "-w", str(args.workers)], env,
                      f"http://127.0.0.1:{peer_port}/ping", home / "mlflow.log")
         try:
@@ -134,8 +106,7 @@ def main() -> None:
                        "mlflow": load("mlflow", f"http://127.0.0.1:{peer_port}", records, args, home, env)}
         finally:
             for process in (ours, peer):
-                os.killpg(process.pid, 15)
-                process.wait(30)
+                stop_process(process)
     mine, peer_stats = results["ours"], results["mlflow"]
     throughput = mine["rps"] / peer_stats["rps"]
     p99 = peer_stats["p99"] / mine["p99"] if mine["p99"] else float("nan")

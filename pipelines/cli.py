@@ -13,6 +13,7 @@
     mlops score churn 2026-02-06
     mlops monitor churn 2026-02-06
     mlops rollback churn --reason "conversion dropped after v7"   # @champion back to the previous one
+    mlops rollout status churn     # the candidate's share, steps and decisions (start/judge/stop too)
     mlops summary churn
 """
 from __future__ import annotations
@@ -66,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8090)
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    rollout = sub.add_parser("rollout", help="a version's rollout to live traffic: status, start, judge, stop")
+    rollout.add_argument("action", choices=["status", "start", "load-test", "judge", "stop"])
+    rollout.add_argument("use_case")
+    rollout.add_argument("--version", default=None, help="start: the version to roll out")
+    rollout.add_argument("--reason", default="started from the CLI", help="start/stop: why (recorded)")
+    rollout.add_argument("--by", default=None, help="who asks (default: the current user)")
     online = sub.add_parser("online-store", help="load a day's features into the online store the service reads")
     online.add_argument("use_case")
     online.add_argument("ds", help="date, YYYY-MM-DD (the newest date the store has seen wins)")
@@ -188,6 +195,23 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
         except RollbackRefused as exc:
             print(f"rollback refused, @champion unchanged: {exc}", file=sys.stderr)
             return 1
+    elif args.command == "rollout":
+        import getpass
+
+        by = args.by or getpass.getuser()
+        if args.action == "status":
+            return runtime.rollout_status(uc)
+        if args.action == "start":
+            if not args.version:
+                print("rollout start needs --version", file=sys.stderr)
+                return 2
+            result = runtime.start_rollout(uc, args.version, args.reason, by)
+        elif args.action == "load-test":
+            result = runtime.rollout_load_test(uc)
+        elif args.action == "judge":
+            result = runtime.judge_rollout(uc)
+        else:
+            result = runtime.end_rollout(uc, args.reason, by)
     elif args.command == "online-store":
         result = runtime.refresh_online_store(uc, args.ds)
     elif args.command == "simulate":

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from pipelines.lake import Lake
 from pipelines.model_tasks import ModelTask
+from pipelines.spec import Strategy
 from pipelines.training import holdout_frame, label_window
 
 log = logging.getLogger(__name__)
@@ -273,10 +274,22 @@ def promote_if_better(spec, evaluation: dict, review: Review | None = None) -> d
             reason = (f"not promoted: the champion moved to v{now.version if now else None} while v"
                       f"{challenger_ref.version} was evaluated against v{champion_ref.version if champion_ref else None}"
                       f" ({reason}); rerun the evaluation against the new champion")
+        elif champion_ref is not None and spec.deployment.strategy is not Strategy.DIRECT:
+            from pipelines import rollout
+            from pipelines.config import settings
+
+            state = rollout.start(spec, Lake(settings().lake), challenger_ref.version, champion_ref.version,
+                                  reason, "promotion")
+            outcome = "rolling_out"
+            reason = (f"{reason}; {spec.deployment.strategy.value} rollout {state.id} started beside champion "
+                      f"v{champion_ref.version} (the {spec.name}_rollout DAG moves it)")
         else:
             tracking.move_champion(name, challenger_ref.version, champion_ref.version if champion_ref else None,
                                    decided_at)
-    if outcome == "promoted":
+    if outcome == "rolling_out":
+        log.info("%s: ROLL OUT v%s beside champion v%s: %s", spec.name, challenger_ref.version,
+                 champion_ref.version, reason)
+    elif outcome == "promoted":
         log.info("%s: PROMOTE v%s to champion (was %s): %s", spec.name, challenger_ref.version,
                  f"v{champion_ref.version}" if champion_ref else "none", reason)
     else:
@@ -303,7 +316,7 @@ def promote_if_better(spec, evaluation: dict, review: Review | None = None) -> d
     c.log_metric(challenger_ref.run_id, f"promotion_challenger_{metric}", value if value is not None else -1.0)
     if evaluation["champion_value"] is not None:
         c.log_metric(challenger_ref.run_id, f"promotion_champion_{metric}", evaluation["champion_value"])
-    promoted = outcome == "promoted"
+    promoted = outcome == "promoted"   # "rolling_out": the rollout DAG makes it champion, or not
     champion_now = challenger_ref if promoted else champion_ref
     return {"promoted": promoted, "outcome": outcome, "reason": reason, "metric": metric,
             "challenger_value": evaluation["challenger_value"], "champion_value": evaluation["champion_value"],

@@ -209,6 +209,53 @@ def rollback(use_case: str, reason: str, requested_by: str, to: str | None = Non
         return asdict(roll_back(spec(use_case), reason, requested_by, to))
 
 
+def start_rollout(use_case: str, version: str, reason: str, requested_by: str) -> dict:
+    """Roll ``version`` out beside the champion by the spec's strategy (see pipelines.rollout)."""
+    from pipelines import rollout, tracking
+
+    tracking.require_tracking_server()
+    the_spec = spec(use_case)
+    champion = tracking.resolve_champion(the_spec.model.registered_name)
+    if champion is None:
+        raise rollout.RolloutConflict(f"{use_case} has no champion to roll v{version} out beside; promote one first")
+    state = rollout.start(the_spec, lake(), str(version).lstrip("v"), champion.version, reason, requested_by)
+    return asdict(state)
+
+
+def rollout_load_test(use_case: str) -> dict:
+    """Load-test the running rollout's candidate before traffic moves (see pipelines.load_test)."""
+    from pipelines import rollout, tracking
+
+    tracking.require_tracking_server()
+    return rollout.load_test_candidate(spec(use_case), lake())
+
+
+def judge_rollout(use_case: str) -> dict:
+    """Judge the running rollout's step on the request log and advance, complete or roll it back."""
+    from pipelines import rollout, tracking
+
+    tracking.require_tracking_server()
+    return rollout.judge_rollout(spec(use_case), lake())
+
+
+def end_rollout(use_case: str, reason: str, requested_by: str) -> dict:
+    """Roll the running rollout back to 0% by hand (the champion keeps all traffic)."""
+    from pipelines import rollout, tracking
+
+    tracking.require_tracking_server()
+    the_spec = spec(use_case)
+    state = rollout.read_state(the_spec)
+    if state is None or not state.running:
+        return {"action": "none", "reason": "no rollout is running"}
+    return asdict(rollout.apply(the_spec, lake(), state, rollout.Judgement("roll_back", reason), requested_by))
+
+
+def rollout_status(use_case: str) -> str:
+    from pipelines import rollout
+
+    return rollout.status_text(spec(use_case), lake())
+
+
 def evaluate(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:
     """Run the promotion gate on a challenger (see pipelines.evaluation); moves no alias."""
     from pipelines import tracking

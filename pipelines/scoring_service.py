@@ -8,12 +8,17 @@ Endpoints:
 * ``POST /v1/<uc>/predict``: ``{"records": [{column: value, ...}, ...]}`` (the record carries its
   features; its entity column, if present, is logged), or ``{"entity_ids": ["c1", ...]}`` when the
   spec's ``deployment.input`` is ``entity`` (features come from the online store). Answers the
-  outputs per record (the batch inference table's columns), the model name and version, and a
-  request id. A record that does not fit the signature: 422 naming the field and the problem.
+  outputs per record (the batch inference table's columns and the ``model_version`` that answered),
+  the model name and version, and a request id. A record that does not fit the signature: 422
+  naming the field and the problem. Under a running rollout (``mlops rollout status``) each
+  record's entity decides whether the champion or the candidate answers, the other one scores it
+  in the shadow after the response, and both are logged (``mode``, ``arm``). A model that fails or
+  is over its latency budget too often is skipped for a while (circuit breaker): the previous
+  champion, else the spec's ``deployment.fallback`` answer, answers instead, flagged ``fallback``.
 * ``GET /healthz``: the process answers. ``GET /readyz``: 200 once every use case serves a version
   (or has no champion yet), else 503; ``GET /v1/<uc>/readyz`` for one use case.
 * ``GET /metrics``: Prometheus text: requests and errors by model version and outcome, a latency
-  histogram, reloads, the served version.
+  histogram, reloads, the served version, the rollout's share, circuit breaker trips.
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
-from fastapi import Body, FastAPI, HTTPException, Response   # FastAPI reads the handlers' annotations
+from fastapi import BackgroundTasks, Body, FastAPI, HTTPException, Response   # FastAPI reads the handlers' annotations
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +46,11 @@ class UseCaseEndpoint:
     by_entity: bool
 
 
-def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = None):
-    """The service for ``use_cases`` (default: every spec in the include folder)."""
+def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = None, alias: str | None = None,
+               staging_log: str | None = None):
+    """The service for ``use_cases`` (default: every spec in the include folder). A *staging*
+    instance (``alias``, e.g. ``candidate``, and ``staging_log``, a throwaway request-log folder)
+    serves that alias alone, ignores rollouts and keeps its requests out of the online table."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
     from pipelines import runtime
@@ -55,8 +64,10 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
     endpoints = {}
     for name in names:
         spec = runtime.spec(name)
-        endpoints[name] = UseCaseEndpoint(spec, ModelServer(spec, poll_s=cfg.serving_poll_s if poll_s is None else poll_s),
-                                          RequestLog(runtime.lake().online_inference(name)),
+        server = ModelServer(spec, poll_s=cfg.serving_poll_s if poll_s is None else poll_s, alias=alias,
+                             follow_rollout=alias is None)
+        table = Path(staging_log) / name if staging_log else runtime.lake().online_inference(name)
+        endpoints[name] = UseCaseEndpoint(spec, server, RequestLog(table),
                                           store_path(cfg.online_store, name),
                                           spec.deployment.input is ServingInput.ENTITY)
 
@@ -71,6 +82,10 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
     served_version = Gauge("mlops_served_model_version", "The model version served", ["use_case"], registry=registry)
     reloads = Gauge("mlops_model_reloads", "Model loads by outcome since start", ["use_case", "outcome"],
                     registry=registry)
+    share = Gauge("mlops_rollout_candidate_share", "The running rollout's candidate share of traffic (0: none or "
+                  "shadow)", ["use_case"], registry=registry)
+    trips = Gauge("mlops_circuit_breaker_trips", "Times a model's circuit opened since it was loaded",
+                  ["use_case", "model_version"], registry=registry)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -95,9 +110,16 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
         return endpoints[use_case]
 
     def readiness(endpoint: UseCaseEndpoint) -> dict:
-        current = endpoint.server.current
-        return {"ready": endpoint.server.ready, "model": endpoint.spec.model.registered_name,
-                "version": current.ref.version if current else None, "error": endpoint.server.last_error}
+        server = endpoint.server
+        current, candidate, state = server.current, server.candidate, server.rollout
+        found = {"ready": server.ready, "model": endpoint.spec.model.registered_name,
+                 "version": current.ref.version if current else None, "error": server.last_error,
+                 "circuit_open": bool(current and current.breaker.open)}
+        if state is not None:
+            found["rollout"] = {"id": state.id, "strategy": state.strategy, "share": state.share,
+                                "candidate": state.candidate, "candidate_loaded": candidate is not None,
+                                "candidate_circuit_open": bool(candidate and candidate.breaker.open)}
+        return found
 
     @app.get("/healthz")
     def healthz():
@@ -126,24 +148,39 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
             served_version.labels(name).set(float(current.ref.version) if current else 0)
             for outcome, count in endpoint.server.reloads.items():
                 reloads.labels(name, outcome).set(count)
+            state = endpoint.server.rollout
+            share.labels(name).set(state.share if state else 0.0)
+            for served in (current, endpoint.server.candidate):
+                if served is not None:
+                    trips.labels(name, served.ref.version).set(served.breaker.trips)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/{use_case}/predict")
-    def predict(use_case: str, body: dict = Body(..., examples=[{"records": [{"column": "value"}]}])):
-        return answer(endpoint_of(use_case), body, metrics)
+    def predict(use_case: str, background: BackgroundTasks,
+                body: dict = Body(..., examples=[{"records": [{"column": "value"}]}])):
+        response, later = answer(endpoint_of(use_case), body, metrics)
+        background.add_task(later)
+        return response
 
     return app
 
 
-def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
-    """One prediction request: records (or entity ids) in, the served version's outputs out."""
+def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> tuple[dict, object]:
+    """One prediction request: records (or entity ids) in, the served versions' outputs out.
+
+    Each record goes to the champion or, under a running rollout, to the candidate by its
+    entity's bucket (:func:`pipelines.rollout.arm_of`). A model that fails (or whose circuit is
+    open) is replaced by the fallback chain and the record is flagged ``fallback``. Returns the
+    response and the work that can wait until it is sent (shadow scoring and its log rows)."""
     from pipelines.online_store import lookup
-    from pipelines.serving import InvalidRecords, NotReady, check_records, log_rows, to_json_rows
+    from pipelines.rollout import CANDIDATE_ARM, CHAMPION_ARM, arm_of
+    from pipelines.serving import Answer, InvalidRecords, NotReady, check_records, log_rows, to_json_rows
 
     spec, server = endpoint.spec, endpoint.server
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
-    version = server.current.ref.version if server.current else "none"
+    champion, candidate, state = server.current, server.candidate, server.rollout
+    version = champion.ref.version if champion else "none"
     count = metrics["requests"]
     try:
         key = "entity_ids" if endpoint.by_entity else "records"
@@ -151,10 +188,11 @@ def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
         if not isinstance(given, list) or not given:
             raise InvalidRecords([{"loc": [key], "msg": f"a non-empty list of {key.replace('_', ' ')} is needed",
                                    "type": "missing"}])
-        if server.current is None:
+        if champion is None:
             raise NotReady(f"{spec.name}: no model loaded yet" + (f" ({server.last_error})" if server.last_error else ""))
+        inputs = {**champion.inputs, **(candidate.inputs if candidate else {})}
         if endpoint.by_entity:
-            frame, unknown = lookup(endpoint.store, spec.entity, given, list(server.current.inputs))
+            frame, unknown = lookup(endpoint.store, spec.entity, given, list(inputs))
             if unknown:
                 count.labels(spec.name, version, "unknown_entity").inc()
                 raise HTTPException(404, {"unknown_entities": unknown[:50],
@@ -162,14 +200,28 @@ def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
             entities = frame[spec.entity].tolist()
             frame = frame.drop(columns=[spec.entity])
         else:
-            frame = check_records(given, server.current.inputs)
+            frame = check_records(given, inputs)
             entities = [r.get(spec.entity) for r in given]
-        served, outputs = server.predict(frame)
+        arms = [arm_of(e, state) for e in entities]
+        picked = {arm: [i for i, a in enumerate(arms) if a == arm] for arm in (CHAMPION_ARM, CANDIDATE_ARM)}
+        answers = []   # (arm, positions, answer, fallback)
+        if picked[CHAMPION_ARM]:
+            got = server.answer(frame.iloc[picked[CHAMPION_ARM]])
+            answers.append((CHAMPION_ARM, picked[CHAMPION_ARM], got, got.error is not None))
+        if picked[CANDIDATE_ARM]:
+            got = server.score(candidate, frame.iloc[picked[CANDIDATE_ARM]], "candidate")
+            if got.outputs is None:
+                instead = server.answer(frame.iloc[picked[CANDIDATE_ARM]])
+                got = Answer(instead.served, instead.outputs, instead.model_ms, got.error)
+                answers.append((CANDIDATE_ARM, picked[CANDIDATE_ARM], got, True))
+            else:
+                answers.append((CANDIDATE_ARM, picked[CANDIDATE_ARM], got, False))
     except InvalidRecords as exc:
         count.labels(spec.name, version, "invalid").inc()
         raise HTTPException(422, exc.errors) from None
     except NotReady as exc:
         count.labels(spec.name, version, "not_ready").inc()
+        log.error("%s: request %s not answered: %s", spec.name, request_id, exc)
         raise HTTPException(503, str(exc)) from None
     except HTTPException:
         raise
@@ -177,23 +229,50 @@ def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
         count.labels(spec.name, version, "error").inc()
         log.exception("%s: request %s failed", spec.name, request_id)
         raise HTTPException(500, f"request {request_id} failed: {type(exc).__name__}: {exc}") from None
-    elapsed = time.perf_counter() - started
-    version = served.ref.version
-    count.labels(spec.name, version, "ok").inc()
-    metrics["predictions"].labels(spec.name, version).inc(len(outputs))
-    metrics["latency"].labels(spec.name, version).observe(elapsed)
-    endpoint.request_log.add(log_rows(spec, served, entities, outputs, request_id, elapsed * 1000))
-    rows = to_json_rows(outputs)
-    for entity, row in zip(entities, rows):
-        row[spec.entity] = None if entity is None else str(entity)
-    return {"request_id": request_id, "model": served.ref.name, "version": version, "predictions": rows}
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    rollout_id = state.id if state else None
+    rows: list[dict | None] = [None] * len(arms)
+    for arm, positions, got, fallback in answers:
+        answered = got.served.ref.version if got.served else "fallback"
+        count.labels(spec.name, answered, "fallback" if fallback else "ok").inc()
+        metrics["predictions"].labels(spec.name, answered).inc(len(positions))
+        metrics["latency"].labels(spec.name, answered).observe(elapsed_ms / 1000)
+        part = frame.iloc[positions]
+        endpoint.request_log.add(log_rows(spec, server.task, got, [entities[i] for i in positions], part, request_id,
+                                          elapsed_ms, "served", arm, rollout_id, fallback))
+        for position, row in zip(positions, to_json_rows(got.outputs)):
+            rows[position] = {**row, spec.entity: None if entities[position] is None else str(entities[position]),
+                              "model_version": answered, **({"fallback": True} if fallback else {})}
+
+    def shadow() -> None:
+        """Score the same records with the other model of the rollout and log it (after the response)."""
+        if state is None or not state.live or not state.shadowed:
+            return
+        for arm, positions, got, fallback in answers:
+            other, role = ((candidate, CANDIDATE_ARM) if arm == CHAMPION_ARM and state.share <= 0 else
+                           (champion, CHAMPION_ARM) if arm == CANDIDATE_ARM and not fallback else (None, None))
+            if role is None:
+                continue
+            part = frame.iloc[positions]
+            extra = server.score(other, part, role)
+            endpoint.request_log.add(log_rows(spec, server.task, extra, [entities[i] for i in positions], part,
+                                              request_id, extra.model_ms, "shadow", role, rollout_id))
+
+    first = next(a for a in answers)[2]
+    response = {"request_id": request_id, "model": spec.model.registered_name,
+                "version": first.served.ref.version if first.served else "fallback", "predictions": rows}
+    if state is not None:
+        response["rollout"] = {"id": state.id, "strategy": state.strategy, "candidate": state.candidate,
+                               "share": state.share}
+    return response, shadow
 
 
 def app_from_env():
     """For ``uvicorn --factory``: the use cases in ``MLOPS_SERVE_USE_CASES`` (comma-separated;
     empty: every spec)."""
     names = [n for n in os.environ.get("MLOPS_SERVE_USE_CASES", "").split(",") if n]
-    return create_app(names or None)
+    return create_app(names or None, alias=os.environ.get("MLOPS_SERVE_ALIAS") or None,
+                      staging_log=os.environ.get("MLOPS_SERVE_STAGING_LOG") or None)
 
 
 def serve(use_cases: list[str] | None = None, host: str = "127.0.0.1", port: int = 8090, workers: int = 1) -> None:

@@ -51,12 +51,60 @@ class NotReady(RuntimeError):
     """No model version is loaded yet."""
 
 
+class CircuitBreaker:
+    """Counts a model's failed or slow answers in a row; after ``max_failures`` it opens for
+    ``cooldown_s`` (the model is not asked; its requests go to the fallback), then lets requests
+    through again (half-open): an answer in budget closes it, a failure opens it again."""
+
+    def __init__(self, max_failures: int = 5, latency_budget_ms: float = 500.0, cooldown_s: float = 30.0,
+                 clock=time.monotonic):
+        self.max_failures, self.latency_budget_ms, self.cooldown_s = max_failures, latency_budget_ms, cooldown_s
+        self.clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.trips = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, spec) -> "CircuitBreaker":
+        b = spec.deployment.circuit_breaker
+        return cls(b.max_failures, b.latency_budget_ms, b.cooldown_s)
+
+    @property
+    def open(self) -> bool:
+        return self.opened_at is not None and self.clock() - self.opened_at < self.cooldown_s
+
+    def allow(self) -> bool:
+        return not self.open
+
+    def record(self, ok: bool, ms: float | None = None) -> None:
+        with self._lock:
+            if ok and (ms is None or ms <= self.latency_budget_ms):
+                self.failures, self.opened_at = 0, None
+                return
+            self.failures += 1
+            if self.failures >= self.max_failures and not self.open:
+                self.opened_at = self.clock()
+                self.trips += 1
+
+
 @dataclass(frozen=True)
 class ServedModel:
     ref: object                  # tracking.ModelRef
     model: object                # the fitted scikit-learn pipeline
     inputs: dict[str, str]       # signature: column -> MLflow type
     loaded_at: float
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One model's outputs for some records (None when it could not answer, with the reason)."""
+
+    served: ServedModel | None
+    outputs: pd.DataFrame | None
+    model_ms: float
+    error: str | None = None
 
 
 def check_records(records: list[dict], inputs: dict[str, str]) -> pd.DataFrame:
@@ -94,16 +142,23 @@ def check_records(records: list[dict], inputs: dict[str, str]) -> pd.DataFrame:
 
 
 class ModelServer:
-    """The served version of one use case's champion, reloaded when the alias moves."""
+    """The versions one use case serves: ``@champion``, the champion before it (the fallback), and
+    the candidate of a running rollout (:mod:`pipelines.rollout`), reloaded when the registry's
+    alias or rollout state changes. ``follow_rollout=False`` serves the alias alone (the staging
+    instance of a load test)."""
 
-    def __init__(self, spec, poll_s: float = 2.0, alias: str | None = None):
+    def __init__(self, spec, poll_s: float = 2.0, alias: str | None = None, follow_rollout: bool = True):
         from pipelines import tracking
         from pipelines.model_tasks import ModelTask
 
         self.spec, self.poll_s = spec, poll_s
         self.alias = alias or tracking.CHAMPION
+        self.follow_rollout = follow_rollout
         self.task = ModelTask.of(spec)
         self.current: ServedModel | None = None
+        self.previous: ServedModel | None = None
+        self.candidate: ServedModel | None = None
+        self.rollout = None                     # rollout.RolloutState of a running rollout
         self.has_champion: bool | None = None   # None: the registry was not asked yet
         self.last_error: str | None = None
         self.reloads = {"loaded": 0, "failed": 0}
@@ -114,39 +169,70 @@ class ModelServer:
 
     # ----------------------------------------------------------------- model lifecycle
     def refresh(self) -> bool:
-        """Load the version the alias points at if it is not the one served; whether it swapped."""
+        """Load what the registry says to serve (the alias, and a running rollout's candidate)
+        where it is not loaded yet; whether anything was swapped in."""
+        from mlflow.exceptions import MlflowException
+
+        from pipelines import tracking
+        from pipelines.rollout import STATE_TAG, RolloutState
+
+        with self._lock:
+            try:
+                registered = tracking.client().get_registered_model(self.spec.model.registered_name)
+                aliases, tags = dict(registered.aliases or {}), dict(registered.tags or {})
+            except MlflowException as exc:
+                if getattr(exc, "error_code", "") not in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}:
+                    raise
+                aliases, tags = {}, {}
+            wanted = aliases.get(self.alias)
+            self.has_champion = wanted is not None
+            swapped = False
+            if wanted is not None and (self.current is None or self.current.ref.version != str(wanted)):
+                loaded = self._load(str(wanted))
+                if loaded is not None:
+                    self.previous, self.current, swapped = self.current, loaded, True
+                    log.info("%s: serving %s (was %s)", self.spec.name, loaded.ref.uri,
+                             self.previous.ref.uri if self.previous else "nothing")
+            state = RolloutState.from_json(tags.get(STATE_TAG)) if self.follow_rollout else None
+            state = state if state is not None and state.running else None
+            if state is None:
+                self.candidate = None
+            elif self.candidate is None or self.candidate.ref.version != state.candidate:
+                self.candidate = self._load(state.candidate)   # None if it fails: its requests go to the champion
+                swapped = swapped or self.candidate is not None
+                if self.candidate is not None:
+                    log.info("%s: rollout %s: candidate %s loaded (%s, share %.0f%%)", self.spec.name, state.id,
+                             self.candidate.ref.uri, state.strategy, state.share * 100)
+            self.rollout = state
+            return swapped
+
+    def _load(self, version: str) -> ServedModel | None:
+        """A version loaded and test-scored, or None (logged once per version, and counted)."""
         from pipelines import tracking
         from pipelines.gate import signature_inputs
 
-        with self._lock:
-            ref = tracking.resolve_alias(self.spec.model.registered_name, self.alias)
-            self.has_champion = ref is not None
-            if ref is None or (self.current is not None and self.current.ref.version == ref.version):
-                return False
-            try:
-                model = tracking.load_model(ref)
-                inputs = signature_inputs(ref.uri)
-                if not inputs:
-                    raise ValueError(f"{ref.uri} has no signature; the service cannot check records against it")
-                example = pd.DataFrame([{c: (0.0 if TYPES.get(k) in (float, int) else None) for c, k in inputs.items()}])
-                self.task.outputs(model, example)   # it answers before it serves
-            except Exception as exc:   # noqa: BLE001 - whatever breaks the new version, the old one keeps serving
-                self.reloads["failed"] += 1
-                self.last_error = f"v{ref.version}: {type(exc).__name__}: {exc}"
-                if ref.version not in self._failed:
-                    log.error("%s: cannot serve %s (still serving %s): %s", self.spec.name, ref.uri,
-                              self.current.ref.uri if self.current else "nothing", self.last_error)
-                    self._failed.add(ref.version)
-                return False
-            previous = self.current
-            self.current = ServedModel(ref, model, inputs, time.time())
-            self.reloads["loaded"] += 1
-            self.last_error = None
-            log.info("%s: serving %s (was %s)", self.spec.name, ref.uri, previous.ref.uri if previous else "nothing")
-            return True
+        try:
+            ref = tracking.model_version(self.spec.model.registered_name, version)
+            model = tracking.load_model(ref)
+            inputs = signature_inputs(ref.uri)
+            if not inputs:
+                raise ValueError(f"{ref.uri} has no signature; the service cannot check records against it")
+            example = pd.DataFrame([{c: (0.0 if TYPES.get(k) in (float, int) else None) for c, k in inputs.items()}])
+            self.task.outputs(model, example)   # it answers before it serves
+        except Exception as exc:   # noqa: BLE001 - whatever breaks the new version, the old one keeps serving
+            self.reloads["failed"] += 1
+            self.last_error = f"v{version}: {type(exc).__name__}: {exc}"
+            if version not in self._failed:
+                log.error("%s: cannot serve v%s (still serving %s): %s", self.spec.name, version,
+                          self.current.ref.uri if self.current else "nothing", self.last_error)
+                self._failed.add(version)
+            return None
+        self.reloads["loaded"] += 1
+        self.last_error = None
+        return ServedModel(ref, model, inputs, time.time(), CircuitBreaker.of(self.spec))
 
     def start(self) -> "ModelServer":
-        """Load the current version (if any) and watch the alias in a background thread."""
+        """Load the current version (if any) and watch the registry in a background thread."""
         try:
             self.refresh()
         except Exception as exc:   # noqa: BLE001 - the registry may be away at start; the watcher retries
@@ -165,7 +251,7 @@ class ModelServer:
             try:
                 self.refresh()
             except Exception as exc:   # noqa: BLE001 - a registry hiccup must not end the watcher
-                log.warning("%s: alias check failed: %s", self.spec.name, exc)
+                log.warning("%s: registry check failed: %s", self.spec.name, exc)
 
     # ----------------------------------------------------------------- predictions
     @property
@@ -173,13 +259,42 @@ class ModelServer:
         """Serving a version, or sure there is none to serve yet (no champion was promoted)."""
         return self.current is not None or self.has_champion is False
 
-    def predict(self, frame: pd.DataFrame) -> tuple[ServedModel, pd.DataFrame]:
-        """The served model's outputs for a frame of its input columns (the model that answered, too)."""
-        served = self.current
+    def score(self, served: ServedModel | None, frame: pd.DataFrame, role: str = "model") -> Answer:
+        """One model's answer for ``frame``, through its circuit breaker; never raises."""
         if served is None:
-            raise NotReady(f"{self.spec.name}: no {self.alias} version loaded yet"
-                           + (f" (last error: {self.last_error})" if self.last_error else ""))
-        return served, self.task.outputs(served.model, frame[list(served.inputs)])
+            return Answer(None, None, 0.0, f"no {role} loaded" + (f" ({self.last_error})" if self.last_error else ""))
+        if not served.breaker.allow():
+            return Answer(served, None, 0.0, f"v{served.ref.version} circuit open after {served.breaker.failures} "
+                                              f"failed or slow answers in a row")
+        started = time.perf_counter()
+        try:
+            outputs = self.task.outputs(served.model, frame[list(served.inputs)])
+        except Exception as exc:   # noqa: BLE001 - the caller falls back and logs why
+            served.breaker.record(False)
+            log.warning("%s: v%s failed to score %d record(s): %s: %s", self.spec.name, served.ref.version,
+                        len(frame), type(exc).__name__, exc)
+            return Answer(served, None, (time.perf_counter() - started) * 1000,
+                          f"v{served.ref.version} failed: {type(exc).__name__}: {exc}")
+        ms = (time.perf_counter() - started) * 1000
+        served.breaker.record(True, ms)
+        return Answer(served, outputs, ms)
+
+    def answer(self, frame: pd.DataFrame) -> Answer:
+        """The champion's answer, else the previous champion's, else the spec's fallback answer
+        (:class:`NotReady` when there is none of those)."""
+        first = self.score(self.current, frame, "champion")
+        if first.outputs is not None:
+            return first
+        if self.previous is not None:
+            second = self.score(self.previous, frame, "previous champion")
+            if second.outputs is not None:
+                return Answer(second.served, second.outputs, second.model_ms, first.error)
+        default = self.spec.deployment.fallback
+        if default:
+            outputs = pd.DataFrame({c: [default.get(c)] * len(frame) for c in self.task.output_columns},
+                                   index=frame.index)
+            return Answer(None, outputs, 0.0, first.error)
+        raise NotReady(f"{self.spec.name}: no model can answer: {first.error}")
 
 
 @dataclass
@@ -237,16 +352,33 @@ class RequestLog:
         return len(frame)
 
 
-def log_rows(spec, served: ServedModel, entities: list, outputs: pd.DataFrame, request_id: str,
-             latency_ms: float, mode: str = "served", arm: str = "champion") -> pd.DataFrame:
-    """The request log's rows: the batch inference table's columns plus request id, latency, mode and arm."""
+def log_rows(spec, task, answer: Answer, entities: list, features: pd.DataFrame, request_id: str,
+             latency_ms: float, mode: str = "served", arm: str = "champion", rollout_id: str | None = None,
+             fallback: bool = False) -> pd.DataFrame:
+    """The request log's rows for one model's answer: the batch inference table's columns, the
+    features scored, and request id, latency, model time, mode (``served``/``shadow``), arm,
+    rollout, and the error of a model that failed (``fallback``: another one answered)."""
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    rows = pd.concat([pd.DataFrame({spec.entity: [None if e is None else str(e) for e in entities]},
-                                   index=outputs.index), outputs], axis=1)
-    rows["model_name"], rows["model_version"] = served.ref.name, served.ref.version
-    rows["model_run_id"], rows["run_id"] = served.ref.run_id, f"online:{request_id}"
+    index = features.index
+    outputs = (answer.outputs if answer.outputs is not None else
+               pd.DataFrame({c: np.nan for c in task.output_columns}, index=index))
+    rows = pd.DataFrame({spec.entity: pd.array([None if e is None else str(e) for e in entities], dtype="string")},
+                        index=index)
+    for column, kind in task.output_columns.items():
+        rows[column] = outputs[column].astype("Int64" if kind == "int" else "float64")
+    ref = answer.served.ref if answer.served is not None else None
+    text = {"model_name": spec.model.registered_name, "model_version": ref.version if ref else "fallback",
+            "model_run_id": ref.run_id if ref else None, "run_id": f"online:{request_id}", "request_id": request_id,
+            "mode": mode, "arm": arm, "rollout_id": rollout_id, "error": answer.error}
+    for column, value in text.items():
+        rows[column] = pd.array([value] * len(index), dtype="string")
     rows["scored_at"] = pd.Timestamp(now)
-    rows["request_id"], rows["latency_ms"], rows["mode"], rows["arm"] = request_id, float(latency_ms), mode, arm
+    rows["latency_ms"], rows["model_ms"] = float(latency_ms), float(answer.model_ms)
+    rows["fallback"] = bool(fallback)
+    for column in features.columns:
+        if column not in rows:
+            values = features[column]
+            rows[column] = values.astype("float64") if pd.api.types.is_numeric_dtype(values) else values.astype("string")
     rows["ds"] = now.date().isoformat()
     return rows
 

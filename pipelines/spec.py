@@ -428,10 +428,71 @@ class ServingInput(enum.StrEnum):
     ENTITY = "entity"
 
 
+class Strategy(enum.StrEnum):
+    """How a promoted challenger reaches live traffic.
+
+    ``direct``: the promotion moves ``@champion`` at once. ``shadow``: the candidate scores every
+    request beside the champion for one window, only the champion answers; then it becomes
+    champion. ``canary``: the candidate answers a growing share of entities (``steps``; a step of
+    0 is a shadow period). ``ab``: a fixed split for ``ab_hours``, then a report per arm and the
+    arm with the better live metric stays."""
+
+    DIRECT = "direct"
+    SHADOW = "shadow"
+    CANARY = "canary"
+    AB = "ab"
+
+
+class RolloutBudgets(_Section):
+    """What a candidate must stay within over a rollout step's window, or it is rolled back."""
+
+    max_error_rate: float = Field(0.01, ge=0, le=1)    # share of its requests that failed (served by the fallback)
+    max_p99_ms: float = Field(250.0, gt=0)             # p99 of its own scoring time per request
+    min_agreement: float = Field(0.9, ge=0, le=1)       # share of records where it agrees with the champion
+    agreement_tolerance: float = Field(0.1, ge=0)      # regression: |difference| within this share of the champion's value
+
+
+class CircuitBreakerSpec(_Section):
+    """In the service: after ``max_failures`` failed or slow answers in a row a model is left out for
+    ``cooldown_s`` seconds (its requests go to the fallback), then tried again."""
+
+    max_failures: int = Field(5, ge=1)
+    latency_budget_ms: float = Field(500.0, gt=0)
+    cooldown_s: float = Field(30.0, gt=0)
+
+
+class LoadTestSpec(_Section):
+    """The pre-deployment load test of a candidate (Locust, headless, against a staging service)."""
+
+    enabled: bool = True
+    users: int = Field(10, ge=1)
+    rate: float = Field(50.0, gt=0)     # requests per second offered
+    seconds: int = Field(20, ge=5)
+    max_p99_ms: float = Field(1000.0, gt=0)
+    max_error_rate: float = Field(0.0, ge=0, le=1)
+
+
 class DeploymentSpec(_Section):
-    """The online scoring service of the use case."""
+    """The online scoring service of the use case and how new versions reach its traffic."""
 
     input: ServingInput = ServingInput.FEATURES
+    strategy: Strategy = Strategy.DIRECT
+    steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0])   # canary: candidate's share per step
+    window_minutes: float = Field(60.0, ge=0)   # a step is judged once it is this old ...
+    min_requests: int = Field(200, ge=1)        # ... and the candidate scored this many requests in it
+    ab_split: float = Field(0.5, gt=0, lt=1)    # ab: the candidate's share
+    ab_hours: float = Field(168.0, gt=0)
+    budgets: RolloutBudgets = RolloutBudgets()
+    circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()
+    fallback: dict[str, float | int | str] | None = None   # the answer when no model can (e.g. {score: 0.0, prediction: 0})
+    load_test: LoadTestSpec = LoadTestSpec()
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_grow_to_all(cls, steps: list[float]) -> list[float]:
+        if not steps or any(not 0 <= s <= 1 for s in steps) or steps != sorted(set(steps)) or steps[-1] != 1.0:
+            raise ValueError(f"steps must be increasing shares between 0 and 1 that end at 1.0 (got {steps})")
+        return steps
 
 
 class MonitoringSpec(_Section):

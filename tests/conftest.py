@@ -320,6 +320,7 @@ def lifecycle(state_home, small_spec, spark, mlflow_server):
 STORY_UC = "churn_flow"
 STORY_SHIPPED_UC = "breast_cancer"   # a shipped use case on real data, fed through its inbox by its test
 STORY_REVIEWED_UC = "breast_cancer_reviewed"   # the same data, with promotions a person approves
+STORY_CANARY_UC = "breast_cancer_canary"       # the same data, promotions rolled out to live traffic
 STORY_START, STORY_FIRST_TRAINING, STORY_BROKEN = dt.date(2026, 1, 1), dt.date(2026, 1, 16), dt.date(2026, 1, 23)
 
 
@@ -331,6 +332,19 @@ def reviewed_spec_dict() -> dict:
     raw["model"].update(registered_name=f"{STORY_REVIEWED_UC}_model", cv_folds=2,
                         search_space={"max_leaf_nodes": [7]})
     raw["promotion"].update(min_improvement=0.0, approval="required", approval_timeout_hours=1)
+    return raw
+
+
+def canary_spec_dict() -> dict:
+    """The shipped breast_cancer spec renamed, its promotions rolled out as a canary (a shadow
+    step, half, all) judged on every run of its rollout DAG, with a short load test first."""
+    raw = yaml.safe_load((ROOT / "include" / STORY_SHIPPED_UC / "spec.yaml").read_text())
+    raw["name"] = STORY_CANARY_UC
+    raw["model"].update(registered_name=f"{STORY_CANARY_UC}_model", cv_folds=2, search_space={"max_leaf_nodes": [7]})
+    raw["promotion"].update(min_improvement=0.0)
+    raw["deployment"] = {"strategy": "canary", "steps": [0.0, 0.5, 1.0], "window_minutes": 0, "min_requests": 30,
+                         "budgets": {"max_p99_ms": 2000, "min_agreement": 0.8},
+                         "load_test": {"users": 2, "rate": 10, "seconds": 6, "max_p99_ms": 1000}}
     return raw
 
 
@@ -354,6 +368,7 @@ def story(tmp_path_factory):
     write_spec(include, spec)
     shutil.copytree(ROOT / "include" / STORY_SHIPPED_UC, include / STORY_SHIPPED_UC)
     write_spec(include, reviewed_spec_dict(), expectations=ROOT / "include" / STORY_SHIPPED_UC / "expectations.yaml")
+    write_spec(include, canary_spec_dict(), expectations=ROOT / "include" / STORY_SHIPPED_UC / "expectations.yaml")
     end = STORY_START + dt.timedelta(days=spec["simulation"]["days"] - 1)
     mp = pytest.MonkeyPatch()
     stack = Stack(home=home, airflow_port=free_port(), mlflow_port=free_port(), spark_port=free_port(),
@@ -401,6 +416,17 @@ def in_story(story, monkeypatch):
     yield story
     runtime._specs.cache_clear()
 
+
+
+def land_breast_cancer(use_case: str, folder: Path, day: dt.date) -> None:
+    """scikit-learn's breast cancer table as ``use_case``'s snapshot of ``day``: ingested, validated,
+    its features built (a story use case fed through the CLI path)."""
+    from pipelines import runtime
+    from pipelines.example_data import export
+
+    runtime.ingest(use_case, "patients", str(export("breast_cancer", folder)), as_of=day)
+    runtime.validate(use_case, day)
+    runtime.build_features(use_case, day)
 
 
 def days(start: str, n: int) -> list[dt.date]:

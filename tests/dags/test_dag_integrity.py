@@ -191,6 +191,30 @@ def test_training_graph_with_and_without_approval(dagbag, tmp_path, monkeypatch)
     assert "review_challenger" in dag.doc_md
 
 
+def test_a_rollout_dag_only_for_use_cases_with_a_rollout_strategy(dagbag, tmp_path, monkeypatch):
+    """A direct strategy (the default) has no rollout DAG; a canary has one that load-tests the
+    candidate before it judges the step, on a schedule of half its window."""
+    import datetime as dt
+
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    assert not [d for d in dagbag.dag_ids if d.endswith("_rollout")]
+    raw = yaml.safe_load((ROOT / "include/churn/spec.yaml").read_text())
+    raw["deployment"] = {"strategy": "canary", "steps": [0.0, 0.1, 1.0], "window_minutes": 30}
+    (tmp_path / "churn").mkdir()
+    (tmp_path / "churn" / "spec.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "churn" / "expectations.yaml").write_text((ROOT / "include/churn/expectations.yaml").read_text())
+    monkeypatch.setenv("MLOPS_INCLUDE", str(tmp_path))
+    bag = DagBag(str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    dag = bag.dags["churn_rollout"]
+    assert dag.get_task("judge_rollout").upstream_task_ids == {"load_test_candidate"}
+    assert dag.timetable.delta == dt.timedelta(minutes=15)
+    assert "shadow → 10% → 100%" in dag.doc_md and "mlops rollout status churn" in dag.doc_md
+    assert {a.uri for a in dag.get_task("judge_rollout").outlets} == {"mlops://churn/champion"}
+
+
 @pytest.mark.parametrize("choice", ["Approve", "Reject"])
 def test_the_review_keeps_the_answer_before_acting_on_it(choice):
     """A rejection skips the tasks after the review before the operator's return value is pushed:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import STORY_REVIEWED_UC as UC
+from tests.conftest import land_breast_cancer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 
@@ -42,13 +43,10 @@ def _train_and_review(client, approve: bool, comment: str) -> tuple[str, dict]:
 
 def test_a_reviewer_approves_one_challenger_and_rejects_the_next(story, tmp_path):
     from pipelines import runtime, tracking
-    from pipelines.example_data import export
 
     client = story["client"]
     client.wait_for_dags([DAG])
-    runtime.ingest(UC, "patients", str(export("breast_cancer", tmp_path)), as_of=DAY)
-    runtime.validate(UC, DAY)
-    runtime.build_features(UC, DAY)
+    land_breast_cancer(UC, tmp_path, DAY)
     name = runtime.spec(UC).model.registered_name
     c = tracking.client()
 

@@ -187,3 +187,48 @@ def test_every_prediction_is_in_the_online_inference_table_and_metrics(service, 
     metrics = httpx.get(f"{service['url']}/metrics", timeout=10).text
     assert f'mlops_requests_total{{model_version="{answer["version"]}",outcome="ok",use_case="{UC}"}}' in metrics
     assert "mlops_request_seconds_bucket" in metrics
+
+
+def test_a_failing_candidate_is_answered_by_the_champion_and_rolled_back(service, small_spec, mlflow_server,
+                                                                         restore_champion, monkeypatch):
+    """A canary whose candidate cannot serve: its entities get the champion's answer flagged as a
+    fallback (never an error), the log says why, and the judge rolls the rollout back on its error rate."""
+    from fastapi.testclient import TestClient
+
+    from pipelines import rollout
+    from pipelines.scoring_service import create_app
+    from pipelines.spec import LoadTestSpec, Strategy
+
+    variant = small_spec.model_copy(update={"deployment": small_spec.deployment.model_copy(update={
+        "strategy": Strategy.CANARY, "steps": [0.5, 1.0], "window_minutes": 0, "min_requests": 10,
+        "load_test": LoadTestSpec(enabled=False)})})
+    monkeypatch.setattr(runtime, "spec", lambda uc: variant)
+    broken = version_without_files(small_spec, restore_champion, mlflow_server, f"{UC}-rollout-faults")
+    state = rollout.start(variant, runtime.lake(), broken, restore_champion.version, "a candidate without files", "test")
+    try:
+        assert state.running and state.share == 0.5 and state.load_tested
+        with TestClient(create_app(UC, poll_s=60)) as client:
+            answers = [client.post(f"/v1/{UC}/predict", json={"records": [r]})
+                       for r in _records(small_spec, service["day"], n=40)]
+            assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200][:2]
+            rows = [a.json()["predictions"][0] for a in answers]
+            ready = client.get(f"/v1/{UC}/readyz").json()
+            client.app.state.request_log.flush()
+        assert {r["model_version"] for r in rows} == {restore_champion.version}
+        fell_back = [r for r in rows if r.get("fallback")]
+        assert 8 <= len(fell_back) <= 32, len(fell_back)
+        assert ready["rollout"]["candidate"] == broken and not ready["rollout"]["candidate_loaded"]
+        logged = read_table(runtime.lake().online_inference(UC))
+        mine = logged[logged["rollout_id"] == state.id]
+        assert (mine.loc[mine["arm"] == "candidate", "error"].str.contains("no candidate loaded")).all()
+        assert mine.loc[mine["arm"] == "candidate", "fallback"].all()
+        judged = rollout.judge_rollout(variant, runtime.lake())
+        assert judged["action"] == "roll_back" and "error rate 100.0%" in judged["reason"], judged
+        after = rollout.read_state(variant)
+        assert after.phase == "rolled_back" and after.share == 0.0
+        assert tracking.client().get_model_version(small_spec.model.registered_name, broken).tags[
+            "rollout.decision"] == "rolled_back"
+    finally:
+        now = rollout.read_state(variant)
+        if now is not None and now.running:
+            rollout.apply(variant, runtime.lake(), now, rollout.Judgement("roll_back", "test cleanup"))

@@ -1,4 +1,5 @@
-"""Locust users for the serving benchmark (bench/bench_serving.py runs it headless).
+"""Locust users of the scoring service: the rollout's pre-deployment load test
+(:mod:`pipelines.load_test`) and the serving benchmark (``bench/bench_serving.py``) run it headless.
 
 ``BENCH_TARGET=ours``: single-record requests to our service by entity id (its features come from
 the online store). ``BENCH_TARGET=mlflow``: the same entities' feature rows, sent whole to
@@ -27,5 +28,7 @@ class ScoringUser(FastHttpUser):   # geventhttpclient: the load generator's own 
         row = random.choice(ROWS)
         if TARGET == "ours":
             self.client.post(f"/v1/{USE_CASE}/predict", json={"entity_ids": [row["id"]]}, name="predict")
+        elif TARGET == "records":   # ours, the record carrying its features
+            self.client.post(f"/v1/{USE_CASE}/predict", json={"records": [row["record"]]}, name="predict")
         else:
             self.client.post("/invocations", json={"dataframe_records": [row["record"]]}, name="predict")

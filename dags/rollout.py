@@ -1,0 +1,77 @@
+"""Rollout DAG per use case with a rollout strategy: move a candidate to live traffic step by step."""
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import dag, task
+
+from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, schedule_window, use_cases
+
+DOC = """
+### {name}: roll the candidate out to live traffic ({strategy})
+
+A promotion that passes the gate starts a rollout of the new version beside `@champion`
+instead of replacing it (`deployment.strategy: {strategy}` in the spec). Every {every:g} minutes,
+and on a manual trigger, this DAG:
+
+* **load_test_candidate**: before any traffic moves, a staging instance of the scoring service
+  loaded with the candidate alone takes a Locust load test ({users} users, {rate:g} req/s, {seconds} s).
+  Throughput, p50/p99 and errors go to the candidate's MLflow run and `gate.load_test.*` tags;
+  outside `deployment.load_test` the rollout is rolled back.
+* **judge_rollout** reads the service's request log for the current step: the candidate's error
+  rate (answers the fallback had to give), the p99 of its own scoring time, and its agreement
+  with the champion on the same records. Over budget: rolled back to 0% with the reason.
+  Within budget for {window:g} minutes and {min_requests} requests: the next step
+  ({steps}); after the last, the candidate becomes `@champion` (compare-and-set).
+
+The state is the `rollout.state` tag on `{model}` (the service follows it within seconds); the
+history is the `rollouts` monitoring table. `mlops rollout status {name}` prints both;
+`mlops rollout stop {name} --reason ...` rolls back by hand.
+"""
+
+
+def build_rollout(spec):
+    """The rollout DAG of one use case."""
+    use_case, deployment = spec.name, spec.deployment
+    assets = lifecycle_assets(use_case)
+    every = max(deployment.window_minutes / 2, 5.0)
+    steps = " → ".join(f"{s:.0%}" if s else "shadow" for s in deployment.steps) \
+        if deployment.strategy == "canary" else deployment.strategy.value
+
+    @dag(
+        dag_id=f"{use_case}_rollout",
+        schedule=dt.timedelta(minutes=every),
+        catchup=False,
+        max_active_runs=1,
+        default_args={**DEFAULT_ARGS, "retries": 1},
+        tags=["mlops", use_case, "deployment"],
+        doc_md=DOC.format(name=use_case, strategy=deployment.strategy.value, every=every,
+                          users=deployment.load_test.users, rate=deployment.load_test.rate,
+                          seconds=deployment.load_test.seconds, window=deployment.window_minutes,
+                          min_requests=deployment.min_requests, steps=steps, model=spec.model.registered_name),
+        description=f"{use_case}: move a candidate version to live traffic ({deployment.strategy.value})",
+        **schedule_window(spec),
+    )
+    def rollout():
+        @task
+        @measured
+        def load_test_candidate() -> dict:
+            from pipelines import runtime
+
+            return runtime.rollout_load_test(use_case)
+
+        @task(outlets=[assets.champion])
+        @measured
+        def judge_rollout() -> dict:
+            from pipelines import runtime
+
+            return runtime.judge_rollout(use_case)
+
+        load_test_candidate() >> judge_rollout()
+
+    return rollout()
+
+
+for _spec in use_cases():
+    if _spec.deployment.strategy != "direct":
+        build_rollout(_spec)

@@ -1,0 +1,493 @@
+"""Safe rollout of a promoted challenger to live traffic: shadow, canary and A/B.
+
+A rollout moves a *candidate* version through steps while ``@champion`` keeps serving the rest:
+
+* the **state** (strategy, versions, current share, step, phase, revision) is one JSON tag on the
+  registered model, ``rollout.state``, next to the aliases: the scoring service reads it on every
+  registry poll, the ``<uc>_rollout`` DAG judges and moves it, ``mlops rollout status`` prints it.
+  The candidate also carries the ``candidate`` alias while its rollout runs;
+* the **history** (every start, step, rollback, completion with its reason and measurements) is
+  the ``monitoring/<uc>/rollouts`` table, one partition per day;
+* **routing** is by a stable hash of the entity id salted with the rollout id
+  (:func:`bucket`): one customer sees the same model for the whole rollout, and raising the share
+  only adds customers to the candidate's side;
+* **judging** (:func:`step_stats`, :func:`judge`) reads the scoring service's request log
+  (``online_inference``) of the step's window: the candidate's error rate, the p99 of its own
+  scoring time, and its agreement with the champion on the same records (shadow rows).
+
+Every decision is a pure function with table-driven tests; the registry writes are compare-and-set
+on the state's revision, so two judges never both move one rollout.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import uuid
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+STATE_TAG = "rollout.state"
+CANDIDATE = "candidate"
+HISTORY = "rollouts"
+RUNNING, COMPLETED, ROLLED_BACK, SUPERSEDED, KEPT = "running", "completed", "rolled_back", "superseded", "kept_champion"
+CHAMPION_ARM, CANDIDATE_ARM = "champion", "candidate"
+
+
+class RolloutConflict(RuntimeError):
+    """The rollout (or the champion) changed between reading and writing its state."""
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Where one rollout stands. ``share`` is the candidate's share of served traffic (0: shadow)."""
+
+    id: str
+    strategy: str
+    champion: str          # the version serving the rest of the traffic
+    candidate: str
+    step: int              # index into the steps (canary), 0 otherwise
+    share: float
+    phase: str             # running, completed, rolled_back, superseded, kept_champion
+    started_at: str
+    step_started_at: str
+    revision: int = 0
+    reason: str = ""
+    ends_at: str | None = None   # ab: the end of the test period
+    load_tested: bool = True     # False until the pre-deployment load test passed: no traffic moves
+
+    @property
+    def running(self) -> bool:
+        return self.phase == RUNNING
+
+    @property
+    def live(self) -> bool:
+        """Running and past its load test: the candidate takes (or shadows) traffic."""
+        return self.running and self.load_tested
+
+    @property
+    def shadowed(self) -> bool:
+        """Whether the other model scores the same records beside the one that answers
+        (shadow and canary, for agreement; an A/B test compares arms, not records)."""
+        return self.strategy != "ab"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "RolloutState | None":
+        if not text:
+            return None
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, ValueError) as exc:
+            log.warning("unreadable %s tag, taken as no rollout: %s", STATE_TAG, exc)
+            return None
+
+
+# ---------------------------------------------------------------------------------- routing
+def bucket(key: str, salt: str) -> float:
+    """A stable number in [0, 1) for ``key``: the same entity always gets the same one."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def arm_of(key: str | None, state: RolloutState | None) -> str:
+    """Which model answers the record of entity ``key`` under ``state``: the candidate when its
+    bucket falls under the current share (a record without an entity id counts as its own entity)."""
+    if state is None or not state.live or state.share <= 0:
+        return CHAMPION_ARM
+    if state.share >= 1:
+        return CANDIDATE_ARM
+    key = key if key is not None else uuid.uuid4().hex
+    return CANDIDATE_ARM if bucket(str(key), state.id) < state.share else CHAMPION_ARM
+
+
+# ---------------------------------------------------------------------------------- judging
+@dataclass(frozen=True)
+class StepStats:
+    """The candidate's record over a step's window of the request log."""
+
+    requests: int            # requests the candidate was asked to score (served or shadow)
+    errors: int
+    p99_ms: float | None     # of its own scoring time per request
+    compared: int            # records scored by both models
+    agreement: float | None  # share of those where they agree
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
+class Judgement:
+    action: str      # wait, advance, complete, roll_back, report
+    reason: str
+    stats: StepStats | None = None
+
+
+def step_stats(rows: pd.DataFrame, state: RolloutState, entity: str, classifier: bool,
+               tolerance: float) -> StepStats:
+    """The candidate's requests, errors, latency and agreement in request-log rows of this rollout."""
+    if rows.empty:
+        return StepStats(0, 0, None, 0, None)
+    mine = rows[rows["rollout_id"] == state.id]
+    candidate = mine[mine["arm"] == CANDIDATE_ARM]
+    per_request = candidate.drop_duplicates("request_id")
+    failed = per_request["error"].notna()
+    ok_ms = per_request.loc[~failed, "model_ms"].dropna()
+    p99 = float(np.percentile(ok_ms, 99)) if len(ok_ms) else None
+    compared, agreement = 0, None
+    if state.shadowed:
+        ok = mine[mine["error"].isna()]
+        column = "predicted_label" if classifier else "prediction"
+        left = ok[ok["arm"] == CANDIDATE_ARM][["request_id", entity, column]]
+        right = ok[ok["arm"] == CHAMPION_ARM][["request_id", entity, column]]
+        pairs = left.merge(right, on=["request_id", entity], suffixes=("_candidate", "_champion"))
+        compared = len(pairs)
+        if compared:
+            a, b = pairs[f"{column}_candidate"], pairs[f"{column}_champion"]
+            if classifier:
+                agree = a.astype(str) == b.astype(str)
+            else:
+                a, b = a.astype(float), b.astype(float)
+                agree = (a - b).abs() <= tolerance * b.abs().clip(lower=1e-9)
+            agreement = float(agree.mean())
+    return StepStats(len(per_request), int(failed.sum()), p99, compared, agreement)
+
+
+def judge(state: RolloutState, stats: StepStats, deployment, now: dt.datetime) -> Judgement:
+    """What to do with a running rollout given its step's record. Budgets are enforced as soon as
+    the step has ``min_requests``; the step advances only once its window has also passed."""
+    budgets = deployment.budgets
+    if not state.running:
+        return Judgement("wait", f"the rollout is {state.phase}", stats)
+    if not state.load_tested:
+        return Judgement("wait", "the candidate's load test has not passed yet", stats)
+    if state.strategy == "ab":
+        if now < dt.datetime.fromisoformat(state.ends_at):
+            return Judgement("wait", f"A/B test runs until {state.ends_at}", stats)
+        return Judgement("report", f"A/B test period ended at {state.ends_at}", stats)
+    if stats.requests < deployment.min_requests:
+        return Judgement("wait", f"{stats.requests} of {deployment.min_requests} requests in this step", stats)
+    broken = []
+    if stats.error_rate > budgets.max_error_rate:
+        broken.append(f"error rate {stats.error_rate:.1%} ({stats.errors}/{stats.requests}) over "
+                      f"{budgets.max_error_rate:.1%}")
+    if stats.p99_ms is not None and stats.p99_ms > budgets.max_p99_ms:
+        broken.append(f"p99 {stats.p99_ms:.0f} ms over {budgets.max_p99_ms:.0f} ms")
+    if stats.p99_ms is None and stats.errors:
+        broken.append("no request answered")
+    if stats.agreement is not None and stats.agreement < budgets.min_agreement:
+        broken.append(f"agreement with the champion {stats.agreement:.1%} on {stats.compared} records under "
+                      f"{budgets.min_agreement:.1%}")
+    if broken:
+        return Judgement("roll_back", "; ".join(broken), stats)
+    age = (now - dt.datetime.fromisoformat(state.step_started_at)).total_seconds() / 60
+    if age < deployment.window_minutes:
+        return Judgement("wait", f"within budgets; the step is {age:.0f} of {deployment.window_minutes:g} minutes old",
+                         stats)
+    within = (f"within budgets over {stats.requests} requests (errors {stats.error_rate:.1%}, p99 "
+              f"{_ms(stats.p99_ms)}, agreement {_pct(stats.agreement)})")
+    if state.share >= 1.0 or state.strategy == "shadow":
+        return Judgement("complete", within, stats)
+    return Judgement("advance", within, stats)
+
+
+def next_share(state: RolloutState, steps: list[float]) -> tuple[int, float]:
+    later = [(i, s) for i, s in enumerate(steps) if s > state.share]
+    return later[0] if later else (len(steps) - 1, 1.0)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} ms"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+# ---------------------------------------------------------------------------------- state in the registry
+def read_state(spec) -> RolloutState | None:
+    """The rollout state on the registered model (None: never rolled out, or no model yet)."""
+    from mlflow.exceptions import MlflowException
+
+    from pipelines import tracking
+
+    try:
+        tags = tracking.client().get_registered_model(spec.model.registered_name).tags or {}
+    except MlflowException:
+        return None
+    return RolloutState.from_json(tags.get(STATE_TAG))
+
+
+def _write(spec, state: RolloutState, expected: RolloutState | None) -> RolloutState:
+    """Write ``state`` if the stored one is still ``expected`` (compare-and-set on the revision)."""
+    from pipelines import tracking
+
+    stored = read_state(spec)
+    if _key(stored) != _key(expected):
+        raise RolloutConflict(f"{spec.name}: the rollout changed meanwhile (now {stored.phase if stored else 'none'}"
+                              f", revision {stored.revision if stored else '-'})")
+    new = replace(state, revision=(stored.revision + 1) if stored else 1)
+    c, name = tracking.client(), spec.model.registered_name
+    c.set_registered_model_tag(name, STATE_TAG, new.to_json())
+    if new.running:
+        c.set_registered_model_alias(name, CANDIDATE, new.candidate)
+    else:
+        try:
+            c.delete_registered_model_alias(name, CANDIDATE)
+        except Exception:   # noqa: BLE001 - the alias may already be gone
+            pass
+    return new
+
+
+def _key(state: RolloutState | None):
+    return (state.id, state.revision) if state else None
+
+
+def start(spec, lake, candidate: str, champion: str, reason: str, by: str) -> RolloutState:
+    """Begin rolling ``candidate`` out beside ``champion`` by the spec's strategy; a running rollout
+    of another candidate is superseded (recorded)."""
+    from pipelines import tracking
+
+    deployment, at = spec.deployment, now_utc()
+    current = read_state(spec)
+    if current is not None and current.running:
+        if current.candidate == str(candidate):
+            log.info("%s: v%s is already rolling out (%s)", spec.name, candidate, current.id)
+            return current
+        current = _end(spec, lake, current, SUPERSEDED, f"superseded by v{candidate}", by)
+    strategy = deployment.strategy.value
+    share = {"shadow": 0.0, "ab": deployment.ab_split}.get(strategy, deployment.steps[0])
+    state = RolloutState(
+        id=f"{spec.name}-v{candidate}-{at:%Y%m%dT%H%M%S}", strategy=strategy, champion=str(champion),
+        candidate=str(candidate), step=0, share=share, phase=RUNNING, started_at=at.isoformat(),
+        step_started_at=at.isoformat(), reason=reason,
+        ends_at=(at + dt.timedelta(hours=deployment.ab_hours)).isoformat() if strategy == "ab" else None,
+        load_tested=not deployment.load_test.enabled)
+    state = _write(spec, state, current)
+    c = tracking.client()
+    c.set_model_version_tag(spec.model.registered_name, candidate, "rollout.id", state.id)
+    c.set_model_version_tag(spec.model.registered_name, candidate, "rollout.decision", RUNNING)
+    record(spec, lake, state, "start", reason, by)
+    log.info("%s: ROLLOUT %s of v%s beside champion v%s started at share %.0f%%: %s", spec.name, strategy,
+             candidate, champion, share * 100, reason)
+    return state
+
+
+def apply(spec, lake, state: RolloutState, judgement: Judgement, by: str = "rollout DAG") -> RolloutState:
+    """Carry out a judgement: the next step, the candidate as champion, or a rollback to 0%."""
+    from pipelines import tracking
+
+    if judgement.action == "wait":
+        return state
+    if judgement.action == "advance":
+        step, share = next_share(state, spec.deployment.steps)
+        new = _write(spec, replace(state, step=step, share=share, step_started_at=now_utc().isoformat()), state)
+        record(spec, lake, new, "advance", judgement.reason, by, judgement.stats)
+        log.info("%s: ROLLOUT v%s advances to %.0f%%: %s", spec.name, state.candidate, share * 100, judgement.reason)
+        return new
+    if judgement.action == "roll_back":
+        return _end(spec, lake, state, ROLLED_BACK, judgement.reason, by, judgement.stats)
+    if judgement.action in ("complete", "report"):
+        if judgement.action == "report":
+            winner, reason = ab_outcome(spec, lake, state)
+            if winner != CANDIDATE_ARM:
+                return _end(spec, lake, state, KEPT, reason, by, judgement.stats)
+            judgement = Judgement("complete", reason, judgement.stats)
+        name = spec.model.registered_name
+        champion = tracking.resolve_alias(name, tracking.CHAMPION)
+        if (champion.version if champion else None) != state.champion:
+            return _end(spec, lake, state, SUPERSEDED, f"the champion moved to v{champion.version if champion else None}"
+                        f" during the rollout; v{state.candidate} was not promoted", by, judgement.stats)
+        new = _end(spec, lake, state, COMPLETED, judgement.reason, by, judgement.stats)
+        tracking.move_champion(name, state.candidate, state.champion, now_utc().isoformat())
+        log.info("%s: ROLLOUT complete: v%s is champion (was v%s)", spec.name, state.candidate, state.champion)
+        return new
+    raise ValueError(f"unknown rollout action {judgement.action!r}")
+
+
+def _end(spec, lake, state: RolloutState, phase: str, reason: str, by: str, stats: StepStats | None = None):
+    from pipelines import tracking
+
+    new = _write(spec, replace(state, phase=phase, share=0.0 if phase != COMPLETED else 1.0, reason=reason), state)
+    c = tracking.client()
+    c.set_model_version_tag(spec.model.registered_name, state.candidate, "rollout.decision", phase)
+    c.set_model_version_tag(spec.model.registered_name, state.candidate, "rollout.reason", reason[:4900])
+    record(spec, lake, new, phase, reason, by, stats)
+    if phase == ROLLED_BACK:
+        log.warning("%s: ROLLBACK of v%s to 0%% (champion v%s keeps all traffic): %s", spec.name, state.candidate,
+                    state.champion, reason)
+    return new
+
+
+# ---------------------------------------------------------------------------------- history and request log
+def record(spec, lake, state: RolloutState, event: str, reason: str, by: str, stats: StepStats | None = None) -> None:
+    """One row of the rollout history (the day's partition is rewritten whole with it)."""
+    from pipelines.lake import read_partition, replace_partition
+
+    at = now_utc()
+    row = {"rollout_id": state.id, "revision": state.revision, "at": at.isoformat(), "event": event,
+           "strategy": state.strategy, "champion": state.champion, "candidate": state.candidate,
+           "share": state.share, "phase": state.phase, "reason": reason, "by": by,
+           "requests": stats.requests if stats else None, "errors": stats.errors if stats else None,
+           "p99_ms": stats.p99_ms if stats else None, "agreement": stats.agreement if stats else None}
+    table = lake.monitoring(spec.name, HISTORY)
+    try:
+        day = read_partition(table, at.date())
+    except FileNotFoundError:
+        day = pd.DataFrame()
+    new = pd.DataFrame([row])
+    if not day.empty:
+        day = day[~((day["rollout_id"] == state.id) & (day["revision"] == state.revision))]
+        new = pd.concat([day, new], ignore_index=True)
+    for column in ("requests", "errors"):
+        new[column] = new[column].astype("Int64")
+    for column in ("p99_ms", "agreement"):
+        new[column] = new[column].astype("float64")
+    replace_partition(table, at.date(), new)
+
+
+def history(spec, lake, rollout_id: str | None = None) -> pd.DataFrame:
+    from pipelines.lake import read_table
+
+    try:
+        frame = read_table(lake.monitoring(spec.name, HISTORY))
+    except FileNotFoundError:
+        return pd.DataFrame()
+    if frame.empty:
+        return frame
+    if rollout_id:
+        frame = frame[frame["rollout_id"] == rollout_id]
+    return frame.sort_values(["at", "revision"]).reset_index(drop=True)
+
+
+def window_rows(spec, lake, state: RolloutState, since: str | None = None) -> pd.DataFrame:
+    """The request-log rows of ``state``'s rollout since ``since`` (default: the step's start)."""
+    import pyarrow.dataset as pads
+
+    start = dt.datetime.fromisoformat(since or state.step_started_at)
+    table = lake.online_inference(spec.name)
+    if not table.exists():
+        return pd.DataFrame()
+    days = [p for p in sorted(table.glob("ds=*")) if p.name[3:] >= start.date().isoformat()]
+    files = [str(f) for d in days for f in sorted(d.glob("*.parquet"))]
+    if not files:
+        return pd.DataFrame()
+    from pipelines.model_tasks import ModelTask
+
+    columns = ["request_id", spec.entity, *ModelTask.of(spec).output_columns, "arm", "mode", "error", "model_ms", "rollout_id",
+               "scored_at", "model_version"]
+    frame = pads.dataset(files, format="parquet").to_table(columns=columns).to_pandas()
+    cutoff = pd.Timestamp(start.astimezone(dt.timezone.utc).replace(tzinfo=None))
+    return frame[(frame["rollout_id"] == state.id) & (frame["scored_at"] >= cutoff)]
+
+
+def load_test_candidate(spec, lake) -> dict:
+    """The rollout DAG's first step: load-test a new candidate before any traffic moves to it;
+    the rollout goes live when it passes and is rolled back when it does not."""
+    from pipelines.load_test import load_test
+
+    state = read_state(spec)
+    if state is None or not state.running:
+        return {"tested": False, "reason": "no rollout is running"}
+    if state.load_tested:
+        return {"tested": False, "reason": f"v{state.candidate} passed its load test already"}
+    result, passed, reason = load_test(spec, lake, state.candidate)
+    if not passed:
+        _end(spec, lake, state, ROLLED_BACK, f"load test: {reason}", "rollout DAG")
+        return {"tested": True, "passed": False, "reason": reason, **asdict(result)}
+    at = now_utc().isoformat()
+    if state.strategy == "ab":   # the test period starts with the traffic
+        state = replace(state, ends_at=(now_utc() + dt.timedelta(hours=spec.deployment.ab_hours)).isoformat())
+    new = _write(spec, replace(state, load_tested=True, step_started_at=at), state)
+    record(spec, lake, new, "load_test", reason, "rollout DAG")
+    return {"tested": True, "passed": True, "reason": reason, **asdict(result)}
+
+
+def judge_rollout(spec, lake, now: dt.datetime | None = None) -> dict:
+    """The rollout DAG's step: judge the running rollout's current step and act on it."""
+    from pipelines.model_tasks import ModelTask
+
+    state = read_state(spec)
+    if state is None or not state.running:
+        return {"action": "none", "reason": "no rollout is running", "state": asdict(state) if state else None}
+    rows = window_rows(spec, lake, state)
+    stats = step_stats(rows, state, spec.entity, ModelTask.of(spec).classifier,
+                       spec.deployment.budgets.agreement_tolerance)
+    judgement = judge(state, stats, spec.deployment, now or now_utc())
+    log.info("%s: rollout %s at %.0f%%: %s (%s)", spec.name, state.id, state.share * 100, judgement.action,
+             judgement.reason)
+    new = apply(spec, lake, state, judgement)
+    return {"action": judgement.action, "reason": judgement.reason, "stats": asdict(stats), "state": asdict(new)}
+
+
+def ab_outcome(spec, lake, state: RolloutState) -> tuple[str, str]:
+    """The arm whose served predictions scored better on the labels known now (the champion when
+    neither arm has labels); the per-arm report is written to the reports folder and MLflow."""
+    from pipelines.lake import read_partition
+    from pipelines.labels import encode_labels
+    from pipelines.model_tasks import ModelTask
+
+    task, label, metric = ModelTask.of(spec), spec.label, spec.promotion.metric
+    rows = window_rows(spec, lake, state, since=state.started_at)
+    served = rows[(rows["mode"] == "served") & rows["error"].isna()] if not rows.empty else rows
+    results = {}
+    if not served.empty:
+        served = served.assign(ds=served["scored_at"].dt.strftime("%Y-%m-%d"))
+        scores = lake.online_inference(spec.name)
+        full = []
+        for day in sorted(served["ds"].unique()):
+            try:
+                labels = read_partition(lake.clean(spec.name, label.source), day)
+            except FileNotFoundError:
+                continue
+            labels["_class"] = encode_labels(labels[label.target], label, task.kind)
+            outputs = read_partition(scores, day)
+            outputs = outputs[(outputs["rollout_id"] == state.id) & (outputs["mode"] == "served")
+                              & outputs["error"].isna()]
+            full.append(outputs.merge(labels[[spec.entity, "_class"]].dropna(), on=spec.entity))
+        joined = pd.concat(full, ignore_index=True) if full else pd.DataFrame()
+        for arm, part in (joined.groupby("arm") if not joined.empty else []):
+            truth = part["_class"].to_numpy(dtype=int if task.classifier else float)
+            value = task.metrics(truth, part[list(task.output_columns)]).get(metric.value)
+            results[arm] = (value, len(part))
+    if set(results) != {CHAMPION_ARM, CANDIDATE_ARM} or any(v is None or not math.isfinite(v) for v, _ in
+                                                           results.values()):
+        return CHAMPION_ARM, f"A/B test ended without labels for both arms ({results}); champion kept"
+    (cand, n_cand), (champ, n_champ) = results[CANDIDATE_ARM], results[CHAMPION_ARM]
+    better = cand > champ if metric.higher_is_better else cand < champ
+    summary = (f"A/B {metric.value}: candidate v{state.candidate} {cand:.4f} on {n_cand} labels, champion "
+               f"v{state.champion} {champ:.4f} on {n_champ} labels")
+    return (CANDIDATE_ARM, summary + "; candidate wins") if better else (CHAMPION_ARM, summary + "; champion kept")
+
+
+def status_text(spec, lake) -> str:
+    """``mlops rollout status``: the state and its history, for a person."""
+    state = read_state(spec)
+    if state is None:
+        return f"{spec.name}: no rollout yet (strategy {spec.deployment.strategy.value})"
+    lines = [f"{spec.name}: rollout {state.id} ({state.strategy}) {state.phase}",
+             f"  champion v{state.champion}, candidate v{state.candidate}, candidate share {state.share:.0%}"
+             f" (step {state.step + 1}), since {state.step_started_at}, revision {state.revision}",
+             f"  reason: {state.reason}"]
+    events = history(spec, lake, state.id)
+    if not events.empty:
+        lines.append("  history:")
+        for row in events.itertuples():
+            measured = (f" [{int(row.requests)} req, {int(row.errors)} err, p99 {_ms(row.p99_ms)}, agreement "
+                        f"{_pct(None if pd.isna(row.agreement) else row.agreement)}]"
+                        if not pd.isna(row.requests) else "")
+            lines.append(f"    {row.at} {row.event:<12} share {row.share:.0%}{measured} {row.reason}")
+    return "\n".join(lines)
