@@ -6,8 +6,10 @@ Both serve the churn spec's pipeline (fitted on synthetic rows, registered as ``
 throwaway MLflow store), one uvicorn worker each by default. Locust (headless) sends single-record
 requests at ``--rate`` requests/s for ``--seconds``: to ours by entity id (features looked up in the
 online store, as in ``deployment.input: entity``), to MLflow's ``/invocations`` with the same
-entity's feature row in the body. Prints throughput, p50/p99 and failures of each, and the
-ratios; appends a dated row to docs/benchmarks.md. Timings only; no pass/fail.
+entity's feature row in the body. Then ours again with a shadow rollout running (a second
+version scores every request after the answer is sent): the shadow's cost on p99. Prints
+throughput, p50/p99 and failures of each, and the ratios; appends a dated row to
+docs/benchmarks.md. Timings only; no pass/fail.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def prepare(home: Path, entities: int) -> tuple[dict, list[dict]]:
     include = home / "include" / "churn"
     shutil.copytree(ROOT / "include" / "churn", include)
     raw = yaml.safe_load((include / "spec.yaml").read_text())
-    raw["deployment"] = {"input": "entity"}
+    raw["deployment"] = {"input": "entity", "strategy": "shadow", "load_test": {"enabled": False}}
     (include / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {"MLOPS_HOME": str(home), "MLOPS_INCLUDE": str(home / "include"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow/mlflow.db",
@@ -67,6 +69,26 @@ def prepare(home: Path, entities: int) -> tuple[dict, list[dict]]:
     rows = [{"id": r[spec.entity], "record": {c: r[c] for c in cols.all}}
             for r in json.loads(sample.to_json(orient="records"))]
     return env, rows
+
+
+def shadow_on(url: str) -> None:
+    """A shadow rollout of a second version of the same model; back once the service shadows with it."""
+    import httpx
+    from tenacity import Retrying, stop_after_delay, wait_fixed
+
+    import mlflow
+
+    from pipelines import rollout, runtime, tracking
+
+    spec = runtime.spec("churn")
+    name = spec.model.registered_name
+    champion = tracking.resolve_alias(name)
+    source = tracking.client().get_model_version(name, champion.version).source
+    candidate = str(mlflow.register_model(source, name).version)
+    rollout.start(spec, runtime.lake(), candidate, champion.version, "bench: shadow overhead", "bench")
+    for attempt in Retrying(stop=stop_after_delay(60), wait=wait_fixed(0.5), reraise=True):
+        with attempt:
+            assert httpx.get(f"{url}/readyz", timeout=5).json()["rollout"]["candidate_loaded"]
 
 
 def load(target: str, url: str, records: Path, args, out: Path, env: dict) -> dict:
@@ -104,22 +126,28 @@ def main() -> None:
         try:
             results = {"ours": load("ours", f"http://127.0.0.1:{ours_port}", records, args, home, env),
                        "mlflow": load("mlflow", f"http://127.0.0.1:{peer_port}", records, args, home, env)}
+            shadow_on(f"http://127.0.0.1:{ours_port}")
+            results["ours+shadow"] = load("ours", f"http://127.0.0.1:{ours_port}", records, args, home, env)
         finally:
             for process in (ours, peer):
                 stop_process(process)
     mine, peer_stats = results["ours"], results["mlflow"]
     throughput = mine["rps"] / peer_stats["rps"]
     p99 = peer_stats["p99"] / mine["p99"] if mine["p99"] else float("nan")
+    shadowed = results["ours+shadow"]
+    shadow_cost = shadowed["p99"] / mine["p99"] - 1 if mine["p99"] else float("nan")
     for name, r in results.items():
-        print(f"{name:7s} {r['rps']:7.1f} req/s  p50 {r['p50']:5.0f} ms  p99 {r['p99']:5.0f} ms  "
+        print(f"{name:11s} {r['rps']:7.1f} req/s  p50 {r['p50']:5.0f} ms  p99 {r['p99']:5.0f} ms  "
               f"{r['failures']} failed of {r['requests']}")
+    print(f"shadow mode (the candidate scores every request after the answer): p99 {shadow_cost:+.0%}")
     print(f"throughput ours / mlflow models serve: {throughput:.2f}x; p99 mlflow / ours: {p99:.2f}x "
           f"({args.rate:.0f} req/s offered for {args.seconds} s, {args.workers} worker(s) each)")
     command = (f".venv/bin/python -m bench.bench_serving --seconds {args.seconds} --rate {args.rate:.0f} "
                f"--users {args.users} --workers {args.workers}")
     row = (f"| {dt.date.today()} | {os.cpu_count()} cores, {platform.machine()} | {args.rate:.0f} req/s, "
            f"{args.seconds} s | {mine['rps']:.0f} req/s, p50 {mine['p50']:.0f} ms, p99 {mine['p99']:.0f} ms, "
-           f"{mine['failures']} failed | {peer_stats['rps']:.0f} req/s, p50 {peer_stats['p50']:.0f} ms, "
+           f"{mine['failures']} failed; in shadow mode {shadowed['rps']:.0f} req/s, p99 {shadowed['p99']:.0f} ms "
+           f"({shadow_cost:+.0%}) | {peer_stats['rps']:.0f} req/s, p50 {peer_stats['p50']:.0f} ms, "
            f"p99 {peer_stats['p99']:.0f} ms, {peer_stats['failures']} failed | {throughput:.2f}x | {p99:.2f}x | "
            f"`{command}` | {time.monotonic() - started:.0f} s |")
     append_row(row)

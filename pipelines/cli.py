@@ -14,6 +14,7 @@
     mlops monitor churn 2026-02-06
     mlops rollback churn --reason "conversion dropped after v7"   # @champion back to the previous one
     mlops rollout status churn     # the candidate's share, steps and decisions (start/judge/stop too)
+    mlops rollout drill churn --slow-ms 1500   # roll out a slowed copy of the champion: it must be stopped
     mlops summary churn
 """
 from __future__ import annotations
@@ -68,11 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8090)
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     rollout = sub.add_parser("rollout", help="a version's rollout to live traffic: status, start, judge, stop")
-    rollout.add_argument("action", choices=["status", "start", "load-test", "judge", "stop"])
+    rollout.add_argument("action", choices=["status", "start", "load-test", "judge", "stop", "drill"])
     rollout.add_argument("use_case")
     rollout.add_argument("--version", default=None, help="start: the version to roll out")
     rollout.add_argument("--reason", default="started from the CLI", help="start/stop: why (recorded)")
     rollout.add_argument("--by", default=None, help="who asks (default: the current user)")
+    rollout.add_argument("--timelines", type=int, default=1, help="status: step-by-step history of this many rollouts")
+    rollout.add_argument("--slow-ms", type=float, default=1500.0,
+                         help="drill: roll out a copy of the champion this much slower per request")
     online = sub.add_parser("online-store", help="load a day's features into the online store the service reads")
     online.add_argument("use_case")
     online.add_argument("ds", help="date, YYYY-MM-DD (the newest date the store has seen wins)")
@@ -200,7 +204,7 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
 
         by = args.by or getpass.getuser()
         if args.action == "status":
-            return runtime.rollout_status(uc)
+            return runtime.rollout_status(uc, args.timelines)
         if args.action == "start":
             if not args.version:
                 print("rollout start needs --version", file=sys.stderr)
@@ -210,6 +214,8 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
             result = runtime.rollout_load_test(uc)
         elif args.action == "judge":
             result = runtime.judge_rollout(uc)
+        elif args.action == "drill":
+            result = runtime.rollout_drill(uc, args.slow_ms, by)
         else:
             result = runtime.end_rollout(uc, args.reason, by)
     elif args.command == "online-store":

@@ -87,8 +87,11 @@ def run_locust(target: str, url: str, records: Path, users: int, rate: float, se
         raise RuntimeError(f"locust exited {done.returncode}: {(done.stderr or done.stdout)[-3000:]}")
     with open(f"{prefix}_stats.csv") as handle:
         row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
-    return LoadResult(int(row["Request Count"]), int(row["Failure Count"]), float(row["Requests/s"]),
-                      float(row["50%"] if row["50%"] != "N/A" else "nan"), float(row["99%"] if row["99%"] != "N/A" else "nan"))
+    def ms(column: str) -> float:
+        return float(row[column]) if row[column] not in ("N/A", "") else float("nan")
+
+    return LoadResult(int(row["Request Count"]), int(row["Failure Count"]), float(row["Requests/s"]), ms("50%"),
+                      ms("99%"))
 
 
 def sample_records(lake, spec, columns: list[str], rows: int = 500) -> list[dict]:
@@ -104,8 +107,9 @@ def sample_records(lake, spec, columns: list[str], rows: int = 500) -> list[dict
     frame = read_partition(table, days[-1], [spec.entity, *columns])
     frame = frame.sample(n=min(rows, len(frame)), random_state=0).astype(object)
     frame = frame.where(frame.notna(), None)
-    return [{"id": str(r[spec.entity]), "record": {c: (v.item() if isinstance(v, np.generic) else v)
-                                                  for c, v in r.items() if c != spec.entity}}
+    return [{"id": str(r[spec.entity]), "record": {**{c: (v.item() if isinstance(v, np.generic) else v)
+                                                     for c, v in r.items() if c != spec.entity},
+                                                  spec.entity: str(r[spec.entity])}}   # routes it in a rollout
             for r in frame.to_dict("records")]
 
 

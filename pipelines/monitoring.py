@@ -163,6 +163,7 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
         "output_drift": bool(outputs and outputs[0].drifted),
         "output_drift_score": outputs[0].score if outputs else float("nan"),
         "report_path": str(html),
+        **online_drift(spec, lake, reports_dir, date, reference, model, numeric, categorical),
         "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
     }
     replace_partition(lake.monitoring(spec.name, DRIFT_SUMMARY), date, pd.DataFrame([summary]))
@@ -174,6 +175,8 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
         mlflow.set_tags({"model_version": str(champion["version"]), "dataset_drift": str(summary["dataset_drift"]),
                          "output_drift": str(summary["output_drift"])})
         mlflow.log_metrics({"drift_share": share, "drifted_columns": len(drifted)}
+                           | ({"online_drift_share": summary["online_drift_share"], "online_rows": summary["online_rows"]}
+                              if summary["online_rows"] >= ONLINE_MIN_ROWS else {})
                            | {f"drift.{c.column}": c.score for c in columns if math.isfinite(c.score)})
         if html.exists():
             mlflow.log_artifact(str(html), artifact_path="evidently")
@@ -187,9 +190,50 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
     return {"ds": ds(date), **{k: v for k, v in summary.items() if k != "computed_at"}}
 
 
+ONLINE_MIN_ROWS = 50   # fewer online requests in a day: no online drift figures (too few to judge)
+
+
+def online_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, reference: pd.DataFrame, model,
+                 numeric: list[str], categorical: list[str]) -> dict:
+    """Drift of the day's *online* requests (the features the scoring service answered, from its
+    request log) against the same reference; NaN figures on a day with too few of them."""
+    cols, task = feature_columns(spec), ModelTask.of(spec)
+    empty = {"online_rows": 0, "online_drift_share": float("nan"), "online_drifted_column_names": "",
+             "online_report_path": ""}
+    try:
+        served = read_partition(lake.online_inference(spec.name), date, columns=[*cols.all, "mode"])
+    except (FileNotFoundError, KeyError, ValueError) as exc:   # no log that day, or one without the features
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("%s %s: online requests not comparable: %s", spec.name, ds(date), exc)
+        return empty
+    served = served[served["mode"] == "served"].drop(columns=["mode"])
+    if len(served) < ONLINE_MIN_ROWS:
+        return {**empty, "online_rows": len(served)}
+    if len(served) > spec.monitoring.current_sample_rows:
+        served = served.sample(n=spec.monitoring.current_sample_rows, random_state=0)
+    for column in cols.numeric:
+        served[column] = pd.to_numeric(served[column], errors="coerce").astype("float64")
+    for column in cols.categorical:
+        served[column] = served[column].astype(object).where(served[column].notna(), None)
+    served = with_model_output(served, model, task, cols.all)
+    html = reports_dir / spec.name / "drift" / f"{ds(date)}-online.html"
+    output = OUTPUT_PREFIX + task.monitored_output
+    columns = drift_report(reference, served, numeric, categorical, html,
+                           method=spec.monitoring.method and str(spec.monitoring.method.value),
+                           threshold=spec.monitoring.column_threshold)
+    inputs = [c for c in columns if c.column != output]
+    drifted = [c.column for c in inputs if c.drifted]
+    share = len(drifted) / len(inputs) if inputs else 0.0
+    log.info("%s %s: online requests: %d/%d input columns drifted (share %.2f) over %d rows; report at %s",
+             spec.name, ds(date), len(drifted), len(inputs), share, len(served), html)
+    return {"online_rows": len(served), "online_drift_share": share,
+            "online_drifted_column_names": ",".join(drifted), "online_report_path": str(html)}
+
+
 def live_performance(spec, lake: Lake, date: dt.date) -> list[dict]:
-    """Quality of past scores whose labels landed on ``date``, per label date and model version,
-    by the task's metrics (:mod:`pipelines.model_tasks`)."""
+    """Quality of past scores whose labels landed on ``date``, per label date, source (the batch
+    inference table, the online service's answers) and model version, by the task's metrics
+    (:mod:`pipelines.model_tasks`)."""
     label, task, metric = spec.label, ModelTask.of(spec), spec.promotion.metric
     try:
         labels = read_partition(lake.clean(spec.name, label.source), date)
@@ -197,11 +241,7 @@ def live_performance(spec, lake: Lake, date: dt.date) -> list[dict]:
         return []
     if labels.empty:
         return []
-    from pipelines.labels import encode_labels
-
-    labels["label_ds"] = (pd.to_datetime(labels[label.date_column]).dt.strftime("%Y-%m-%d") if label.date_column
-                          else ds(date))   # a snapshot's labels are about its own date
-    labels["_class"] = encode_labels(labels[label.target], label, task.kind)
+    labels = with_label_dates(labels, spec, task, date)
     unknown = int(labels["_class"].isna().sum())
     if unknown:
         log.info("%s %s: %d landed label(s) missing or unmapped, left out of live performance",
@@ -209,26 +249,55 @@ def live_performance(spec, lake: Lake, date: dt.date) -> list[dict]:
     labels = labels[labels["_class"].notna()]
     written = []
     for label_ds, group in labels.groupby("label_ds"):
-        try:
-            scores = read_partition(lake.inference(spec.name), label_ds,
-                                    columns=[spec.entity, *task.output_columns, "model_version"])
-        except FileNotFoundError:
-            continue
-        joined = group.merge(scores, on=spec.entity, how="inner")
-        if joined.empty:
-            continue
         rows = []
-        for version, part in joined.groupby("model_version"):
-            truth = part["_class"].to_numpy(dtype=int if task.classifier else float)
-            metrics = task.metrics(truth, part[list(task.output_columns)])
-            rows.append({"label_date": label_ds, "labels_landed": ds(date), "model_version": str(version),
-                         **finite_or_none(metrics)})
+        group = group.assign(**{spec.entity: group[spec.entity].astype(str)})   # one key type for both sources
+        for source, scores in _scores_of(spec, lake, task, label_ds):
+            joined = group.merge(scores, on=spec.entity, how="inner")
+            for version, part in joined.groupby("model_version"):
+                truth = part["_class"].to_numpy(dtype=int if task.classifier else float)
+                metrics = task.metrics(truth, part[list(task.output_columns)])
+                rows.append({"label_date": label_ds, "labels_landed": ds(date), "source": source,
+                             "model_version": str(version), **finite_or_none(metrics)})
+        if not rows:
+            continue
         replace_partition(lake.monitoring(spec.name, PERFORMANCE), label_ds, pd.DataFrame(rows))
         written += rows
         for row in rows:
-            log.info("%s: live performance for %s, model v%s: %s %s on %d labels", spec.name, label_ds,
-                     row["model_version"], metric.value, row.get(metric.value), int(row["rows"]))
+            log.info("%s: live performance for %s, %s scores of model v%s: %s %s on %d labels", spec.name, label_ds,
+                     row["source"], row["model_version"], metric.value, row.get(metric.value), int(row["rows"]))
     return written
+
+
+def with_label_dates(labels: pd.DataFrame, spec, task: ModelTask, landed: dt.date | str) -> pd.DataFrame:
+    """Labels that landed on ``landed`` with ``label_ds`` (the date each is about) and ``_class``
+    (the encoded target; <NA> when missing or unmapped)."""
+    from pipelines.labels import encode_labels
+
+    label = spec.label
+    labels = labels.copy()
+    labels["label_ds"] = (pd.to_datetime(labels[label.date_column]).dt.strftime("%Y-%m-%d") if label.date_column
+                          else ds(landed))   # a snapshot's labels are about its own date
+    labels["_class"] = encode_labels(labels[label.target], label, task.kind)
+    return labels
+
+
+def _scores_of(spec, lake: Lake, task: ModelTask, day: str) -> list[tuple[str, pd.DataFrame]]:
+    """The scores made for ``day``: the batch inference table's, and the scoring service's answers
+    (``mode: served``, by the version that answered; shadow scores were never acted on)."""
+    columns = [spec.entity, *task.output_columns, "model_version"]
+    found = []
+    for source, table, extra in (("batch", lake.inference(spec.name), []),
+                                 ("online", lake.online_inference(spec.name), ["mode"])):
+        try:
+            scores = read_partition(table, day, columns=columns + extra)
+        except FileNotFoundError:
+            continue
+        if extra:
+            scores = scores[scores["mode"] == "served"].drop(columns=extra)
+        if not scores.empty:
+            scores[spec.entity] = scores[spec.entity].astype(str)
+            found.append((source, scores))
+    return found
 
 
 @dataclass(frozen=True)

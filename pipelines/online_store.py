@@ -82,10 +82,9 @@ def lookup(path: Path, entity: str, ids: list[str], columns: list[str]) -> tuple
     with closing(_connect(path)) as conn:
         rows = conn.execute(f'select {quoted} from {TABLE} where "{entity}" in '
                             f'({", ".join("?" * len(wanted))})', wanted).fetchall()
-    found = pd.DataFrame(rows, columns=[entity, *columns]).set_index(entity)
-    missing = [i for i in wanted if i not in found.index]
-    known = [i for i in wanted if i in found.index]
-    return found.loc[known].reset_index(), missing
+    by_id = {row[0]: row for row in rows}
+    missing = [i for i in wanted if i not in by_id]
+    return pd.DataFrame([by_id[i] for i in wanted if i in by_id], columns=[entity, *columns]), missing
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -34,6 +34,8 @@ def champion_history(spec) -> list[dict]:
             "gate_warnings": tags.get("gate.warnings", "none"),
             "review": (f"{tags['review.decision']} by {tags.get('review.by')}" if tags.get("review.decision") else ""),
             "card": str(card) if (card := card_folder(spec, mv.version) / "model_card.html").exists() else "",
+            "rollout": (f"{tags['rollout.decision']}" + (f": {tags['rollout.reason']}" if tags.get("rollout.reason")
+                                                         else "")) if tags.get("rollout.decision") else "",
             "rolled_back": tags.get("champion.rolled_back", ""),      # this version was rolled back
             "rollback": (f"champion again since {tags['rollback.at']}: rolled back from v{tags.get('rollback.from')} "
                          f"by {tags.get('rollback.requested_by')}: {tags.get('rollback.reason')}")
@@ -76,6 +78,8 @@ def summarize(spec, lake: Lake | None = None) -> str:
             warned = "" if row["gate_warnings"] == "none" else f", warnings {row['gate_warnings']}"
             review = f"; review: {row['review']}" if row["review"] else ""
             lines.append(f"      gate {row['gate']}{failing}{warned}{review}; model card {row['card']}")
+        if row["rollout"]:
+            lines.append(f"      rollout {short_reason(row['rollout'], 300)}")
         if row["rolled_back"]:
             lines.append(f"      rolled back {row['rolled_back']}")
         if row["rollback"]:
@@ -90,8 +94,12 @@ def summarize(spec, lake: Lake | None = None) -> str:
     perf = read_table(lake.monitoring(name, PERFORMANCE))
     if len(perf):
         metric = spec.promotion.metric.value
-        by_version = perf.groupby("model_version")[metric].mean().round(3).to_dict()
-        lines.append(f"Live {metric} by model version (mean over labelled days): {by_version}")
+        import pandas as pd
+
+        source = perf["source"].fillna("batch") if "source" in perf else pd.Series("batch", index=perf.index)
+        for kind, part in perf.groupby(source):
+            by_version = part.groupby("model_version")[metric].mean().round(3).to_dict()
+            lines.append(f"Live {metric} of {kind} scores by model version (mean over labelled days): {by_version}")
     counts = []
     for source in spec.sources:
         clean = list_partitions(lake.clean(name, source))

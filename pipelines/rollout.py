@@ -303,14 +303,16 @@ def apply(spec, lake, state: RolloutState, judgement: Judgement, by: str = "roll
     if judgement.action in ("complete", "report"):
         if judgement.action == "report":
             winner, reason = ab_outcome(spec, lake, state)
+            write_report(spec, state, f"A/B test {state.id}", [reason, f"winner: the {winner}"])
             if winner != CANDIDATE_ARM:
                 return _end(spec, lake, state, KEPT, reason, by, judgement.stats)
             judgement = Judgement("complete", reason, judgement.stats)
         name = spec.model.registered_name
         champion = tracking.resolve_alias(name, tracking.CHAMPION)
         if (champion.version if champion else None) != state.champion:
-            return _end(spec, lake, state, SUPERSEDED, f"the champion moved to v{champion.version if champion else None}"
-                        f" during the rollout; v{state.candidate} was not promoted", by, judgement.stats)
+            moved = champion.version if champion else None
+            return _end(spec, lake, state, SUPERSEDED, f"the champion moved to v{moved} during the rollout; "
+                        f"v{state.candidate} was not promoted", by, judgement.stats)
         new = _end(spec, lake, state, COMPLETED, judgement.reason, by, judgement.stats)
         tracking.move_champion(name, state.candidate, state.champion, now_utc().isoformat())
         log.info("%s: ROLLOUT complete: v%s is champion (was v%s)", spec.name, state.candidate, state.champion)
@@ -375,7 +377,10 @@ def history(spec, lake, rollout_id: str | None = None) -> pd.DataFrame:
 
 def window_rows(spec, lake, state: RolloutState, since: str | None = None) -> pd.DataFrame:
     """The request-log rows of ``state``'s rollout since ``since`` (default: the step's start)."""
+    import pyarrow as pa
     import pyarrow.dataset as pads
+
+    from pipelines.model_tasks import ModelTask
 
     start = dt.datetime.fromisoformat(since or state.step_started_at)
     table = lake.online_inference(spec.name)
@@ -385,11 +390,14 @@ def window_rows(spec, lake, state: RolloutState, since: str | None = None) -> pd
     files = [str(f) for d in days for f in sorted(d.glob("*.parquet"))]
     if not files:
         return pd.DataFrame()
-    from pipelines.model_tasks import ModelTask
-
-    columns = ["request_id", spec.entity, *ModelTask.of(spec).output_columns, "arm", "mode", "error", "model_ms", "rollout_id",
-               "scored_at", "model_version"]
-    frame = pads.dataset(files, format="parquet").to_table(columns=columns).to_pandas()
+    text = pa.string()
+    outputs = [(c, pa.int64() if kind == "int" else pa.float64())
+               for c, kind in ModelTask.of(spec).output_columns.items()]
+    schema = pa.schema([("request_id", text), (spec.entity, text), *outputs, ("arm", text), ("mode", text),
+                        ("error", text), ("model_ms", pa.float64()), ("rollout_id", text),
+                        ("scored_at", pa.timestamp("ns")), ("model_version", text)])
+    # one schema for every file: a file written before a column existed reads it as nulls
+    frame = pads.dataset(files, format="parquet", schema=schema).to_table().to_pandas()
     cutoff = pd.Timestamp(start.astimezone(dt.timezone.utc).replace(tzinfo=None))
     return frame[(frame["rollout_id"] == state.id) & (frame["scored_at"] >= cutoff)]
 
@@ -434,47 +442,58 @@ def judge_rollout(spec, lake, now: dt.datetime | None = None) -> dict:
 
 
 def ab_outcome(spec, lake, state: RolloutState) -> tuple[str, str]:
-    """The arm whose served predictions scored better on the labels known now (the champion when
-    neither arm has labels); the per-arm report is written to the reports folder and MLflow."""
-    from pipelines.lake import read_partition
-    from pipelines.labels import encode_labels
+    """The arm whose answers scored better on the labels known now (the champion when an arm has
+    none), with the per-arm summary that is recorded as the rollout's reason."""
+    from pipelines.lake import list_partitions, read_partition
     from pipelines.model_tasks import ModelTask
+    from pipelines.monitoring import with_label_dates
 
-    task, label, metric = ModelTask.of(spec), spec.label, spec.promotion.metric
+    task, metric = ModelTask.of(spec), spec.promotion.metric
     rows = window_rows(spec, lake, state, since=state.started_at)
-    served = rows[(rows["mode"] == "served") & rows["error"].isna()] if not rows.empty else rows
-    results = {}
-    if not served.empty:
-        served = served.assign(ds=served["scored_at"].dt.strftime("%Y-%m-%d"))
-        scores = lake.online_inference(spec.name)
-        full = []
-        for day in sorted(served["ds"].unique()):
-            try:
-                labels = read_partition(lake.clean(spec.name, label.source), day)
-            except FileNotFoundError:
-                continue
-            labels["_class"] = encode_labels(labels[label.target], label, task.kind)
-            outputs = read_partition(scores, day)
-            outputs = outputs[(outputs["rollout_id"] == state.id) & (outputs["mode"] == "served")
-                              & outputs["error"].isna()]
-            full.append(outputs.merge(labels[[spec.entity, "_class"]].dropna(), on=spec.entity))
-        joined = pd.concat(full, ignore_index=True) if full else pd.DataFrame()
-        for arm, part in (joined.groupby("arm") if not joined.empty else []):
-            truth = part["_class"].to_numpy(dtype=int if task.classifier else float)
-            value = task.metrics(truth, part[list(task.output_columns)]).get(metric.value)
-            results[arm] = (value, len(part))
-    if set(results) != {CHAMPION_ARM, CANDIDATE_ARM} or any(v is None or not math.isfinite(v) for v, _ in
-                                                           results.values()):
-        return CHAMPION_ARM, f"A/B test ended without labels for both arms ({results}); champion kept"
-    (cand, n_cand), (champ, n_champ) = results[CANDIDATE_ARM], results[CHAMPION_ARM]
+    results: dict[str, tuple[float, int]] = {}
+    if not rows.empty:
+        served = rows[(rows["mode"] == "served") & rows["error"].isna()]
+        served = served.assign(label_ds=served["scored_at"].dt.strftime("%Y-%m-%d"),
+                               **{spec.entity: served[spec.entity].astype(str)})
+        table = lake.clean(spec.name, spec.label.source)
+        landed = [day for day in list_partitions(table) if day >= served["label_ds"].min()]
+        labels = pd.concat([with_label_dates(read_partition(table, day), spec, task, day) for day in landed],
+                           ignore_index=True) if landed else pd.DataFrame()
+        if not labels.empty:
+            labels = labels.dropna(subset=["_class"]).assign(**{spec.entity: labels[spec.entity].astype(str)})
+            joined = served.merge(labels[[spec.entity, "label_ds", "_class"]], on=[spec.entity, "label_ds"])
+            for arm, part in joined.groupby("arm"):
+                truth = part["_class"].to_numpy(dtype=int if task.classifier else float)
+                results[arm] = (task.metrics(truth, part[list(task.output_columns)]).get(metric.value), len(part))
+    known = {arm: r for arm, r in results.items() if r[0] is not None and math.isfinite(r[0])}
+    if set(known) != {CHAMPION_ARM, CANDIDATE_ARM}:
+        return CHAMPION_ARM, (f"A/B test ended without labelled answers for both arms "
+                              f"({ {arm: n for arm, (_, n) in results.items()} }); champion kept")
+    (cand, n_cand), (champ, n_champ) = known[CANDIDATE_ARM], known[CHAMPION_ARM]
     better = cand > champ if metric.higher_is_better else cand < champ
-    summary = (f"A/B {metric.value}: candidate v{state.candidate} {cand:.4f} on {n_cand} labels, champion "
-               f"v{state.champion} {champ:.4f} on {n_champ} labels")
-    return (CANDIDATE_ARM, summary + "; candidate wins") if better else (CHAMPION_ARM, summary + "; champion kept")
+    summary = (f"A/B {metric.value}: candidate v{state.candidate} {cand:.4f} on {n_cand} labelled answers, champion "
+               f"v{state.champion} {champ:.4f} on {n_champ}")
+    return (CANDIDATE_ARM, summary + "; the candidate wins") if better else (CHAMPION_ARM, summary + "; champion kept")
 
 
-def status_text(spec, lake) -> str:
-    """``mlops rollout status``: the state and its history, for a person."""
+def write_report(spec, state: RolloutState, title: str, lines: list[str]):
+    """A rollout's report as Markdown under ``$MLOPS_REPORTS/<uc>/rollouts/<id>.md``."""
+    from pipelines.config import settings
+
+    path = settings().reports / spec.name / "rollouts" / f"{state.id}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = [f"# {title}", "", f"- strategy: {state.strategy}", f"- champion: v{state.champion}",
+            f"- candidate: v{state.candidate} (share {state.share:.0%})",
+            f"- from {state.started_at} to {now_utc().isoformat()}",
+            "", *lines, ""]
+    path.write_text("\n".join(body))
+    log.info("%s: rollout report at %s", spec.name, path)
+    return path
+
+
+def status_text(spec, lake, timelines: int = 1) -> str:
+    """``mlops rollout status``: the current state, then the step-by-step timeline of the last
+    ``timelines`` rollouts (newest first) and one line for each earlier one."""
     state = read_state(spec)
     if state is None:
         return f"{spec.name}: no rollout yet (strategy {spec.deployment.strategy.value})"
@@ -482,12 +501,24 @@ def status_text(spec, lake) -> str:
              f"  champion v{state.champion}, candidate v{state.candidate}, candidate share {state.share:.0%}"
              f" (step {state.step + 1}), since {state.step_started_at}, revision {state.revision}",
              f"  reason: {state.reason}"]
-    events = history(spec, lake, state.id)
-    if not events.empty:
-        lines.append("  history:")
+    every = history(spec, lake)
+    if every.empty:
+        return "\n".join(lines)
+    newest_first = list(dict.fromkeys(every["rollout_id"][::-1]))
+    for rollout_id in newest_first[:timelines]:
+        events = every[every["rollout_id"] == rollout_id]
+        first = events.iloc[0]
+        lines.append(f"  timeline of {rollout_id} ({first.strategy}, v{first.candidate} beside v{first.champion}):")
         for row in events.itertuples():
             measured = (f" [{int(row.requests)} req, {int(row.errors)} err, p99 {_ms(row.p99_ms)}, agreement "
                         f"{_pct(None if pd.isna(row.agreement) else row.agreement)}]"
                         if not pd.isna(row.requests) else "")
-            lines.append(f"    {row.at} {row.event:<12} share {row.share:.0%}{measured} {row.reason}")
+            lines.append(f"    {row.at} {row.event:<12} share {row.share:>4.0%}{measured} {row.reason}")
+    older = newest_first[timelines:]
+    if older:
+        lines.append("  earlier rollouts:")
+        for rollout_id in older[:5]:
+            row = every[every["rollout_id"] == rollout_id].iloc[-1]
+            lines.append(f"    {rollout_id} ({row.strategy}, v{row.candidate} beside v{row.champion}): {row.phase} "
+                         f"at {row.at}: {row.reason}")
     return "\n".join(lines)

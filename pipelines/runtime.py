@@ -222,6 +222,21 @@ def start_rollout(use_case: str, version: str, reason: str, requested_by: str) -
     return asdict(state)
 
 
+def rollout_drill(use_case: str, slow_ms: float, requested_by: str) -> dict:
+    """Register a slowed copy of the champion and start its rollout: the safety net must stop it."""
+    from pipelines import tracking
+    from pipelines.fault_injection import register_slowed_copy
+
+    tracking.require_tracking_server()
+    the_spec = spec(use_case)
+    champion = tracking.resolve_champion(the_spec.model.registered_name)
+    if champion is None:
+        raise ValueError(f"{use_case} has no champion to drill with; promote one first")
+    version = register_slowed_copy(the_spec, lake(), champion.version, slow_ms)
+    return start_rollout(use_case, version, f"drill: v{champion.version} slowed by {slow_ms:.0f} ms; the rollout "
+                         f"must roll it back", requested_by)
+
+
 def rollout_load_test(use_case: str) -> dict:
     """Load-test the running rollout's candidate before traffic moves (see pipelines.load_test)."""
     from pipelines import rollout, tracking
@@ -250,10 +265,10 @@ def end_rollout(use_case: str, reason: str, requested_by: str) -> dict:
     return asdict(rollout.apply(the_spec, lake(), state, rollout.Judgement("roll_back", reason), requested_by))
 
 
-def rollout_status(use_case: str) -> str:
+def rollout_status(use_case: str, timelines: int = 1) -> str:
     from pipelines import rollout
 
-    return rollout.status_text(spec(use_case), lake())
+    return rollout.status_text(spec(use_case), lake(), timelines)
 
 
 def evaluate(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:

@@ -56,7 +56,7 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
     from pipelines import runtime
     from pipelines.config import settings
     from pipelines.online_store import store_path
-    from pipelines.serving import ModelServer, RequestLog
+    from pipelines.serving import ModelServer, RequestLog, log_types
     from pipelines.spec import ServingInput
 
     cfg = settings()
@@ -67,7 +67,7 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
         server = ModelServer(spec, poll_s=cfg.serving_poll_s if poll_s is None else poll_s, alias=alias,
                              follow_rollout=alias is None)
         table = Path(staging_log) / name if staging_log else runtime.lake().online_inference(name)
-        endpoints[name] = UseCaseEndpoint(spec, server, RequestLog(table),
+        endpoints[name] = UseCaseEndpoint(spec, server, RequestLog(table, types=log_types(spec)),
                                           store_path(cfg.online_store, name),
                                           spec.deployment.input is ServingInput.ENTITY)
 
@@ -189,7 +189,8 @@ def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> tuple[dict, 
             raise InvalidRecords([{"loc": [key], "msg": f"a non-empty list of {key.replace('_', ' ')} is needed",
                                    "type": "missing"}])
         if champion is None:
-            raise NotReady(f"{spec.name}: no model loaded yet" + (f" ({server.last_error})" if server.last_error else ""))
+            raise NotReady(f"{spec.name}: no model loaded yet"
+                           + (f" ({server.last_error})" if server.last_error else ""))
         inputs = {**champion.inputs, **(candidate.inputs if candidate else {})}
         if endpoint.by_entity:
             frame, unknown = lookup(endpoint.store, spec.entity, given, list(inputs))

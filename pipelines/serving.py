@@ -132,13 +132,14 @@ def check_records(records: list[dict], inputs: dict[str, str]) -> pd.DataFrame:
                                                                    f"{value!r}", "type": "type_error"})
     if errors:
         raise InvalidRecords(errors)
-    frame = pd.DataFrame.from_records([{c: r[c] for c in inputs} for r in records], columns=list(inputs))
-    for column, kind in inputs.items():
+    columns = {}
+    for column, kind in inputs.items():   # typed columns straight from the values: no per-column conversions
+        values = [r[column] for r in records]
         if TYPES.get(kind) in (float, int):
-            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+            columns[column] = np.array([np.nan if v is None else v for v in values], dtype="float64")
         else:
-            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
-    return frame
+            columns[column] = np.array(values, dtype=object)
+    return pd.DataFrame(columns)
 
 
 class ModelServer:
@@ -188,7 +189,8 @@ class ModelServer:
             self.has_champion = wanted is not None
             swapped = False
             if wanted is not None and (self.current is None or self.current.ref.version != str(wanted)):
-                loaded = self._load(str(wanted))
+                ready = self.candidate if self.candidate and self.candidate.ref.version == str(wanted) else None
+                loaded = ready or self._load(str(wanted))   # a rollout that completed: its candidate, as loaded
                 if loaded is not None:
                     self.previous, self.current, swapped = self.current, loaded, True
                     log.info("%s: serving %s (was %s)", self.spec.name, loaded.ref.uri,
@@ -299,20 +301,23 @@ class ModelServer:
 
 @dataclass
 class RequestLog:
-    """Buffered writer of online predictions: ``add`` only appends to memory; a thread writes
-    what accumulated every ``flush_s`` seconds as one Parquet file per day and flush."""
+    """Buffered writer of online predictions: ``add`` only appends rows (plain dicts) to memory; a
+    thread turns what accumulated every ``flush_s`` seconds into one frame, with the column types
+    of ``types`` (every file of the table has the same schema), and writes one Parquet file per
+    day. A failed write keeps the rows for the next flush."""
 
     table: object                # Path of the online inference table
     flush_s: float = 1.0
+    types: dict[str, str] = field(default_factory=dict)   # column -> pandas dtype (see log_types)
     _rows: list = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     written: int = 0
 
-    def add(self, frame: pd.DataFrame) -> None:
+    def add(self, rows: list[dict]) -> None:
         with self._lock:
-            self._rows.append(frame)
+            self._rows.extend(rows)
 
     def start(self) -> "RequestLog":
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
@@ -329,13 +334,21 @@ class RequestLog:
             self._thread.join(timeout=self.flush_s + 10)
         self.flush()
 
+    def frame(self, rows: list[dict]) -> pd.DataFrame:
+        frame = pd.DataFrame.from_records(rows)
+        for column in frame.columns:
+            wanted = self.types.get(column) or ("string" if frame[column].dtype == object else None)
+            if wanted:
+                frame[column] = frame[column].astype(wanted)
+        return frame
+
     def flush(self) -> int:
         with self._lock:
             pending, self._rows = self._rows, []
         if not pending:
             return 0
-        frame = pd.concat(pending, ignore_index=True)
         try:
+            frame = self.frame(pending)
             for day, rows in frame.groupby("ds"):
                 folder = self.table / f"ds={day}"
                 folder.mkdir(parents=True, exist_ok=True)
@@ -344,43 +357,49 @@ class RequestLog:
                 rows.drop(columns=["ds"]).to_parquet(staging, index=False)
                 staging.rename(folder / name)   # readers never see a half-written file
         except Exception:   # noqa: BLE001 - keep the rows for the next flush rather than lose them
-            log.exception("request log: writing %d rows failed; retrying on the next flush", len(frame))
+            log.exception("request log: writing %d rows failed; retrying on the next flush", len(pending))
             with self._lock:
-                self._rows.insert(0, frame)
+                self._rows[:0] = pending
             return 0
-        self.written += len(frame)
-        return len(frame)
+        self.written += len(pending)
+        return len(pending)
+
+
+TEXT_COLUMNS = ("model_name", "model_version", "model_run_id", "run_id", "request_id", "mode", "arm", "rollout_id",
+                "error")
+
+
+def log_types(spec) -> dict[str, str]:
+    """The request log's column types for a use case: its features, outputs and the log's own."""
+    from pipelines.features import feature_columns
+    from pipelines.model_tasks import ModelTask
+
+    cols = feature_columns(spec)
+    return ({c: "float64" for c in cols.numeric} | {c: "string" for c in cols.categorical}
+            | {c: "Int64" if kind == "int" else "float64" for c, kind in ModelTask.of(spec).output_columns.items()}
+            | {c: "string" for c in (spec.entity, *TEXT_COLUMNS)}
+            | {"latency_ms": "float64", "model_ms": "float64", "fallback": "bool", "scored_at": "datetime64[ns]"})
 
 
 def log_rows(spec, task, answer: Answer, entities: list, features: pd.DataFrame, request_id: str,
              latency_ms: float, mode: str = "served", arm: str = "champion", rollout_id: str | None = None,
-             fallback: bool = False) -> pd.DataFrame:
-    """The request log's rows for one model's answer: the batch inference table's columns, the
-    features scored, and request id, latency, model time, mode (``served``/``shadow``), arm,
-    rollout, and the error of a model that failed (``fallback``: another one answered)."""
+             fallback: bool = False) -> list[dict]:
+    """The request log's rows for one model's answer: the features scored, the batch inference
+    table's columns, and request id, latency, model time, mode (``served``/``shadow``), arm,
+    rollout, and the error of a model that failed (``fallback``: another one answered). Plain
+    dicts: the frame is built once per flush, off the request's path."""
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    index = features.index
-    outputs = (answer.outputs if answer.outputs is not None else
-               pd.DataFrame({c: np.nan for c in task.output_columns}, index=index))
-    rows = pd.DataFrame({spec.entity: pd.array([None if e is None else str(e) for e in entities], dtype="string")},
-                        index=index)
-    for column, kind in task.output_columns.items():
-        rows[column] = outputs[column].astype("Int64" if kind == "int" else "float64")
+    n = len(features)
+    outputs = (answer.outputs.to_dict("records") if answer.outputs is not None else
+               [dict.fromkeys(task.output_columns) for _ in range(n)])
     ref = answer.served.ref if answer.served is not None else None
-    text = {"model_name": spec.model.registered_name, "model_version": ref.version if ref else "fallback",
-            "model_run_id": ref.run_id if ref else None, "run_id": f"online:{request_id}", "request_id": request_id,
-            "mode": mode, "arm": arm, "rollout_id": rollout_id, "error": answer.error}
-    for column, value in text.items():
-        rows[column] = pd.array([value] * len(index), dtype="string")
-    rows["scored_at"] = pd.Timestamp(now)
-    rows["latency_ms"], rows["model_ms"] = float(latency_ms), float(answer.model_ms)
-    rows["fallback"] = bool(fallback)
-    for column in features.columns:
-        if column not in rows:
-            values = features[column]
-            rows[column] = values.astype("float64") if pd.api.types.is_numeric_dtype(values) else values.astype("string")
-    rows["ds"] = now.date().isoformat()
-    return rows
+    common = {"model_name": spec.model.registered_name, "model_version": ref.version if ref else "fallback",
+              "model_run_id": ref.run_id if ref else None, "run_id": f"online:{request_id}",
+              "request_id": request_id, "mode": mode, "arm": arm, "rollout_id": rollout_id, "error": answer.error,
+              "scored_at": now, "latency_ms": float(latency_ms), "model_ms": float(answer.model_ms),
+              "fallback": bool(fallback), "ds": now.date().isoformat()}
+    return [{**values, spec.entity: None if entity is None else str(entity), **output, **common}
+            for entity, output, values in zip(entities, outputs, features.to_dict("records"))]
 
 
 def to_json_rows(outputs: pd.DataFrame) -> list[dict]:

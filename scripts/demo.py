@@ -9,7 +9,11 @@
 4. trigger the training DAG (as a user would from the UI form) and promote the first champion;
 5. backfill the daily DAG through the drift date to the end: scoring, monitoring, the drift
    watch firing, retraining, a new champion;
-6. print the summary, stop the services, leave the state in place.
+6. when the spec rolls promotions out (``deployment.strategy``), the retrained model is still a
+   candidate: start the scoring service, send it traffic (Locust) and run the rollout DAG step by
+   step until the candidate is champion; then a drill (a slowed copy of the champion) that the
+   rollout must roll back on its own; print the rollout timeline;
+7. print the summary, stop the services, leave the state in place.
 
     python -m scripts.demo            # fresh state under $MLOPS_HOME (default .state/)
     python -m scripts.demo --keep     # keep earlier state (reruns are idempotent)
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -108,6 +113,67 @@ def play_story(stack: Stack, use_case: str, start: dt.date, first_training: dt.d
     return timings
 
 
+def drive_rollout(stack: Stack, client: AirflowClient, use_case: str, rounds: int = 12) -> str:
+    """Run the rollout DAG until the running rollout ends, with live traffic between its runs;
+    the rollout's final phase."""
+    from pipelines import rollout, runtime, tracking
+    from pipelines.gate import signature_inputs
+    from pipelines.load_test import run_locust, sample_records
+
+    spec, dag_id = runtime.spec(use_case), f"{use_case}_rollout"
+    state = rollout.read_state(spec)
+    columns = list(signature_inputs(tracking.model_version(spec.model.registered_name, state.champion).uri))
+    work = stack.home / "run" / "rollout-traffic"
+    work.mkdir(parents=True, exist_ok=True)
+    records = work / "records.json"
+    records.write_text(json.dumps(sample_records(runtime.lake(), spec, columns, rows=400)))
+    for _ in range(rounds):
+        run_id = client.trigger(dag_id, conf={})
+        run = client.wait_for_run(dag_id, run_id)
+        if run["state"] != "success":
+            raise RuntimeError(f"{dag_id} run {run_id} {run['state']}; see its task logs")
+        judged = client.xcom(dag_id, run_id, "judge_rollout") or {}
+        state = rollout.read_state(spec)
+        say(f"  {dag_id}: {judged.get('action')}: {judged.get('reason')} -> v{state.candidate} {state.phase} "
+            f"at {state.share:.0%}")
+        if not state.running:
+            return state.phase
+        load = run_locust("records", stack.serving_url, records, users=4, rate=40, seconds=10, out=work,
+                          use_case=use_case)
+        say(f"  traffic: {load.requests} requests ({load.rps:.0f}/s, p99 {load.p99_ms:.0f} ms, {load.failures} failed)")
+    raise RuntimeError(f"the rollout of {use_case} did not end within {rounds} runs of {dag_id}")
+
+
+def play_rollouts(stack: Stack, use_case: str) -> dict:
+    """The retrained candidate to all traffic, then a drill the rollout must stop; timings."""
+    from pipelines import rollout, runtime
+
+    spec = runtime.spec(use_case)
+    client = AirflowClient(stack.airflow_url, "admin", stack.admin_password())
+    timings = {}
+    state = rollout.read_state(spec)
+    say(f"starting the scoring service ({stack.serving_url})")
+    stack.serve()
+    if state is not None and state.running:
+        say(f"rolling v{state.candidate} out beside champion v{state.champion} ({state.strategy}): "
+            f"load test, shadow, canary steps, with live traffic")
+        t = time.monotonic()
+        phase = drive_rollout(stack, client, use_case)
+        timings["rollout_s"] = time.monotonic() - t
+        say(f"  rollout of v{state.candidate}: {phase}")
+    else:
+        say("no rollout is waiting (no retrained model passed the gate); on to the drill")
+    say("drill: a copy of the champion slowed by 1.5 s per request; the rollout must roll it back by itself")
+    t = time.monotonic()
+    drill = runtime.rollout_drill(use_case, 1500, "demo")
+    phase = drive_rollout(stack, client, use_case)
+    timings["drill_s"] = time.monotonic() - t
+    say(f"  drill v{drill['candidate']}: {phase}")
+    if phase != rollout.ROLLED_BACK:
+        raise RuntimeError(f"the drill's slowed model was not rolled back ({phase})")
+    return timings
+
+
 def _states(runs: list[dict]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in runs:
@@ -155,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         timings["stack_start_s"] = time.monotonic() - t
         timings.update(play_story(stack, args.use_case, start, first_training, end))
         os.environ["MLFLOW_TRACKING_URI"] = stack.mlflow_url
+        if spec.deployment.strategy != "direct":
+            timings.update(play_rollouts(stack, args.use_case))
+            print()
+            print(runtime.rollout_status(args.use_case, timelines=2))
         print()
         print(summarize(spec))
     finally:

@@ -35,6 +35,7 @@ def small_spec_dict(name: str = "churn_small", **simulation) -> dict:
     for check in spec["promotion"]["checks"]:   # timings never decide a test: latency is recorded only,
         if check["kind"] == "latency":         # and measured briefly
             check.update(mode="warn", repeats=10, rounds=2, batch_rows=100)
+    spec["deployment"] = {"strategy": "direct"}   # the batch story: a promotion moves the champion at once
     spec["simulation"].update({"customers": 400, "days": 30, "drift_start": "2026-01-24",
                                "first_training": "2026-01-20"})
     spec["simulation"].update(simulation)

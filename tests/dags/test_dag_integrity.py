@@ -199,7 +199,10 @@ def test_a_rollout_dag_only_for_use_cases_with_a_rollout_strategy(dagbag, tmp_pa
     import yaml
     from airflow.dag_processing.dagbag import DagBag
 
-    assert not [d for d in dagbag.dag_ids if d.endswith("_rollout")]
+    from pipelines.spec import discover_specs
+
+    rolled = {f"{s.name}_rollout" for s in discover_specs(ROOT / "include") if s.deployment.strategy != "direct"}
+    assert {d for d in dagbag.dag_ids if d.endswith("_rollout")} == rolled and "churn_rollout" in rolled
     raw = yaml.safe_load((ROOT / "include/churn/spec.yaml").read_text())
     raw["deployment"] = {"strategy": "canary", "steps": [0.0, 0.1, 1.0], "window_minutes": 30}
     (tmp_path / "churn").mkdir()
@@ -208,7 +211,13 @@ def test_a_rollout_dag_only_for_use_cases_with_a_rollout_strategy(dagbag, tmp_pa
     monkeypatch.setenv("MLOPS_INCLUDE", str(tmp_path))
     bag = DagBag(str(ROOT / "dags"))
     assert bag.import_errors == {}
-    dag = bag.dags["churn_rollout"]
+    assert "churn_rollout" in bag.dag_ids
+    raw["deployment"] = {"strategy": "direct"}
+    (tmp_path / "churn" / "spec.yaml").write_text(yaml.safe_dump(raw))
+    assert "churn_rollout" not in DagBag(str(ROOT / "dags")).dag_ids
+    raw["deployment"] = {"strategy": "canary", "steps": [0.0, 0.1, 1.0], "window_minutes": 30}
+    (tmp_path / "churn" / "spec.yaml").write_text(yaml.safe_dump(raw))
+    dag = DagBag(str(ROOT / "dags")).dags["churn_rollout"]
     assert dag.get_task("judge_rollout").upstream_task_ids == {"load_test_candidate"}
     assert dag.timetable.delta == dt.timedelta(minutes=15)
     assert "shadow → 10% → 100%" in dag.doc_md and "mlops rollout status churn" in dag.doc_md

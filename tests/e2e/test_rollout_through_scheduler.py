@@ -47,32 +47,6 @@ def _send(http, app, records) -> list[dict]:
     return answers
 
 
-def _slow_version(spec, champion_version: str) -> str:
-    """The champion's model behind a step that sleeps: same answers, far over the latency budget."""
-    import mlflow
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import FunctionTransformer
-
-    from pipelines import tracking
-    from tests.e2e.slow_model import slow_identity
-
-    name = spec.model.registered_name
-    model = tracking.load_model(tracking.model_version(name, champion_version))
-    slow = make_pipeline(FunctionTransformer(slow_identity), model)
-    example = _frame(spec)
-    with mlflow.start_run(experiment_id=tracking.ensure_experiment(f"{UC}-injected")) as run:
-        info = tracking.log_sklearn_model(slow, example, model.predict_proba(example))
-    return tracking.register_challenger(name, info.model_uri, run.info.run_id, {"injected": "slow"})
-
-
-def _frame(spec):
-    import pandas as pd
-
-    from pipelines.features import feature_columns
-
-    return pd.DataFrame(_records(spec, 5)).drop(columns=[spec.entity])[feature_columns(spec).all]
-
-
 def test_a_canary_reaches_all_traffic_and_an_injected_slow_model_is_rolled_back(story, tmp_path):
     from fastapi.testclient import TestClient
 
@@ -127,10 +101,12 @@ def test_a_canary_reaches_all_traffic_and_an_injected_slow_model_is_rolled_back(
     events = rollout.history(spec, lake, state.id)["event"].tolist()
     assert events == ["start", "load_test", "advance", "advance", "completed"], events
 
-    # an injected slow model, started by hand, fails its load test and never takes traffic
-    slow = _slow_version(spec, second["version"])
-    started = runtime.start_rollout(UC, slow, "injected slow model", "test")
-    assert started["candidate"] == slow and not started["load_tested"]
+    # an injected slow model (a drill: the champion behind a 1.5 s sleep) fails its load test and
+    # never takes traffic
+    started = runtime.rollout_drill(UC, 1500, "test")
+    slow = started["candidate"]
+    assert slow not in (first["version"], second["version"]) and not started["load_tested"]
+    assert "drill" in tracking.client().get_model_version(name, slow).tags
     judged = _judge(client)
     assert judged["action"] == "none", judged
     after = rollout.read_state(spec)
@@ -139,5 +115,6 @@ def test_a_canary_reaches_all_traffic_and_an_injected_slow_model_is_rolled_back(
     assert tracking.resolve_alias(name, tracking.CHAMPION).version == second["version"]
     tags = tracking.client().get_model_version(name, slow).tags
     assert tags["rollout.decision"] == "rolled_back" and tags["gate.load_test.decision"] == "failed"
-    status = runtime.rollout_status(UC)
-    assert "rolled_back" in status and "load test:" in status
+    status = runtime.rollout_status(UC, timelines=2)
+    assert "rolled_back" in status and "load test:" in status and status.count("timeline of") == 2, status
+    assert f"timeline of {state.id}" in status and "completed" in status

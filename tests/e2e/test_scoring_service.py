@@ -204,7 +204,8 @@ def test_a_failing_candidate_is_answered_by_the_champion_and_rolled_back(service
         "load_test": LoadTestSpec(enabled=False)})})
     monkeypatch.setattr(runtime, "spec", lambda uc: variant)
     broken = version_without_files(small_spec, restore_champion, mlflow_server, f"{UC}-rollout-faults")
-    state = rollout.start(variant, runtime.lake(), broken, restore_champion.version, "a candidate without files", "test")
+    state = rollout.start(variant, runtime.lake(), broken, restore_champion.version, "a candidate without files",
+                          "test")
     try:
         assert state.running and state.share == 0.5 and state.load_tested
         with TestClient(create_app(UC, poll_s=60)) as client:
@@ -232,3 +233,53 @@ def test_a_failing_candidate_is_answered_by_the_champion_and_rolled_back(service
         now = rollout.read_state(variant)
         if now is not None and now.running:
             rollout.apply(variant, runtime.lake(), now, rollout.Judgement("roll_back", "test cleanup"))
+
+
+def test_live_performance_covers_the_services_answers(service, small_spec, lifecycle):
+    """Labels joined to the online answers as to the batch scores: a row per source and version
+    (shadow scores, never acted on, are left out)."""
+    from pipelines.lake import drop_partition, replace_partition
+    from pipelines.monitoring import PERFORMANCE
+
+    lake = runtime.lake()
+    perf = read_table(lake.monitoring(UC, PERFORMANCE))
+    label_day, landed = perf.sort_values("label_date").iloc[-1][["label_date", "labels_landed"]]
+    batch = read_partition(lake.inference(UC), label_day).head(60)
+    online = batch[[small_spec.entity, "score", "predicted_label", "model_version"]].copy()
+    online["mode"] = ["served"] * 50 + ["shadow"] * 10
+    online.loc[online.index[50:], "model_version"] = "shadowed"
+    replace_partition(lake.online_inference(UC), label_day, online)
+    try:
+        rows = runtime.live_performance(UC, landed)
+        mine = [r for r in rows if r["label_date"] == label_day]
+        by_source = {(r["source"], r["model_version"]): r for r in mine}
+        version = batch["model_version"].iloc[0]
+        assert ("batch", version) in by_source and ("online", "shadowed") not in by_source, by_source.keys()
+        assert by_source[("online", version)]["rows"] <= 50 < by_source[("batch", version)]["rows"]
+        assert set(read_partition(lake.monitoring(UC, PERFORMANCE), label_day)["source"]) == {"batch", "online"}
+    finally:
+        drop_partition(lake.online_inference(UC), label_day)
+        runtime.live_performance(UC, landed)
+
+
+def test_the_daily_drift_check_covers_the_services_requests(service, small_spec):
+    """The features the service answered on a day are compared with the champion's reference
+    too (shadow rows left out), with their own Evidently report."""
+    from pathlib import Path
+
+    from pipelines.features import feature_columns
+    from pipelines.lake import drop_partition, replace_partition
+
+    lake, day = runtime.lake(), service["day"]
+    features = read_partition(lake.features(UC), day, [small_spec.entity, *feature_columns(small_spec).all]).head(90)
+    online = features.assign(mode=["served"] * 80 + ["shadow"] * 10)
+    replace_partition(lake.online_inference(UC), day, online)
+    champion = runtime.resolve_champion(UC)
+    try:
+        summary = runtime.monitor_drift(UC, day, champion)
+        assert summary["online_rows"] == 80 and 0 <= summary["online_drift_share"] <= 1, summary
+        assert Path(summary["online_report_path"]).name == f"{day}-online.html"
+        assert Path(summary["online_report_path"]).exists()
+    finally:
+        drop_partition(lake.online_inference(UC), day)
+        runtime.monitor_drift(UC, day, champion)

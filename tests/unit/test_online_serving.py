@@ -72,13 +72,17 @@ def test_records_that_do_not_fit_the_signature_are_named(records, loc, words):
 
 
 def test_the_request_log_writes_whole_files_per_day_and_keeps_rows_when_writing_fails(tmp_path, monkeypatch):
-    log = RequestLog(tmp_path / "online")
-    log.add(pd.DataFrame({"id": ["a", "b"], "score": [0.1, 0.2], "ds": ["2026-01-01", "2026-01-02"]}))
-    log.add(pd.DataFrame({"id": ["c"], "score": [0.3], "ds": ["2026-01-02"]}))
+    log = RequestLog(tmp_path / "online", types={"label": "Int64", "error": "string"})
+    log.add([{"id": "a", "score": 0.1, "label": 1, "error": None, "ds": "2026-01-01"},
+             {"id": "b", "score": 0.2, "label": None, "error": None, "ds": "2026-01-02"}])
+    log.add([{"id": "c", "score": 0.3, "label": 0, "error": "v3 failed", "ds": "2026-01-02"}])
     assert log.flush() == 3 and log.written == 3
     assert len(list((tmp_path / "online" / "ds=2026-01-02").glob("*.parquet"))) == 1
-    assert pd.read_parquet(tmp_path / "online" / "ds=2026-01-02")["id"].tolist() == ["b", "c"]
-    log.add(pd.DataFrame({"id": ["d"], "score": [0.4], "ds": ["2026-01-03"]}))
+    day = pd.read_parquet(tmp_path / "online" / "ds=2026-01-02")
+    assert day["id"].tolist() == ["b", "c"] and day["label"].tolist()[1] == 0 and pd.isna(day["label"].iloc[0])
+    alone = pd.read_parquet(tmp_path / "online" / "ds=2026-01-01")   # all-null columns keep their types
+    assert str(alone["label"].dtype) == "Int64" and str(alone["error"].dtype) in ("string", "object")
+    log.add([{"id": "d", "score": 0.4, "label": 1, "error": None, "ds": "2026-01-03"}])
     monkeypatch.setattr(pd.DataFrame, "to_parquet", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     assert log.flush() == 0
     monkeypatch.undo()
