@@ -278,8 +278,10 @@ def promote_if_better(spec, evaluation: dict, review: Review | None = None) -> d
             from pipelines import rollout
             from pipelines.config import settings
 
+            from pipelines.report import short_reason
+
             state = rollout.start(spec, Lake(settings().lake), challenger_ref.version, champion_ref.version,
-                                  reason, "promotion")
+                                  short_reason(reason), "promotion")
             outcome = "rolling_out"
             reason = (f"{reason}; {spec.deployment.strategy.value} rollout {state.id} started beside champion "
                       f"v{champion_ref.version} (the {spec.name}_rollout DAG moves it)")

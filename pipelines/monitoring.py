@@ -187,7 +187,9 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
              "drifted" if summary["output_drift"] else "did not drift",
              outputs[0].method if outputs else "not tested")
     log.info("%s %s: drift report at %s", spec.name, ds(date), html)
-    return {"ds": ds(date), **{k: v for k, v in summary.items() if k != "computed_at"}}
+    # what the task returns goes to XCom as JSON: no NaN there (a figure that does not exist is None)
+    return {"ds": ds(date), **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                               for k, v in summary.items() if k != "computed_at"}}
 
 
 ONLINE_MIN_ROWS = 50   # fewer online requests in a day: no online drift figures (too few to judge)

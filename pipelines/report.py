@@ -34,6 +34,7 @@ def champion_history(spec) -> list[dict]:
             "gate_warnings": tags.get("gate.warnings", "none"),
             "review": (f"{tags['review.decision']} by {tags.get('review.by')}" if tags.get("review.decision") else ""),
             "card": str(card) if (card := card_folder(spec, mv.version) / "model_card.html").exists() else "",
+            "drill": tags.get("drill", ""),
             "rollout": (f"{tags['rollout.decision']}" + (f": {tags['rollout.reason']}" if tags.get("rollout.reason")
                                                          else "")) if tags.get("rollout.decision") else "",
             "rolled_back": tags.get("champion.rolled_back", ""),      # this version was rolled back
@@ -70,9 +71,12 @@ def summarize(spec, lake: Lake | None = None) -> str:
         lines.append("  none registered")
     for row in history:
         alias = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
-        lines.append(f"  v{row['version']}{alias}: trained as of {row['as_of']} ({row['trigger']}: "
-                     f"{row['trigger_reason']})")
-        lines.append(f"      {row['decision']}: {short_reason(row['reason'])}")
+        if row["drill"]:
+            lines.append(f"  v{row['version']}{alias}: a rollout drill ({row['drill']})")
+        else:
+            lines.append(f"  v{row['version']}{alias}: trained as of {row['as_of']} ({row['trigger']}: "
+                         f"{row['trigger_reason']})")
+            lines.append(f"      {row['decision']}: {short_reason(row['reason'])}")
         if row["gate"]:
             failing = "" if row["gate_failing"] == "none" else f", failing {row['gate_failing']}"
             warned = "" if row["gate_warnings"] == "none" else f", warnings {row['gate_warnings']}"

@@ -350,10 +350,9 @@ def record(spec, lake, state: RolloutState, event: str, reason: str, by: str, st
         day = read_partition(table, at.date())
     except FileNotFoundError:
         day = pd.DataFrame()
-    new = pd.DataFrame([row])
-    if not day.empty:
-        day = day[~((day["rollout_id"] == state.id) & (day["revision"] == state.revision))]
-        new = pd.concat([day, new], ignore_index=True)
+    kept = [] if day.empty else day[~((day["rollout_id"] == state.id) & (day["revision"] == state.revision))] \
+        .to_dict("records")
+    new = pd.DataFrame([*kept, row])
     for column in ("requests", "errors"):
         new[column] = new[column].astype("Int64")
     for column in ("p99_ms", "agreement"):

@@ -261,11 +261,13 @@ class ModelServer:
         """Serving a version, or sure there is none to serve yet (no champion was promoted)."""
         return self.current is not None or self.has_champion is False
 
-    def score(self, served: ServedModel | None, frame: pd.DataFrame, role: str = "model") -> Answer:
-        """One model's answer for ``frame``, through its circuit breaker; never raises."""
+    def score(self, served: ServedModel | None, frame: pd.DataFrame, role: str = "model",
+              last_resort: bool = False) -> Answer:
+        """One model's answer for ``frame``, through its circuit breaker (unless it is the
+        ``last_resort``: a slow answer beats none); never raises."""
         if served is None:
             return Answer(None, None, 0.0, f"no {role} loaded" + (f" ({self.last_error})" if self.last_error else ""))
-        if not served.breaker.allow():
+        if not served.breaker.allow() and not last_resort:
             return Answer(served, None, 0.0, f"v{served.ref.version} circuit open after {served.breaker.failures} "
                                               f"failed or slow answers in a row")
         started = time.perf_counter()
@@ -283,8 +285,10 @@ class ModelServer:
 
     def answer(self, frame: pd.DataFrame) -> Answer:
         """The champion's answer, else the previous champion's, else the spec's fallback answer
-        (:class:`NotReady` when there is none of those)."""
-        first = self.score(self.current, frame, "champion")
+        (:class:`NotReady` when there is none of those). With nothing to fall back on, the
+        champion answers even with its circuit open: overload makes it slow, not absent."""
+        alone = self.previous is None and not self.spec.deployment.fallback   # nothing to fall back on
+        first = self.score(self.current, frame, "champion", last_resort=alone)
         if first.outputs is not None:
             return first
         if self.previous is not None:

@@ -204,3 +204,39 @@ def test_the_step_window_reads_this_rollouts_rows_since_the_step_began_across_lo
     rows = window_rows(small_spec, lake, s)
     assert rows["request_id"].tolist() == ["in"]
     assert window_rows(small_spec, lake, s, since="2026-12-01T11:00:00+00:00")["request_id"].tolist() == ["before", "in"]
+
+
+def test_with_nothing_to_fall_back_on_the_champion_answers_even_with_its_circuit_open(small_spec):
+    """An open circuit sends the champion's requests to the previous champion, or the spec's
+    default answer; with neither, the champion still answers (slow beats a 503)."""
+    from types import SimpleNamespace
+
+    from pipelines.serving import ModelServer, ServedModel
+
+    class Model:
+        def __init__(self, value):
+            self.value = value
+
+        def predict_proba(self, frame):
+            import numpy as np
+
+            return np.tile([1 - self.value, self.value], (len(frame), 1))
+
+    def served(version, value):
+        breaker = CircuitBreaker(max_failures=1, latency_budget_ms=100, cooldown_s=60)
+        breaker.record(False)   # open
+        return ServedModel(SimpleNamespace(version=version, run_id="r", uri=f"models:/m/{version}"), Model(value),
+                           {"x": "double"}, 0.0, breaker)
+
+    server = ModelServer(small_spec)
+    server.task = SimpleNamespace(outputs=lambda model, frame: pd.DataFrame(
+        {"score": model.predict_proba(frame)[:, 1]}, index=frame.index), output_columns={"score": "double"})
+    frame = pd.DataFrame({"x": [1.0, 2.0]})
+    server.current = served("2", 0.9)
+    got = server.answer(frame)
+    assert got.served.ref.version == "2" and got.error is None
+    assert server.current.breaker.allow()     # an answer in budget closed it again
+    server.current, server.previous = served("2", 0.9), served("1", 0.2)
+    server.previous.breaker.record(True, 1)   # closed
+    got = server.answer(frame)
+    assert got.served.ref.version == "1" and "circuit open" in got.error
