@@ -7,7 +7,7 @@ throwaway MLflow store), one uvicorn worker each by default. Locust (headless) s
 requests at ``--rate`` requests/s for ``--seconds``: to ours by entity id (features looked up in the
 online store, as in ``deployment.input: entity``), to MLflow's ``/invocations`` with the same
 entity's feature row in the body. Then ours again with a shadow rollout running (a second
-version scores every request after the answer is sent): the shadow's cost on p99. Prints
+version scores every request in batches, not waited for): the shadow's cost on p99. Prints
 throughput, p50/p99 and failures of each, and the ratios; appends a dated row to
 docs/benchmarks.md. Timings only; no pass/fail.
 """
@@ -139,7 +139,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:11s} {r['rps']:7.1f} req/s  p50 {r['p50']:5.0f} ms  p99 {r['p99']:5.0f} ms  "
               f"{r['failures']} failed of {r['requests']}")
-    print(f"shadow mode (the candidate scores every request after the answer): p99 {shadow_cost:+.0%}")
+    print(f"shadow mode (the candidate scores every request, not waited for): p99 {shadow_cost:+.0%}")
     print(f"throughput ours / mlflow models serve: {throughput:.2f}x; p99 mlflow / ours: {p99:.2f}x "
           f"({args.rate:.0f} req/s offered for {args.seconds} s, {args.workers} worker(s) each)")
     command = (f".venv/bin/python -m bench.bench_serving --seconds {args.seconds} --rate {args.rate:.0f} "

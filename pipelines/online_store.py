@@ -18,7 +18,6 @@ import uuid
 from contextlib import closing
 from pathlib import Path
 
-import pandas as pd
 
 from pipelines.lake import Lake, ds, read_partition
 
@@ -72,9 +71,9 @@ def refresh(spec, lake: Lake, date: dt.date | str, path: Path, force: bool = Fal
     return {"refreshed": True, "ds": ds(date), "rows": len(frame), "path": str(path)}
 
 
-def lookup(path: Path, entity: str, ids: list[str], columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """The feature rows of ``ids`` in the order asked (``entity`` plus ``columns``), and the ids
-    the store does not know."""
+def lookup(path: Path, entity: str, ids: list[str], columns: list[str]) -> tuple[list[dict], list[str]]:
+    """The feature records of ``ids`` in the order asked (``entity`` plus ``columns``, plain
+    values), and the ids the store does not know."""
     if not path.exists():
         raise FileNotFoundError(f"no online store at {path}; the daily DAG writes it after build_features")
     wanted = [str(i) for i in ids]
@@ -82,9 +81,10 @@ def lookup(path: Path, entity: str, ids: list[str], columns: list[str]) -> tuple
     with closing(_connect(path)) as conn:
         rows = conn.execute(f'select {quoted} from {TABLE} where "{entity}" in '
                             f'({", ".join("?" * len(wanted))})', wanted).fetchall()
+    names = [entity, *columns]
     by_id = {row[0]: row for row in rows}
     missing = [i for i in wanted if i not in by_id]
-    return pd.DataFrame([by_id[i] for i in wanted if i in by_id], columns=[entity, *columns]), missing
+    return [dict(zip(names, by_id[i])) for i in wanted if i in by_id], missing
 
 
 def _connect(path: Path) -> sqlite3.Connection:

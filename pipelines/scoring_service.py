@@ -12,7 +12,8 @@ Endpoints:
   the model name and version, and a request id. A record that does not fit the signature: 422
   naming the field and the problem. Under a running rollout (``mlops rollout status``) each
   record's entity decides whether the champion or the candidate answers, the other one scores it
-  in the shadow after the response, and both are logged (``mode``, ``arm``). A model that fails or
+  in the shadow (not waited for), and both are logged (``mode``, ``arm``). Concurrent requests
+  are scored together, one model call per batch (:mod:`pipelines.micro_batching`). A model that fails or
   is over its latency budget too often is skipped for a while (circuit breaker): the previous
   champion, else the spec's ``deployment.fallback`` answer, answers instead, flagged ``fallback``.
 * ``GET /healthz``: the process answers. ``GET /readyz``: 200 once every use case serves a version
@@ -30,7 +31,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import BackgroundTasks, Body, FastAPI, HTTPException, Response   # FastAPI reads the handlers' annotations
+from fastapi import Body, FastAPI, HTTPException, Response   # FastAPI reads the handlers' annotations
+from fastapi.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +49,18 @@ class UseCaseEndpoint:
 
 
 def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = None, alias: str | None = None,
-               staging_log: str | None = None):
+               staging_log: str | None = None, own_process: bool = False):
     """The service for ``use_cases`` (default: every spec in the include folder). A *staging*
     instance (``alias``, e.g. ``candidate``, and ``staging_log``, a throwaway request-log folder)
-    serves that alias alone, ignores rollouts and keeps its requests out of the online table."""
+    serves that alias alone, ignores rollouts and keeps its requests out of the online table.
+    ``own_process``: the app is all its process runs (``mlops serve``), so it may tune the
+    process's garbage collector (:func:`pipelines.serving.calm_garbage_collector`)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
     from pipelines import runtime
     from pipelines.config import settings
     from pipelines.online_store import store_path
-    from pipelines.serving import ModelServer, RequestLog, log_types
+    from pipelines.serving import ModelServer, RequestLog, calm_garbage_collector, log_types
     from pipelines.spec import ServingInput
 
     cfg = settings()
@@ -65,7 +69,7 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
     for name in names:
         spec = runtime.spec(name)
         server = ModelServer(spec, poll_s=cfg.serving_poll_s if poll_s is None else poll_s, alias=alias,
-                             follow_rollout=alias is None)
+                             follow_rollout=alias is None, freeze_gc=own_process)
         table = Path(staging_log) / name if staging_log else runtime.lake().online_inference(name)
         endpoints[name] = UseCaseEndpoint(spec, server, RequestLog(table, types=log_types(spec)),
                                           store_path(cfg.online_store, name),
@@ -92,6 +96,8 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
         for endpoint in endpoints.values():
             endpoint.server.start()
             endpoint.request_log.start()
+        if own_process:
+            calm_garbage_collector()
         yield
         for endpoint in endpoints.values():
             endpoint.server.stop()
@@ -156,25 +162,24 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/{use_case}/predict")
-    def predict(use_case: str, background: BackgroundTasks,
-                body: dict = Body(..., examples=[{"records": [{"column": "value"}]}])):
-        response, later = answer(endpoint_of(use_case), body, metrics)
-        background.add_task(later)
-        return response
+    def predict(use_case: str, body: dict = Body(..., examples=[{"records": [{"column": "value"}]}])):
+        # plain JSON values already: JSONResponse skips FastAPI's encoder (a fifth of a request's cost)
+        return JSONResponse(answer(endpoint_of(use_case), body, metrics))
 
     return app
 
 
-def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> tuple[dict, object]:
+def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
     """One prediction request: records (or entity ids) in, the served versions' outputs out.
 
     Each record goes to the champion or, under a running rollout, to the candidate by its
     entity's bucket (:func:`pipelines.rollout.arm_of`). A model that fails (or whose circuit is
-    open) is replaced by the fallback chain and the record is flagged ``fallback``. Returns the
-    response and the work that can wait until it is sent (shadow scoring and its log rows)."""
+    open) is replaced by the fallback chain and the record is flagged ``fallback``. Under a
+    shadowed rollout the other model scores the same records in the shadow, not waited for
+    (:meth:`pipelines.serving.ModelServer.score_in_shadow`)."""
     from pipelines.online_store import lookup
     from pipelines.rollout import CANDIDATE_ARM, CHAMPION_ARM, arm_of
-    from pipelines.serving import Answer, InvalidRecords, NotReady, check_records, log_rows, to_json_rows
+    from pipelines.serving import Answer, InvalidRecords, NotReady, check_records, log_rows
 
     spec, server = endpoint.spec, endpoint.server
     started = time.perf_counter()
@@ -193,26 +198,29 @@ def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> tuple[dict, 
                            + (f" ({server.last_error})" if server.last_error else ""))
         inputs = {**champion.inputs, **(candidate.inputs if candidate else {})}
         if endpoint.by_entity:
-            frame, unknown = lookup(endpoint.store, spec.entity, given, list(inputs))
+            records, unknown = lookup(endpoint.store, spec.entity, given, list(inputs))
             if unknown:
                 count.labels(spec.name, version, "unknown_entity").inc()
                 raise HTTPException(404, {"unknown_entities": unknown[:50],
                                           "msg": f"no features in the online store for {len(unknown)} id(s)"})
-            entities = frame[spec.entity].tolist()
-            frame = frame.drop(columns=[spec.entity])
+            entities = [r.pop(spec.entity) for r in records]
         else:
-            frame = check_records(given, inputs)
+            records = check_records(given, inputs)
             entities = [r.get(spec.entity) for r in given]
         arms = [arm_of(e, state) for e in entities]
         picked = {arm: [i for i, a in enumerate(arms) if a == arm] for arm in (CHAMPION_ARM, CANDIDATE_ARM)}
+        if len(picked[CHAMPION_ARM]) == len(records):
+            parts = {CHAMPION_ARM: records, CANDIDATE_ARM: []}   # the common case: no copies
+        else:
+            parts = {arm: [records[i] for i in positions] for arm, positions in picked.items()}
         answers = []   # (arm, positions, answer, fallback)
         if picked[CHAMPION_ARM]:
-            got = server.answer(frame.iloc[picked[CHAMPION_ARM]])
+            got = server.answer(parts[CHAMPION_ARM])
             answers.append((CHAMPION_ARM, picked[CHAMPION_ARM], got, got.error is not None))
         if picked[CANDIDATE_ARM]:
-            got = server.score(candidate, frame.iloc[picked[CANDIDATE_ARM]], "candidate")
+            got = server.score(candidate, parts[CANDIDATE_ARM], "candidate")
             if got.outputs is None:
-                instead = server.answer(frame.iloc[picked[CANDIDATE_ARM]])
+                instead = server.answer(parts[CANDIDATE_ARM])
                 got = Answer(instead.served, instead.outputs, instead.model_ms, got.error)
                 answers.append((CANDIDATE_ARM, picked[CANDIDATE_ARM], got, True))
             else:
@@ -238,26 +246,22 @@ def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> tuple[dict, 
         count.labels(spec.name, answered, "fallback" if fallback else "ok").inc()
         metrics["predictions"].labels(spec.name, answered).inc(len(positions))
         metrics["latency"].labels(spec.name, answered).observe(elapsed_ms / 1000)
-        part = frame.iloc[positions]
-        endpoint.request_log.add(log_rows(spec, server.task, got, [entities[i] for i in positions], part, request_id,
-                                          elapsed_ms, "served", arm, rollout_id, fallback))
-        for position, row in zip(positions, to_json_rows(got.outputs)):
+        endpoint.request_log.add(log_rows(spec, server.task, got, [entities[i] for i in positions], parts[arm],
+                                          request_id, elapsed_ms, "served", arm, rollout_id, fallback))
+        for position, row in zip(positions, got.outputs):
             rows[position] = {**row, spec.entity: None if entities[position] is None else str(entities[position]),
                               "model_version": answered, **({"fallback": True} if fallback else {})}
 
-    def shadow() -> None:
-        """Score the same records with the other model of the rollout and log it (after the response)."""
-        if state is None or not state.live or not state.shadowed:
-            return
+    if state is not None and state.live and state.shadowed:   # the other model of the rollout, not waited for
         for arm, positions, got, fallback in answers:
             other, role = ((candidate, CANDIDATE_ARM) if arm == CHAMPION_ARM and state.share <= 0 else
                            (champion, CHAMPION_ARM) if arm == CANDIDATE_ARM and not fallback else (None, None))
-            if role is None:
-                continue
-            part = frame.iloc[positions]
-            extra = server.score(other, part, role)
-            endpoint.request_log.add(log_rows(spec, server.task, extra, [entities[i] for i in positions], part,
-                                              request_id, extra.model_ms, "shadow", role, rollout_id))
+            if role is not None:
+                shadowed = [entities[i] for i in positions]
+                server.score_in_shadow(other, parts[arm], role, lambda extra, part=parts[arm], role=role, ids=shadowed:
+                                       endpoint.request_log.add(log_rows(spec, server.task, extra, ids, part,
+                                                                         request_id, extra.model_ms, "shadow", role,
+                                                                         rollout_id)))
 
     first = next(a for a in answers)[2]
     response = {"request_id": request_id, "model": spec.model.registered_name,
@@ -265,7 +269,7 @@ def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> tuple[dict, 
     if state is not None:
         response["rollout"] = {"id": state.id, "strategy": state.strategy, "candidate": state.candidate,
                                "share": state.share}
-    return response, shadow
+    return response
 
 
 def app_from_env():
@@ -273,7 +277,7 @@ def app_from_env():
     empty: every spec)."""
     names = [n for n in os.environ.get("MLOPS_SERVE_USE_CASES", "").split(",") if n]
     return create_app(names or None, alias=os.environ.get("MLOPS_SERVE_ALIAS") or None,
-                      staging_log=os.environ.get("MLOPS_SERVE_STAGING_LOG") or None)
+                      staging_log=os.environ.get("MLOPS_SERVE_STAGING_LOG") or None, own_process=True)
 
 
 def serve(use_cases: list[str] | None = None, host: str = "127.0.0.1", port: int = 8090, workers: int = 1) -> None:
@@ -281,5 +285,6 @@ def serve(use_cases: list[str] | None = None, host: str = "127.0.0.1", port: int
     import uvicorn
 
     os.environ["MLOPS_SERVE_USE_CASES"] = ",".join(use_cases or [])
+    os.environ.setdefault("OMP_NUM_THREADS", "1")   # request threads scoring small frames: see one_openmp_thread
     uvicorn.run("pipelines.scoring_service:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="info")
+                log_level="info", access_log=False)   # every request is in the request log already

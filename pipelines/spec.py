@@ -461,6 +461,18 @@ class CircuitBreakerSpec(_Section):
     cooldown_s: float = Field(30.0, gt=0)
 
 
+class BatchingSpec(_Section):
+    """In the service: concurrent requests' records are scored by one model call (micro-batching).
+    A batch takes every record waiting, up to ``max_rows``, after waiting up to ``max_wait_ms``
+    for more; ``max_rows: 1`` scores each request on its own. Shadow scoring (after the answer is
+    sent) waits up to ``shadow_wait_ms``: larger batches, fewer model calls taken from the
+    requests that are waiting."""
+
+    max_rows: int = Field(256, ge=1)
+    max_wait_ms: float = Field(0.0, ge=0, le=100)
+    shadow_wait_ms: float = Field(200.0, ge=0, le=5000)   # shadow scoring: nobody waits, so batches wait to grow
+
+
 class LoadTestSpec(_Section):
     """The pre-deployment load test of a candidate (Locust, headless, against a staging service)."""
 
@@ -484,6 +496,7 @@ class DeploymentSpec(_Section):
     ab_hours: float = Field(168.0, gt=0)
     budgets: RolloutBudgets = RolloutBudgets()
     circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()
+    batching: BatchingSpec = BatchingSpec()
     fallback: dict[str, float | int | str] | None = None   # the answer when no model can (e.g. {score: 0.0, prediction: 0})
     load_test: LoadTestSpec = LoadTestSpec()
 

@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.lake import Lake, replace_partition
 from pipelines.online_store import lookup, refresh, store_date, store_path
-from pipelines.serving import InvalidRecords, RequestLog, check_records
+from pipelines.serving import InvalidRecords, RequestLog, check_records, records_frame
 
 
 def _features(spec, ids, value: float) -> pd.DataFrame:
@@ -35,8 +35,8 @@ def test_the_store_holds_the_newest_date_and_finds_entities_in_order(small_spec,
     older = refresh(small_spec, lake, dt.date(2026, 1, 10), path)      # a backfill of an older day
     assert not older["refreshed"] and store_date(path) == "2026-01-11"
     found, missing = lookup(path, small_spec.entity, ["d", "zz", "a"], ["txn_count_7d", "segment"])
-    assert list(found[small_spec.entity]) == ["d", "a"] and missing == ["zz"]
-    assert (found["txn_count_7d"] == 2.0).all() and (found["segment"] == "retail").all()
+    assert [r[small_spec.entity] for r in found] == ["d", "a"] and missing == ["zz"]
+    assert all(r["txn_count_7d"] == 2.0 and r["segment"] == "retail" for r in found)
     assert not list(path.parent.glob(".*.tmp")), "no staging file is left behind"
     with pytest.raises(sqlite3.OperationalError):   # readers open it read-only
         sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("delete from features")
@@ -51,8 +51,10 @@ INPUTS = {"amount": "double", "visits": "long", "segment": "string"}
 
 
 def test_records_become_the_signatures_frame_with_missing_values():
-    frame = check_records([{"amount": 1, "visits": 3, "segment": "pro", "extra": "ignored"},
-                           {"amount": None, "visits": None, "segment": None}], INPUTS)
+    records = check_records([{"amount": 1, "visits": 3, "segment": "pro", "extra": "ignored"},
+                             {"amount": None, "visits": None, "segment": None}], INPUTS)
+    assert [list(r) for r in records] == [list(INPUTS)] * 2, "only the signature's columns are kept"
+    frame = records_frame(records, INPUTS)
     assert list(frame.columns) == list(INPUTS) and frame["amount"].dtype == "float64"
     assert np.isnan(frame.loc[1, "amount"]) and frame.loc[1, "segment"] is None
 

@@ -231,12 +231,12 @@ def test_with_nothing_to_fall_back_on_the_champion_answers_even_with_its_circuit
     server = ModelServer(small_spec)
     server.task = SimpleNamespace(outputs=lambda model, frame: pd.DataFrame(
         {"score": model.predict_proba(frame)[:, 1]}, index=frame.index), output_columns={"score": "double"})
-    frame = pd.DataFrame({"x": [1.0, 2.0]})
+    records = [{"x": 1.0}, {"x": 2.0}]
     server.current = served("2", 0.9)
-    got = server.answer(frame)
+    got = server.answer(records)
     assert got.served.ref.version == "2" and got.error is None
     assert server.current.breaker.allow()     # an answer in budget closed it again
     server.current, server.previous = served("2", 0.9), served("1", 0.2)
     server.previous.breaker.record(True, 1)   # closed
-    got = server.answer(frame)
+    got = server.answer(records)
     assert got.served.ref.version == "1" and "circuit open" in got.error
