@@ -4,6 +4,7 @@ a failed request, a broken version is never swapped in, bad records get a 422 na
 and every prediction lands in the online inference table."""
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 
@@ -283,3 +284,88 @@ def test_the_daily_drift_check_covers_the_services_requests(service, small_spec)
     finally:
         drop_partition(lake.online_inference(UC), day)
         runtime.monitor_drift(UC, day, champion)
+
+
+def test_an_ab_test_splits_live_traffic_and_keeps_the_arm_the_labels_favour(service, small_spec, restore_champion,
+                                                                             monkeypatch):
+    """An A/B rollout against the live service: each entity stays on one arm, about half go to
+    the candidate, and when the period ends the labels that landed decide. Here they say the
+    candidate's rankings were right and the champion's wrong, so the candidate becomes champion,
+    with a report per arm."""
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from pipelines import rollout
+    from pipelines.config import settings
+    from pipelines.lake import drop_partition, list_partitions, replace_partition
+    from pipelines.scoring_service import create_app
+    from pipelines.spec import LoadTestSpec, Strategy
+
+    variant = small_spec.model_copy(update={"deployment": small_spec.deployment.model_copy(update={
+        "strategy": Strategy.AB, "ab_split": 0.5, "ab_hours": 1.0, "load_test": LoadTestSpec(enabled=False)})})
+    monkeypatch.setattr(runtime, "spec", lambda uc: variant)
+    lake, entity = runtime.lake(), small_spec.entity
+    candidate = new_version(small_spec, restore_champion)
+    state = rollout.start(variant, lake, candidate, restore_champion.version, "an A/B test", "test")
+    labels_table = lake.clean(UC, small_spec.label.source)
+    today = rollout.now_utc().date().isoformat()
+    had_today = today in list_partitions(labels_table)
+    try:
+        assert state.running and state.strategy == "ab" and state.share == 0.5
+        records = _records(small_spec, service["day"], n=80)
+        with TestClient(create_app(UC, poll_s=60)) as client:
+            first = [client.post(f"/v1/{UC}/predict", json={"records": [r]}).json()["predictions"][0] for r in records]
+            again = [client.post(f"/v1/{UC}/predict", json={"records": [r]}).json()["predictions"][0]
+                     for r in records]
+            client.app.state.request_log.flush()
+        arm = {row[entity]: row["model_version"] for row in first}
+        assert arm == {row[entity]: row["model_version"] for row in again}, "an entity stays on its arm"
+        on_candidate = [e for e, v in arm.items() if v == candidate]
+        assert 0.2 * len(arm) <= len(on_candidate) <= 0.8 * len(arm), len(on_candidate)
+        assert set(arm.values()) == {candidate, restore_champion.version}
+
+        # labels land for today's answers: the candidate's higher scores were the churners, the champion's lower ones
+        template = read_partition(labels_table, list_partitions(labels_table)[-1]).head(1)
+        positive, negative = _label_values(small_spec, template)
+        rows = []
+        for version in (candidate, restore_champion.version):
+            mine = [r for r in first if r["model_version"] == version]
+            middle = float(np.median([r["score"] for r in mine]))
+            for r in mine:
+                high = r["score"] > middle
+                rows.append({entity: r[entity], small_spec.label.date_column: today,
+                             small_spec.label.target: positive if high == (version == candidate) else negative})
+        landed = pd.DataFrame(rows)
+        replace_partition(labels_table, today, landed.astype({c: template[c].dtype for c in landed}))
+
+        judged = rollout.judge_rollout(variant, lake, now=rollout.now_utc() + dt.timedelta(hours=2))
+        assert judged["action"] == "report", judged
+        outcome = judged["state"]["reason"]
+        assert "the candidate wins" in outcome and f"candidate v{candidate} 1.0000" in outcome, outcome
+        assert f"champion v{restore_champion.version} 0.0000" in outcome, outcome
+        assert tracking.resolve_alias(small_spec.model.registered_name).version == candidate
+        assert rollout.read_state(variant).phase == "completed"
+        report = Path(settings().reports) / UC / "rollouts" / f"{state.id}.md"
+        assert "winner: the candidate" in report.read_text()
+        events = rollout.history(variant, lake)
+        mine = list(events.loc[events["rollout_id"] == state.id, "event"])
+        assert mine[0] == "start" and mine[-1] == "completed", mine
+    finally:
+        now = rollout.read_state(variant)
+        if now is not None and now.running:
+            rollout.apply(variant, lake, now, rollout.Judgement("roll_back", "test cleanup"))
+        if not had_today:
+            drop_partition(labels_table, today)
+
+
+def _label_values(spec, template: pd.DataFrame):
+    """A positive and a negative value of the label column, in the table's own type."""
+    label = spec.label
+    if label.values:
+        by_class = {cls: value for value, cls in label.values.items()}
+        return by_class[1], by_class[0]
+    if label.positive is not None:
+        other = "no" if isinstance(label.positive, str) else 0
+        return label.positive, other
+    return 1, 0
