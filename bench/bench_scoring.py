@@ -1,17 +1,25 @@
 """Batch scoring throughput: our scorer (mapInPandas, model shipped once in the closure)
-against mlflow.pyfunc.spark_udf(env_manager="local"), same model, same data, same session.
+against mlflow.pyfunc.spark_udf(env_manager="local"), same model, same data, same session, and
+against the ceiling: the same model's predict_proba over the whole frame in one process.
 
     .venv/bin/python -m bench.bench_scoring [--rows 1000000] [--repeats 3]
 
-Prints rows/s for each and the ratio ours / spark_udf. Timings only; no pass/fail.
+Prints rows/s for each, the ratios ours / spark_udf and ours / in-process, and appends a dated
+row to docs/benchmarks.md. Timings only; no pass/fail.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
+import platform
 import statistics
 import tempfile
 import time
+
+from bench.report import append_row
+
+SECTION = "## Batch scoring: our scorer against `mlflow.pyfunc.spark_udf`"
 
 
 def main() -> None:
@@ -19,6 +27,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    started = time.monotonic()
 
     import mlflow
     import pandas as pd
@@ -66,8 +75,13 @@ def main() -> None:
             out = features.withColumn("score", udf(*[F.col(c) for c in cols.all])[1])
             out.write.mode("overwrite").format("noop").save()
 
+        rows = data[cols.all]
+
+        def in_process():   # the ceiling: one predict_proba over the whole frame, no Spark
+            task.outputs(model, rows)
+
         results = {}
-        for name, fn in (("ours (mapInPandas)", ours), ("mlflow spark_udf", peer)):
+        for name, fn in (("ours (mapInPandas)", ours), ("mlflow spark_udf", peer), ("in-process", in_process)):
             fn()  # warm-up: Python workers, broadcast
             times = []
             for _ in range(args.repeats):
@@ -77,8 +91,16 @@ def main() -> None:
             results[name] = args.rows / statistics.median(times)
             print(f"{name:22s} {results[name]:>12,.0f} rows/s (median of {args.repeats}, {args.rows:,} rows)")
         ratio = results["ours (mapInPandas)"] / results["mlflow spark_udf"]
-        print(f"ratio ours / spark_udf: {ratio:.2f}x")
+        share = results["ours (mapInPandas)"] / results["in-process"]
+        print(f"ratio ours / spark_udf: {ratio:.2f}x; ours / in-process predict_proba: {share:.0%}")
         spark.stop()
+    command = f".venv/bin/python -m bench.bench_scoring --rows {args.rows} --repeats {args.repeats}"
+    row = (f"| {dt.date.today()} | {os.cpu_count()} cores, {platform.machine()}, Spark `local[*]` | "
+           f"{results['ours (mapInPandas)']:,.0f} | {results['mlflow spark_udf']:,.0f} | {ratio:.2f}x | "
+           f"{results['in-process']:,.0f} | {share:.0%} | `{command}` | {time.monotonic() - started:.0f} s |")
+    append_row(SECTION, row, "| date | machine | ours (rows/s) | spark_udf (rows/s) | ratio ours / spark_udf | "
+               "in-process (rows/s) | ours / in-process | command | wall time |\n|---|---|---|---|---|---|---|---|---|")
+    print(row)
 
 
 if __name__ == "__main__":

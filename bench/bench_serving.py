@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.report import append_row
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ENTITY_DAY = "2026-01-31"
@@ -150,20 +152,12 @@ def main() -> None:
            f"({shadow_cost:+.0%}) | {peer_stats['rps']:.0f} req/s, p50 {peer_stats['p50']:.0f} ms, "
            f"p99 {peer_stats['p99']:.0f} ms, {peer_stats['failures']} failed | {throughput:.2f}x | {p99:.2f}x | "
            f"`{command}` | {time.monotonic() - started:.0f} s |")
-    append_row(row)
+    append_row(SECTION, row, INTRO)
     print(row)
 
 
 SECTION = "## Online scoring: our service against `mlflow models serve`"
-
-
-def append_row(row: str) -> None:
-    docs = ROOT / "docs" / "benchmarks.md"
-    text = docs.read_text()
-    if SECTION not in text:
-        text += f"""
-{SECTION}
-
+INTRO = """
 What it compares: our scoring service (`mlops serve`, FastAPI + uvicorn) answering single-record
 requests by entity id, its features read from the online store, against `mlflow models serve`
 of the same registered version answering the same entity's feature row sent in full. Locust
@@ -174,14 +168,6 @@ achieved throughput, p50 and p99 latency as Locust measures them, failed request
 | date | machine | load | ours | `mlflow models serve` | throughput ratio | p99 ratio | command | wall time |
 |---|---|---|---|---|---|---|---|---|
 """
-    lines = text.rstrip("\n").split("\n")
-    end = lines.index(SECTION)
-    while end + 1 < len(lines) and not lines[end + 1].startswith("|"):
-        end += 1
-    while end + 1 < len(lines) and lines[end + 1].startswith("|"):
-        end += 1
-    lines.insert(end + 1, row)   # the section's table ends at `end`
-    docs.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

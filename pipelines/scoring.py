@@ -29,18 +29,26 @@ def inference_schema(entity: str, task: ModelTask) -> str:
 
 
 def make_scorer(model, columns: list[str], task: ModelTask, constants: dict):
-    """A ``mapInPandas`` function scoring each batch with ``model`` (captured once in the closure)."""
+    """A ``mapInPandas`` function scoring each batch with ``model`` (captured once in the closure).
+
+    The model's own threads (OpenMP in HistGradientBoosting and the like) are limited to the
+    task's cores (``spark.task.cpus``, 1 by default): Spark already runs a task per core, and two
+    Python workers each starting a team of threads per core fight over the same cores."""
     def score_batches(batches):
         import pandas as pd
+        from pyspark import TaskContext
+        from threadpoolctl import threadpool_limits
 
+        context = TaskContext.get()
         entity = constants["entity"]
-        for batch in batches:
-            out = pd.concat([batch[[entity]].astype(str), task.outputs(model, batch[columns])], axis=1)
-            for key in ("model_name", "model_version", "model_run_id", "run_id"):
-                out[key] = constants[key]
-            out["scored_at"] = pd.Timestamp(constants["scored_at"])
-            out["ds"] = batch["ds"].astype(str)
-            yield out
+        with threadpool_limits(max(1, context.cpus() if context is not None else 1)):
+            for batch in batches:
+                out = pd.concat([batch[[entity]].astype(str), task.outputs(model, batch[columns])], axis=1)
+                for key in ("model_name", "model_version", "model_run_id", "run_id"):
+                    out[key] = constants[key]
+                out["scored_at"] = pd.Timestamp(constants["scored_at"])
+                out["ds"] = batch["ds"].astype(str)
+                yield out
     return score_batches
 
 

@@ -1,0 +1,22 @@
+"""Benchmark results in ``docs/benchmarks.md``: each bench appends a dated row to its own section."""
+from __future__ import annotations
+
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def append_row(section: str, row: str, intro: str) -> None:
+    """Add ``row`` at the end of the table under the ``section`` heading; a missing section is
+    created at the end of the file from ``intro`` (its text and the table's header)."""
+    text = DOCS.read_text()
+    if section not in text:
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{intro.strip()}\n"
+    lines = text.rstrip("\n").split("\n")
+    end = lines.index(section)
+    while end + 1 < len(lines) and not lines[end + 1].startswith("|"):
+        end += 1
+    while end + 1 < len(lines) and lines[end + 1].startswith("|"):
+        end += 1
+    lines.insert(end + 1, row)   # the section's table ends at `end`
+    DOCS.write_text("\n".join(lines) + "\n")
