@@ -40,7 +40,18 @@ def store_date(path: Path) -> str | None:
 
 
 def refresh(spec, lake: Lake, date: dt.date | str, path: Path, force: bool = False) -> dict:
-    """Load the features of ``date`` into the store unless it holds a newer date; what it did."""
+    """Load the features of ``date`` into the store unless it holds a newer date; what it did.
+    One refresh of a store at a time (a file lock beside it): the runs of a backfill refresh it
+    concurrently, and without the lock an older day that checked the date first could swap its
+    file in after a newer day's."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_name(f".{path.name}.lock")), timeout=600):
+        return _refresh(spec, lake, date, path, force)
+
+
+def _refresh(spec, lake: Lake, date: dt.date | str, path: Path, force: bool) -> dict:
     from pipelines.features import feature_columns
 
     held = store_date(path)

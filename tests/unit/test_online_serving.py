@@ -89,3 +89,38 @@ def test_the_request_log_writes_whole_files_per_day_and_keeps_rows_when_writing_
     assert log.flush() == 0
     monkeypatch.undo()
     assert log.flush() == 1 and (tmp_path / "online" / "ds=2026-01-03").exists()
+
+
+def test_concurrent_refreshes_leave_the_newest_date_whatever_order_they_finish_in(small_spec, tmp_path, monkeypatch):
+    """A backfill's runs refresh the store at once: an older day that checked the store's date
+    first and wrote last must not replace a newer day's store."""
+    import threading
+
+    from pipelines import online_store
+
+    lake = Lake(tmp_path / "lake")
+    for day, value in (("2026-01-10", 1.0), ("2026-01-11", 2.0)):
+        replace_partition(lake.features(small_spec.name), day, _features(small_spec, ["a", "b"], value))
+    path = store_path(tmp_path / "online", small_spec.name)
+    reading_older, go_on = threading.Event(), threading.Event()
+    real_read = online_store.read_partition
+
+    def slow_for_the_older_day(table, date, columns=None):
+        if str(date) == "2026-01-10":
+            reading_older.set()
+            assert go_on.wait(10)
+        return real_read(table, date, columns)
+
+    monkeypatch.setattr(online_store, "read_partition", slow_for_the_older_day)
+    older = threading.Thread(target=refresh, args=(small_spec, lake, "2026-01-10", path))
+    older.start()
+    assert reading_older.wait(10)           # the older day has checked the store's date and is reading
+    newer = threading.Thread(target=refresh, args=(small_spec, lake, "2026-01-11", path))
+    newer.start()
+    newer.join(1.0)                         # without the lock it finishes here, before the older one
+    go_on.set()
+    older.join(10)
+    newer.join(10)
+    assert store_date(path) == "2026-01-11"
+    found, _ = lookup(path, small_spec.entity, ["a"], ["txn_count_7d"])
+    assert found[0]["txn_count_7d"] == 2.0
