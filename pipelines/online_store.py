@@ -18,7 +18,6 @@ import uuid
 from contextlib import closing
 from pathlib import Path
 
-
 from pipelines.lake import Lake, ds, read_partition
 
 log = logging.getLogger(__name__)

@@ -252,16 +252,18 @@ def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
             rows[position] = {**row, spec.entity: None if entities[position] is None else str(entities[position]),
                               "model_version": answered, **({"fallback": True} if fallback else {})}
 
+    def shadow_logger(part: list[dict], ids: list, role: str):
+        """What to do with a shadow answer once its batch is scored: log it."""
+        return lambda extra: endpoint.request_log.add(log_rows(spec, server.task, extra, ids, part, request_id,
+                                                                extra.model_ms, "shadow", role, rollout_id))
+
     if state is not None and state.live and state.shadowed:   # the other model of the rollout, not waited for
         for arm, positions, got, fallback in answers:
             other, role = ((candidate, CANDIDATE_ARM) if arm == CHAMPION_ARM and state.share <= 0 else
                            (champion, CHAMPION_ARM) if arm == CANDIDATE_ARM and not fallback else (None, None))
             if role is not None:
-                shadowed = [entities[i] for i in positions]
-                server.score_in_shadow(other, parts[arm], role, lambda extra, part=parts[arm], role=role, ids=shadowed:
-                                       endpoint.request_log.add(log_rows(spec, server.task, extra, ids, part,
-                                                                         request_id, extra.model_ms, "shadow", role,
-                                                                         rollout_id)))
+                server.score_in_shadow(other, parts[arm], role,
+                                       shadow_logger(parts[arm], [entities[i] for i in positions], role))
 
     first = next(a for a in answers)[2]
     response = {"request_id": request_id, "model": spec.model.registered_name,
