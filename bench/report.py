@@ -20,3 +20,12 @@ def append_row(section: str, row: str, intro: str) -> None:
         end += 1
     lines.insert(end + 1, row)   # the section's table ends at `end`
     DOCS.write_text("\n".join(lines) + "\n")
+
+
+def machine() -> str:
+    """The machine a row was measured on: cores, architecture, memory."""
+    import os
+    import platform
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores, {platform.machine()}, {memory:.0f} GiB"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.drift_stats import ColumnDrift, column_drift_over_files, partition_files, sample_files, scalable
 from pipelines.features import feature_columns
 from pipelines.lake import Lake, ds, list_partitions, read_partition, read_table, replace_partition
 from pipelines.model_tasks import ModelTask, finite_or_none
@@ -34,17 +35,6 @@ PERFORMANCE = "performance"
 RETRAIN_REQUESTS = "retrain_requests"
 NULL_SHARE_TOLERANCE = 0.10
 OUTPUT_PREFIX = "model_output_"   # the drift columns of the champion's outputs (not features)
-
-
-@dataclass(frozen=True)
-class ColumnDrift:
-    column: str
-    method: str
-    threshold: float
-    score: float
-    drifted: bool
-    null_share_current: float
-    null_share_reference: float
 
 
 def column_drift_from_snapshot(snapshot: dict) -> list[tuple[str, str, float, float, bool]]:
@@ -96,7 +86,11 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[s
         results.append(ColumnDrift(col, "all values missing", 0.0, float("nan"),
                                    current_empty and reference[col].notna().any(),
                                    null_share(current, col), null_share(reference, col)))
-    # a jump in missing values is drift even when the present values look alike
+    return with_missing_value_jumps(results)
+
+
+def with_missing_value_jumps(results: list[ColumnDrift]) -> list[ColumnDrift]:
+    """A jump in missing values is drift even when the present values look alike."""
     return [r if r.drifted or abs(r.null_share_current - r.null_share_reference) <= NULL_SHARE_TOLERANCE
             else ColumnDrift(**{**asdict(r), "drifted": True, "method": r.method + " + missing-value jump"})
             for r in results]
@@ -133,9 +127,12 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
     from pipelines import tracking
 
     cols, task = feature_columns(spec), ModelTask.of(spec)
-    current = read_partition(lake.features(spec.name), date, columns=cols.all)
-    if len(current) > spec.monitoring.current_sample_rows:
-        current = current.sample(n=spec.monitoring.current_sample_rows, random_state=0)
+    partition = Lake.partition(lake.features(spec.name), date)
+    if not partition.exists():
+        raise FileNotFoundError(f"no partition {partition}")
+    files = partition_files(partition)
+    current = sample_files(files, cols.all, spec.monitoring.current_sample_rows) if files else \
+        pd.DataFrame(columns=cols.all)
     reference = tracking.load_reference_sample(champion["run_id"])
     if len(reference) > spec.monitoring.reference_sample_rows:
         reference = reference.sample(n=spec.monitoring.reference_sample_rows, random_state=0)
@@ -145,16 +142,26 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
     numeric, categorical = list(cols.numeric), list(cols.categorical)
     (categorical if task.monitored_output_is_categorical else numeric).append(output)
     html = reports_dir / spec.name / "drift" / f"{ds(date)}.html"
-    columns = drift_report(reference, current, numeric, categorical, html,
-                           method=spec.monitoring.method and str(spec.monitoring.method.value),
+    method = spec.monitoring.method and str(spec.monitoring.method.value)
+    columns = drift_report(reference, current, numeric, categorical, html, method=method,
                            threshold=spec.monitoring.column_threshold)
+    rows_current = len(current)
+    if files and scalable(method, False):
+        # the decision reads the whole day; Evidently's report above stays the sample's picture
+        day = column_drift_over_files(reference, files, list(cols.numeric),
+                                      [c for c in cols.categorical if scalable(method, True)], method,
+                                      spec.monitoring.column_threshold)
+        whole = {c.column: c for c in with_missing_value_jumps(day.columns)}
+        columns, rows_current = [whole.get(c.column, c) for c in columns], day.rows
+        log.info("%s %s: %s drift of %d input columns over the whole day (%d rows); the report compares samples of "
+                 "%d and %d rows", spec.name, ds(date), method, len(whole), day.rows, len(current), len(reference))
     inputs = [c for c in columns if c.column != output]
     outputs = [c for c in columns if c.column == output]
     drifted = [c.column for c in inputs if c.drifted]
     share = len(drifted) / len(inputs) if inputs else 0.0
     summary = {
         "model_name": champion["name"], "model_version": str(champion["version"]),
-        "rows_current": len(current), "rows_reference": len(reference),
+        "rows_current": rows_current, "rows_reference": len(reference),
         "columns": len(inputs), "drifted_columns": len(drifted), "drift_share": share,
         "threshold": spec.monitoring.drift_share_threshold,
         "dataset_drift": share >= spec.monitoring.drift_share_threshold,
