@@ -18,6 +18,8 @@ same code at a cluster is a matter of setting the variables below; nothing else 
                            ``0``: a session of its own per task process
 ``MLOPS_MODEL_THREADS``    threads a model may use while it is fitted (OpenMP, BLAS); unset: the
                            library's default (every core)
+``MLOPS_SEARCH_JOBS``      candidates (grid) or trials (Optuna) of a hyperparameter search run at
+                           once, in threads (default 1: one after the other)
 ``MLOPS_SCHEDULE_END``     optional last date the scheduled DAGs may run for (YYYY-MM-DD)
 ``MLOPS_RETRY_DELAY_S``    first retry delay of a failed task, doubled on each retry (default 20)
 ``MLOPS_ONLINE_STORE``     folder of the online feature stores, one SQLite file per use case
@@ -49,6 +51,7 @@ class Settings:
     retry_delay_s: float = 20.0
     spark_shared_session: bool = True
     model_threads: int | None = None
+    search_jobs: int = 1
     online_store: Path | None = None
     serving_poll_s: float = 2.0
 
@@ -71,6 +74,7 @@ class Settings:
             spark_shared_session=(env.get("MLOPS_SPARK_SHARED_SESSION") or "1").strip().lower()
             not in ("0", "false", "no", "off"),
             model_threads=int(env["MLOPS_MODEL_THREADS"]) if env.get("MLOPS_MODEL_THREADS") else None,
+            search_jobs=max(1, int(env.get("MLOPS_SEARCH_JOBS") or 1)),
             online_store=Path(env.get("MLOPS_ONLINE_STORE") or home / "online"),
             serving_poll_s=float(env.get("MLOPS_SERVING_POLL_S") or 2.0),
         )

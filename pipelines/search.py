@@ -33,11 +33,12 @@ class SearchOutcome:
     extra: dict = field(default_factory=dict)
 
 
-def search(spec, pipeline, X: pd.DataFrame, y: np.ndarray, fit_params: dict, cv) -> SearchOutcome:
-    """Search the spec's space by its method; the best pipeline refitted on ``X``."""
+def search(spec, pipeline, X: pd.DataFrame, y: np.ndarray, fit_params: dict, cv, jobs: int = 1) -> SearchOutcome:
+    """Search the spec's space by its method, ``jobs`` candidates at a time; the best pipeline
+    refitted on ``X``."""
     if spec.model.search.method is SearchMethod.OPTUNA:
-        return optuna_search(spec, pipeline, X, y, fit_params, cv)
-    return grid_search(spec, pipeline, X, y, fit_params, cv)
+        return optuna_search(spec, pipeline, X, y, fit_params, cv, jobs)
+    return grid_search(spec, pipeline, X, y, fit_params, cv, jobs)
 
 
 @contextlib.contextmanager
@@ -48,13 +49,17 @@ def _bins_collapse_quietly():
         yield
 
 
-def grid_search(spec, pipeline, X, y, fit_params: dict, cv) -> SearchOutcome:
+def grid_search(spec, pipeline, X, y, fit_params: dict, cv, jobs: int = 1) -> SearchOutcome:
+    """Every candidate of the grid on every fold, ``jobs`` fits at a time in threads (the fits
+    release the GIL in their numeric loops; threads need no worker processes, which would each
+    import scikit-learn again). The outcome does not depend on ``jobs``."""
+    from joblib import parallel_config
     from sklearn.model_selection import GridSearchCV
 
     metric = spec.promotion.metric
     grid = {f"model__{k}": v for k, v in spec.model.search_space.items()}
-    searched = GridSearchCV(pipeline, grid or [{}], scoring=metric.scorer, cv=cv, n_jobs=1, refit=True)
-    with _bins_collapse_quietly():
+    searched = GridSearchCV(pipeline, grid or [{}], scoring=metric.scorer, cv=cv, n_jobs=jobs, refit=True)
+    with _bins_collapse_quietly(), parallel_config(backend="threading"):
         searched.fit(X, y, **fit_params)
     best = {k.removeprefix("model__"): v for k, v in searched.best_params_.items()}
     return SearchOutcome(searched.best_estimator_, best, _in_metric_sign(searched.best_score_, metric),
@@ -74,9 +79,11 @@ def search_trials(searched, metric) -> pd.DataFrame:
     return trials
 
 
-def optuna_search(spec, pipeline, X, y, fit_params: dict, cv) -> SearchOutcome:
+def optuna_search(spec, pipeline, X, y, fit_params: dict, cv, jobs: int = 1) -> SearchOutcome:
     """Optuna (TPE, seeded) over the space: a list is a categorical choice, a range a float or an
-    integer (log-scaled when asked); stops after ``trials`` trials or ``timeout_s`` seconds."""
+    integer (log-scaled when asked); stops after ``trials`` trials or ``timeout_s`` seconds.
+    ``jobs`` trials run at once in threads; then the sampler proposes a trial before the ones
+    running have finished, so the trials depend on timing (with one job they repeat exactly)."""
     import optuna
     from sklearn.base import clone
     from sklearn.model_selection import cross_validate
@@ -101,7 +108,7 @@ def optuna_search(spec, pipeline, X, y, fit_params: dict, cv) -> SearchOutcome:
         return value
 
     started = time.monotonic()
-    study.optimize(objective, n_trials=budget.trials, timeout=budget.timeout_s)
+    study.optimize(objective, n_trials=budget.trials, timeout=budget.timeout_s, n_jobs=jobs)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise RuntimeError(f"{spec.name}: no Optuna trial completed within {budget.timeout_s} s")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipelines.config import settings
 from pipelines.features import feature_columns
 from pipelines.lake import Lake, ds
 from pipelines.model_tasks import ModelTask, finite_or_none
@@ -205,8 +206,6 @@ def model_threads():
 
     from threadpoolctl import threadpool_limits
 
-    from pipelines.config import settings
-
     threads = settings().model_threads
     return threadpool_limits(limits=threads) if threads else contextlib.nullcontext()
 
@@ -234,10 +233,12 @@ def fit_model(spec, frame: pd.DataFrame):
     half_life = spec.training.recency_half_life_days
     # no weights unless they differ: gradient boosting fits about ten times slower with any weights
     fit_params = {"model__sample_weight": recency_weights(frame["ds"], half_life)} if half_life else {}
+    jobs = settings().search_jobs
     with model_threads():
-        outcome = search(spec, make_pipeline(spec), X, y, fit_params, cross_validation(spec))
-    log.info("%s: %s search of %d candidate(s): best params %s (cv %s %.4f)", spec.name, outcome.method.value,
-             len(outcome.trials), outcome.best_params, spec.promotion.metric.value, outcome.cv_score)
+        outcome = search(spec, make_pipeline(spec), X, y, fit_params, cross_validation(spec), jobs)
+    log.info("%s: %s search of %d candidate(s), %d at a time: best params %s (cv %s %.4f)", spec.name,
+             outcome.method.value, len(outcome.trials), jobs, outcome.best_params, spec.promotion.metric.value,
+             outcome.cv_score)
     return outcome
 
 

@@ -82,6 +82,30 @@ def test_optuna_searches_ranges_within_its_trial_budget(small_spec):
     assert outcome.model.predict_proba(X).shape == (len(X), 2)    # refitted on every row
 
 
+@pytest.mark.parametrize("method, trials", [("grid", None), ("optuna", 4)])
+def test_a_search_runs_candidates_at_once_when_given_jobs(small_spec, method, trials):
+    """Two jobs try the same candidates (a grid: the same scores too) and return a refitted model."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    from pipelines.search import search
+
+    raw = small_spec.model.model_dump()
+    raw.update(search={"method": method, **({"trials": trials} if trials else {})},
+               search_space={"C": [0.01, 0.1, 1.0, 10.0]})
+    spec = small_spec.model_copy(update={"model": type(small_spec.model).model_validate(raw)})
+    X, y = _frame()
+    folds = StratifiedKFold(3, shuffle=True, random_state=0)
+    alone, together = (search(spec, _pipeline(LogisticRegression(max_iter=500)), X, y, {}, folds, jobs)
+                       for jobs in (1, 2))
+    assert len(together.trials) == len(alone.trials) == 4
+    if method == "grid":
+        pd.testing.assert_frame_equal(alone.trials[["C", "cv_roc_auc", "rank"]],
+                                      together.trials[["C", "cv_roc_auc", "rank"]])
+        assert together.best_params == alone.best_params
+    assert together.model.predict_proba(X).shape == (len(X), 2)
+
+
 def test_model_card_shows_every_check_table_explanations_and_decision(small_spec):
     from pipelines import gate
     from pipelines.evaluation import Review
