@@ -98,7 +98,9 @@ def _event_aggregates(group, ts: str, date: dt.date) -> tuple[list, dict[str, fl
             elif fn == "avg":
                 expr = F.avg(F.when(inside, F.col(col)))
             elif fn == "count_distinct":
-                expr = F.countDistinct(F.when(inside, F.col(col)))
+                # the size of the set, not countDistinct: Spark plans each distinct aggregate as an
+                # Expand of every row and a second aggregation (four times the rows for three windows)
+                expr = F.size(F.collect_set(F.when(inside, F.col(col))))
             elif fn == "share":
                 hits = F.count(F.when(inside & (F.col(col) == F.lit(agg.value)), F.lit(1)))
                 expr = F.try_divide(hits, F.count(F.when(inside, F.lit(1))))
