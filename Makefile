@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 
-.PHONY: demo test ui serve down status bench bench-serving bench-overhead venv clean stack-up stack-down stack-status stack-demo compose-env
+.PHONY: demo test ui serve down status bench bench-large bench-serving bench-overhead venv clean stack-up stack-down stack-status stack-demo compose-env
 
 demo: venv
 	$(PY) -m scripts.demo
@@ -40,8 +40,11 @@ stack-demo: venv  ## the demo's story on the native production topology
 compose-env: venv  ## .env with fresh secrets for docker-compose.yaml
 	$(PY) -m scripts.compose_env
 
-bench: venv
-	$(PY) -m bench.bench_scoring
+bench: venv  ## every stage against its peer at the small sizes (under 15 minutes); rows in docs/benchmarks.md
+	$(PY) -m bench.suite --size small
+
+bench-large: venv  ## the same at the 10M sizes
+	$(PY) -m bench.suite --size large
 
 bench-serving: venv  ## the scoring service under Locust load against `mlflow models serve`
 	$(PY) -m bench.bench_serving
