@@ -17,12 +17,11 @@ import argparse
 import dataclasses
 import datetime as dt
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench.report import append_row, machine
+from bench.report import append_row, churn_spec, machine, median_seconds
 
 SECTION = "## Features for one date: `build_features` on Spark against DuckDB"
 INTRO = """What it compares: `pipelines.features.build_features` (Spark, the session already started,
@@ -134,9 +133,8 @@ def main() -> None:
     from pipelines.features import build_features, feature_columns
     from pipelines.lake import Lake, read_partition
     from pipelines.spark import get_spark
-    from pipelines.spec import load_spec
 
-    spec = load_spec(os.path.join(os.path.dirname(__file__), "..", "include", "churn"))
+    spec = churn_spec()
     cols = feature_columns(spec)
     with tempfile.TemporaryDirectory() as tmp:
         lake = Lake(Path(tmp) / "lake")
@@ -159,15 +157,8 @@ def main() -> None:
         def duckdb_run():
             con.execute(f"COPY ({query}) TO '{out}' (FORMAT parquet)")
 
-        timings = {}
-        for name, fn in (("spark", spark_run), ("duckdb", duckdb_run)):
-            fn()   # warm-up: file listings, JIT, caches
-            times = []
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t)
-            timings[name] = statistics.median(times)
+        timings = {name: median_seconds(fn, args.repeats)[0]
+                   for name, fn in (("spark", spark_run), ("duckdb", duckdb_run))}
         ours = read_partition(lake.features(spec.name), date)
         same_outputs(ours, pd.read_parquet(out), spec.entity, cols.numeric, cols.categorical)
         spark.stop()

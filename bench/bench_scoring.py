@@ -13,11 +13,10 @@ import argparse
 import datetime as dt
 import os
 import platform
-import statistics
 import tempfile
 import time
 
-from bench.report import append_row
+from bench.report import append_row, churn_spec, median_seconds
 
 SECTION = "## Batch scoring: our scorer against `mlflow.pyfunc.spark_udf`"
 
@@ -38,11 +37,10 @@ def main() -> None:
     from pipelines.model_tasks import ModelTask
     from pipelines.scoring import score_frame
     from pipelines.spark import get_spark
-    from pipelines.spec import load_spec
 
     from bench.synthetic import SyntheticChurn
 
-    spec = load_spec(os.path.join(os.path.dirname(__file__), "..", "include", "churn"))
+    spec = churn_spec()
     cols = feature_columns(spec)
     task = ModelTask.of(spec)
     synthetic = SyntheticChurn(spec)
@@ -81,13 +79,7 @@ def main() -> None:
 
         results = {}
         for name, fn in (("ours", ours), ("mlflow spark_udf", peer), ("in-process", in_process)):
-            fn()  # warm-up: Python workers, broadcast
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            results[name] = args.rows / statistics.median(times)
+            results[name] = args.rows / median_seconds(fn, args.repeats)[0]   # the warm-up starts Python workers
             print(f"{name:22s} {results[name]:>12,.0f} rows/s (median of {args.repeats}, {args.rows:,} rows)")
         ratio = results["ours"] / results["mlflow spark_udf"]
         share = results["ours"] / results["in-process"]

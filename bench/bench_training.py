@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 
-from bench.report import append_row, machine
+from bench.report import append_row, churn_spec, machine
 
 SECTION = "## Training: the search with the cores it is given, and the registry's share"
 INTRO = """What it measures: `pipelines.training.fit_model` (the churn spec's search with its folds,
@@ -89,9 +89,8 @@ def main() -> None:
     command = f".venv/bin/python -m bench.bench_training --rows {args.rows} --repeats {args.repeats}"
 
     from pipelines.features import feature_columns
-    from pipelines.spec import load_spec
 
-    spec = load_spec(os.path.join(os.path.dirname(__file__), "..", "include", "churn"))
+    spec = churn_spec()
     frame = training_frame(spec, args.rows)
     timed_search(spec, frame.head(2_000), 2)   # warm-up: imports, thread pools
     alone, outcome = timed_search(spec, frame, 1)

@@ -11,11 +11,9 @@ the ratio, and appends a dated row to docs/benchmarks.md. Timings only; no pass/
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import time
 
-from bench.report import append_row, machine
+from bench.report import append_row, churn_spec, machine, median_seconds
 
 SECTION = "## Validation of one partition: Great Expectations against plain pandas"
 INTRO = """What it compares: `pipelines.validation.PartitionValidator.check` (Great Expectations 1.x on
@@ -101,13 +99,12 @@ def main() -> None:
     args = parser.parse_args()
     command = f".venv/bin/python -m bench.bench_validation --rows {args.rows} --repeats {args.repeats}"
 
-    from pipelines.lake import Lake
-    from pipelines.spec import load_spec
     import pyarrow as pa
 
+    from pipelines.lake import Lake
     from pipelines.validation import PartitionValidator, frame_for_checks
 
-    spec = load_spec(os.path.join(os.path.dirname(__file__), "..", "include", "churn"))
+    spec = churn_spec()
     validator = PartitionValidator(spec, Lake("/nonexistent"))
     raw = transactions(args.rows)
     frame = frame_for_checks(pa.Table.from_pandas(raw, preserve_index=False))   # as the gate reads a partition
@@ -117,13 +114,7 @@ def main() -> None:
                      # the peer on whichever frame suits it better: text as pandas strings, or as objects
                      ("pandas", lambda: plain_pandas_failures(spec, rules, frame)),
                      ("pandas on objects", lambda: plain_pandas_failures(spec, rules, raw))):
-        fn()   # warm-up
-        times = []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            outcomes[name] = fn()
-            times.append(time.perf_counter() - started)
-        timings[name] = statistics.median(times)
+        timings[name], outcomes[name] = median_seconds(fn, args.repeats)
     assert outcomes["pandas"] == outcomes["pandas on objects"]
     timings["pandas"] = min(timings["pandas"], timings.pop("pandas on objects"))
     if outcomes["gx"] != outcomes["pandas"]:

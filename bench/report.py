@@ -29,3 +29,25 @@ def machine() -> str:
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{os.cpu_count()} cores, {platform.machine()}, {memory:.0f} GiB"
+
+
+def median_seconds(fn, repeats: int):
+    """``fn`` called once to warm up (imports, caches, file listings), then the median seconds of
+    ``repeats`` timed calls, and what the last call returned."""
+    import statistics
+    import time
+
+    fn()
+    times, result = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def churn_spec():
+    """The churn use case's spec, which every benchmark measures."""
+    from pipelines.spec import load_spec
+
+    return load_spec(Path(__file__).resolve().parent.parent / "include" / "churn")
