@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -117,15 +116,16 @@ def _score(method: str, reference: np.ndarray, current: np.ndarray) -> float:
     return float(distance.jensenshannon(reference, current))
 
 
+def _parquet_source(files: list[str]) -> str:
+    """DuckDB's relation over these Parquet files."""
+    return "read_parquet([" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "])"
+
+
 class _Day:
     """The day's partition as a DuckDB relation, and the queries over it."""
 
-    def __init__(self, files: list[str], memory_limit: str | None = None):
-        import duckdb
-
-        self.con = duckdb.connect(config={"threads": 2, **({"memory_limit": memory_limit} if memory_limit else {})})
-        listed = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
-        self.source = f"read_parquet({listed})"
+    def __init__(self, con, files: list[str]):
+        self.con, self.source = con, _parquet_source(files)
 
     def summary(self, numeric: list[str], categorical: list[str]) -> dict:
         """Rows, and per column its non-missing count (finite for numbers) and numeric range.
@@ -170,7 +170,7 @@ class _Day:
 
 
 def column_drift_over_files(reference: pd.DataFrame, files: list[str], numeric: list[str], categorical: list[str],
-                            method: str, threshold: float | None = None, memory_limit: str | None = None) -> DayDrift:
+                            method: str, threshold: float | None = None) -> DayDrift:
     """The drift statistic ``method`` of every column of the Parquet ``files`` (the whole day)
     against ``reference``; columns the method cannot take raise ValueError (see :func:`scalable`).
     A column with no values on the day, but values in the reference, has drifted (a broken input);
@@ -178,25 +178,27 @@ def column_drift_over_files(reference: pd.DataFrame, files: list[str], numeric: 
     threshold = DEFAULT_THRESHOLDS[method] if threshold is None else threshold
     if categorical and not scalable(method, True):
         raise ValueError(f"columns {categorical}: {method} drift is not computed over files for categorical columns")
-    day = _Day(files, memory_limit)
-    summary = day.summary(numeric, categorical)
+    import duckdb
+
     ref_values = {c: _finite(reference[c], c in categorical) for c in numeric + categorical}
-    edges: dict[str, np.ndarray | None] = {}   # None: binned by value
-    keyed: dict[str, str] = {}
-    for c in numeric + categorical:
-        present, low, high = summary[c]
-        if not present or not len(ref_values[c]):
-            continue
-        if c in categorical:
-            edges[c], keyed[c] = None, f"cast({_quote(c)} AS VARCHAR)"
-        elif method != "wasserstein" and len(np.unique(ref_values[c])) <= DISCRETE_MAX_VALUES:
-            edges[c], keyed[c] = None, f"CASE WHEN isfinite({_quote(c)}) THEN {_quote(c)} END"
-        else:
-            edges[c] = _numeric_edges(method, min(low, ref_values[c].min()), max(high, ref_values[c].max()),
-                                      present + len(ref_values[c]))
-            keyed[c] = f"CASE WHEN isfinite({_quote(c)}) THEN {_bin_expression(c, edges[c])} END"
-    counted = day.counts(keyed)
-    day.con.close()
+    with duckdb.connect(config={"threads": 2}) as con:
+        day = _Day(con, files)
+        summary = day.summary(numeric, categorical)
+        edges: dict[str, np.ndarray | None] = {}   # None: counted by value
+        keyed: dict[str, str] = {}
+        for c in numeric + categorical:
+            present, low, high = summary[c]
+            if not present or not len(ref_values[c]):
+                continue
+            if c in categorical:
+                edges[c], keyed[c] = None, f"cast({_quote(c)} AS VARCHAR)"
+            elif method != "wasserstein" and len(np.unique(ref_values[c])) <= DISCRETE_MAX_VALUES:
+                edges[c], keyed[c] = None, f"CASE WHEN isfinite({_quote(c)}) THEN {_quote(c)} END"
+            else:
+                edges[c] = _numeric_edges(method, min(low, ref_values[c].min()), max(high, ref_values[c].max()),
+                                          present + len(ref_values[c]))
+                keyed[c] = f"CASE WHEN isfinite({_quote(c)}) THEN {_bin_expression(c, edges[c])} END"
+        counted = day.counts(keyed)
 
     rows, results = summary["rows"], []
     for c in numeric + categorical:
@@ -239,17 +241,11 @@ def _column_score(method: str, reference: np.ndarray, counts: dict, edges: np.nd
     return _score(method, _percents(ref_counts, len(reference)), _percents(day, present))
 
 
-def partition_files(path: Path) -> list[str]:
-    """The Parquet files of one partition directory."""
-    return sorted(str(p) for p in Path(path).glob("*.parquet"))
-
-
 def sample_files(files: list[str], columns: list[str], rows: int, seed: int = 0) -> pd.DataFrame:
     """At most ``rows`` rows of the Parquet ``files`` drawn at random (the same ones for the same
     seed), read without loading the rest."""
     import duckdb
 
     with duckdb.connect(config={"threads": 1}) as con:   # one thread: a seeded reservoir is repeatable
-        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        return con.execute(f"SELECT {', '.join(_quote(c) for c in columns)} FROM read_parquet([{listed}]) "
+        return con.execute(f"SELECT {', '.join(_quote(c) for c in columns)} FROM {_parquet_source(files)} "
                            f"USING SAMPLE reservoir({int(rows)} ROWS) REPEATABLE ({int(seed)})").df()

@@ -125,12 +125,17 @@ def drop_partition(table: Path, date: dt.date | str) -> bool:
     return True
 
 
-def read_partition(table: Path, date: dt.date | str, columns: list[str] | None = None) -> pd.DataFrame:
-    """One partition as pandas (without the ``ds`` column). Raises FileNotFoundError if absent."""
+def partition_files(table: Path, date: dt.date | str) -> list[str]:
+    """The Parquet files of one partition, in name order. Raises FileNotFoundError if absent."""
     path = Lake.partition(table, date)
     if not path.exists():
         raise FileNotFoundError(f"no partition {path}")
-    files = sorted(str(p) for p in path.glob("*.parquet"))
+    return sorted(str(p) for p in path.glob("*.parquet"))
+
+
+def read_partition(table: Path, date: dt.date | str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One partition as pandas (without the ``ds`` column). Raises FileNotFoundError if absent."""
+    files = partition_files(table, date)
     if not files:
         return pd.DataFrame(columns=columns or [])
     return read_files(files, columns).to_pandas()

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.drift_stats import ColumnDrift, column_drift_over_files, partition_files, sample_files, scalable
+from pipelines.drift_stats import ColumnDrift, column_drift_over_files, sample_files, scalable
 from pipelines.features import feature_columns
-from pipelines.lake import Lake, ds, list_partitions, read_partition, read_table, replace_partition
+from pipelines.lake import Lake, ds, list_partitions, partition_files, read_partition, read_table, replace_partition
 from pipelines.model_tasks import ModelTask, finite_or_none
 
 log = logging.getLogger(__name__)
@@ -127,10 +127,7 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
     from pipelines import tracking
 
     cols, task = feature_columns(spec), ModelTask.of(spec)
-    partition = Lake.partition(lake.features(spec.name), date)
-    if not partition.exists():
-        raise FileNotFoundError(f"no partition {partition}")
-    files = partition_files(partition)
+    files = partition_files(lake.features(spec.name), date)
     current = sample_files(files, cols.all, spec.monitoring.current_sample_rows) if files else \
         pd.DataFrame(columns=cols.all)
     reference = tracking.load_reference_sample(champion["run_id"])

@@ -53,8 +53,8 @@ def make_scorer(model, columns: list[str], task: ModelTask):
 def score_frame(frame, model, columns: list[str], task: ModelTask, constants: dict):
     """``frame`` (the entity, the feature ``columns`` and ``ds``) scored as rows of the inference
     table: a pandas UDF over the features' struct, the entity, the constants and ``ds`` added
-    by Spark. Only the features cross to Python and only the outputs come back, which makes it
-    about 1.5 times as fast as handing whole rows to ``mapInPandas``."""
+    by Spark. Only the features cross to Python and only the outputs come back (8-10% faster
+    than handing whole rows to ``mapInPandas``, on the same 300,000 cached rows)."""
     from pyspark.sql import functions as F
 
     outputs = ", ".join(f"`{name}` {kind}" for name, kind in task.output_columns.items())

@@ -20,7 +20,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines.lake import Lake, drop_partition, ds, partition_rows, read_files, replace_partition, write_json
+from pipelines.lake import (Lake, drop_partition, ds, partition_files, partition_rows, read_files,
+                           replace_partition, write_json)
 from pipelines.spec import SourceKind
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class PartitionValidator:
         if not raw_path.exists():
             return SourceReport(source, ds(date), 0, False,
                                 [RuleFailure("raw partition present", None, f"nothing delivered at {raw_path}")])
-        files = sorted(str(p) for p in raw_path.glob("*.parquet"))
+        files = partition_files(self.lake.raw(self.spec.name, source), date)
         clean = self.lake.clean(self.spec.name, source)
         try:
             table = read_files(files)
