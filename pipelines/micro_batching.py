@@ -2,8 +2,8 @@
 
 A scikit-learn pipeline's cost for one row is nearly all fixed overhead (input checks, the column
 transformer, the predictor's set-up): the churn pipeline takes about 5 ms for 1 row and about the
-same for 64. Under load the service's request threads hand their records to one
-:class:`MicroBatcher` per served model; its thread takes every request waiting (up to ``max_rows``
+same for 64. Under load the service's requests hand their records to one :class:`MicroBatcher`
+per served model (:meth:`MicroBatcher.submit` returns at once with a future); its thread takes every request waiting (up to ``max_rows``
 records, after waiting ``max_wait_ms`` for more to arrive), scores them in one call and gives each
 request its own outputs back. At low traffic a request is scored alone with no wait; the busier the
 service, the larger the batches, so throughput grows with load instead of collapsing.
@@ -44,7 +44,8 @@ class BatchStats:
 class MicroBatcher:
     """Calls ``score(records) -> outputs`` (lists, one output per record, in order) on the
     records of concurrent :meth:`__call__` callers together, from one daemon thread.
-    ``max_rows <= 1`` turns batching off (each caller scores on its own thread)."""
+    ``max_rows <= 1`` turns batching off (each request is a call of its own, still on the
+    batcher's thread: the caller may be an event loop, which must not score)."""
 
     def __init__(self, score: Callable[[list], list], max_rows: int = 256,
                  max_wait_ms: float = 0.0, name: str = "model", on_start: Callable[[], None] | None = None):
@@ -58,6 +59,13 @@ class MicroBatcher:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
+    @classmethod
+    def inline(cls, score: Callable[[list], list], name: str = "model") -> "MicroBatcher":
+        """A batcher that scores on the caller's thread (no thread of its own, no batching)."""
+        batcher = cls(score, max_rows=1, name=name)
+        batcher.close()
+        return batcher
+
     def __call__(self, records: list) -> list:
         """These records' outputs; raises what scoring them alone raises."""
         return self.submit(records).result()
@@ -65,7 +73,7 @@ class MicroBatcher:
     def submit(self, records: list) -> BatchFuture:
         """The future of these records' outputs (for callers that do not wait for them)."""
         done = BatchFuture()
-        if self.max_rows <= 1 or self._closed or len(records) >= self.max_rows:
+        if self._closed:   # a late request for a model no longer served: scored here, once
             self._resolve(records, done)
             return done
         self._ensure_thread()
@@ -73,7 +81,8 @@ class MicroBatcher:
         return done
 
     def close(self) -> None:
-        """Stop the thread once the waiting requests are scored; later calls score inline."""
+        """Stop the thread once the waiting requests are scored; later calls score on the caller's
+        thread."""
         self._closed = True
         if self._thread is not None:
             self._queue.put(_CLOSE)
@@ -91,7 +100,7 @@ class MicroBatcher:
         first, self._carry = (self._carry, None) if self._carry is not None else (self._queue.get(), None)
         if first is _CLOSE:
             return [], True
-        batch, rows = [first], len(first[0])
+        batch, rows = [first], len(first[0])   # a request larger than max_rows is a batch of its own
         deadline = time.monotonic() + self.max_wait_s
         while rows < self.max_rows:
             try:

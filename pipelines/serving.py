@@ -9,6 +9,11 @@ counted. Predictions are the batch scorer's (:meth:`ModelTask.outputs` on the sa
 concurrent requests' records are scored together by one call per model
 (:mod:`pipelines.micro_batching`, ``deployment.batching``).
 
+Models score in a process of their own beside the HTTP server (:mod:`pipelines.model_process`,
+``deployment.model_process``), so scoring and serving do not share one interpreter lock; the
+request path is asynchronous (:meth:`ModelServer.answer` awaits its batch), so the server's
+event loop keeps taking requests in while a batch is scored.
+
 Records are checked against the served version's MLflow signature (every input column, each
 of its type; missing values allowed: the pipeline imputes them), so a malformed record gets a
 422 that names the field and the problem. In ``entity`` input mode a request names entities and
@@ -20,8 +25,10 @@ request's path.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
+import itertools
 import gc
 import logging
 import threading
@@ -102,8 +109,9 @@ class ServedModel:
     inputs: dict[str, str]       # signature: column -> MLflow type
     loaded_at: float
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
-    batcher: object = None       # micro_batching.MicroBatcher of its outputs (None: score inline)
+    batcher: object = None       # micro_batching.MicroBatcher of its outputs (None: score on a worker thread)
     shadow_batcher: object = None   # the same for shadow scoring, with a longer wait
+    key: str | None = None       # its name in the model process (None: it scores in this process)
 
     def close(self) -> None:
         """Stop its batchers' threads (a late request scores inline)."""
@@ -209,6 +217,8 @@ class ModelServer:
         self.last_error: str | None = None
         self.reloads = {"loaded": 0, "failed": 0}
         self._failed: set[str] = set()
+        self.model_process = None   # model_process.ModelProcess, started with the first version loaded
+        self._keys = itertools.count(1)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()   # one load at a time
@@ -268,8 +278,9 @@ class ModelServer:
             inputs = signature_inputs(ref.uri)
             if not inputs:
                 raise ValueError(f"{ref.uri} has no signature; the service cannot check records against it")
-            example = pd.DataFrame([{c: (0.0 if TYPES.get(k) in (float, int) else None) for c, k in inputs.items()}])
-            self.task.outputs(model, example)   # it answers before it serves
+            example = [{c: (0.0 if TYPES.get(k) in (float, int) else None) for c, k in inputs.items()}]
+            self.task.outputs(model, records_frame(example, inputs))   # it answers before it serves
+            key = self._to_model_process(version, model, inputs, example)
         except Exception as exc:   # noqa: BLE001 - whatever breaks the new version, the old one keeps serving
             self.reloads["failed"] += 1
             self.last_error = f"v{version}: {type(exc).__name__}: {exc}"
@@ -281,12 +292,26 @@ class ModelServer:
         self.reloads["loaded"] += 1
         self.last_error = None
         batching = self.spec.deployment.batching
-        score = functools.partial(self.outputs, model, inputs)
+        score = (functools.partial(self.model_process.score, key) if key else
+                 functools.partial(self.outputs, model, inputs))
         name = f"{self.spec.name}-v{version}"
         return ServedModel(ref, model, inputs, time.time(), CircuitBreaker.of(self.spec),
                            MicroBatcher(score, batching.max_rows, batching.max_wait_ms, name, one_openmp_thread),
                            MicroBatcher(score, max(batching.max_rows, 1024), batching.shadow_wait_ms,
-                                        f"{name}-shadow", one_openmp_thread))
+                                        f"{name}-shadow", one_openmp_thread), key)
+
+    def _to_model_process(self, version: str, model, inputs: dict[str, str], example: list[dict]) -> str | None:
+        """Hand a loaded version to the model process (started on first use); its key there, or
+        None when the spec scores in this process (``deployment.model_process: false``)."""
+        if not self.spec.deployment.model_process:
+            return None
+        from pipelines.model_process import ModelProcess
+
+        if self.model_process is None:
+            self.model_process = ModelProcess(self.spec.name)
+        key = f"v{version}-{next(self._keys)}"
+        self.model_process.load(key, model, inputs, self.task, example)   # raises what scoring there raises
+        return key
 
     def _retire(self, held: list[ServedModel | None]) -> None:
         """Stop the batchers of the models in ``held`` that are no longer served."""
@@ -294,6 +319,8 @@ class ModelServer:
         for served in held:
             if served is not None and id(served) not in kept:
                 served.close()
+                if served.key and self.model_process is not None:
+                    self.model_process.unload(served.key)
 
     def start(self) -> "ModelServer":
         """Load the current version (if any) and watch the registry in a background thread."""
@@ -312,6 +339,8 @@ class ModelServer:
         for served in (self.current, self.previous, self.candidate):
             if served is not None:
                 served.close()
+        if self.model_process is not None:
+            self.model_process.close()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -330,10 +359,11 @@ class ModelServer:
         """A model's outputs for checked records, as JSON-ready dicts (one frame for them all)."""
         return to_json_rows(self.task.outputs(model, records_frame(records, inputs)))
 
-    def score(self, served: ServedModel | None, records: list[dict], role: str = "model",
-              last_resort: bool = False) -> Answer:
+    async def score(self, served: ServedModel | None, records: list[dict], role: str = "model",
+                    last_resort: bool = False) -> Answer:
         """One model's answer for ``records`` (through its micro-batcher and its circuit breaker,
-        unless it is the ``last_resort``: a slow answer beats none); never raises."""
+        unless it is the ``last_resort``: a slow answer beats none); never raises. The caller's
+        event loop is free while the batch is scored."""
         if served is None:
             return Answer(None, None, 0.0, f"no {role} loaded" + (f" ({self.last_error})" if self.last_error else ""))
         if not served.breaker.allow() and not last_resort:
@@ -341,8 +371,8 @@ class ModelServer:
                                               f"failed or slow answers in a row")
         started = time.perf_counter()
         try:
-            outputs = (served.batcher(records) if served.batcher is not None else
-                       self.outputs(served.model, served.inputs, records))
+            outputs = await (asyncio.wrap_future(served.batcher.submit(records)) if served.batcher is not None else
+                             asyncio.to_thread(self.outputs, served.model, served.inputs, records))
         except Exception as exc:   # noqa: BLE001 - the caller falls back and logs why
             served.breaker.record(False)
             log.warning("%s: v%s failed to score %d record(s): %s: %s", self.spec.name, served.ref.version,
@@ -358,9 +388,11 @@ class ModelServer:
         """Score ``records`` for the shadow log without waiting: ``then(answer)`` runs once its
         batch is scored (on the batcher's thread). The answer's ``model_ms`` is its batch's scoring
         time, without the wait. Shadow answers leave the circuit breaker alone: nobody waits for them."""
-        if served is None or served.shadow_batcher is None:
-            then(self.score(served, records, role))
+        if served is None:
+            then(Answer(None, None, 0.0, f"no {role} loaded"))
             return
+        batcher = served.shadow_batcher or MicroBatcher.inline(functools.partial(self.outputs, served.model,
+                                                                                 served.inputs))
 
         def scored(future) -> None:
             try:
@@ -372,18 +404,18 @@ class ModelServer:
             except Exception:   # noqa: BLE001 - a shadow's bookkeeping must not end the batcher's thread
                 log.exception("%s: logging a shadow answer of v%s failed", self.spec.name, served.ref.version)
 
-        served.shadow_batcher.submit(records).add_done_callback(scored)
+        batcher.submit(records).add_done_callback(scored)
 
-    def answer(self, records: list[dict]) -> Answer:
+    async def answer(self, records: list[dict]) -> Answer:
         """The champion's answer, else the previous champion's, else the spec's fallback answer
         (:class:`NotReady` when there is none of those). With nothing to fall back on, the
         champion answers even with its circuit open: overload makes it slow, not absent."""
         alone = self.previous is None and not self.spec.deployment.fallback   # nothing to fall back on
-        first = self.score(self.current, records, "champion", last_resort=alone)
+        first = await self.score(self.current, records, "champion", last_resort=alone)
         if first.outputs is not None:
             return first
         if self.previous is not None:
-            second = self.score(self.previous, records, "previous champion")
+            second = await self.score(self.previous, records, "previous champion")
             if second.outputs is not None:
                 return Answer(second.served, second.outputs, second.model_ms, first.error)
         default = self.spec.deployment.fallback

@@ -497,6 +497,7 @@ class DeploymentSpec(_Section):
     budgets: RolloutBudgets = RolloutBudgets()
     circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()
     batching: BatchingSpec = BatchingSpec()
+    model_process: bool = True   # models score in a process of their own beside the HTTP server (false: in it)
     fallback: dict[str, float | int | str] | None = None   # the answer when no model can (e.g. {score: 0.0, prediction: 0})
     load_test: LoadTestSpec = LoadTestSpec()
 

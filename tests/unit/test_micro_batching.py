@@ -72,18 +72,34 @@ def test_a_failing_batch_fails_only_the_request_that_broke_it():
     batcher.close()
 
 
-def test_batching_off_or_closed_scores_on_the_callers_thread():
+def test_batching_off_scores_each_request_alone_off_the_callers_thread_and_closed_scores_on_it():
     seen = []
 
     def score(records):
-        seen.append(threading.current_thread().name)
+        seen.append((threading.current_thread().name, len(records)))
         return [{"y": r["x"]} for r in records]
 
-    off = MicroBatcher(score, max_rows=1)
-    assert off([{"x": 4}]) == [{"y": 4}] and seen == [threading.current_thread().name] and off._thread is None
+    scorer = Scorer()
+    off = MicroBatcher(scorer, max_rows=1, name="off")
+    first, futures = _queue_behind_a_busy_batch(off, scorer, [[{"x": 1}], [{"x": 2}], [{"x": 3}, {"x": 4}]])
+    assert [f.result(10) for f in futures] == [[{"y": 2}], [{"y": 4}], [{"y": 6}, {"y": 8}]]
+    assert scorer.calls == [1, 1, 1, 2], "one call per request, a request larger than max_rows whole"
+    off.close()
     closed = MicroBatcher(score, max_rows=10)
     closed.close()
-    assert closed([{"x": 5}]) == [{"y": 5}] and seen[-1] == threading.current_thread().name
+    assert closed([{"x": 5}]) == [{"y": 5}] and seen == [(threading.current_thread().name, 1)]
+    inline = MicroBatcher.inline(score)
+    assert inline.submit([{"x": 6}]).result(0) == [{"y": 6}] and inline._thread is None
+
+
+def test_submit_returns_before_the_batch_is_scored():
+    scorer = Scorer()
+    batcher = MicroBatcher(scorer, max_rows=100)
+    future = batcher.submit([{"x": 7}])
+    assert scorer.entered.wait(10) and not future.done(), "the caller was not held while its batch scored"
+    scorer.release.set()
+    assert future.result(10) == [{"y": 14}] and future.model_ms > 0
+    batcher.close()
 
 
 def test_shadow_answers_arrive_without_waiting_with_their_batch_time_and_errors(small_spec):

@@ -2,6 +2,7 @@
 record from request-log rows, the circuit breaker, and the spec's steps."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pandas as pd
@@ -233,10 +234,10 @@ def test_with_nothing_to_fall_back_on_the_champion_answers_even_with_its_circuit
         {"score": model.predict_proba(frame)[:, 1]}, index=frame.index), output_columns={"score": "double"})
     records = [{"x": 1.0}, {"x": 2.0}]
     server.current = served("2", 0.9)
-    got = server.answer(records)
+    got = asyncio.run(server.answer(records))
     assert got.served.ref.version == "2" and got.error is None
     assert server.current.breaker.allow()     # an answer in budget closed it again
     server.current, server.previous = served("2", 0.9), served("1", 0.2)
     server.previous.breaker.record(True, 1)   # closed
-    got = server.answer(records)
+    got = asyncio.run(server.answer(records))
     assert got.served.ref.version == "1" and "circuit open" in got.error

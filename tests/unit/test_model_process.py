@@ -1,0 +1,72 @@
+"""The model process: versions are scored in a process of their own, give the same outputs as in
+the service's process, a version that cannot score is refused, and a process that dies is replaced
+with every version it held."""
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from pipelines.model_process import ModelProcess
+from pipelines.model_tasks import ModelTask
+from pipelines.spec import TaskType
+from pipelines.serving import records_frame, to_json_rows
+
+INPUTS = {"x": "double", "z": "double"}
+
+
+def _model(shift: float):
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"x": rng.normal(size=200), "z": rng.normal(size=200)})
+    return make_pipeline(SimpleImputer(), LogisticRegression()).fit(X, (X["x"] + shift > 0).astype(int))
+
+
+class Broken:
+    """Unpickles fine, fails to score."""
+
+    def predict_proba(self, frame):
+        raise ValueError("this model cannot score")
+
+
+@pytest.fixture
+def process():
+    models = ModelProcess("test", timeout_s=30)
+    yield models
+    models.close()
+
+
+def test_versions_score_there_as_they_score_here_and_are_dropped_when_unloaded(process):
+    task = ModelTask(TaskType.BINARY, (0, 1), 0.5)
+    records = [{"x": 0.3, "z": -1.0}, {"x": -2.0, "z": None}, {"x": None, "z": 0.0}]
+    one, two = _model(0.0), _model(1.5)
+    process.load("v1", one, INPUTS, task, records)
+    process.load("v2", two, INPUTS, task, records)
+    assert process.pid is not None and process.pid != os.getpid()
+    for key, model in (("v1", one), ("v2", two)):
+        assert process.score(key, records) == to_json_rows(task.outputs(model, records_frame(records, INPUTS)))
+    assert process.score("v1", records) != process.score("v2", records)
+    process.unload("v1")
+    with pytest.raises(KeyError):
+        process.score("v1", records)
+
+
+def test_a_version_that_cannot_score_is_refused_with_its_error(process):
+    task = ModelTask(TaskType.BINARY, (0, 1), 0.5)
+    with pytest.raises(ValueError, match="cannot score"):
+        process.load("broken", Broken(), INPUTS, task, [{"x": 1.0, "z": 1.0}])
+    with pytest.raises(KeyError):
+        process.score("broken", [{"x": 1.0, "z": 1.0}])
+
+
+def test_a_process_that_dies_is_replaced_with_every_version_it_held(process):
+    task = ModelTask(TaskType.BINARY, (0, 1), 0.5)
+    records = [{"x": 0.5, "z": 0.5}]
+    process.load("v1", _model(0.0), INPUTS, task, records)
+    before, first = process.pid, process.score("v1", records)
+    os.kill(before, signal.SIGKILL)
+    assert process.score("v1", records) == first, "the call that found it dead was answered by the new one"
+    assert process.pid not in (None, before) and process.restarts == 1
