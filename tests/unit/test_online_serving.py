@@ -37,6 +37,11 @@ def test_the_store_holds_the_newest_date_and_finds_entities_in_order(small_spec,
     found, missing = lookup(path, small_spec.entity, ["d", "zz", "a"], ["txn_count_7d", "segment"])
     assert [r[small_spec.entity] for r in found] == ["d", "a"] and missing == ["zz"]
     assert all(r["txn_count_7d"] == 2.0 and r["segment"] == "retail" for r in found)
+    replace_partition(table, "2026-01-12", _features(small_spec, ["a", "e"], 3.0))
+    assert refresh(small_spec, lake, dt.date(2026, 1, 12), path)["refreshed"]
+    found, missing = lookup(path, small_spec.entity, ["e", "d"], ["txn_count_7d"])   # same thread, same path
+    assert [r[small_spec.entity] for r in found] == ["e"] and found[0]["txn_count_7d"] == 3.0 and missing == ["d"], \
+        "the lookup after a refresh reads the new file, not the one it kept open"
     assert not list(path.parent.glob(".*.tmp")), "no staging file is left behind"
     with pytest.raises(sqlite3.OperationalError):   # readers open it read-only
         sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("delete from features")
