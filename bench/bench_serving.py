@@ -161,7 +161,8 @@ INTRO = """
 What it compares: our scoring service (`mlops serve`, FastAPI + uvicorn) answering single-record
 requests by entity id, its features read from the online store, against `mlflow models serve`
 of the same registered version answering the same entity's feature row sent in full. Locust
-(headless, on the same machine) offers a constant request rate; both run one worker. Reported:
+(headless, on the same machine) offers a steady request rate (each user paced at a phase of its
+own); both run the same number of workers (`--workers`). Reported:
 achieved throughput, p50 and p99 latency as Locust measures them, failed requests, and the ratios
 (throughput ours / MLflow; p99 MLflow / ours: above 1 means ours is faster).
 

@@ -17,7 +17,8 @@ the versions loaded again; the call that found it gone is tried once more on the
 
 The service runs two: one for the answers requests wait for, one for shadow scoring
 (:meth:`pipelines.serving.ModelServer.score_in_shadow`), whose large batches would otherwise hold
-up the answers behind them (at 200 requests/s they added half to the p99).
+up the answers behind them (at 200 requests/s they added half to the p99). The shadow one runs at
+a lower CPU priority (niceness +10): nobody waits for its answers.
 """
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ class ModelProcessLost(RuntimeError):
 class ModelProcess:
     """The service's handle on its model process; thread-safe (one call at a time)."""
 
-    def __init__(self, name: str = "model", timeout_s: float = 60.0):
+    def __init__(self, name: str = "model", timeout_s: float = 60.0, niceness: int = 0):
         self.name, self.timeout_s = name, timeout_s
+        self.niceness = niceness   # added to the process's niceness: a lower CPU priority
         self.restarts = 0
         self._held: dict[str, tuple[bytes, dict, object]] = {}   # key -> what load sent: sent again after a restart
         self._lock = threading.Lock()
@@ -120,7 +122,8 @@ class ModelProcess:
 
         context = multiprocessing.get_context("spawn")   # never fork a process with threads
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=serve, args=(child,), name=f"{self.name}-models", daemon=True)
+        self._process = context.Process(target=serve, args=(child, self.niceness), name=f"{self.name}-models",
+                                        daemon=True)
         self._process.start()
         child.close()
         for key, (blob, inputs, task) in self._held.items():   # a replacement: everything held, again
@@ -150,10 +153,14 @@ class ModelProcess:
 
 
 # ---------------------------------------------------------------------- in the model process
-def serve(conn) -> None:
+def serve(conn, niceness: int = 0) -> None:
     """The model process's loop: one request at a time from the service, until the pipe closes."""
+    import os
+
     from threadpoolctl import threadpool_limits
 
+    if niceness:
+        os.nice(niceness)
     threadpool_limits(1)   # one core's work at a time: the HTTP process has the other one
     held: dict[str, _Loaded] = {}
     while True:

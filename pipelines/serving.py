@@ -324,7 +324,7 @@ class ModelServer:
 
         with self._lock_shadow:
             if self.shadow_process is None:
-                self.shadow_process = ModelProcess(f"{self.spec.name}-shadow")
+                self.shadow_process = ModelProcess(f"{self.spec.name}-shadow", niceness=10)   # nobody waits
             process = self.shadow_process
         if not process.holds(key):
             process.load(key, model, inputs, self.task, None)

@@ -70,3 +70,12 @@ def test_a_process_that_dies_is_replaced_with_every_version_it_held(process):
     os.kill(before, signal.SIGKILL)
     assert process.score("v1", records) == first, "the call that found it dead was answered by the new one"
     assert process.pid not in (None, before) and process.restarts == 1
+
+
+def test_a_lower_priority_process_runs_at_the_niceness_asked():
+    low = ModelProcess("shadow", timeout_s=30, niceness=5)
+    try:
+        low.load("v1", _model(0.0), INPUTS, ModelTask(TaskType.BINARY, (0, 1), 0.5), [{"x": 0.0, "z": 0.0}])
+        assert os.getpriority(os.PRIO_PROCESS, low.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
+    finally:
+        low.close()
