@@ -56,6 +56,7 @@ class ModelProcess:
         self._held: dict[str, tuple[bytes, dict, object]] = {}   # key -> what load sent: sent again after a restart
         self._lock = threading.Lock()
         self._process = self._conn = None
+        self._closed = False
 
     # ------------------------------------------------------------------ calls
     def load(self, key: str, model, inputs: dict, task, example: list[dict] | None) -> None:
@@ -84,7 +85,10 @@ class ModelProcess:
                     log.warning("%s: unloading %s: %s", self.name, key, exc)
 
     def close(self) -> None:
+        """Stop the process; later calls raise :class:`ModelProcessLost` (a late batch of a
+        service shutting down) instead of starting another one."""
         with self._lock:
+            self._closed = True
             self._stop()
             self._held.clear()
 
@@ -94,6 +98,8 @@ class ModelProcess:
 
     # ------------------------------------------------------------------ the pipe
     def _call(self, op: str, *args, retry: bool = True):
+        if self._closed:
+            raise ModelProcessLost(f"{self.name}: the model process was closed")
         if self._process is None:
             self._start()
         try:

@@ -11,7 +11,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from pipelines.model_process import ModelProcess
+from pipelines.model_process import ModelProcess, ModelProcessLost
 from pipelines.model_tasks import ModelTask
 from pipelines.spec import TaskType
 from pipelines.serving import records_frame, to_json_rows
@@ -52,6 +52,19 @@ def test_versions_score_there_as_they_score_here_and_are_dropped_when_unloaded(p
     process.unload("v1")
     with pytest.raises(KeyError):
         process.score("v1", records)
+    pid = process.pid
+    process.close()
+    with pytest.raises(ModelProcessLost, match="closed"):
+        process.score("v2", records)
+    assert process.pid is None and not _alive(pid), "closed means stopped, and no new process"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_version_that_cannot_score_is_refused_with_its_error(process):
