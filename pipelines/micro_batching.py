@@ -80,6 +80,11 @@ class MicroBatcher:
         self._queue.put((records, done))
         return done
 
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until every request submitted before this call is scored and its callbacks ran
+        (an empty request queued behind them; batches keep their order)."""
+        self.submit([]).result(timeout)
+
     def close(self) -> None:
         """Stop the thread once the waiting requests are scored; later calls score on the caller's
         thread."""
@@ -129,6 +134,10 @@ class MicroBatcher:
             self._resolve(*batch[0])
             return
         combined = [record for records, _ in batch for record in records]
+        if not combined:   # nothing but drain markers
+            for _, done in batch:
+                done.set_result([])
+            return
         started = time.perf_counter()
         try:
             outputs = self.score(combined)
@@ -148,6 +157,9 @@ class MicroBatcher:
             start += len(records)
 
     def _resolve(self, records: list, done: BatchFuture) -> None:
+        if not records:   # a drain marker
+            done.set_result([])
+            return
         started = time.perf_counter()
         try:
             outputs = self.score(records)

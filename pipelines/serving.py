@@ -314,21 +314,35 @@ class ModelServer:
             self.model_process = ModelProcess(self.spec.name)
         key = f"v{version}-{next(self._keys)}"
         self.model_process.load(key, model, inputs, self.task, example)   # raises what scoring there raises
+        from pipelines.spec import Strategy
+
+        if self.follow_rollout and self.spec.deployment.strategy is not Strategy.DIRECT:
+            self._shadow_process().load(key, model, inputs, self.task, None)   # ready before a shadow needs it
         return key
 
-    def _score_in_shadow_process(self, key: str, model, inputs: dict[str, str], records: list[dict]) -> list[dict]:
-        """Shadow batches score in a second model process: a shadow batch (hundreds of records,
-        gathered for ``shadow_wait_ms``) never holds up the answers requests wait for. A version
-        is sent there with its first shadow batch."""
+    def _shadow_process(self):
         from pipelines.model_process import ModelProcess
 
         with self._lock_shadow:
             if self.shadow_process is None:
                 self.shadow_process = ModelProcess(f"{self.spec.name}-shadow", niceness=10)   # nobody waits
-            process = self.shadow_process
+            return self.shadow_process
+
+    def _score_in_shadow_process(self, key: str, model, inputs: dict[str, str], records: list[dict]) -> list[dict]:
+        """Shadow batches score in a second model process: a shadow batch (hundreds of records,
+        gathered for ``shadow_wait_ms``) never holds up the answers requests wait for. Under a
+        rollout strategy every version is sent there when it loads: starting the process and
+        loading it on the first shadow batch took seconds, counted as that batch's scoring time."""
+        process = self._shadow_process()
         if not process.holds(key):
             process.load(key, model, inputs, self.task, None)
         return process.score(key, records)
+
+    def drain_shadows(self, timeout: float = 60.0) -> None:
+        """Wait until every shadow request submitted so far is scored and logged."""
+        for served in (self.current, self.previous, self.candidate):
+            if served is not None and served.shadow_batcher is not None:
+                served.shadow_batcher.drain(timeout)
 
     def _retire(self, held: list[ServedModel | None]) -> None:
         """Stop the batchers of the models in ``held`` that are no longer served."""

@@ -43,6 +43,7 @@ def _send(http, app, records) -> list[dict]:
         answer = http.post(f"/v1/{UC}/predict", json={"records": [record]})
         assert answer.status_code == 200, answer.text
         answers.append(answer.json()["predictions"][0])
+    app.state.server.drain_shadows()   # shadow answers are logged once their batch is scored
     app.state.request_log.flush()
     return answers
 

@@ -92,6 +92,24 @@ def test_batching_off_scores_each_request_alone_off_the_callers_thread_and_close
     assert inline.submit([{"x": 6}]).result(0) == [{"y": 6}] and inline._thread is None
 
 
+def test_drain_returns_once_every_earlier_request_is_scored_and_its_callback_ran():
+    import time
+
+    logged = []
+
+    def score(records):
+        time.sleep(0.05)
+        return [{"y": r["x"]} for r in records]
+
+    batcher = MicroBatcher(score, max_rows=100, max_wait_ms=300)   # a shadow's long wait
+    for i in range(5):
+        batcher.submit([{"x": i}]).add_done_callback(lambda f: logged.append(f.result()[0]["y"]))
+    batcher.drain(10)
+    assert sorted(logged) == [0, 1, 2, 3, 4]
+    assert batcher.stats.rows == 5, "the drain marker scored nothing"
+    batcher.close()
+
+
 def test_submit_returns_before_the_batch_is_scored():
     scorer = Scorer()
     batcher = MicroBatcher(scorer, max_rows=100)
