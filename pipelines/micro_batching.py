@@ -3,9 +3,9 @@
 A scikit-learn pipeline's cost for one row is nearly all fixed overhead (input checks, the column
 transformer, the predictor's set-up): the churn pipeline takes about 5 ms for 1 row and about the
 same for 64. Under load the service's requests hand their records to one :class:`MicroBatcher`
-per served model (:meth:`MicroBatcher.submit` returns at once with a future); its thread takes every request waiting (up to ``max_rows``
-records, after waiting ``max_wait_ms`` for more to arrive), scores them in one call and gives each
-request its own outputs back. At low traffic a request is scored alone with no wait; the busier the
+per served model (:meth:`MicroBatcher.submit` returns at once with a future); its thread takes
+every request waiting (up to ``max_rows`` records, after waiting ``max_wait_ms`` for more to
+arrive), scores them in one call and gives each request its own outputs back. At low traffic a request is scored alone with no wait; the busier the
 service, the larger the batches, so throughput grows with load instead of collapsing.
 
 A batch that fails is scored again one request at a time, so a request gets its own error and

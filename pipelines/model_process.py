@@ -22,7 +22,6 @@ a lower CPU priority (niceness +10): nobody waits for its answers.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import pickle
 import threading
@@ -186,13 +185,13 @@ def serve(conn, niceness: int = 0) -> None:
 
 
 def _load(held: dict, key: str, blob: bytes, inputs: dict, task, example: list[dict] | None) -> int:
+    from pipelines.serving import calm_garbage_collector
+
     loaded = _Loaded(pickle.loads(blob), inputs, task)
     if example is not None:
         _score_with(loaded, example)   # it answers here before it serves
     held[key] = loaded
-    gc.collect()
-    gc.freeze()   # models and libraries are long-lived: keep them out of later collections
-    gc.set_threshold(50_000, 20, 100)
+    calm_garbage_collector()   # models and libraries are long-lived: keep them out of later collections
     return len(held)
 
 
@@ -206,9 +205,9 @@ def _unload(held: dict, key: str) -> int:
 
 
 def _score_with(loaded: _Loaded, records: list[dict]) -> list[dict]:
-    from pipelines.serving import records_frame, to_json_rows
+    from pipelines.serving import score_records
 
-    return to_json_rows(loaded.task.outputs(loaded.model, records_frame(records, loaded.inputs)))
+    return score_records(loaded.task, loaded.model, loaded.inputs, records)
 
 
 _OPS = {"load": _load, "score": _score, "unload": _unload}

@@ -7,7 +7,8 @@ The daily DAG refreshes it after ``build_features``. A refresh writes a new file
 one and swaps it in by rename: a reader sees the old store or the new one, never a half-written
 one, and any number of service workers read it at once (read-only). A lookup keeps the file
 open for the next one on its thread (opening it cost half of a lookup's time under load) and opens
-the new file once a refresh has swapped it in. A refresh for a date older than the store's (a backfill) leaves it as it is.
+the new file once a refresh has swapped it in. A refresh for a date older than the store's (a
+backfill) leaves it as it is.
 """
 from __future__ import annotations
 

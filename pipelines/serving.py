@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import itertools
 import gc
+import itertools
 import logging
 import threading
 import time
@@ -281,8 +281,9 @@ class ModelServer:
             if not inputs:
                 raise ValueError(f"{ref.uri} has no signature; the service cannot check records against it")
             example = [{c: (0.0 if TYPES.get(k) in (float, int) else None) for c, k in inputs.items()}]
-            self.task.outputs(model, records_frame(example, inputs))   # it answers before it serves
-            key = self._to_model_process(version, model, inputs, example)
+            key = self._to_model_process(version, model, inputs, example)   # tested there: it answers before it serves
+            if key is None:
+                self.outputs(model, inputs, example)   # tested here
         except Exception as exc:   # noqa: BLE001 - whatever breaks the new version, the old one keeps serving
             self.reloads["failed"] += 1
             self.last_error = f"v{version}: {type(exc).__name__}: {exc}"
@@ -306,16 +307,15 @@ class ModelServer:
     def _to_model_process(self, version: str, model, inputs: dict[str, str], example: list[dict]) -> str | None:
         """Hand a loaded version to the model process (started on first use); its key there, or
         None when the spec scores in this process (``deployment.model_process: false``)."""
+        from pipelines.model_process import ModelProcess
+        from pipelines.spec import Strategy
+
         if not self.spec.deployment.model_process:
             return None
-        from pipelines.model_process import ModelProcess
-
         if self.model_process is None:
             self.model_process = ModelProcess(self.spec.name)
         key = f"v{version}-{next(self._keys)}"
         self.model_process.load(key, model, inputs, self.task, example)   # raises what scoring there raises
-        from pipelines.spec import Strategy
-
         if self.follow_rollout and self.spec.deployment.strategy is not Strategy.DIRECT:
             self._shadow_process().load(key, model, inputs, self.task, None)   # ready before a shadow needs it
         return key
@@ -390,7 +390,7 @@ class ModelServer:
 
     def outputs(self, model, inputs: dict[str, str], records: list[dict]) -> list[dict]:
         """A model's outputs for checked records, as JSON-ready dicts (one frame for them all)."""
-        return to_json_rows(self.task.outputs(model, records_frame(records, inputs)))
+        return score_records(self.task, model, inputs, records)
 
     async def score(self, served: ServedModel | None, records: list[dict], role: str = "model",
                     last_resort: bool = False) -> Answer:
@@ -558,6 +558,12 @@ def log_rows(spec, task, answer: Answer, entities: list, features: list[dict], r
               "fallback": bool(fallback), "ds": now.date().isoformat()}
     return [{**values, spec.entity: None if entity is None else str(entity), **output, **common}
             for entity, output, values in zip(entities, outputs, features)]
+
+
+def score_records(task, model, inputs: dict[str, str], records: list[dict]) -> list[dict]:
+    """A model's outputs for checked records, as JSON-ready dicts: in the service's process or
+    in its model process (:mod:`pipelines.model_process`)."""
+    return to_json_rows(task.outputs(model, records_frame(records, inputs)))
 
 
 def to_json_rows(outputs: pd.DataFrame) -> list[dict]:
