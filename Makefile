@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 
-.PHONY: demo test ui serve down status bench bench-large bench-serving bench-overhead venv clean stack-up stack-down stack-status stack-demo compose-env
+.PHONY: demo test ui serve down status bench bench-large bench-serving bench-overhead zoo venv clean stack-up stack-down stack-status stack-demo compose-env
 
 demo: venv
 	$(PY) -m scripts.demo
@@ -45,6 +45,9 @@ bench: venv  ## every stage against its peer at the small sizes (under 15 minute
 
 bench-large: venv  ## the same at the 10M sizes
 	$(PY) -m bench.suite --size large
+
+zoo: venv  ## 37 real tables through the user's path (init .. monitor) against plain scikit-learn; rows in docs/benchmarks.md
+	$(PY) -m bench.zoo
 
 bench-serving: venv  ## the scoring service under Locust load against `mlflow models serve`
 	$(PY) -m bench.bench_serving

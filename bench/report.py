@@ -51,3 +51,8 @@ def churn_spec():
     from pipelines.spec import load_spec
 
     return load_spec(Path(__file__).resolve().parent.parent / "include" / "churn")
+
+
+def append_section(heading: str, body: str) -> None:
+    """Add a whole section (a heading and its text) at the end of ``docs/benchmarks.md``."""
+    DOCS.write_text(DOCS.read_text().rstrip("\n") + f"\n\n{heading}\n\n{body.strip()}\n")

@@ -25,12 +25,16 @@ import json
 import logging
 import sys
 
+from pipelines.errors import Refusal
+
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines import runtime
 
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of a refusal too (bad input, failed rule, missing data)")
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="profile data and draft include/<uc>/spec.yaml and expectations.yaml")
     init.add_argument("use_case")
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("use_case")
     ingest.add_argument("source", help="a source of the use case's spec")
     ingest.add_argument("location", help="a file, a folder or a glob of CSV/Parquet files")
-    ingest.add_argument("--as-of", default=None, help="date of a snapshot without a timestamp column")
+    ingest.add_argument("--as-of", default=None, type=iso_date, help="date of a snapshot without a timestamp column")
     inbox = sub.add_parser("inbox", help="print the use case's drop folder (the ingest DAG's); --land lands its files now")
     inbox.add_argument("use_case")
     inbox.add_argument("--land", action="store_true",
@@ -79,21 +83,45 @@ def main(argv: list[str] | None = None) -> int:
                          help="drill: roll out a copy of the champion this much slower per request")
     online = sub.add_parser("online-store", help="load a day's features into the online store the service reads")
     online.add_argument("use_case")
-    online.add_argument("ds", help="date, YYYY-MM-DD (the newest date the store has seen wins)")
+    online.add_argument("ds", type=iso_date, help="date, YYYY-MM-DD (the newest date the store has seen wins)")
     for name in ("simulate", "summary"):
         sub.add_parser(name).add_argument("use_case")
     for name in ("validate", "features", "score", "monitor", "performance"):
         p = sub.add_parser(name)
         p.add_argument("use_case")
-        p.add_argument("ds", help="date, YYYY-MM-DD")
+        p.add_argument("ds", type=iso_date, help="date, YYYY-MM-DD")
         if name == "validate":
             p.add_argument("--allow-empty-redelivery", action="store_true",
                            help="let an empty delivery replace a clean partition that has rows")
     train = sub.add_parser("train", help="train a challenger and promote it if better")
     train.add_argument("use_case")
-    train.add_argument("--as-of", default=None)
+    train.add_argument("--as-of", default=None, type=iso_date)
     train.add_argument("--reason", default="manual run from the CLI")
     args = parser.parse_args(argv)
+    try:
+        return _command(args, runtime)
+    except Refusal as exc:
+        if args.debug:
+            raise
+        print(f"mlops {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def iso_date(text: str) -> str:
+    """A strict YYYY-MM-DD date (argparse type): anything else is a one-line usage error."""
+    import datetime as dt
+    import re
+
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date of the form YYYY-MM-DD") from None
+
+
+def _command(args: argparse.Namespace, runtime) -> int:
+    """Run the parsed command; a refusal propagates to :func:`main`."""
     if args.command == "check":
         return check_specs(args.use_case)
     if args.command == "init":
@@ -124,27 +152,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def init_use_case(args: argparse.Namespace) -> int:
-    """Draft a use case's spec and expectations from its data, then check them."""
+    """Draft a use case's spec and expectations from its data, check them, and only then write
+    them (a draft with problems is printed, never left behind to break other commands)."""
     from pipelines.config import settings
-    from pipelines.ingest import IngestError
-    from pipelines.spec import TaskType, check_spec
-    from pipelines.spec_init import InitError, draft, write_use_case
+    from pipelines.spec import TaskType
+    from pipelines.spec_init import draft, write_use_case
 
     sources = dict(item.split("=", 1) for item in args.source if "=" in item)
     if len(sources) != len(args.source):
         print("--source takes NAME=PATH", file=sys.stderr)
         return 2
-    try:
-        spec_text, rules_text = draft(args.use_case, sources, args.target, args.positive, args.timestamp,
-                                      args.entity, TaskType(args.task))
-        folder = write_use_case(settings().include, args.use_case, spec_text, rules_text, args.force)
-    except (InitError, IngestError) as exc:
-        print(f"mlops init: {exc}", file=sys.stderr)
-        return 1
-    problems = check_spec(folder)
-    print("\n".join(problems) if problems else f"wrote {folder}/spec.yaml and expectations.yaml; "
-          f"read them, then: mlops ingest {args.use_case} <source> <files> --as-of YYYY-MM-DD")
-    return 1 if problems else 0
+    spec_text, rules_text = draft(args.use_case, sources, args.target, args.positive, args.timestamp,
+                                  args.entity, TaskType(args.task))
+    folder = write_use_case(settings().include, args.use_case, spec_text, rules_text, args.force)
+    print(f"wrote {folder}/spec.yaml and expectations.yaml; read them, then: "
+          f"mlops ingest {args.use_case} <source> <files> --as-of YYYY-MM-DD")
+    return 0
 
 
 def check_specs(names: list[str]) -> int:
@@ -162,10 +185,21 @@ def check_specs(names: list[str]) -> int:
         return 1
     failed = 0
     for path in paths:
-        problems = check_spec(path)
+        problems = check_spec(path) or _data_problems(path)
         failed += bool(problems)
         print("\n".join(problems) if problems else f"{path}: ok")
     return 1 if failed else 0
+
+
+def _data_problems(path) -> list[str]:
+    """A valid spec against what has landed for it (see pipelines.labels.label_problems)."""
+    from pipelines import runtime
+    from pipelines.labels import label_problems
+    from pipelines.spec import SPEC_FILE, load_spec
+
+    spec = load_spec(path)
+    file = path / SPEC_FILE if path.is_dir() else path
+    return [f"{file}: {problem}" for problem in label_problems(spec, runtime.lake())]
 
 
 def _run(args: argparse.Namespace, runtime) -> dict | str | int:
@@ -178,7 +212,7 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
         try:
             result = runtime.ingest(uc, args.source, args.location, args.as_of)
         except IngestError as exc:
-            print(f"refused, nothing written: {exc}", file=sys.stderr)
+            print(f"mlops ingest: refused, nothing written: {exc}", file=sys.stderr)
             return 1
     elif args.command == "inbox":
         if not args.land:
@@ -197,7 +231,7 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
         try:
             result = runtime.rollback(uc, args.reason, args.by or getpass.getuser(), args.to)
         except RollbackRefused as exc:
-            print(f"rollback refused, @champion unchanged: {exc}", file=sys.stderr)
+            print(f"mlops rollback: refused, @champion unchanged: {exc}", file=sys.stderr)
             return 1
     elif args.command == "rollout":
         import getpass

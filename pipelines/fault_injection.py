@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from pipelines.errors import MissingData
+
 
 def slow_identity(frame, delay_s: float = 1.5):
     """The drill's extra pipeline step: wait, then pass the rows through unchanged."""
@@ -33,7 +35,7 @@ def register_slowed_copy(spec, lake, version: str, delay_ms: float) -> str:
     model = tracking.load_model(ref)
     days = list_partitions(lake.features(spec.name))
     if not days:
-        raise FileNotFoundError(f"no features of {spec.name} yet: a drill needs rows to describe the model's input")
+        raise MissingData(f"no features of {spec.name} yet: a drill needs rows to describe the model's input")
     example = read_partition(lake.features(spec.name), days[-1], list(signature_inputs(ref.uri))).head(5)
     slowed = make_pipeline(FunctionTransformer(slow_identity, kw_args={"delay_s": delay_ms / 1000.0}), model)
     drill = f"v{version} slowed by {delay_ms:.0f} ms"

@@ -19,8 +19,9 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from pipelines.errors import MissingData, Refusal
 from pipelines.lake import Lake, ds, list_partitions, partition_rows
-from pipelines.spark import table_exists
+from pipelines.spark import column, table_exists
 from pipelines.spec import FeatureKind, SourceKind
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def _read_source(spark, lake: Lake, spec, source: str, date: dt.date, lookback: 
 
     path = lake.clean(spec.name, source)
     if not table_exists(path):
-        raise FileNotFoundError(f"no clean data for source {source!r} at {path}; validate raw partitions first")
+        raise MissingData(f"no clean data for source {source!r} at {path}; validate raw partitions first")
     frame = spark.read.parquet(str(path))
     if spec.source(source).kind == SourceKind.SNAPSHOT:
         known = [p for p in list_partitions(path) if p <= ds(date)]
@@ -73,7 +74,7 @@ def _read_source(spark, lake: Lake, spec, source: str, date: dt.date, lookback: 
         cond = cond & (F.col("ds") >= ds(date - dt.timedelta(days=lookback)))
     ts = spec.source(source).timestamp
     midnight = dt.datetime.combine(date, dt.time())
-    return frame.where(cond).where(F.col(ts) < F.lit(midnight))
+    return frame.where(cond).where(column(ts) < F.lit(midnight))
 
 
 
@@ -84,25 +85,25 @@ def _event_aggregates(group, ts: str, date: dt.date) -> tuple[list, dict[str, fl
 
     midnight = dt.datetime.combine(date, dt.time())
     if group.kind == FeatureKind.RECENCY:
-        days = (F.unix_timestamp(F.lit(midnight)) - F.unix_timestamp(F.max(ts))) / 86400.0
+        days = (F.unix_timestamp(F.lit(midnight)) - F.unix_timestamp(F.max(column(ts)))) / 86400.0
         return [days.cast("double").alias(group.name)], {group.name: float(group.cap_days)}
     exprs, fill = [], {}
     for window in group.windows_days:
-        inside = F.col(ts) >= F.lit(midnight - dt.timedelta(days=window))
+        inside = column(ts) >= F.lit(midnight - dt.timedelta(days=window))
         for agg in group.aggregates:
             name, fn, col = f"{agg.name}_{window}d", agg.fn, agg.column
             if fn == "count":
                 expr = F.count(F.when(inside, F.lit(1)))
             elif fn == "sum":
-                expr = F.sum(F.when(inside, F.col(col)))
+                expr = F.sum(F.when(inside, column(col)))
             elif fn == "avg":
-                expr = F.avg(F.when(inside, F.col(col)))
+                expr = F.avg(F.when(inside, column(col)))
             elif fn == "count_distinct":
                 # the size of the set, not countDistinct: Spark plans each distinct aggregate as an
                 # Expand of every row and a second aggregation (four times the rows for three windows)
-                expr = F.size(F.collect_set(F.when(inside, F.col(col))))
+                expr = F.size(F.collect_set(F.when(inside, column(col))))
             elif fn == "share":
-                hits = F.count(F.when(inside & (F.col(col) == F.lit(agg.value)), F.lit(1)))
+                hits = F.count(F.when(inside & (column(col) == F.lit(agg.value)), F.lit(1)))
                 expr = F.try_divide(hits, F.count(F.when(inside, F.lit(1))))
             else:
                 raise ValueError(f"feature {name}: unknown aggregate fn {fn!r}")
@@ -124,7 +125,7 @@ def compute_features(spark, spec, lake: Lake, date: dt.date):
 
     entity = spec.entity
     midnight = dt.datetime.combine(date, dt.time())
-    out = _read_source(spark, lake, spec, spec.features.population, date, None).select(entity).distinct()
+    out = _read_source(spark, lake, spec, spec.features.population, date, None).select(column(entity)).distinct()
     fill: dict[str, float] = {}
     # one scan and one aggregation per event source, whatever the number of groups on it
     by_source: dict[str, tuple[list, int]] = {}
@@ -138,19 +139,21 @@ def compute_features(spark, spec, lake: Lake, date: dt.date):
         else:
             src = spec.source(source)
             rows = _read_source(spark, lake, spec, source, date, None)
-            latest = Window.partitionBy(entity).orderBy(F.col(src.timestamp or "ds").desc())
+            latest = Window.partitionBy(column(entity)).orderBy(column(src.timestamp or "ds").desc())
             rows = rows.withColumn("_rank", F.row_number().over(latest)).where("_rank = 1")
-            cols = [F.col(c) for c in group.columns]
+            # yes/no columns are model inputs as 0/1, like every other number
+            cols = [column(c).cast("double").alias(c) if src.columns[c] == "bool" else column(c)
+                    for c in group.columns]
             for name, ts_col in group.days_since.items():
-                cols.append(((F.unix_timestamp(F.lit(midnight)) - F.unix_timestamp(ts_col)) / 86400.0)
+                cols.append(((F.unix_timestamp(F.lit(midnight)) - F.unix_timestamp(column(ts_col))) / 86400.0)
                             .cast("double").alias(name))
-            out = out.join(rows.select(entity, *cols), entity, "left")
+            out = out.join(rows.select(column(entity), *cols), entity, "left")
     for source, (exprs, lookback) in by_source.items():
         events = _read_source(spark, lake, spec, source, date, lookback)
-        out = out.join(events.groupBy(entity).agg(*exprs), entity, "left")
+        out = out.join(events.groupBy(column(entity)).agg(*exprs), entity, "left")
     if fill:
-        out = out.fillna(fill)
-    return out.select(entity, *feature_columns(spec).all).withColumn("ds", F.lit(ds(date)))
+        out = out.fillna({f"`{name}`" if "." in name else name: value for name, value in fill.items()})
+    return out.select(*[column(c) for c in [entity, *feature_columns(spec).all]]).withColumn("ds", F.lit(ds(date)))
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ class LookBackGap:
         return f"{self.source} {self.ds} ({self.state})"
 
 
-class LookBackIncomplete(RuntimeError):
+class LookBackIncomplete(Refusal, RuntimeError):
     """Features for a date would be computed from an incomplete look-back window."""
 
     def __init__(self, message: str, gaps: list[LookBackGap]):

@@ -21,15 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.errors import Refusal
 from pipelines.lake import Lake, write_raw_partition
-from pipelines.spec import ColumnType, UseCaseSpec
+from pipelines.spec import ColumnType, CsvFormat, UseCaseSpec
 
 log = logging.getLogger(__name__)
 
 READABLE = (".csv", ".parquet", ".pq")
 
 
-class IngestError(ValueError):
+class IngestError(Refusal, ValueError):
     """A file was refused; nothing was written."""
 
 
@@ -39,6 +40,7 @@ class IngestResult:
     files: list[str]
     rows: int
     partitions: dict[str, int] = field(default_factory=dict)   # ds -> rows written
+    missing: dict[str, int] = field(default_factory=dict)      # column -> values read as missing
 
 
 def expand(location: str | Path) -> list[Path]:
@@ -55,17 +57,80 @@ def expand(location: str | Path) -> list[Path]:
     return files
 
 
-def read_file(path: Path) -> pd.DataFrame:
-    """The file's rows as text (CSV) or as stored (Parquet); IngestError if it cannot be read."""
-    try:
-        if path.suffix.lower() == ".csv":
-            return pd.read_csv(path, dtype=str)   # text first: a bad value is reported, not guessed at
-        import pyarrow.parquet as pq
+DELIMITERS = ",;\t|"
+SAMPLE_BYTES = 64 * 1024
+# texts that often stand for a missing value in exported tables (R writes NA, spreadsheets n/a)
+NA_LIKE = ("NA", "N/A", "n/a", "na", "NaN", "nan", "null", "NULL", "None", "none", "-", "?", ".", "#N/A", "missing")
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
-        return pq.read_table(path).to_pandas()
+
+def sniff_delimiter(sample: str) -> str:
+    """The delimiter of a CSV sample: the one of comma, semicolon, tab and pipe that splits its
+    lines into the same number of fields (csv.Sniffer), else the one the header holds most of."""
+    import csv
+
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        header = sample.splitlines()[0] if sample else ""
+        counts = {d: header.count(d) for d in DELIMITERS}
+        best = max(counts, key=counts.get)
+        return best if counts[best] else ","
+
+
+def describe_delimiter(delimiter: str) -> str:
+    return _DELIMITER_NAMES.get(delimiter, repr(delimiter))
+
+
+def read_text_sample(path: Path, encoding: str) -> str:
+    """The file's first bytes as text; IngestError naming the encoding when they are not."""
+    raw = _head(path)
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        if len(raw) == SAMPLE_BYTES and exc.start >= len(raw) - 4:
+            return raw[:exc.start].decode(encoding)   # a character cut by the sample's end
+        raise IngestError(f"{path}: not {encoding} text (byte {raw[exc.start:exc.start + 1]!r} at position "
+                          f"{exc.start}); declare the file's encoding in the source's csv.encoding "
+                          f"(e.g. latin-1 or cp1252)") from None
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(SAMPLE_BYTES)
+
+
+def read_file(path: Path, fmt: CsvFormat | None = None) -> pd.DataFrame:
+    """The file's rows as text (CSV) or as stored (Parquet); IngestError if it cannot be read.
+
+    ``fmt`` (a spec's :class:`~pipelines.spec.CsvFormat`) says the delimiter (none: sniffed), the
+    encoding and the texts that mean missing besides an empty field; nothing else is read as
+    missing (pandas' own list would turn ``NA`` or ``n/a`` into nulls without a word)."""
+    fmt = fmt or CsvFormat()
+    try:
+        if path.suffix.lower() != ".csv":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pandas()
+        sample = read_text_sample(path, fmt.encoding)
+        delimiter = fmt.delimiter or sniff_delimiter(sample)
+        frame = pd.read_csv(path, dtype=str, sep=delimiter, encoding=fmt.encoding, keep_default_na=False,
+                            na_values=["", *fmt.na_values])   # text first: a bad value is reported, not guessed at
+    except IngestError:
+        raise
     except Exception as exc:   # any reader failure: truncated, not CSV, not Parquet
+        hint = ("; declare the file's encoding in the source's csv.encoding (e.g. latin-1 or cp1252)"
+                if isinstance(exc, UnicodeDecodeError) else "")
         raise IngestError(f"{path}: cannot be read as {path.suffix.lstrip('.') or 'a known format'}: "
-                          f"{type(exc).__name__}: {exc}") from None
+                          f"{type(exc).__name__}: {exc}{hint}") from None
+    if len(frame.columns) == 1:
+        held = [d for d in DELIMITERS if d != delimiter and d in str(frame.columns[0])]
+        if held:
+            raise IngestError(f"{path}: the header is one column holding {held[0]!r}: the file looks "
+                              f"{describe_delimiter(held[0])}-separated but was read as "
+                              f"{describe_delimiter(delimiter)}-separated; declare the source's "
+                              f"csv.delimiter: {held[0]!r}")
+    return frame
 
 
 _TRUE, _FALSE = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
@@ -104,11 +169,15 @@ def typed_frame(path: Path, frame: pd.DataFrame, spec: UseCaseSpec, source: str,
     if (stamped or src.partition_by is None) and as_of is None:
         what = f"no column {stamped[0]!r} to partition by" if stamped else f"source {source} is a snapshot"
         raise IngestError(f"{path}: {what}; a snapshot without a timestamp needs --as-of YYYY-MM-DD")
-    missing = [c for c in src.columns if c not in frame.columns and c not in stamped]
+    numbered = src.row_id if src.row_id and src.row_id not in frame.columns else None
+    missing = [c for c in src.columns if c not in frame.columns and c not in stamped and c != numbered]
     if missing:
         raise IngestError(f"{path}: column(s) {missing} of source {source} are missing")
     out = pd.DataFrame(index=frame.index)
     for column, kind in src.columns.items():
+        if column == numbered:
+            out[column] = pd.array(np.arange(1, len(frame) + 1), dtype="Int64")
+            continue
         if column in stamped:
             midnight = pd.Timestamp(dt.datetime.combine(as_of, dt.time()))
             out[column] = midnight.date() if kind is ColumnType.DATE else midnight
@@ -118,11 +187,21 @@ def typed_frame(path: Path, frame: pd.DataFrame, spec: UseCaseSpec, source: str,
         bad = typed.isna() & raw.notna()
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
+            value = raw.iloc[row]
             line = f"row {row + 1}" + (f" (line {row + 2})" if path.suffix.lower() == ".csv" else "")
-            raise IngestError(f"{path}: column {column!r}, {line}: value {raw.iloc[row]!r} is not a valid "
-                              f"{kind.value}" + (f" ({int(bad.sum())} such values in the file)" if bad.sum() > 1 else ""))
+            hint = (f"; if it means missing, declare it: sources.{source}.csv.na_values: [{value!r}]"
+                    if str(value).strip() in NA_LIKE else "")
+            raise IngestError(f"{path}: column {column!r}, {line}: value {value!r} is not a valid "
+                              f"{kind.value}" + (f" ({int(bad.sum())} such values in the file)" if bad.sum() > 1 else "")
+                              + hint)
         out[column] = typed
     return out
+
+
+def missing_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """Values read as missing, per column that has any."""
+    counts = frame.drop(columns="_ds", errors="ignore").isna().sum()
+    return {str(c): int(n) for c, n in counts.items() if n}
 
 
 def partition_dates(frame: pd.DataFrame, spec: UseCaseSpec, source: str, as_of: dt.date | None) -> pd.Series:
@@ -136,13 +215,15 @@ def partition_dates(frame: pd.DataFrame, spec: UseCaseSpec, source: str, as_of: 
 def load_file(path: Path, spec: UseCaseSpec, source: str, as_of: dt.date | None = None) -> pd.DataFrame:
     """One file's rows typed by the source's columns, with each row's partition date in ``_ds``;
     IngestError naming the file, column, row and value of the first problem. Writes nothing."""
-    frame = typed_frame(path, read_file(path), spec, source, as_of)
+    frame = typed_frame(path, read_file(path, spec.source(source).csv), spec, source, as_of)
     days = partition_dates(frame, spec, source, as_of)
     if days.isna().any():
         row = int(days.isna().to_numpy().nonzero()[0][0])
         raise IngestError(f"{path}: column {spec.source(source).partition_by!r}, row {row + 1}: no timestamp "
                           f"to partition by")
-    log.info("%s: %s rows of %s checked", path, len(frame), source)
+    missing = missing_counts(frame)
+    log.info("%s: %s rows of %s checked; read as missing: %s", path, len(frame), source,
+             ", ".join(f"{c} {n}" for c, n in missing.items()) or "nothing")
     return frame.assign(_ds=days.to_numpy())
 
 
@@ -157,7 +238,7 @@ def land(spec: UseCaseSpec, lake: Lake, source: str, files: list[Path], frames: 
     if written:
         log.info("%s.%s: %s rows from %s file(s) landed in %s partition(s) (%s..%s)", spec.name, source, len(rows),
                  len(files), len(written), min(written), max(written))
-    return IngestResult(source, [str(p) for p in files], len(rows), written)
+    return IngestResult(source, [str(p) for p in files], len(rows), written, missing_counts(rows))
 
 
 def ingest(spec: UseCaseSpec, lake: Lake, source: str, location: str | Path,

@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.errors import MissingData
+
 log = logging.getLogger(__name__)
 
 BIN = Path(sys.executable).parent
@@ -103,7 +105,7 @@ def sample_records(lake, spec, columns: list[str], rows: int = 500) -> list[dict
     table = lake.features(spec.name)
     days = list_partitions(table)
     if not days:
-        raise FileNotFoundError(f"no features under {table} to load-test with: run the daily DAG first")
+        raise MissingData(f"no features under {table} to load-test with: run the daily DAG first")
     frame = read_partition(table, days[-1], [spec.entity, *columns])
     frame = frame.sample(n=min(rows, len(frame)), random_state=0).astype(object)
     frame = frame.where(frame.notna(), None)

@@ -78,7 +78,7 @@ def render_markdown(spec, ref, run, evaluation: dict, decision: tuple | None, im
         ["Code version", tags.get("code_version", "unknown")], ["MLflow run", ref.run_id],
         ["Model URI", ref.uri],
     ])
-    shown = {k: v for k, v in params.items() if k.startswith("best.") or k in {"search_method", "threshold", "split"}}
+    shown = {k: v for k, v in params.items() if k.startswith("best.") or k in {"search_method", "threshold", "split", "snapshots"}}
     lines += ["## Parameters", ""] + _table(["parameter", "value"], [[k, v] for k, v in sorted(shown.items())])
     holdout = {k.removeprefix("holdout_"): v for k, v in metrics.items() if k.startswith("holdout_")}
     lines += ["## Holdout metrics", "", f"Holdout: {evaluation.get('holdout', '')}; champion compared: "

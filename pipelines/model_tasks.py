@@ -26,9 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipelines.errors import Refusal
 from pipelines.spec import TaskType
 
 NAN = float("nan")
+
+
+class TrainingRefused(Refusal, ValueError):
+    """The labelled rows cannot train a model of the spec's task (one class, unknown classes)."""
 
 
 @dataclass(frozen=True)
@@ -131,10 +136,12 @@ class ModelTask:
         present = np.unique(np.asarray(y))
         if len(present) < 2:
             what = "class" if self.classifier else "value"
-            raise ValueError(f"{name}: the training labels have a single {what} ({present}); cannot fit")
+            hint = (" (does label.positive name a value the target really holds? `mlops check` compares it "
+                    "with the landed data)" if self.kind is TaskType.BINARY else "")
+            raise TrainingRefused(f"{name}: the training labels have a single {what} ({present}); cannot fit{hint}")
         unknown = set(present.tolist()) - set(self.classes) if self.classifier else set()
         if unknown:
-            raise ValueError(f"{name}: training labels {sorted(unknown)} are not classes of the spec {self.classes}")
+            raise TrainingRefused(f"{name}: training labels {sorted(unknown)} are not classes of the spec {self.classes}")
 
     # ------------------------------------------------------------- plots
     def log_plots(self, y_true, outputs: pd.DataFrame) -> None:

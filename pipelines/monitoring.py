@@ -181,7 +181,8 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
         mlflow.log_metrics({"drift_share": share, "drifted_columns": len(drifted)}
                            | ({"online_drift_share": summary["online_drift_share"], "online_rows": summary["online_rows"]}
                               if summary["online_rows"] >= ONLINE_MIN_ROWS else {})
-                           | {f"drift.{c.column}": c.score for c in columns if math.isfinite(c.score)})
+                           | {tracking.metric_key(f"drift.{c.column}"): c.score for c in columns
+                              if math.isfinite(c.score)})
         if html.exists():
             mlflow.log_artifact(str(html), artifact_path="evidently")
     log.info("%s %s: %d/%d input columns drifted (share %.2f, threshold %.2f)%s", spec.name, ds(date), len(drifted),

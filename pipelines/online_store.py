@@ -21,6 +21,7 @@ import uuid
 from contextlib import closing
 from pathlib import Path
 
+from pipelines.errors import MissingData
 from pipelines.lake import Lake, ds, read_partition
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def lookup(path: Path, entity: str, ids: list[str], columns: list[str]) -> tuple
     """The feature records of ``ids`` in the order asked (``entity`` plus ``columns``, plain
     values), and the ids the store does not know."""
     if not path.exists():
-        raise FileNotFoundError(f"no online store at {path}; the daily DAG writes it after build_features")
+        raise MissingData(f"no online store at {path}; the daily DAG writes it after build_features")
     wanted = [str(i) for i in ids]
     quoted = ", ".join(f'"{c}"' for c in [entity, *columns])
     rows = _reader(path).execute(f'select {quoted} from {TABLE} where "{entity}" in '

@@ -16,10 +16,12 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from pipelines.errors import Refusal
+
 log = logging.getLogger(__name__)
 
 
-class RollbackRefused(ValueError):
+class RollbackRefused(Refusal, ValueError):
     """The rollback cannot happen as asked; the alias did not move."""
 
 

@@ -11,8 +11,10 @@ import datetime as dt
 import logging
 from dataclasses import asdict
 from functools import lru_cache
+from pathlib import Path
 
 from pipelines.config import settings
+from pipelines.errors import MissingData, Refusal
 from pipelines.lake import Lake, list_partitions
 from pipelines.spec import UseCaseSpec, discover_specs
 
@@ -23,16 +25,31 @@ def _date(value: str | dt.date) -> dt.date:
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
 
 
-@lru_cache(maxsize=None)
-def _specs(include: str) -> dict[str, UseCaseSpec]:
+class UnknownUseCase(Refusal, KeyError):
+    """No spec of that name under the include folder."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@lru_cache(maxsize=64)
+def _load_specs(include: str, stamp: tuple) -> dict[str, UseCaseSpec]:
     return {s.name: s for s in discover_specs(include)}
+
+
+def _specs(include: str) -> dict[str, UseCaseSpec]:
+    """The include folder's specs, read again when a spec or expectation file changed (a use case
+    drafted by `mlops init` in the same process is seen at once)."""
+    files = sorted(Path(include).glob("*/*.yaml"))
+    stamp = tuple((str(f), f.stat().st_mtime_ns) for f in files if f.exists())
+    return _load_specs(include, stamp)
 
 
 def spec(use_case: str) -> UseCaseSpec:
     """The spec of ``use_case`` from the configured include folder."""
     specs = _specs(str(settings().include))
     if use_case not in specs:
-        raise KeyError(f"unknown use case {use_case!r}; specs found: {sorted(specs)} in {settings().include}")
+        raise UnknownUseCase(f"unknown use case {use_case!r}; specs found: {sorted(specs)} in {settings().include}")
     return specs[use_case]
 
 
@@ -156,7 +173,7 @@ def resolve_as_of(use_case: str, requested: str | None, scheduled_for: dt.date |
     s = spec(use_case)
     landed = list_partitions(lake().clean(use_case, s.label.source))
     if not landed:
-        raise FileNotFoundError(f"{use_case}: no clean {s.label.source} partitions yet; run the daily DAG first")
+        raise MissingData(f"{use_case}: no clean {s.label.source} partitions yet; run the daily DAG first")
     latest = _date(landed[-1]) + dt.timedelta(days=1)
     wanted = _date(requested) if requested else (scheduled_for or latest)
     if wanted > latest:

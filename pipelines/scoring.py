@@ -14,10 +14,11 @@ from collections.abc import Iterator
 
 import pandas as pd
 
+from pipelines.errors import MissingData
 from pipelines.features import feature_columns
 from pipelines.lake import Lake, ds, partition_rows
 from pipelines.model_tasks import ModelTask
-from pipelines.spark import table_exists
+from pipelines.spark import column, table_exists
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,10 @@ def score_frame(frame, model, columns: list[str], task: ModelTask, constants: di
     score = F.pandas_udf(make_scorer(model, columns, task), outputs)
     entity = constants["entity"]
     return frame.select(
-        F.col(entity).cast("string").alias(entity), score(F.struct(*[F.col(c) for c in columns])).alias("_outputs"),
+        column(entity).cast("string").alias(entity), score(F.struct(*[column(c) for c in columns])).alias("_outputs"),
         F.col("ds").cast("string").alias("ds"),
     ).select(
-        entity, *[F.col(f"_outputs.`{name}`").alias(name) for name in task.output_columns],
+        column(entity), *[F.col(f"_outputs.`{name}`").alias(name) for name in task.output_columns],
         *[F.lit(str(constants[key])).alias(key) for key in ("model_name", "model_version", "model_run_id", "run_id")],
         F.lit(pd.Timestamp(constants["scored_at"]).to_pydatetime()).cast("timestamp").alias("scored_at"), "ds")
 
@@ -77,14 +78,15 @@ def score_partition(spark, spec, lake: Lake, date: dt.date, model_ref: dict, run
 
     features = lake.features(spec.name)
     if not table_exists(features) or partition_rows(features, date) == 0:
-        raise FileNotFoundError(f"{spec.name}: no features for {ds(date)} at {features}; build them first")
+        raise MissingData(f"{spec.name}: no features for {ds(date)} at {features}; build them first")
     ref = tracking.ModelRef.from_xcom(model_ref)
     model = tracking.load_model(ref)
     cols = feature_columns(spec)
     constants = {"entity": spec.entity, "model_name": ref.name, "model_version": ref.version,
                  "model_run_id": ref.run_id, "run_id": run_id,
                  "scored_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)}
-    frame = spark.read.parquet(str(features)).where(F.col("ds") == ds(date)).select(spec.entity, *cols.all, "ds")
+    frame = spark.read.parquet(str(features)).where(F.col("ds") == ds(date)).select(
+        *[column(c) for c in [spec.entity, *cols.all, "ds"]])
     task = ModelTask.of(spec)
     scored = score_frame(frame, model, cols.all, task, constants)
     table = lake.inference(spec.name)

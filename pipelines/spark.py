@@ -139,6 +139,14 @@ def get_spark(settings: Settings, app_name: str = "mlops"):
     return spark
 
 
+def column(name: str):
+    """A Spark column by its exact name: quoted, so that a dot or a space in a team's column name
+    (``mean.radius``) is part of the name, not a path into a struct."""
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
 def table_exists(path) -> bool:
     """Whether a lake table has at least one partition (local or mounted lake)."""
     return os.path.isdir(path) and any(name.startswith("ds=") for name in os.listdir(path))

@@ -25,10 +25,12 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.errors import Refusal
+
 SPEC_FILE = "spec.yaml"
 
 
-class SpecError(ValueError):
+class SpecError(Refusal, ValueError):
     """A spec has problems; ``problems`` holds one ``(key, message)`` per problem."""
 
     def __init__(self, file: str, problems: list[tuple[str, str]]):
@@ -152,6 +154,28 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
 
+class CsvFormat(_Section):
+    """How a source's CSV files are written. ``delimiter`` none: sniffed from each file's first
+    lines (comma, semicolon, tab or pipe). Only an empty field is missing unless ``na_values``
+    lists the texts that also mean missing (``[NA, n/a]``); any other text in a number column is
+    refused, so a typo never turns into a silent missing value."""
+
+    delimiter: str | None = Field(None, min_length=1, max_length=1)
+    encoding: str = "utf-8"
+    na_values: list[str] = Field(default_factory=list)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252)") from None
+        return value
+
+
 class SourceSpec(_Section):
     """A raw source: its key, event timestamp, partitioning timestamp and column types."""
 
@@ -161,6 +185,9 @@ class SourceSpec(_Section):
     partition_by: str | None = None     # its date is the row's partition (snapshots: the --as-of date)
     columns: dict[str, ColumnType] = Field(min_length=1)
     min_rows: int = Field(1, ge=0)   # rows every daily delivery has; 0 for sources with legitimately empty days
+    csv: CsvFormat = CsvFormat()     # delimiter, encoding and missing-value texts of its CSV files
+    row_id: str | None = None        # an int column ingest adds: each row's number in its file (from 1), for a
+                                     # table with no id column of its own
 
 
 class Aggregate(_Section):
@@ -284,8 +311,19 @@ class ModelSpec(_Section):
     threshold: float = Field(0.5, gt=0, lt=1)
 
 
+class Snapshots(enum.StrEnum):
+    """Which rows training takes when an entity has a label in several snapshots.
+
+    ``newest``: one row per entity, its newest labelled snapshot. ``all``: every snapshot's row,
+    with cross-validation folds grouped by entity (an entity never sits on both sides of a fold)."""
+
+    NEWEST = "newest"
+    ALL = "all"
+
+
 class TrainingSpec(_Section):
     schedule: str | None = None
+    snapshots: Snapshots = Snapshots.NEWEST   # random split: one row per entity, or all with grouped folds
     window_days: int = Field(60, gt=0)
     holdout_days: int = Field(7, gt=0)
     recency_half_life_days: float | None = Field(None, gt=0)
@@ -759,6 +797,7 @@ def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
     for name, src in spec.sources.items():
         for i, k in enumerate(src.key):
             column(f"sources.{name}.key[{i}]", name, k)
+        column(f"sources.{name}.row_id", name, src.row_id, {ColumnType.INT})
         for key in ("timestamp", "partition_by"):
             if src.kind is SourceKind.EVENTS and getattr(src, key) is None:
                 problems.append((f"sources.{name}.{key}", "required for an events source (or declare kind: snapshot)"))
@@ -952,4 +991,9 @@ def check_spec(path: str | Path) -> list[str]:
             model = None
     if model is not None:
         problems += check_estimator(model)
+    raw = yaml.safe_load(path.read_text()) if path.exists() else None
+    expectations = path.parent / str((raw or {}).get("expectations", "expectations.yaml")) if isinstance(raw, dict) else None
+    if expectations is not None and not expectations.exists():
+        problems.append(("expectations", f"{_display(expectations)} not found (write the rules, or an empty "
+                                         f"file for none)"))
     return str(SpecError(_display(path), problems)).splitlines() if problems else []

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipelines.config import Settings, settings as current_settings
+from pipelines.errors import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +31,15 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(Refusal, RuntimeError):
     """The MLflow tracking server does not answer; the message names its URI."""
 
 
-class ChampionLost(RuntimeError):
+class ChampionLost(Refusal, RuntimeError):
     """A champion was promoted once, but the alias no longer resolves to a usable version."""
 
 
-class ModelArtifactsMissing(RuntimeError):
+class ModelArtifactsMissing(Refusal, RuntimeError):
     """A registered version's model files cannot be loaded; the message names model, version and path."""
 
 
@@ -55,6 +56,14 @@ def configure(settings: Settings | None = None) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def metric_key(name: str) -> str:
+    """``name`` as an MLflow metric, parameter or tag key: a character MLflow refuses (brackets,
+    commas, accents from a team's column names) becomes ``_``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
 
 
 def client():

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import settings
+from pipelines.errors import MissingData, NotEnoughData
 from pipelines.features import feature_columns
 from pipelines.lake import Lake, ds
 from pipelines.model_tasks import ModelTask, finite_or_none
 from pipelines.search import log_trials
-from pipelines.spark import table_exists
-from pipelines.spec import Split, TaskType
+from pipelines.spark import column, table_exists
+from pipelines.spec import Snapshots, Split, TaskType
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,14 @@ def label_window(spec, as_of: dt.date) -> LabelWindow:
     if spec.training.split == Split.RANDOM:
         first = max(last - dt.timedelta(days=spec.training.window_days - 1), spec.start)
         if last < first:
-            raise ValueError(f"{spec.name}: as of {as_of} there are no labelled dates "
+            raise NotEnoughData(f"{spec.name}: as of {as_of} there are no labelled dates "
                              f"(labels arrive {horizon} days late; data starts {spec.start})")
         return LabelWindow(as_of, first, last, first, last)
     holdout_start = last - dt.timedelta(days=spec.training.holdout_days - 1)
     fit_end = holdout_start - dt.timedelta(days=1)
     fit_start = max(fit_end - dt.timedelta(days=spec.training.window_days - 1), spec.start)
     if fit_end < fit_start:
-        raise ValueError(f"{spec.name}: as of {as_of} there are no labelled dates to fit on "
+        raise NotEnoughData(f"{spec.name}: as of {as_of} there are no labelled dates to fit on "
                          f"(labels arrive {horizon} days late; data starts {spec.start})")
     return LabelWindow(as_of, fit_start, fit_end, holdout_start, last)
 
@@ -74,6 +75,8 @@ def training_frames(spark, spec, lake: Lake, window: LabelWindow, seed: int = 0)
     """The rows to fit on and the holdout, by the spec's split (newest dates, or entities)."""
     if spec.training.split == Split.RANDOM:
         rows = labelled_features(spark, spec, lake, window.fit_start, window.fit_end, window.as_of)
+        if spec.training.snapshots is Snapshots.NEWEST:
+            rows = newest_per_entity(rows, spec.entity)
         mask = in_holdout(rows[spec.entity], spec.training.holdout_fraction)
         train, holdout = rows[~mask], rows[mask]
         if len(train) > spec.training.max_rows:
@@ -81,12 +84,23 @@ def training_frames(spark, spec, lake: Lake, window: LabelWindow, seed: int = 0)
         train, holdout = train.reset_index(drop=True), holdout.reset_index(drop=True)
         train.attrs, holdout.attrs = dict(rows.attrs), {"labels_missing": 0}
         if train.empty or holdout.empty:
-            raise ValueError(f"{spec.name}: {len(rows)} labelled rows are too few to hold out "
+            raise NotEnoughData(f"{spec.name}: {len(rows)} labelled rows are too few to hold out "
                              f"{spec.training.holdout_fraction:.0%} of the entities")
         return train, holdout
     train = labelled_features(spark, spec, lake, window.fit_start, window.fit_end, window.as_of,
                               max_rows=spec.training.max_rows, seed=seed)
     return train, holdout_frame(spark, spec, lake, window)
+
+
+def newest_per_entity(rows: pd.DataFrame, entity: str) -> pd.DataFrame:
+    """Each entity's row of its newest label date (rows sorted by date, as labelled_features
+    returns them): an entity labelled in several snapshots counts once."""
+    newest = rows.drop_duplicates(entity, keep="last")
+    if len(newest) < len(rows):
+        log.info("training on each entity's newest snapshot: %d of %d labelled rows (training.snapshots: newest)",
+                 len(newest), len(rows))
+    newest.attrs = dict(rows.attrs)
+    return newest.reset_index(drop=True)
 
 
 def holdout_frame(spark, spec, lake: Lake, window: LabelWindow) -> pd.DataFrame:
@@ -108,15 +122,16 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
     labels_path, features_path = lake.clean(spec.name, label.source), lake.features(spec.name)
     for path in (labels_path, features_path):
         if not table_exists(path):
-            raise FileNotFoundError(f"{spec.name}: no data at {path}; run the daily pipeline first")
+            raise MissingData(f"{spec.name}: no data at {path}; run the daily pipeline first")
     labels = (spark.read.parquet(str(labels_path))
               .where(F.col("ds") < ds(as_of))
-              .withColumn("_label_date", F.to_date(F.col(label.date_column or "ds")))
+              .withColumn("_label_date", F.to_date(column(label.date_column or "ds")))
               .where((F.col("_label_date") >= F.lit(start)) & (F.col("_label_date") <= F.lit(end)))
-              .select(spec.entity, F.date_format("_label_date", "yyyy-MM-dd").alias("ds"),
-                      encode_label_column(F.col(label.target), label, spec.model.task).alias(label.target)))
-    unlabelled = labels.where(F.col(label.target).isNull()).count()
-    labels = labels.where(F.col(label.target).isNotNull())
+              .select(column(spec.entity), F.date_format("_label_date", "yyyy-MM-dd").alias("ds"),
+                      encode_label_column(column(label.target), label, spec.model.task,
+                                          spec.source(label.source).columns[label.target] == "bool").alias(label.target)))
+    unlabelled = labels.where(column(label.target).isNull()).count()
+    labels = labels.where(column(label.target).isNotNull())
     features = (spark.read.parquet(str(features_path))
                 .where((F.col("ds") >= ds(start)) & (F.col("ds") <= ds(end))))
     joined = labels.join(features, [spec.entity, "ds"], "inner")
@@ -130,7 +145,7 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
         log.warning("%s: %d label row(s) with a missing or unmapped %s left out (label dates %s..%s)",
                     spec.name, unlabelled, label.target, start, end)
     if frame.empty:
-        raise ValueError(f"{spec.name}: no labelled feature rows for label dates {start}..{end}")
+        raise NotEnoughData(f"{spec.name}: no labelled feature rows for label dates {start}..{end}")
     missing = sorted(set(pd.date_range(start, end).strftime("%Y-%m-%d")) - set(frame["ds"]))
     if missing:
         log.warning("%s: %d label date(s) without labelled features (skipped): %s", spec.name, len(missing), missing)
@@ -210,15 +225,23 @@ def model_threads():
     return threadpool_limits(limits=threads) if threads else contextlib.nullcontext()
 
 
-def cross_validation(spec):
-    """Folds of the grid search: time-ordered for a time split; shuffled (stratified for
-    classifiers) for a random split, whose rows share one date."""
-    from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
+def cross_validation(spec, entities: pd.Series | None = None, y: np.ndarray | None = None):
+    """Folds of the search: time-ordered for a time split; shuffled (stratified for classifiers)
+    for a random split, whose rows share one date. When an entity has several rows (snapshots:
+    all), the folds are grouped by entity, so that no entity is on both sides of a fold; they
+    are then returned as a list of (train, test) index pairs."""
+    from sklearn.model_selection import (GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold,
+                                         TimeSeriesSplit)
 
     folds = spec.model.cv_folds
     if spec.training.split == Split.TIME:
         return TimeSeriesSplit(n_splits=folds)
-    return (StratifiedKFold if ModelTask.of(spec).classifier else KFold)(n_splits=folds, shuffle=True, random_state=0)
+    classifier = ModelTask.of(spec).classifier
+    if entities is not None and entities.duplicated().any():
+        grouped = (StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=0) if classifier
+                   else GroupKFold(n_splits=folds, shuffle=True, random_state=0))
+        return list(grouped.split(np.zeros(len(entities)), y, groups=entities.to_numpy()))
+    return (StratifiedKFold if classifier else KFold)(n_splits=folds, shuffle=True, random_state=0)
 
 
 def fit_model(spec, frame: pd.DataFrame):
@@ -235,7 +258,7 @@ def fit_model(spec, frame: pd.DataFrame):
     fit_params = {"model__sample_weight": recency_weights(frame["ds"], half_life)} if half_life else {}
     jobs = settings().search_jobs
     with model_threads():
-        outcome = search(spec, make_pipeline(spec), X, y, fit_params, cross_validation(spec), jobs)
+        outcome = search(spec, make_pipeline(spec), X, y, fit_params, cross_validation(spec, frame[spec.entity], y), jobs)
     log.info("%s: %s search of %d candidate(s), %d at a time: best params %s (cv %s %.4f)", spec.name,
              outcome.method.value, len(outcome.trials), jobs, outcome.best_params, spec.promotion.metric.value,
              outcome.cv_score)
@@ -274,53 +297,89 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
             return earlier
     window = label_window(spec, as_of)
     log.info("%s: training challenger, %s", spec.name, window.describe())
-    train, holdout = training_frames(spark, spec, lake, window, seed=int(as_of.strftime("%Y%m%d")))
+    phases = PhaseTimer()
+    with phases("read"):
+        train, holdout = training_frames(spark, spec, lake, window, seed=int(as_of.strftime("%Y%m%d")))
     cols = feature_columns(spec)
     target, task, metric = spec.label.target, ModelTask.of(spec), spec.promotion.metric
-    outcome = fit_model(spec, train)
+    with phases("search"):
+        outcome = fit_model(spec, train)
     model = outcome.model
-    holdout_outputs = task.outputs(model, holdout[cols.all])
-    metrics = task.metrics(holdout[target].to_numpy(), holdout_outputs)
+    with phases("holdout"):
+        holdout_outputs = task.outputs(model, holdout[cols.all])
+        metrics = task.metrics(holdout[target].to_numpy(), holdout_outputs)
     log.info("%s: challenger holdout metrics %s", spec.name, {k: round(v, 4) for k, v in metrics.items()})
 
     with mlflow.start_run(experiment_id=experiment, run_name=f"train-{as_of}") as run:
-        mlflow.set_tags({
-            "use_case": spec.name, "as_of": str(as_of), "trigger": trigger, "trigger_reason": reason,
-            tracking.AIRFLOW_RUN_TAG: airflow_run_id or "", **tracking.code_version_tags(),
-            "training_data_digest": frame_digest(train[[spec.entity, "ds", target] + cols.all]),
-        })
-        mlflow.log_params({
-            "estimator": spec.model.estimator,
-            "fit_label_dates": f"{window.fit_start}..{window.fit_end}",
-            "holdout_label_dates": f"{window.holdout_start}..{window.holdout_end}",
-            "split": str(spec.training.split.value), "holdout_fraction": spec.training.holdout_fraction,
-            "task": task.kind.value, "train_rows": len(train), "holdout_rows": len(holdout),
-            **({"threshold": task.threshold} if task.kind is TaskType.BINARY else {}),
-            "features": ",".join(cols.all), "recency_half_life_days": spec.training.recency_half_life_days,
-        })
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)}
-                           | {f"cv_{metric.value}": outcome.cv_score,
-                              **task.label_summary(train[target]),
-                              "train_labels_missing": train.attrs.get("labels_missing", 0),
-                              "holdout_labels_missing": holdout.attrs.get("labels_missing", 0)})
-        log_trials(outcome, metric)
-        mlflow.log_input(mlflow.data.from_pandas(train, source=str(lake.features(spec.name)),
-                                                 name=f"{spec.name}-train-{window.fit_start}-{window.fit_end}",
-                                                 targets=target), context="training")
-        task.log_plots(holdout[target].to_numpy(), holdout_outputs)
-        explain_challenger(spec, model, holdout[cols.all], task)
-        reference = drift_reference(spec, train)
-        tracking.log_reference_sample(reference)
-        example = train[cols.all].head(5)
-        info = tracking.log_sklearn_model(model, example, getattr(model, task.predict_method)(example),
-                                          task.predict_method)
-        mlflow.set_tag(tracking.LOGGED_MODEL_TAG, info.model_uri)   # a retry registers this model, fits nothing
-        version = tracking.register_challenger(
-            spec.model.registered_name, info.model_uri, run.info.run_id,
-            version_tags(spec, as_of, trigger, reason, metrics, airflow_run_id))
+        with phases("track"):
+            mlflow.set_tags({
+                "use_case": spec.name, "as_of": str(as_of), "trigger": trigger, "trigger_reason": reason,
+                tracking.AIRFLOW_RUN_TAG: airflow_run_id or "", **tracking.code_version_tags(),
+                "training_data_digest": frame_digest(train[[spec.entity, "ds", target] + cols.all]),
+            })
+            mlflow.log_params({
+                "estimator": spec.model.estimator,
+                "fit_label_dates": f"{window.fit_start}..{window.fit_end}",
+                "holdout_label_dates": f"{window.holdout_start}..{window.holdout_end}",
+                "split": str(spec.training.split.value), "holdout_fraction": spec.training.holdout_fraction,
+                **({"snapshots": spec.training.snapshots.value} if spec.training.split is Split.RANDOM else {}),
+                "task": task.kind.value, "train_rows": len(train), "holdout_rows": len(holdout),
+                **({"threshold": task.threshold} if task.kind is TaskType.BINARY else {}),
+                "features": ",".join(cols.all), "recency_half_life_days": spec.training.recency_half_life_days,
+            })
+            mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)}
+                               | {f"cv_{metric.value}": outcome.cv_score,
+                                  **task.label_summary(train[target]),
+                                  "train_labels_missing": train.attrs.get("labels_missing", 0),
+                                  "holdout_labels_missing": holdout.attrs.get("labels_missing", 0)})
+            log_trials(outcome, metric)
+            mlflow.log_input(mlflow.data.from_pandas(train, source=str(lake.features(spec.name)),
+                                                     name=f"{spec.name}-train-{window.fit_start}-{window.fit_end}",
+                                                     targets=target), context="training")
+        with phases("plots"):
+            task.log_plots(holdout[target].to_numpy(), holdout_outputs)
+        with phases("explain"):
+            explain_challenger(spec, model, holdout[cols.all], task)
+        with phases("model"):
+            reference = drift_reference(spec, train)
+            tracking.log_reference_sample(reference)
+            example = train[cols.all].head(5)
+            info = tracking.log_sklearn_model(model, example, getattr(model, task.predict_method)(example),
+                                              task.predict_method)
+            mlflow.set_tag(tracking.LOGGED_MODEL_TAG, info.model_uri)   # a retry registers this model, fits nothing
+            version = tracking.register_challenger(
+                spec.model.registered_name, info.model_uri, run.info.run_id,
+                version_tags(spec, as_of, trigger, reason, metrics, airflow_run_id))
+        mlflow.log_metrics({f"seconds_{name}": value for name, value in phases.seconds.items()})
+    log.info("%s: training took %s", spec.name, phases)
     ref = tracking.ModelRef(spec.model.registered_name, str(version), run.info.run_id)
     log.info("%s: registered %s (run %s) with alias challenger", spec.name, ref.uri, ref.run_id)
     return challenger_xcom(ref, as_of, finite_or_none(metrics))
+
+
+class PhaseTimer:
+    """Wall seconds per named phase of a step (``with timer("search"): ...``), for the log and the
+    run's ``seconds_*`` metrics: where a training's time goes."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        import contextlib
+        import time
+
+        @contextlib.contextmanager
+        def phase():
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
+        return phase()
+
+    def __str__(self) -> str:
+        total = sum(self.seconds.values())
+        return f"{total:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()) + ")"
 
 
 def explain_challenger(spec, model, X: pd.DataFrame, task: ModelTask) -> None:

@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
+from pipelines.errors import Refusal
 from pipelines.lake import (Lake, drop_partition, ds, partition_files, partition_rows, read_files,
                            replace_partition, write_json)
 from pipelines.spec import SourceKind
@@ -39,7 +40,7 @@ PANDAS_TYPES = {
 }
 
 
-class DataValidationError(RuntimeError):
+class DataValidationError(Refusal, RuntimeError):
     """A raw partition broke one or more rules; the message names each column and rule."""
 
     def __init__(self, message: str, reports: list["SourceReport"]):
@@ -127,8 +128,8 @@ def _describe(result) -> RuleFailure:
     if "unexpected_count" in res:
         sample = res.get("partial_unexpected_list") or []
         detail = f"{res['unexpected_count']} of {res.get('element_count')} rows unexpected"
-        if sample:
-            detail += f", e.g. {sample[:3]}"
+        if sample:   # plain values (numpy scalars print as np.int64(0))
+            detail += f", e.g. {[v.item() if hasattr(v, 'item') else v for v in sample[:3]]}"
     elif cfg.type == "expect_table_columns_to_match_set":
         mismatch = (res.get("details") or {}).get("mismatched") or {}
         parts = [f"{k} columns {v}" for k, v in mismatch.items()]

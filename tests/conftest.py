@@ -135,7 +135,7 @@ def include_folder(include: Path):
 
     saved = os.environ.get("MLOPS_INCLUDE")
     os.environ["MLOPS_INCLUDE"] = str(include)
-    runtime._specs.cache_clear()
+    runtime._load_specs.cache_clear()
     try:
         yield include
     finally:
@@ -143,7 +143,7 @@ def include_folder(include: Path):
             os.environ.pop("MLOPS_INCLUDE", None)
         else:
             os.environ["MLOPS_INCLUDE"] = saved
-        runtime._specs.cache_clear()
+        runtime._load_specs.cache_clear()
 
 
 def write_spec(include: Path, spec: dict, expectations: Path = CHURN / "expectations.yaml") -> Path:
@@ -165,7 +165,7 @@ def state_home(tmp_path_factory) -> Path:
     os.environ["MLOPS_SPARK_MASTER"] = "local[2]"
     from pipelines import runtime
 
-    runtime._specs.cache_clear()
+    runtime._load_specs.cache_clear()
     return home
 
 
@@ -302,7 +302,7 @@ def lifecycle(state_home, small_spec, spark, mlflow_server):
     raw = yaml.safe_load(spec_file.read_text())
     raw["features"]["allowed_missing_days"] = [d.isoformat() for d in failures]
     spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-    runtime._specs.cache_clear()
+    runtime._load_specs.cache_clear()
     for day in refused:
         runtime.build_features(uc, day)
     challenger = runtime.train(uc, first_training, "first model", "manual")
@@ -378,7 +378,7 @@ def story(tmp_path_factory):
     mp.setenv("MLOPS_INCLUDE", str(include))
     mp.setenv("MLOPS_SCHEDULE_END", end.isoformat())
     mp.setenv("MLOPS_RETRY_DELAY_S", "3")   # the fault suite kills tasks: their retries come soon
-    runtime._specs.cache_clear()
+    runtime._load_specs.cache_clear()
     runtime.simulate(STORY_UC)
     raw = runtime.lake().raw(STORY_UC, "transactions")
     broken = read_partition(raw, STORY_BROKEN)
@@ -395,12 +395,12 @@ def story(tmp_path_factory):
         story = {"stack": stack, "client": client, "timings": timings, "end": end, "env": env,
                  "spec": runtime.spec(STORY_UC)}
         mp.undo()   # the stack keeps running; tests enter its environment with `in_story`
-        runtime._specs.cache_clear()
+        runtime._load_specs.cache_clear()
         yield story
     finally:
         stack.down()
         mp.undo()
-        runtime._specs.cache_clear()
+        runtime._load_specs.cache_clear()
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -413,9 +413,9 @@ def in_story(story, monkeypatch):
     story["stack"].up()
     for key, value in story["env"].items():
         monkeypatch.setenv(key, value)
-    runtime._specs.cache_clear()
+    runtime._load_specs.cache_clear()
     yield story
-    runtime._specs.cache_clear()
+    runtime._load_specs.cache_clear()
 
 
 

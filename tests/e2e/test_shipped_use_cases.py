@@ -59,7 +59,7 @@ def _edit_model(folder, **changes) -> None:
     raw = yaml.safe_load(path.read_text())
     raw["model"].update(changes)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    runtime._specs.cache_clear()
+    runtime._load_specs.cache_clear()
 
 
 @pytest.mark.parametrize("uc, source, metric, bound, plots", CASES, ids=[c[0] for c in CASES])

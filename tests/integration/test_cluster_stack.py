@@ -65,7 +65,7 @@ def cluster(tmp_path_factory):
     mp.setenv("MLOPS_HOME", str(home))
     mp.setenv("MLOPS_INCLUDE", str(include))
     mp.setenv("MLOPS_SCHEDULE_END", end.isoformat())
-    runtime._specs.cache_clear()
+    runtime._load_specs.cache_clear()
     runtime.simulate(UC)
     try:
         stack.up()
@@ -76,7 +76,7 @@ def cluster(tmp_path_factory):
     finally:
         stack.down()
         mp.undo()
-        runtime._specs.cache_clear()
+        runtime._load_specs.cache_clear()
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -47,6 +47,7 @@ def _write(folder: Path, mutate) -> Path:
     mutate(raw)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.yaml").write_text(yaml.safe_dump(raw))
+    (folder / "expectations.yaml").write_text((ROOT / "include" / "churn" / "expectations.yaml").read_text())
     return folder
 
 
@@ -256,6 +257,16 @@ def test_mlops_check_prints_every_problem_and_fails(tmp_path, capsys):
     assert len(out) == 2 and any("training.windw_days" in line for line in out)
     assert any("model.search_space.max_depht" in line and "did you mean max_depth?" in line for line in out)
     assert main(["check", str(ROOT / "include" / "churn")]) == 0
+
+
+def test_mlops_check_fails_without_the_expectations_file(tmp_path, capsys):
+    from pipelines.cli import main
+
+    folder = _write(tmp_path / "case", lambda r: None)
+    assert main(["check", str(folder)]) == 0
+    (folder / "expectations.yaml").unlink()
+    assert main(["check", str(folder)]) == 1
+    assert "expectations.yaml not found" in capsys.readouterr().out
 
 
 def test_every_column_type_has_a_storage_type():
