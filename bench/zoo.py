@@ -244,7 +244,10 @@ def baseline(spec, day: dt.date) -> tuple[float, float]:
         X[name] = pd.to_numeric(X[name].astype("Float64"), errors="coerce").astype(float)
     holdout = in_holdout(rows[spec.entity], spec.training.holdout_fraction)
     estimator = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
-    model = estimator(categorical_features="from_dtype", random_state=0).fit(X[~holdout], y[~holdout])
+    from pipelines.training import model_threads
+
+    with model_threads():
+        model = estimator(categorical_features="from_dtype", random_state=0).fit(X[~holdout], y[~holdout])
     truth = y[holdout].to_numpy()
     if task == "binary":
         value = float(roc_auc_score(truth, model.predict_proba(X[holdout])[:, 1]))
@@ -263,9 +266,12 @@ def plain_search_seconds(spec, estimator, X: pd.DataFrame, y: pd.Series) -> floa
     folds = (KFold if spec.model.task.value == "regression" else StratifiedKFold)(
         spec.model.cv_folds, shuffle=True, random_state=0)
     grid = {k: v for k, v in spec.model.search_space.items() if isinstance(v, list)}
+    from pipelines.training import model_threads
+
     started = time.perf_counter()
-    GridSearchCV(estimator(**spec.model.params, categorical_features="from_dtype"), grid or [{}],
-                 scoring=spec.promotion.metric.scorer, cv=folds).fit(X, y)
+    with model_threads():   # the same thread cap as the project's fit (MLOPS_MODEL_THREADS)
+        GridSearchCV(estimator(**spec.model.params, categorical_features="from_dtype"), grid or [{}],
+                     scoring=spec.promotion.metric.scorer, cv=folds).fit(X, y)
     return time.perf_counter() - started
 
 

@@ -15,6 +15,7 @@
     mlops rollback churn --reason "conversion dropped after v7"   # @champion back to the previous one
     mlops rollout status churn     # the candidate's share, steps and decisions (start/judge/stop too)
     mlops rollout drill churn --slow-ms 1500   # roll out a slowed copy of the champion: it must be stopped
+    mlops api-key path             # the scoring service's key file (rotate: replace the keys)
     mlops summary churn
 """
 from __future__ import annotations
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8090)
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    api_key = sub.add_parser("api-key", help="the scoring service's API keys: where they are, or rotate them")
+    api_key.add_argument("action", choices=["path", "rotate"],
+                         help="path: print the key file (mode 0600); rotate: replace every key by a new one")
     rollout = sub.add_parser("rollout", help="a version's rollout to live traffic: status, start, judge, stop")
     rollout.add_argument("action", choices=["status", "start", "load-test", "judge", "stop", "drill"])
     rollout.add_argument("use_case")
@@ -91,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("use_case")
         p.add_argument("ds", type=iso_date, help="date, YYYY-MM-DD")
         if name == "validate":
-            p.add_argument("--allow-empty-redelivery", action="store_true",
-                           help="let an empty delivery replace a clean partition that has rows")
+            p.add_argument("--allow-empty-redelivery", "--allow-shrinking-redelivery", action="store_true",
+                           dest="allow_empty_redelivery",
+                           help="let an empty or much smaller delivery replace a clean partition that has rows")
     train = sub.add_parser("train", help="train a challenger and promote it if better")
     train.add_argument("use_case")
     train.add_argument("--as-of", default=None, type=iso_date)
@@ -132,6 +137,15 @@ def _command(args: argparse.Namespace, runtime) -> int:
         from pipelines.example_data import export
 
         print(export(args.dataset, Path(args.out), args.missing))
+        return 0
+    if args.command == "api-key":
+        from pipelines.serving_guard import ensure_keys, rotate_keys
+
+        path = rotate_keys() if args.action == "rotate" else ensure_keys()
+        print(path)   # never the key itself: it stays in the file, readable by its owner only
+        if args.action == "rotate":
+            print("rotated: clients read the new key from the file; a running service takes it within a second",
+                  file=sys.stderr)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
@@ -267,7 +281,7 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
     elif args.command in ("score", "monitor"):
         champion = runtime.resolve_champion(uc)
         if champion is None:
-            print("no champion yet: run 'mlops train' first", file=sys.stderr)
+            print(f"mlops {args.command}: no champion yet: {runtime.why_no_champion(uc)}", file=sys.stderr)
             return 2
         result = ({"ds": args.ds, "scored_rows": runtime.score(uc, args.ds, champion, "cli"),
                    "model_version": champion.get("version")} if args.command == "score"

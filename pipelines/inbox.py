@@ -6,11 +6,15 @@ Layout, under ``$MLOPS_INBOX/<use case>/`` (``$MLOPS_HOME/inbox`` by default)::
     archive/<source>/<file>          landed files (a name already there gets a time prefix)
     rejected/<source>/<file>         refused files, each with <file>.error.txt beside it
 
-A file is picked up once it has not changed for ``SETTLE_SECONDS``; names starting with a dot
-or ending in ``.tmp``/``.part`` are never picked up, so a writer that copies slowly should
-write under such a name and rename when done. A snapshot source (no timestamp of its own)
-takes its as-of date from a ``YYYY-MM-DD`` in the file's name, else from the day the file
-was last modified (UTC).
+A file is picked up once it has not changed for ``MLOPS_INBOX_SETTLE_S`` seconds (5 by default;
+a Parquet file also once its footer is written);
+names starting with a dot or ending in ``.tmp``/``.part`` are never picked up, so a writer that
+copies slowly must write under such a name and rename when done (a settle time only guesses
+that a writer has finished). A snapshot source (no timestamp of its own) takes its as-of date
+from a ``YYYY-MM-DD`` in the file's name, else from the day the file was last modified (UTC); a
+name whose date is not a calendar date, is after today or before the spec's start is refused.
+Symbolic links, and anything whose real path is outside the inbox, are refused without being
+read; error files are readable by their owner only.
 
 The files of one source picked up together land together: a day's partition is replaced by
 that day's rows of all of them. A file that cannot be landed (unreadable, columns the spec does
@@ -33,7 +37,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SETTLE_SECONDS = 2.0
+SETTLE_SECONDS = 5.0
 ARCHIVE, REJECTED = "archive", "rejected"
 _DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 
@@ -49,41 +53,99 @@ def is_candidate(path: Path) -> bool:
     return not (name.startswith(".") or name.endswith((".tmp", ".part")) or name.endswith(".error.txt"))
 
 
-def ready_files(folder: Path, settle_seconds: float = SETTLE_SECONDS, now: float | None = None) -> list[Path]:
+def _entries(folder: Path):
+    """Every file and symbolic link under ``folder`` outside ``archive/`` and ``rejected/``, never
+    following a link (a linked folder is one entry, not walked into)."""
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        here = Path(root)
+        if here == folder:
+            dirs[:] = [d for d in dirs if d not in (ARCHIVE, REJECTED)]
+        for name in sorted(files) + sorted(d for d in dirs if (here / d).is_symlink()):
+            yield here / name
+
+
+def ready_files(folder: Path, settle_seconds: float | None = None, now: float | None = None) -> list[Path]:
     """The dropped files of an inbox (outside ``archive/`` and ``rejected/``) that have not changed
-    for ``settle_seconds``, sorted. A missing inbox has none."""
+    for ``settle_seconds`` (default ``MLOPS_INBOX_SETTLE_S``, else SETTLE_SECONDS), sorted; symbolic
+    links among them, which :func:`process_inbox` refuses without reading. A missing inbox has none."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    settle = settle_time() if settle_seconds is None else settle_seconds
     now = time.time() if now is None else now
     found = []
-    for entry in sorted(folder.rglob("*")):
-        relative = entry.relative_to(folder).parts
-        if relative[0] in (ARCHIVE, REJECTED) or not entry.is_file() or not is_candidate(entry):
+    for entry in sorted(_entries(folder)):
+        if not is_candidate(entry):
             continue
         try:
-            settled = now - entry.stat().st_mtime >= settle_seconds
+            settled = now - entry.lstat().st_mtime >= settle   # the entry itself, never a link's target
         except FileNotFoundError:   # moved away while we looked
             continue
-        if settled:
+        if settled and (entry.is_symlink() or looks_complete(entry)):
             found.append(entry)
     return found
 
 
+def looks_complete(path: Path) -> bool:
+    """A Parquet file ends with its footer's magic bytes; one being written does not yet (a CSV
+    has no such mark: its writer renames it into place, see the module doc)."""
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        return True
+    try:
+        with path.open("rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            return handle.read(4) == b"PAR1"
+    except OSError:   # shorter than 4 bytes, or gone
+        return False
+
+
+def settle_time() -> float:
+    """Seconds a dropped file must stay unchanged before it is picked up (``MLOPS_INBOX_SETTLE_S``)."""
+    return float(os.environ.get("MLOPS_INBOX_SETTLE_S") or SETTLE_SECONDS)
+
+
+def unsafe(inbox: Path, path: Path) -> str | None:
+    """Why ``path`` must not be read: a symbolic link (its target may be anything the landing
+    process can read, a secret included), or a real path outside the inbox; None when it is safe."""
+    if path.is_symlink():
+        return "is a symbolic link; links are refused without being read (drop the file itself)"
+    try:
+        path.resolve(strict=True).relative_to(Path(inbox).resolve(strict=True))
+    except (ValueError, OSError):
+        return "is not inside the inbox; refused without being read"
+    if not path.is_file():
+        return "is not a regular file; refused without being read"
+    return None
+
+
 def signature(path: Path) -> tuple[str, int, int]:
     """What identifies one delivery of a file: its path, size and modification time."""
-    stat = path.stat()
+    stat = path.lstat()   # a link's own metadata: its target is never looked at
     return str(path), stat.st_size, stat.st_mtime_ns
 
 
-def as_of_for(path: Path) -> dt.date:
-    """A snapshot file's as-of date: a ``YYYY-MM-DD`` in its name, else its modification day (UTC)."""
-    for text in _DATE_IN_NAME.findall(path.name):
+def as_of_for(path: Path, start: dt.date | None = None, today: dt.date | None = None) -> dt.date:
+    """A snapshot file's as-of date: a ``YYYY-MM-DD`` in its name, else its modification day (UTC).
+    IngestError when the name's date is not a calendar date, is after today (UTC), or before
+    ``start`` (the spec's start date): a wrong date would land a snapshot where no one looks, or
+    one that every later snapshot is older than."""
+    from pipelines.ingest import IngestError
+
+    today = today or dt.datetime.now(dt.timezone.utc).date()
+    found = _DATE_IN_NAME.findall(path.name)
+    if found:
         try:
-            return dt.date.fromisoformat(text)
+            day = dt.date.fromisoformat(found[0])
         except ValueError:
-            continue
-    return dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.timezone.utc).date()
+            raise IngestError(f"{path.name}: {found[0]} in the file name is not a calendar date") from None
+    else:
+        day = dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.timezone.utc).date()
+    if day > today:
+        raise IngestError(f"{path.name}: its date {day} is after today ({today}); name the file with the day "
+                          f"the snapshot was taken")
+    if start is not None and day < start:
+        raise IngestError(f"{path.name}: its date {day} is before the use case's start_date {start}")
+    return day
 
 
 def _free_name(folder: Path, name: str) -> Path:
@@ -105,8 +167,11 @@ def reject(inbox: Path, path: Path, source: str, error: str) -> Path:
     folder = inbox / REJECTED / (source or "_unknown")
     folder.mkdir(parents=True, exist_ok=True)
     target = _free_name(folder, path.name)
-    Path(f"{target}.error.txt").write_text(error.rstrip() + "\n")
-    return Path(shutil.move(str(path), target))
+    # only the owner reads an error: it may quote a value of the refused file
+    descriptor = os.open(f"{target}.error.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(error.rstrip() + "\n")
+    return Path(shutil.move(str(path), target))   # a link is moved as a link, its target untouched
 
 
 @dataclass
@@ -123,7 +188,7 @@ class InboxResult:
         return sorted({ds for parts in self.partitions.values() for ds in parts})
 
 
-def process_inbox(spec, lake, inbox: Path, settle_seconds: float = SETTLE_SECONDS) -> InboxResult:
+def process_inbox(spec, lake, inbox: Path, settle_seconds: float | None = None) -> InboxResult:
     """Land every ready file of ``inbox`` (see the module doc); returns what landed and what was refused."""
     from pipelines.ingest import IngestError, land, load_file
 
@@ -133,6 +198,12 @@ def process_inbox(spec, lake, inbox: Path, settle_seconds: float = SETTLE_SECOND
     for path in ready_files(inbox, settle_seconds):
         parts = path.relative_to(inbox).parts
         source = parts[0] if len(parts) == 2 else ""
+        refusal = unsafe(inbox, path)
+        if refusal is not None:
+            reason = f"{path.name}: {refusal}"
+            result.rejected[str(reject(inbox, path, source if source in spec.sources else "", reason))] = reason
+            log.warning("rejected %s", reason)
+            continue
         if source not in spec.sources:
             where = f"folder {source!r}" if source else "the inbox's top level"
             reason = (f"{path.name}: dropped in {where}, which is not a source of {spec.name}; drop files in "
@@ -146,7 +217,7 @@ def process_inbox(spec, lake, inbox: Path, settle_seconds: float = SETTLE_SECOND
         checked, frames = [], []
         for path in files:
             try:
-                frames.append(load_file(path, spec, source, as_of_for(path) if needs_date else None))
+                frames.append(load_file(path, spec, source, as_of_for(path, spec.start) if needs_date else None))
             except IngestError as exc:
                 reason = str(exc)
                 result.rejected[str(reject(inbox, path, source, reason))] = reason

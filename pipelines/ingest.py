@@ -216,6 +216,9 @@ def load_file(path: Path, spec: UseCaseSpec, source: str, as_of: dt.date | None 
     """One file's rows typed by the source's columns, with each row's partition date in ``_ds``;
     IngestError naming the file, column, row and value of the first problem. Writes nothing."""
     frame = typed_frame(path, read_file(path, spec.source(source).csv), spec, source, as_of)
+    if frame.empty and spec.source(source).partition_by is not None:
+        raise IngestError(f"{path}: holds no rows (a header only): there is no day to land it in; a day "
+                          f"without events needs no file")
     days = partition_dates(frame, spec, source, as_of)
     if days.isna().any():
         row = int(days.isna().to_numpy().nonzero()[0][0])
@@ -224,7 +227,10 @@ def load_file(path: Path, spec: UseCaseSpec, source: str, as_of: dt.date | None 
     missing = missing_counts(frame)
     log.info("%s: %s rows of %s checked; read as missing: %s", path, len(frame), source,
              ", ".join(f"{c} {n}" for c, n in missing.items()) or "nothing")
-    return frame.assign(_ds=days.to_numpy())
+    frame = frame.assign(_ds=days.to_numpy())
+    if frame.empty:   # an empty snapshot: it lands as an empty partition, judged by the source's min_rows
+        frame.attrs["empty_day"] = as_of.isoformat()
+    return frame
 
 
 def land(spec: UseCaseSpec, lake: Lake, source: str, files: list[Path], frames: list[pd.DataFrame]) -> IngestResult:
@@ -235,6 +241,11 @@ def land(spec: UseCaseSpec, lake: Lake, source: str, files: list[Path], frames: 
     for day, part in rows.groupby("_ds", sort=True):
         write_raw_partition(lake, spec, source, dt.date.fromisoformat(day), part.drop(columns="_ds"))
         written[day] = len(part)
+    for day in sorted({f.attrs["empty_day"] for f in frames if f.attrs.get("empty_day")} - set(written)):
+        write_raw_partition(lake, spec, source, dt.date.fromisoformat(day), rows.drop(columns="_ds").head(0))
+        written[day] = 0
+        log.warning("%s.%s: an empty snapshot (a header only) lands as an empty partition for %s", spec.name,
+                    source, day)
     if written:
         log.info("%s.%s: %s rows from %s file(s) landed in %s partition(s) (%s..%s)", spec.name, source, len(rows),
                  len(files), len(written), min(written), max(written))

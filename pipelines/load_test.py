@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import MissingData
+from pipelines.serving_guard import client_headers
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ def run_locust(target: str, url: str, records: Path, users: int, rate: float, se
                            str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix), "--only-summary",
                            "--loglevel", "WARNING", "--exit-code-on-error", "0"],
                           env={**os.environ, **(env or {}), "BENCH_TARGET": target, "BENCH_RECORDS": str(records),
-                               "BENCH_RATE": str(rate / users), "BENCH_USE_CASE": use_case},
+                               "BENCH_RATE": str(rate / users), "BENCH_USE_CASE": use_case,
+                               # the service's API key, in the environment (never on a command line)
+                               "BENCH_AUTHORIZATION": client_headers()["Authorization"]},
                           capture_output=True, text=True)
     if done.returncode != 0 or not Path(f"{prefix}_stats.csv").exists():
         raise RuntimeError(f"locust exited {done.returncode}: {(done.stderr or done.stdout)[-3000:]}")

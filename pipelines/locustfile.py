@@ -22,6 +22,8 @@ USE_CASE = os.environ.get("BENCH_USE_CASE", "churn")
 with open(os.environ["BENCH_RECORDS"]) as handle:
     ROWS = json.load(handle)
 PERIOD = 1 / float(os.environ.get("BENCH_RATE", "5"))   # seconds between one user's requests
+# the scoring service's API key (pipelines.serving_guard), handed over in the environment
+HEADERS = {"Authorization": os.environ["BENCH_AUTHORIZATION"]} if os.environ.get("BENCH_AUTHORIZATION") else {}
 
 
 class ScoringUser(FastHttpUser):   # geventhttpclient: the load generator's own cost stays small
@@ -43,8 +45,10 @@ class ScoringUser(FastHttpUser):   # geventhttpclient: the load generator's own 
     def predict(self):
         row = random.choice(ROWS)
         if TARGET == "ours":
-            self.client.post(f"/v1/{USE_CASE}/predict", json={"entity_ids": [row["id"]]}, name="predict")
+            self.client.post(f"/v1/{USE_CASE}/predict", json={"entity_ids": [row["id"]]}, name="predict",
+                             headers=HEADERS)
         elif TARGET == "records":   # ours, the record carrying its features
-            self.client.post(f"/v1/{USE_CASE}/predict", json={"records": [row["record"]]}, name="predict")
+            self.client.post(f"/v1/{USE_CASE}/predict", json={"records": [row["record"]]}, name="predict",
+                             headers=HEADERS)
         else:
             self.client.post("/invocations", json={"dataframe_records": [row["record"]]}, name="predict")

@@ -133,8 +133,13 @@ def render_markdown(spec, ref, run, evaluation: dict, decision: tuple | None, im
     return "\n".join(lines)
 
 
+# No script runs on a card: everything on it (the spec's owner, a reason, a category value from
+# the data) is text, and the page says so to the browser as well.
+CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 HTML_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<title>{title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }}
@@ -149,13 +154,16 @@ h1 {{ border-bottom: 2px solid #444; }}
 
 
 def render_html(markdown: str, images: dict[str, bytes], title: str) -> str:
-    """A self-contained page: the Markdown rendered, its images inlined."""
+    """A self-contained page: the Markdown rendered with raw HTML off (a ``<script>`` in any text
+    shows as text), its images inlined, and a Content-Security-Policy that allows no script."""
+    import html
+
     from markdown_it import MarkdownIt
 
-    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
     for name, data in images.items():
         body = body.replace(f'src="{name}"', f'src="data:image/png;base64,{base64.b64encode(data).decode()}"')
-    return HTML_PAGE.format(title=title, body=body)
+    return HTML_PAGE.format(title=html.escape(title), body=body, csp=CONTENT_SECURITY_POLICY)
 
 
 def publish(spec, ref, evaluation: dict, decision: tuple | None) -> Path:

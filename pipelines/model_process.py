@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+import time
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,11 @@ class ModelProcessLost(RuntimeError):
 class ModelProcess:
     """The service's handle on its model process; thread-safe (one call at a time)."""
 
+    LOAD_TIMEOUT_S = 60.0   # starting a process and loading versions may take a while on a busy machine
+
     def __init__(self, name: str = "model", timeout_s: float = 60.0, niceness: int = 0):
-        self.name, self.timeout_s = name, timeout_s
+        self.name, self.timeout_s = name, timeout_s   # timeout_s: for a batch to be scored
+        self.busy_since: float | None = None          # when the call now waiting for an answer was sent
         self.niceness = niceness   # added to the process's niceness: a lower CPU priority
         self.restarts = 0
         self._held: dict[str, tuple[bytes, dict, object]] = {}   # key -> what load sent: sent again after a restart
@@ -117,10 +121,22 @@ class ModelProcess:
         return result
 
     def _exchange(self, op: str, args: tuple):
+        timeout = self.timeout_s if op == "score" else max(self.timeout_s, self.LOAD_TIMEOUT_S)
         self._conn.send_bytes(pickle.dumps((op, args)))
-        if not self._conn.poll(self.timeout_s):
-            raise TimeoutError(f"no answer to {op} within {self.timeout_s:.0f} s")
-        return pickle.loads(self._conn.recv_bytes())
+        self.busy_since = time.monotonic() if op == "score" else None
+        try:
+            if not self._conn.poll(timeout):
+                raise TimeoutError(f"no answer to {op} within {timeout:.0f} s")
+            return pickle.loads(self._conn.recv_bytes())
+        finally:
+            self.busy_since = None
+
+    @property
+    def stalled(self) -> bool:
+        """A batch has waited for its answer more than half the timeout: the process is hung (or
+        about to be replaced); callers should not queue behind it."""
+        since = self.busy_since
+        return since is not None and time.monotonic() - since > self.timeout_s / 2
 
     def _start(self) -> None:
         import multiprocessing

@@ -58,7 +58,10 @@ def _refresh(spec, lake: Lake, date: dt.date | str, path: Path, force: bool) -> 
     from pipelines.features import feature_columns
 
     held = store_date(path)
-    if held is not None and held > ds(date) and not force:
+    tomorrow = ds(dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=1))
+    if held is not None and held > tomorrow:   # a date from the future would freeze the store for good
+        log.warning("%s: online store holds %s, a date in the future; replaced by %s", spec.name, held, ds(date))
+    elif held is not None and held > ds(date) and not force:
         log.info("%s: online store holds %s, newer than %s; left as it is", spec.name, held, ds(date))
         return {"refreshed": False, "ds": held, "rows": None, "path": str(path)}
     columns = [spec.entity, *feature_columns(spec).all]
@@ -70,7 +73,7 @@ def _refresh(spec, lake: Lake, date: dt.date | str, path: Path, force: bool) -> 
         conn = sqlite3.connect(staging)
         try:
             frame.to_sql(TABLE, conn, index=False)
-            conn.execute(f'create unique index entity_key on {TABLE} ("{spec.entity}")')
+            conn.execute(f"create unique index entity_key on {TABLE} ({_quote(spec.entity)})")
             conn.execute(f"create table {META} (key text primary key, value text)")
             conn.executemany(f"insert into {META} values (?, ?)",
                              [("ds", ds(date)), ("entity", spec.entity), ("refreshed_at",
@@ -91,13 +94,23 @@ def lookup(path: Path, entity: str, ids: list[str], columns: list[str]) -> tuple
     if not path.exists():
         raise MissingData(f"no online store at {path}; the daily DAG writes it after build_features")
     wanted = [str(i) for i in ids]
-    quoted = ", ".join(f'"{c}"' for c in [entity, *columns])
-    rows = _reader(path).execute(f'select {quoted} from {TABLE} where "{entity}" in '
-                                 f'({", ".join("?" * len(wanted))})', wanted).fetchall()
+    quoted = ", ".join(_quote(c) for c in [entity, *columns])
+    reader, rows = _reader(path), []
+    for start in range(0, len(wanted), LOOKUP_CHUNK):   # SQLite caps the variables of one statement
+        chunk = wanted[start:start + LOOKUP_CHUNK]
+        rows += reader.execute(f'select {quoted} from {TABLE} where {_quote(entity)} in '
+                               f'({", ".join("?" * len(chunk))})', chunk).fetchall()
     names = [entity, *columns]
     by_id = {row[0]: row for row in rows}
     missing = [i for i in wanted if i not in by_id]
     return [dict(zip(names, by_id[i])) for i in wanted if i in by_id], missing
+
+
+LOOKUP_CHUNK = 500
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 _readers = threading.local()   # per thread: path -> (the file's identity, its open connection)

@@ -75,7 +75,12 @@ def roll_back(spec, reason: str, requested_by: str, to: str | None = None) -> Ro
     if not reason:
         raise RollbackRefused("say why: a rollback needs a reason (--reason)")
     name = spec.model.registered_name
-    current = tracking.resolve_champion(name)
+    try:
+        current = tracking.resolve_champion(name)
+    except tracking.ChampionLost as lost:
+        if to is None:
+            raise RollbackRefused(f"{lost}; name the version to restore with --to") from None
+        return _restore_lost_champion(spec, name, reason, requested_by, str(to).strip().lstrip("v"))
     target = rollback_target(current.version if current else None, former_champions(name), to)
     ref = tracking.model_version(name, target)
     try:
@@ -96,3 +101,30 @@ def roll_back(spec, reason: str, requested_by: str, to: str | None = None) -> Ro
     done = Rollback(spec.name, name, current.version, target, reason, requested_by, at)
     log.info("%s: ROLLBACK champion v%s -> v%s by %s: %s", spec.name, current.version, target, requested_by, reason)
     return done
+
+
+def _restore_lost_champion(spec, name: str, reason: str, requested_by: str, target: str) -> Rollback:
+    """``@champion`` points nowhere (its version was deleted or the alias removed): point it at
+    ``target``, a former champion that still loads. Compare-and-set: nothing moves if an alias
+    appeared meanwhile."""
+    from pipelines import tracking
+
+    lost = tracking.recorded_champion(name) or "?"
+    if target not in former_champions(name):
+        raise RollbackRefused(f"v{target} was never champion (former champions: "
+                              f"{', '.join('v' + v for v in former_champions(name)) or 'none'})")
+    try:
+        tracking.load_model(tracking.model_version(name, target))
+    except Exception as exc:   # noqa: BLE001 - gone files or a deleted version: either way it cannot serve
+        raise RollbackRefused(f"cannot restore v{target}: {exc}") from None
+    if tracking.resolve_alias(name, tracking.CHAMPION) is not None:
+        raise RollbackRefused("an alias was set while the restore was prepared; nothing changed, run it again")
+    at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    tracking.move_champion(name, target, None, at)
+    c = tracking.client()
+    for key, value in {"rollback.from": f"lost v{lost}", "rollback.reason": reason,
+                       "rollback.requested_by": requested_by, "rollback.at": at}.items():
+        c.set_model_version_tag(name, target, key, value)
+    log.warning("%s: @champion was lost (v%s); restored to v%s by %s: %s", spec.name, lost, target, requested_by,
+                reason)
+    return Rollback(spec.name, name, f"lost v{lost}", target, reason, requested_by, at)

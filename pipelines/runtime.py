@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from pipelines.config import settings
 from pipelines.errors import MissingData, Refusal
 from pipelines.lake import Lake, list_partitions
-from pipelines.spec import UseCaseSpec, discover_specs
+from pipelines.spec import SpecError, UseCaseSpec, discover_specs_and_errors
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,17 @@ class UnknownUseCase(Refusal, KeyError):
         return str(self.args[0])
 
 
+USE_CASE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
 @lru_cache(maxsize=64)
-def _load_specs(include: str, stamp: tuple) -> dict[str, UseCaseSpec]:
-    return {s.name: s for s in discover_specs(include)}
+def _load_specs(include: str, stamp: tuple) -> tuple[dict[str, UseCaseSpec], dict[str, SpecError]]:
+    """The specs that load, by name, and the errors of those that do not, by folder name."""
+    specs, errors = discover_specs_and_errors(include)
+    return {s.name: s for s in specs}, {Path(e.file).parent.name: e for e in errors}
 
 
-def _specs(include: str) -> dict[str, UseCaseSpec]:
+def _specs_and_errors(include: str) -> tuple[dict[str, UseCaseSpec], dict[str, SpecError]]:
     """The include folder's specs, read again when a spec or expectation file changed (a use case
     drafted by `mlops init` in the same process is seen at once)."""
     files = sorted(Path(include).glob("*/*.yaml"))
@@ -45,16 +51,26 @@ def _specs(include: str) -> dict[str, UseCaseSpec]:
     return _load_specs(include, stamp)
 
 
+def _specs(include: str) -> dict[str, UseCaseSpec]:
+    return _specs_and_errors(include)[0]
+
+
 def spec(use_case: str) -> UseCaseSpec:
-    """The spec of ``use_case`` from the configured include folder."""
-    specs = _specs(str(settings().include))
-    if use_case not in specs:
-        raise UnknownUseCase(f"unknown use case {use_case!r}; specs found: {sorted(specs)} in {settings().include}")
-    return specs[use_case]
+    """The spec of ``use_case`` from the configured include folder. A name that is not a use-case
+    name is refused before any path is built from it; a broken spec breaks only its own use case."""
+    if not isinstance(use_case, str) or not USE_CASE_NAME.fullmatch(use_case):
+        raise UnknownUseCase(f"{use_case!r} is not a use-case name (lower-case letters, digits and _, "
+                             f"starting with a letter)")
+    specs, errors = _specs_and_errors(str(settings().include))
+    if use_case in specs:
+        return specs[use_case]
+    if use_case in errors:
+        raise errors[use_case]
+    raise UnknownUseCase(f"unknown use case {use_case!r}; specs found: {sorted(specs)} in {settings().include}")
 
 
 def use_case_names() -> list[str]:
-    """Every use case of the configured include folder."""
+    """Every use case of the configured include folder whose spec loads."""
     return sorted(_specs(str(settings().include)))
 
 
@@ -87,8 +103,9 @@ def inbox(use_case: str):
     """The use case's drop folder (``$MLOPS_INBOX/<use case>``), with a folder per source."""
     from pipelines.inbox import inbox_folder, make_source_folders
 
+    use_case_spec = spec(use_case)   # first: a name that is no use case builds no path
     folder = inbox_folder(settings().inbox, use_case)
-    make_source_folders(spec(use_case), folder)
+    make_source_folders(use_case_spec, folder)
     return folder
 
 
@@ -136,6 +153,20 @@ def resolve_champion(use_case: str) -> dict | None:
     tracking.require_tracking_server()
     ref = tracking.resolve_champion(spec(use_case).model.registered_name)
     return ref.as_xcom() if ref else None
+
+
+def why_no_champion(use_case: str) -> str:
+    """Why ``use_case`` has no champion: no version trained yet, or the newest one's gate decision."""
+    from pipelines import tracking
+
+    name = spec(use_case).model.registered_name
+    versions = tracking.client().search_model_versions(f"name = '{name}'")
+    if not versions:
+        return f"no version of {name} is registered; run 'mlops train {use_case}'"
+    newest = max(versions, key=lambda v: int(v.version))
+    tags = newest.tags or {}
+    decision = tags.get("promotion.decision", "not decided")
+    return f"v{newest.version} of {name} was {decision}: {tags.get('promotion.reason', 'no reason recorded')}"
 
 
 def score(use_case: str, date: str | dt.date, champion: dict, run_id: str) -> int:
@@ -201,6 +232,7 @@ def training_lock(use_case: str, timeout: float = 3600.0):
     """
     from filelock import FileLock
 
+    spec(use_case)   # a name that is no use case builds no path
     path = lake().root / "_locks" / f"{use_case}.training.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path), timeout=timeout)

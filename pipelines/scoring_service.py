@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import Body, FastAPI, HTTPException, Response   # FastAPI reads the handlers' annotations
+from fastapi import FastAPI, HTTPException, Request, Response   # FastAPI reads the handlers' annotations
 from fastapi.responses import JSONResponse
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
     from pipelines.config import settings
     from pipelines.online_store import store_path
     from pipelines.serving import ModelServer, RequestLog, calm_garbage_collector, log_types
+    from pipelines.serving_guard import BodyTooLarge, Guard, KeyRing, allowed_hosts, auth_enabled, key_file
     from pipelines.spec import ServingInput
 
     cfg = settings()
@@ -104,8 +106,11 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
             endpoint.request_log.stop()
 
     app = FastAPI(title="airflow-mlops scoring service", lifespan=lifespan,
-                  description="Online scoring of each use case's @champion: " + ", ".join(names))
+                  description="Online scoring of each use case's @champion: " + ", ".join(names)
+                  + ". Every endpoint but /healthz and /readyz needs `Authorization: Bearer <key>` "
+                    "(the key file: `mlops api-key path`).")
     app.state.endpoints = endpoints
+    app.add_exception_handler(BodyTooLarge, lambda _request, exc: JSONResponse({"detail": str(exc)}, 413))
     if len(endpoints) == 1:
         only = next(iter(endpoints.values()))
         app.state.server, app.state.request_log = only.server, only.request_log
@@ -119,7 +124,8 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
         server = endpoint.server
         current, candidate, state = server.current, server.candidate, server.rollout
         found = {"ready": server.ready, "model": endpoint.spec.model.registered_name,
-                 "version": current.ref.version if current else None, "error": server.last_error,
+                 "version": current.ref.version if current else None, "error": public(server.last_error),
+                 **({"model_process": "not answering; being replaced"} if server.stalled else {}),
                  "circuit_open": bool(current and current.breaker.open)}
         if state is not None:
             found["rollout"] = {"id": state.id, "strategy": state.strategy, "share": state.share,
@@ -131,7 +137,7 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
     def healthz():
         return {"status": "ok", "use_cases": sorted(endpoints)}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "Not ready (see error)"}})
     def readyz(response: Response):
         states = {name: readiness(e) for name, e in endpoints.items()}
         if not all(s["ready"] for s in states.values()):
@@ -140,14 +146,17 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
             return next(iter(states.values()))
         return {"ready": response.status_code != 503, "use_cases": states}
 
-    @app.get("/v1/{use_case}/readyz")
+    @app.get("/v1/{use_case}/readyz", responses={404: {"description": "Not a use case this service serves",
+                                                        "content": _ERROR},
+                                                  503: {"description": "Not ready (see error)"}})
     def use_case_readyz(use_case: str, response: Response):
         state = readiness(endpoint_of(use_case))
         if not state["ready"]:
             response.status_code = 503
         return state
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses={200: {"description": "Prometheus text format",
+                                          "content": {"text/plain": {"schema": {"type": "string"}}}}})
     def prometheus():
         for name, endpoint in endpoints.items():
             current = endpoint.server.current
@@ -161,13 +170,95 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
                     trips.labels(name, served.ref.version).set(served.breaker.trips)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/{use_case}/predict")
-    async def predict(use_case: str, body: dict = Body(..., examples=[{"records": [{"column": "value"}]}])):
+    for name, endpoint in endpoints.items():   # a route per use case: its OpenAPI names the record's fields
+        app.add_api_route(f"/v1/{name}/predict", predict_handler(endpoint, metrics), methods=["POST"],
+                          summary=f"Score records of {name}", openapi_extra=request_schema(endpoint),
+                          responses=PREDICT_RESPONSES, operation_id=f"predict_{name}")
+    app.openapi = lambda: service_openapi(app)
+    limits = [e.spec.deployment.limits for e in endpoints.values()] or [None]
+    max_body = max(lim.max_body_bytes if lim else 1_000_000 for lim in limits)
+    keys = KeyRing(key_file()) if auth_enabled() else None
+    return Guard(app, max_body, keys, allowed_hosts())
+
+
+def predict_handler(endpoint: UseCaseEndpoint, metrics: dict):
+    """The predict route of one use case: the body read as JSON by hand (``Infinity``, ``NaN`` and
+    ``1e999`` parse, to be refused by name in :func:`pipelines.serving.check_records`)."""
+    import json
+
+    async def predict(request: Request):
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise HTTPException(422, [{"loc": ["body"], "msg": "the body is not JSON", "type": "json_invalid"}]) \
+                from None
+        if not isinstance(body, dict):
+            raise HTTPException(422, [{"loc": ["body"], "msg": "the body is a JSON object", "type": "dict_type"}])
         # on the event loop: the batch is scored by the model process (the loop takes requests in
         # meanwhile); plain JSON values already, so JSONResponse skips FastAPI's encoder
-        return JSONResponse(await answer(endpoint_of(use_case), body, metrics))
+        return JSONResponse(await answer(endpoint, body, metrics))
+    return predict
 
-    return app
+
+_ERROR = {"application/json": {"schema": {"type": "object", "properties": {"detail": {}}}}}
+PREDICT_RESPONSES = {
+    200: {"description": "One prediction per record, in order"},
+    400: {"description": "Host header not allowed", "content": _ERROR},
+    401: {"description": "No or a wrong API key", "content": _ERROR},
+    404: {"description": "Unknown entity ids (entity input)", "content": _ERROR},
+    413: {"description": "Body over deployment.limits.max_body_bytes", "content": _ERROR},
+    422: {"description": "Records that do not fit the served version's signature, or over the limits",
+          "content": _ERROR},
+    503: {"description": "No model can answer now (none loaded, champion lost, model process not answering); "
+                         "see Retry-After", "content": _ERROR},
+}
+
+
+def request_schema(endpoint: UseCaseEndpoint) -> dict:
+    """The request body's JSON schema from the spec: each feature's type (numbers, or text up to
+    the length limit; null is a missing value), the limits on records and ids."""
+    from pipelines.features import feature_columns
+
+    spec, limits = endpoint.spec, endpoint.spec.deployment.limits
+    if endpoint.by_entity:
+        item = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": limits.max_string_length},
+                          {"type": "integer"}]}
+        body = {"type": "object", "required": ["entity_ids"], "properties": {
+            "entity_ids": {"type": "array", "items": item, "minItems": 1, "maxItems": limits.max_records}}}
+    else:
+        columns = feature_columns(spec)
+        text = {"type": "string", "maxLength": limits.max_string_length, "nullable": True}
+        properties = {c: {"type": "number", "nullable": True} for c in columns.numeric}
+        properties |= {c: text for c in columns.categorical}
+        properties[spec.entity] = {"anyOf": [{"type": "string", "maxLength": limits.max_string_length},
+                                             {"type": "integer"}], "nullable": True}
+        record = {"type": "object", "required": columns.all, "properties": properties}
+        body = {"type": "object", "required": ["records"], "properties": {
+            "records": {"type": "array", "items": record, "minItems": 1, "maxItems": limits.max_records}}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
+
+
+def service_openapi(app) -> dict:
+    """FastAPI's document, once, with the bearer key declared and every status code the service
+    answers outside the handlers (400, 401, 413 from the guard)."""
+    from fastapi.openapi.utils import get_openapi
+
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version="1", description=app.description, routes=app.routes)
+        document.setdefault("components", {})["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+        for path, operations in document.get("paths", {}).items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                responses.setdefault("400", {"description": "Host header not allowed", "content": _ERROR})
+                if not (path in ("/healthz", "/readyz") or path.endswith("/readyz")):
+                    operation["security"] = [{"apiKey": []}]
+                    responses.setdefault("401", {"description": "No or a wrong API key", "content": _ERROR})
+                    responses.setdefault("413", {"description": "Body too large", "content": _ERROR})
+                else:
+                    responses.setdefault("503", {"description": "Not ready"})
+                responses.pop("422", None) if operation.get("operationId", "").startswith("prometheus") else None
+        app.openapi_schema = document
+    return app.openapi_schema
 
 
 async def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
@@ -178,6 +269,7 @@ async def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
     open) is replaced by the fallback chain and the record is flagged ``fallback``. Under a
     shadowed rollout the other model scores the same records in the shadow, not waited for
     (:meth:`pipelines.serving.ModelServer.score_in_shadow`)."""
+    from pipelines.errors import MissingData
     from pipelines.online_store import lookup
     from pipelines.rollout import CANDIDATE_ARM, CHAMPION_ARM, arm_of
     from pipelines.serving import Answer, InvalidRecords, NotReady, check_records, log_rows
@@ -188,26 +280,32 @@ async def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
     champion, candidate, state = server.current, server.candidate, server.rollout
     version = champion.ref.version if champion else "none"
     count = metrics["requests"]
+    limits = spec.deployment.limits
     try:
         key = "entity_ids" if endpoint.by_entity else "records"
-        given = body.get(key)
-        if not isinstance(given, list) or not given:
-            raise InvalidRecords([{"loc": [key], "msg": f"a non-empty list of {key.replace('_', ' ')} is needed",
-                                   "type": "missing"}])
+        given = checked_list(body, key, limits)
         if champion is None:
             raise NotReady(f"{spec.name}: no model loaded yet"
                            + (f" ({server.last_error})" if server.last_error else ""))
         inputs = {**champion.inputs, **(candidate.inputs if candidate else {})}
         if endpoint.by_entity:
-            records, unknown = lookup(endpoint.store, spec.entity, given, list(inputs))
+            try:
+                records, unknown = lookup(endpoint.store, spec.entity, given, list(inputs))
+            except MissingData:
+                raise NotReady(f"{spec.name}: the online store is not ready (the daily DAG writes it)") from None
             if unknown:
                 count.labels(spec.name, version, "unknown_entity").inc()
                 raise HTTPException(404, {"unknown_entities": unknown[:50],
                                           "msg": f"no features in the online store for {len(unknown)} id(s)"})
             entities = [r.pop(spec.entity) for r in records]
         else:
-            records = check_records(given, inputs)
+            records = check_records(given, inputs, limits.max_string_length)
             entities = [r.get(spec.entity) for r in given]
+            bad = [i for i, e in enumerate(entities) if not valid_id(e, limits, missing_ok=True)]
+            if bad:
+                raise InvalidRecords([{"loc": ["records", bad[0], spec.entity], "type": "entity_id",
+                                       "msg": f"an id is text or a whole number of 1 to {limits.max_string_length} "
+                                              f"characters"}])
         arms = [arm_of(e, state) for e in entities]
         picked = {arm: [i for i, a in enumerate(arms) if a == arm] for arm in (CHAMPION_ARM, CANDIDATE_ARM)}
         if len(picked[CHAMPION_ARM]) == len(records):
@@ -232,13 +330,13 @@ async def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
     except NotReady as exc:
         count.labels(spec.name, version, "not_ready").inc()
         log.error("%s: request %s not answered: %s", spec.name, request_id, exc)
-        raise HTTPException(503, str(exc)) from None
+        raise HTTPException(503, public(str(exc)), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     except HTTPException:
         raise
-    except Exception as exc:
+    except Exception:
         count.labels(spec.name, version, "error").inc()
-        log.exception("%s: request %s failed", spec.name, request_id)
-        raise HTTPException(500, f"request {request_id} failed: {type(exc).__name__}: {exc}") from None
+        log.exception("%s: request %s failed", spec.name, request_id)   # the details stay in the service's log
+        raise HTTPException(500, f"request {request_id} failed; the service's log has the details") from None
     elapsed_ms = (time.perf_counter() - started) * 1000
     rollout_id = state.id if state else None
     rows: list[dict | None] = [None] * len(arms)
@@ -273,6 +371,47 @@ async def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
         response["rollout"] = {"id": state.id, "strategy": state.strategy, "candidate": state.candidate,
                                "share": state.share}
     return response
+
+
+RETRY_AFTER_S = 5
+_PATH = re.compile(r"(file://)?(?<![\w.])/(?:[\w.+@-]+/)*[\w.+@-]+")
+
+
+def public(message: str | None) -> str | None:
+    """A message fit for any client: the server's file paths replaced by ``<path>``."""
+    return None if message is None else _PATH.sub("<path>", message)
+
+
+def checked_list(body: dict, key: str, limits) -> list:
+    """``body[key]``: a non-empty list of at most ``limits.max_records`` items (entity ids: text or
+    whole numbers of at most ``max_string_length`` characters); InvalidRecords otherwise."""
+    from pipelines.serving import InvalidRecords
+
+    given = body.get(key)
+    what = key.replace("_", " ")
+    if not isinstance(given, list) or not given:
+        raise InvalidRecords([{"loc": [key], "msg": f"a non-empty list of {what} is needed", "type": "missing"}])
+    if len(given) > limits.max_records:
+        raise InvalidRecords([{"loc": [key], "msg": f"at most {limits.max_records} {what} per request, got "
+                                                   f"{len(given)}", "type": "too_long"}])
+    if key == "entity_ids":
+        for i, value in enumerate(given):
+            if not valid_id(value, limits):
+                raise InvalidRecords([{"loc": [key, i], "type": "entity_id", "msg": f"an id is text or a whole "
+                                       f"number of 1 to {limits.max_string_length} characters"}])
+    return given
+
+
+def valid_id(value, limits, missing_ok: bool = False) -> bool:
+    """An entity id: text or a whole number, 1 to ``max_string_length`` characters of valid text."""
+    from pipelines.serving import encodable
+
+    if value is None:
+        return missing_ok
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return False
+    text = str(value) if not isinstance(value, int) or abs(value) < 10 ** 100 else "x" * (limits.max_string_length + 1)
+    return 0 < len(text) <= limits.max_string_length and encodable(text)
 
 
 def app_from_env():

@@ -31,6 +31,7 @@ import functools
 import gc
 import itertools
 import logging
+import math
 import threading
 import time
 import uuid
@@ -131,20 +132,33 @@ class Answer:
     error: str | None = None
 
 
-def check_records(records: list[dict], inputs: dict[str, str]) -> list[dict]:
-    """The records reduced to the signature's columns; :class:`InvalidRecords` naming every
-    missing column, unknown column and value of the wrong type (``None`` is a missing value)."""
-    errors = []
+MAX_ERRORS = 20   # an error body lists this many problems and counts the rest
+
+
+def check_records(records: list[dict], inputs: dict[str, str], max_string_length: int = 1_000) -> list[dict]:
+    """The records reduced to the signature's columns; :class:`InvalidRecords` naming the missing
+    columns and the values of the wrong type, non-finite numbers (``Infinity``, ``NaN``, ``1e999``:
+    a client's data, never a model fault) and text over ``max_string_length`` characters (``None``
+    is a missing value). At most MAX_ERRORS problems are listed, then how many more there were."""
+    errors: list[dict] = []
+    more = 0
+
+    def problem(loc: list, msg: str, kind: str) -> None:
+        nonlocal more
+        if len(errors) < MAX_ERRORS:
+            errors.append({"loc": loc, "msg": msg, "type": kind})
+        else:
+            more += 1
+
     if not records:
-        errors.append({"loc": ["records"], "msg": "at least one record is needed", "type": "too_short"})
+        problem(["records"], "at least one record is needed", "too_short")
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            errors.append({"loc": ["records", i], "msg": "a record is an object of column: value",
-                           "type": "dict_type"})
+            problem(["records", i], "a record is an object of column: value", "dict_type")
             continue
         for column, kind in inputs.items():
             if column not in record:
-                errors.append({"loc": ["records", i, column], "msg": f"field required ({kind})", "type": "missing"})
+                problem(["records", i, column], f"field required ({kind})", "missing")
                 continue
             value, wanted = record[column], TYPES.get(kind)
             if value is None or wanted is None:
@@ -152,11 +166,37 @@ def check_records(records: list[dict], inputs: dict[str, str]) -> list[dict]:
             ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if wanted is float else \
                 (isinstance(value, int) and not isinstance(value, bool)) if wanted is int else isinstance(value, wanted)
             if not ok:
-                errors.append({"loc": ["records", i, column], "msg": f"expected {kind}, got {type(value).__name__} "
-                                                                   f"{value!r}", "type": "type_error"})
+                shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else repr(value[:40]) + "..."
+                problem(["records", i, column], f"expected {kind}, got {type(value).__name__} {shown}", "type_error")
+            elif wanted in (float, int) and not finite(value):
+                shown = repr(value) if isinstance(value, float) else "a number beyond a double's range"
+                problem(["records", i, column], f"expected a finite number, got {shown}", "finite_number")
+            elif isinstance(value, str) and len(value) > max_string_length:
+                problem(["records", i, column], f"at most {max_string_length} characters, got {len(value)}",
+                        "string_too_long")
+            elif isinstance(value, str) and not encodable(value):
+                problem(["records", i, column], "not valid text (a lone surrogate)", "string_unicode")
     if errors:
-        raise InvalidRecords(errors)
+        raise InvalidRecords(errors + ([{"loc": ["records"], "msg": f"and {more} more problem(s)",
+                                         "type": "too_many_errors"}] if more else []))
     return [{column: record[column] for column in inputs} for record in records]
+
+
+def finite(value) -> bool:
+    """A number a model can take: finite, and within a double's range (a JSON integer may not be)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def encodable(text: str) -> bool:
+    """Text that can be written back (a JSON string may hold a lone surrogate UTF-8 cannot encode)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def records_frame(records: list[dict], inputs: dict[str, str]) -> pd.DataFrame:
@@ -244,7 +284,12 @@ class ModelServer:
                     raise
                 aliases, tags = {}, {}
             wanted = aliases.get(self.alias)
-            self.has_champion = wanted is not None
+            recorded = tags.get(tracking.CHAMPION_RECORD_TAG) if self.alias == tracking.CHAMPION else None
+            self.has_champion = wanted is not None or recorded is not None
+            if wanted is None and recorded is not None:   # promoted once, now pointing nowhere: not ready
+                self.last_error = (f"{self.spec.model.registered_name}@{self.alias} is lost: it was v{recorded}, "
+                                   f"which the registry no longer resolves; restore it with `mlops rollback "
+                                   f"{self.spec.name} --to VERSION --reason TEXT`")
             swapped = False
             if wanted is not None and (self.current is None or self.current.ref.version != str(wanted)):
                 ready = self.candidate if self.candidate and self.candidate.ref.version == str(wanted) else None
@@ -313,7 +358,7 @@ class ModelServer:
         if not self.spec.deployment.model_process:
             return None
         if self.model_process is None:
-            self.model_process = ModelProcess(self.spec.name)
+            self.model_process = ModelProcess(self.spec.name, self.spec.deployment.limits.model_timeout_s)
         key = f"v{version}-{next(self._keys)}"
         self.model_process.load(key, model, inputs, self.task, example)   # raises what scoring there raises
         if self.follow_rollout and self.spec.deployment.strategy is not Strategy.DIRECT:
@@ -384,9 +429,15 @@ class ModelServer:
 
     # ----------------------------------------------------------------- predictions
     @property
+    def stalled(self) -> bool:
+        """The model process does not answer (hung, or being replaced)."""
+        return self.model_process is not None and self.model_process.stalled
+
+    @property
     def ready(self) -> bool:
-        """Serving a version, or sure there is none to serve yet (no champion was promoted)."""
-        return self.current is not None or self.has_champion is False
+        """Serving a version whose model process answers, or sure there is none to serve yet (no
+        champion was promoted)."""
+        return (self.current is not None and not self.stalled) or self.has_champion is False
 
     def outputs(self, model, inputs: dict[str, str], records: list[dict]) -> list[dict]:
         """A model's outputs for checked records, as JSON-ready dicts (one frame for them all)."""
@@ -402,6 +453,8 @@ class ModelServer:
         if not served.breaker.allow() and not last_resort:
             return Answer(served, None, 0.0, f"v{served.ref.version} circuit open after {served.breaker.failures} "
                                               f"failed or slow answers in a row")
+        if served.key is not None and self.stalled:   # fail fast: queueing behind a hung process helps nobody
+            return Answer(served, None, 0.0, "the model process does not answer; it is being replaced")
         started = time.perf_counter()
         try:
             outputs = await (asyncio.wrap_future(served.batcher.submit(records)) if served.batcher is not None else

@@ -185,6 +185,8 @@ class SourceSpec(_Section):
     partition_by: str | None = None     # its date is the row's partition (snapshots: the --as-of date)
     columns: dict[str, ColumnType] = Field(min_length=1)
     min_rows: int = Field(1, ge=0)   # rows every daily delivery has; 0 for sources with legitimately empty days
+    max_shrink: float = Field(0.5, ge=0, le=1)   # a redelivery with this share fewer rows than the clean partition
+                                                 # it would replace is quarantined (the clean one is kept)
     csv: CsvFormat = CsvFormat()     # delimiter, encoding and missing-value texts of its CSV files
     row_id: str | None = None        # an int column ingest adds: each row's number in its file (from 1), for a
                                      # table with no id column of its own
@@ -523,6 +525,17 @@ class LoadTestSpec(_Section):
     max_error_rate: float = Field(0.0, ge=0, le=1)
 
 
+class ServingLimits(_Section):
+    """What one request to the scoring service may hold; more is refused (413 for the body, 422 for
+    the rest) before the model sees any of it."""
+
+    max_body_bytes: int = Field(1_000_000, ge=1_000)
+    max_records: int = Field(1_000, ge=1)        # records (or entity ids) per request
+    max_string_length: int = Field(1_000, ge=1)  # characters of a text value or an entity id
+    model_timeout_s: float = Field(5.0, gt=0)    # a model process silent this long is replaced; meanwhile
+                                                 # /readyz is not ready and requests get 503 at once
+
+
 class DeploymentSpec(_Section):
     """The online scoring service of the use case and how new versions reach its traffic."""
 
@@ -539,6 +552,7 @@ class DeploymentSpec(_Section):
     model_process: bool = True   # models score in a process of their own beside the HTTP server (false: in it)
     fallback: dict[str, float | int | str] | None = None   # the answer when no model can (e.g. {score: 0.0, prediction: 0})
     load_test: LoadTestSpec = LoadTestSpec()
+    limits: ServingLimits = ServingLimits()
 
     @field_validator("steps")
     @classmethod

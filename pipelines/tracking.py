@@ -390,4 +390,5 @@ def resolve_champion(name: str) -> ModelRef | None:
     except Exception:
         state = f"v{recorded} is no longer in the registry (deleted?)"
     raise ChampionLost(f"{name}@{CHAMPION} does not resolve: the last promoted champion was v{recorded} and "
-                       f"{state}. Point the alias at a valid version (mlops promote/rollback) before scoring.")
+                       f"{state}. Point the alias at a former champion that still loads: "
+                       f"mlops rollback <use case> --to VERSION --reason TEXT")

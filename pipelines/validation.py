@@ -192,8 +192,9 @@ class PartitionValidator:
         """Validate one raw partition; land it in clean or quarantine it.
 
         An unreadable file is a failed rule like any other (quarantined as delivered). An empty
-        delivery never replaces a clean partition that has rows, unless explicitly allowed:
-        it is quarantined and the clean partition is kept.
+        delivery, or one with more than the source's ``max_shrink`` share fewer rows, never replaces
+        a clean partition that has rows, unless explicitly allowed: it is quarantined and the
+        clean partition is kept (a late one-row file must not replace a day's rows).
         """
         raw_path = Lake.partition(self.lake.raw(self.spec.name, source), date)
         if not raw_path.exists() and self.spec.source(source).kind == SourceKind.SNAPSHOT:
@@ -216,10 +217,14 @@ class PartitionValidator:
             return report
         failures = self.check(source, frame_for_checks(table))
         kept = partition_rows(clean, date)
-        shrinks = not failures and table.num_rows == 0 and kept > 0 and not allow_empty_redelivery
+        limit = self.spec.source(source).max_shrink
+        shrinks = (not failures and kept > 0 and not allow_empty_redelivery
+                   and (table.num_rows == 0 or table.num_rows < kept * (1 - limit)))
         if shrinks:
+            what = ("an empty delivery" if table.num_rows == 0 else
+                    f"a delivery of {table.num_rows} rows (more than {limit:.0%} fewer: max_shrink)")
             failures = [RuleFailure("redelivery keeps rows", None,
-                                    f"an empty delivery would replace the clean partition's {kept} rows; "
+                                    f"{what} would replace the clean partition's {kept} rows; "
                                     f"the clean partition is kept (override: `mlops validate "
                                     f"{self.spec.name} {ds(date)} --allow-empty-redelivery`)")]
         report = SourceReport(source, ds(date), table.num_rows, not failures, failures)

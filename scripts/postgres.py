@@ -104,9 +104,26 @@ class LocalPostgres:
                 json.dump(creds, out, indent=1)
         return json.loads(self.credentials_file.read_text())
 
-    def url(self, database: str, driver: str = "postgresql") -> str:
-        """SQLAlchemy URL of ``database`` for its own role."""
-        return f"{driver}://{database}:{self.credentials()[database]}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str, driver: str = "postgresql", password: bool = True) -> str:
+        """SQLAlchemy URL of ``database`` for its own role; without ``password`` the client finds it
+        in :meth:`pgpass_file` (``PGPASSFILE``), so that the URL can stand on a command line."""
+        secret = f":{self.credentials()[database]}" if password else ""
+        return f"{driver}://{database}{secret}@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def pgpass_path(self) -> Path:
+        return self.credentials_file.with_name("postgres.pgpass")
+
+    def pgpass_file(self) -> Path:
+        """libpq's password file (mode 0600) with each database role's password: clients given it as
+        ``PGPASSFILE`` connect with URLs that hold no password (no secret in ``ps``)."""
+        lines = "".join(f"127.0.0.1:{self.port}:{db}:{db}:{self.credentials()[db]}\n" for db in DATABASES)
+        path = self.pgpass_path
+        if not path.exists() or path.read_text() != lines:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(lines)
+        return path
 
     def initialise(self) -> None:
         """``initdb`` the data directory once (password auth, UTF-8)."""

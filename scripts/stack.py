@@ -156,9 +156,11 @@ class Stack:
             return self.postgres.url("airflow", "postgresql+psycopg2")
         return f"sqlite:///{self.airflow_home / 'airflow.db'}"
 
-    def mlflow_backend_url(self) -> str:
+    def mlflow_backend_url(self, password: bool = True) -> str:
+        """MLflow's metadata store; without ``password`` (the server's command line) the password
+        comes from the pgpass file (``PGPASSFILE`` in :meth:`env`)."""
         if self.on_postgres:
-            return self.postgres.url("mlflow", "postgresql+psycopg2")
+            return self.postgres.url("mlflow", "postgresql+psycopg2", password=password)
         return f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
 
     def _secret(self) -> str:
@@ -213,6 +215,8 @@ class Stack:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH")])),
             STACK_MARK: self.identifier,
         })
+        if self.on_postgres:   # database clients find their passwords here, not on a command line
+            env["PGPASSFILE"] = str(self.postgres.pgpass_file())
         return env
 
     def public_env(self) -> dict[str, str]:
@@ -261,7 +265,7 @@ class Stack:
         programs.append(Program("spark-connect", connect, 40, start_seconds=3))
         programs.append(Program("mlflow", [
             str(BIN / "mlflow"), "server",
-            "--backend-store-uri", self.mlflow_backend_url(),
+            "--backend-store-uri", self.mlflow_backend_url(password=False),   # no secret in `ps`
             "--artifacts-destination", str(mlflow_dir / "artifacts"),
             "--host", "127.0.0.1", "--port", str(self.mlflow_port),
             "--workers", self.settings["MLOPS_MLFLOW_WORKERS"],

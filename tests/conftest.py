@@ -17,8 +17,31 @@ CHURN = ROOT / "include" / "churn"
 
 # Nothing from the developer's shell may leak into the tests' deployment.
 for _var in ("SPARK_REMOTE", "MLFLOW_TRACKING_URI", "MLOPS_LAKE", "MLOPS_REPORTS", "MLOPS_SCHEDULE_END",
-             "MLOPS_MLFLOW_ARTIFACTS", "MLOPS_INCLUDE", "MLOPS_INBOX"):
+             "MLOPS_MLFLOW_ARTIFACTS", "MLOPS_INCLUDE", "MLOPS_INBOX", "MLOPS_SERVING_AUTH"):
     os.environ.pop(_var, None)
+# dropped files settle for 2 s in the tests (5 s by default): every writer here writes whole files
+os.environ["MLOPS_INBOX_SETTLE_S"] = "2"
+# the scoring service answers loopback names and Starlette's test client (Host: testserver)
+os.environ["MLOPS_SERVING_ALLOWED_HOSTS"] = "127.0.0.1,localhost,::1,testserver"
+
+
+def serving_headers() -> dict[str, str]:
+    """The API key header of this deployment's scoring service."""
+    from pipelines.serving_guard import client_headers
+
+    return client_headers()
+
+
+def serving_get(url: str, **kwargs):
+    import httpx
+
+    return httpx.get(url, headers=serving_headers(), **kwargs)
+
+
+def serving_post(url: str, **kwargs):
+    import httpx
+
+    return httpx.post(url, headers=serving_headers(), **kwargs)
 
 
 def small_spec_dict(name: str = "churn_small", **simulation) -> dict:
@@ -103,6 +126,34 @@ def version_without_files(small_spec, champion, mlflow_server, experiment: str) 
     for path in [p for p in mlflow_server.artifacts.rglob(run.info.run_id) if p.is_dir()]:
         shutil.rmtree(path)
     return gone
+
+
+def serve_in_thread(app, ready_status: int | None = 200):
+    """uvicorn serving ``app`` on a free port in a thread; (server, thread, url) once /readyz
+    answers ``ready_status`` (None: once it answers at all)."""
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from scripts.airflow_api import wait_for
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+
+    def answer() -> str:
+        try:
+            got = httpx.get(f"{url}/readyz", timeout=5)
+            return f"{got.status_code} {got.text}"
+        except httpx.HTTPError as exc:
+            return repr(exc)
+
+    wait_for(lambda: answer()[:3] == str(ready_status) if ready_status else answer()[:1].isdigit(), 90, interval=0.3,
+             what=lambda: f"scoring service at {url} ready (last answer: {answer()})")
+    return server, thread, url
 
 
 def free_port(pair: bool = False) -> int:

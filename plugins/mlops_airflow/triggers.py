@@ -22,7 +22,7 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 class InboxTrigger(BaseEventTrigger):
     """Fires when new, settled files are in ``directory`` (outside its archive and rejected folders)."""
 
-    def __init__(self, *, directory: str, poll_interval: float = 5.0, settle_seconds: float = 2.0):
+    def __init__(self, *, directory: str, poll_interval: float = 5.0, settle_seconds: float | None = None):
         super().__init__()
         self.directory = directory
         self.poll_interval = poll_interval

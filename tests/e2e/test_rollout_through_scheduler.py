@@ -10,7 +10,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from tests.conftest import STORY_CANARY_UC as UC
+from tests.conftest import serving_headers, STORY_CANARY_UC as UC
 from tests.conftest import land_breast_cancer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
@@ -71,7 +71,7 @@ def test_a_canary_reaches_all_traffic_and_an_injected_slow_model_is_rolled_back(
     assert tracking.resolve_alias(name, rollout.CANDIDATE).version == second["version"]
 
     records = _records(spec, 60)
-    with TestClient(create_app(UC, poll_s=60)) as http:
+    with TestClient(create_app(UC, poll_s=60), headers=serving_headers()) as http:
         app = http.app
         # 1. the load test on a staging service, then a shadow step: the champion answers everyone
         judged = _judge(client)

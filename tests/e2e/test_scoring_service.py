@@ -15,39 +15,12 @@ import pytest
 
 from pipelines import runtime, tracking
 from pipelines.lake import read_partition, read_table
-from tests.conftest import free_port, new_version, version_without_files
+from tests.conftest import (new_version, serve_in_thread, serving_get, serving_headers, serving_post,
+                            version_without_files)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 UC = "churn_small"
 POLL_S = 0.5
-
-
-def _start(app):
-    """uvicorn serving ``app`` on a free port in a thread; (server, thread, url) once /readyz is 200."""
-    import uvicorn
-
-    from scripts.airflow_api import wait_for
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def state() -> str:
-        try:
-            return httpx.get(f"{url}/readyz", timeout=5).text
-        except httpx.HTTPError as exc:
-            return repr(exc)
-
-    wait_for(ready, 90, interval=0.3, what=lambda: f"scoring service at {url} ready (last answer: {state()})")
-    return server, thread, url
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +30,7 @@ def service(lifecycle, small_spec, mlflow_server):
     day = max(lifecycle["scored"])
     runtime.refresh_online_store(UC, day)
     app = create_app(UC, poll_s=POLL_S)
-    server, thread, url = _start(app)
+    server, thread, url = serve_in_thread(app)
     yield {"url": url, "app": app, "day": day}
     server.should_exit = True
     thread.join(15)
@@ -74,7 +47,7 @@ def _records(small_spec, day, n=40) -> list[dict]:
 
 def test_predictions_equal_the_batch_scorers(service, small_spec, lifecycle):
     records = _records(small_spec, service["day"])
-    answer = httpx.post(f"{service['url']}/v1/{UC}/predict", json={"records": records}, timeout=30)
+    answer = serving_post(f"{service['url']}/v1/{UC}/predict", json={"records": records}, timeout=30)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["version"] == lifecycle["champion"]["version"] and body["request_id"]
@@ -93,7 +66,7 @@ def test_predictions_equal_the_batch_scorers(service, small_spec, lifecycle):
 def test_a_malformed_record_gets_a_422_naming_the_field(service, small_spec, change, field, words):
     records = _records(small_spec, service["day"], n=2)
     change(records[1])
-    answer = httpx.post(f"{service['url']}/v1/{UC}/predict", json={"records": records}, timeout=30)
+    answer = serving_post(f"{service['url']}/v1/{UC}/predict", json={"records": records}, timeout=30)
     assert answer.status_code == 422, answer.text
     [error] = answer.json()["detail"]
     assert error["loc"] == ["records", 1, field] and words in error["msg"]
@@ -105,7 +78,7 @@ def test_a_promotion_is_served_within_seconds_under_load_without_a_failed_reques
     seen, failures, stop = [], [], threading.Event()
 
     def load():
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers=serving_headers()) as client:
             while not stop.is_set():
                 answer = client.post(f"{service['url']}/v1/{UC}/predict", json={"records": records})
                 if answer.status_code != 200:
@@ -140,16 +113,16 @@ def test_a_version_that_fails_to_load_is_never_swapped_in(service, small_spec, m
     from scripts.airflow_api import wait_for
 
     served = restore_champion.version   # what the service serves once it has caught up with the registry
-    wait_for(lambda: httpx.get(f"{service['url']}/readyz", timeout=10).json()["version"] == served, 30, interval=0.2)
+    wait_for(lambda: serving_get(f"{service['url']}/readyz", timeout=10).json()["version"] == served, 30, interval=0.2)
     broken = version_without_files(small_spec, restore_champion, mlflow_server, f"{UC}-serving-faults")
     tracking.client().set_registered_model_alias(small_spec.model.registered_name, tracking.CHAMPION, broken)
     time.sleep(POLL_S * 6)
-    ready = httpx.get(f"{service['url']}/readyz", timeout=10).json()
+    ready = serving_get(f"{service['url']}/readyz", timeout=10).json()
     assert ready["ready"] and ready["version"] == served and f"v{broken}" in ready["error"]
-    answer = httpx.post(f"{service['url']}/v1/{UC}/predict", json={"records": _records(small_spec, service["day"], 3)},
+    answer = serving_post(f"{service['url']}/v1/{UC}/predict", json={"records": _records(small_spec, service["day"], 3)},
                         timeout=30)
     assert answer.status_code == 200 and answer.json()["version"] == served
-    metrics = httpx.get(f"{service['url']}/metrics", timeout=10).text
+    metrics = serving_get(f"{service['url']}/metrics", timeout=10).text
     assert 'mlops_model_reloads{outcome="failed",use_case="churn_small"}' in metrics
 
 
@@ -164,11 +137,11 @@ def test_entity_mode_reads_the_online_store(service, small_spec, monkeypatch):
     monkeypatch.setattr(runtime, "spec", lambda uc: variant)
     records = _records(small_spec, service["day"], n=10)
     ids = [r[small_spec.entity] for r in records]
-    with TestClient(create_app(UC, poll_s=60)) as client:
+    with TestClient(create_app(UC, poll_s=60), headers=serving_headers()) as client:
         by_id = client.post(f"/v1/{UC}/predict", json={"entity_ids": ids})
         unknown = client.post(f"/v1/{UC}/predict", json={"entity_ids": [ids[0], "nobody"]})
     assert by_id.status_code == 200, by_id.text
-    direct = httpx.post(f"{service['url']}/v1/{UC}/predict", json={"records": records}, timeout=30).json()
+    direct = serving_post(f"{service['url']}/v1/{UC}/predict", json={"records": records}, timeout=30).json()
     assert [p["score"] for p in by_id.json()["predictions"]] == pytest.approx([p["score"] for p in direct["predictions"]])
     assert [p[small_spec.entity] for p in by_id.json()["predictions"]] == ids
     assert unknown.status_code == 404 and unknown.json()["detail"]["unknown_entities"] == ["nobody"]
@@ -176,7 +149,7 @@ def test_entity_mode_reads_the_online_store(service, small_spec, monkeypatch):
 
 def test_every_prediction_is_in_the_online_inference_table_and_metrics(service, small_spec):
     records = _records(small_spec, service["day"], n=7)
-    answer = httpx.post(f"{service['url']}/v1/{UC}/predict", json={"records": records}, timeout=30).json()
+    answer = serving_post(f"{service['url']}/v1/{UC}/predict", json={"records": records}, timeout=30).json()
     service["app"].state.request_log.flush()
     logged = read_table(runtime.lake().online_inference(UC))
     mine = logged[logged["request_id"] == answer["request_id"]]
@@ -185,7 +158,7 @@ def test_every_prediction_is_in_the_online_inference_table_and_metrics(service, 
     assert list(mine[small_spec.entity]) == [r[small_spec.entity] for r in records]
     batch_columns = set(read_partition(runtime.lake().inference(UC), service["day"]).columns)
     assert batch_columns <= set(logged.columns)
-    metrics = httpx.get(f"{service['url']}/metrics", timeout=10).text
+    metrics = serving_get(f"{service['url']}/metrics", timeout=10).text
     assert f'mlops_requests_total{{model_version="{answer["version"]}",outcome="ok",use_case="{UC}"}}' in metrics
     assert "mlops_request_seconds_bucket" in metrics
 
@@ -209,7 +182,7 @@ def test_a_failing_candidate_is_answered_by_the_champion_and_rolled_back(service
                           "test")
     try:
         assert state.running and state.share == 0.5 and state.load_tested
-        with TestClient(create_app(UC, poll_s=60)) as client:
+        with TestClient(create_app(UC, poll_s=60), headers=serving_headers()) as client:
             answers = [client.post(f"/v1/{UC}/predict", json={"records": [r]})
                        for r in _records(small_spec, service["day"], n=40)]
             assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200][:2]
@@ -314,7 +287,7 @@ def test_an_ab_test_splits_live_traffic_and_keeps_the_arm_the_labels_favour(serv
     try:
         assert state.running and state.strategy == "ab" and state.share == 0.5
         records = _records(small_spec, service["day"], n=80)
-        with TestClient(create_app(UC, poll_s=60)) as client:
+        with TestClient(create_app(UC, poll_s=60), headers=serving_headers()) as client:
             first = [client.post(f"/v1/{UC}/predict", json={"records": [r]}).json()["predictions"][0] for r in records]
             again = [client.post(f"/v1/{UC}/predict", json={"records": [r]}).json()["predictions"][0]
                      for r in records]

@@ -48,9 +48,25 @@ def test_every_listener_is_on_loopback(story):
 def test_secret_files_are_readable_by_their_owner_only(story):
     stack = story["stack"]
     secret_files = [stack.password_file, stack.airflow_home / "stack-secret", stack.postgres.credentials_file,
-                    stack.supervisor.socket_path]
+                    stack.postgres.pgpass_path, stack.supervisor.socket_path]
     for path in secret_files:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o077 == 0, f"{path} is mode {oct(mode)}"
     assert stat.S_IMODE(stack.postgres.data_dir.stat().st_mode) == 0o700, "PostgreSQL's data folder"
     assert not (stack.airflow_home / "simple_auth_manager_passwords.json.generated").exists()
+
+
+def test_no_secret_on_any_command_line(story):
+    """Any local user reads every process's arguments (`ps`): no password, token or key may be there."""
+    stack = story["stack"]
+    secrets = [v for v in stack.postgres.credentials().values()]
+    secrets += [stack.admin_password(), (stack.airflow_home / "stack-secret").read_text().strip()]
+    procs = stack.leftover_processes()
+    assert any("mlflow" in " ".join(p.cmdline()) for p in procs), "the MLflow server is part of the stack"
+    for proc in procs:
+        try:
+            line = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for secret in secrets:
+            assert secret not in line, f"a secret on the command line of {proc.name()} (pid {proc.pid})"

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import free_port, small_spec_dict, traversable_home, write_spec
+from tests.conftest import free_port, serving_get, serving_post, small_spec_dict, traversable_home, write_spec
 
 pytestmark = pytest.mark.integration
 UC = "churn_cluster"
@@ -141,11 +141,11 @@ def test_the_stacks_scoring_service_answers_with_the_champion(cluster):
     stack, spec = cluster["stack"], cluster["spec"]
     assert store_date(store_path(settings().online_store, UC)) == cluster["end"].isoformat()
     champion = str(_facts(stack, spec)["champion"])
-    ready = httpx.get(f"{stack.serving_url}/v1/{UC}/readyz", timeout=10).json()
+    ready = serving_get(f"{stack.serving_url}/v1/{UC}/readyz", timeout=10).json()
     assert ready["ready"] and ready["version"] == champion, ready
     rows = read_partition(runtime.lake().features(UC), cluster["end"], [spec.entity, *feature_columns(spec).all])
     records = json.loads(rows.head(5).to_json(orient="records"))
-    answer = httpx.post(f"{stack.serving_url}/v1/{UC}/predict", json={"records": records}, timeout=30)
+    answer = serving_post(f"{stack.serving_url}/v1/{UC}/predict", json={"records": records}, timeout=30)
     assert answer.status_code == 200, answer.text
     assert answer.json()["version"] == champion and len(answer.json()["predictions"]) == 5
 

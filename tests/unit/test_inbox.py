@@ -60,7 +60,6 @@ def test_ready_files_skip_unsettled_hidden_partial_and_handled_files(tmp_path):
 
 @pytest.mark.parametrize("name, expected", [
     ("patients_2026-03-01.csv", dt.date(2026, 3, 1)),
-    ("2026-02-30_then_2026-03-02.parquet", dt.date(2026, 3, 2)),   # an impossible date is not a date
     ("patients.csv", None),                                        # the day it was written (UTC)
 ])
 def test_snapshot_as_of_from_the_name_else_the_write_day(tmp_path, name, expected):
