@@ -70,6 +70,7 @@ class ZooResult:
     metric: float | None = None       # the challenger's holdout metric
     baseline: float | None = None     # plain HistGradientBoosting on the same holdout entities
     plain_search_s: float | None = None   # the spec's grid search in a plain scikit-learn script
+    phases: dict = field(default_factory=dict)   # where `mlops train`'s seconds went
 
     @property
     def complete(self) -> bool:
@@ -201,6 +202,7 @@ def run_table(table: ZooTable, workdir: Path, today: dt.date, log: io.StringIO |
             result.passed.append(name)
         trained = json.loads(step("train", ["train", uc, "--reason", "zoo"]))
         result.metric = trained["challenger"]["metrics"].get(METRICS[table.task])
+        result.phases = training_phases(trained["challenger"]["run_id"], result.seconds["train"])
         result.passed.append("train")
         result.baseline, result.plain_search_s = baseline(spec, first)
         step("score", ["score", uc, str(first)])
@@ -218,6 +220,17 @@ def run_table(table: ZooTable, workdir: Path, today: dt.date, log: io.StringIO |
     except StepFailed as failed:
         result.failure, result.traceback = f"{failed.step}: {failed.message}", failed.traceback
     return result
+
+
+def training_phases(run_id: str, total: float) -> dict[str, float]:
+    """The training run's ``seconds_*`` metrics (read, search, holdout, track, plots, explain,
+    model) and the rest of the step: the promotion (gate, model card) and the CLI's own start."""
+    from pipelines import tracking
+
+    metrics = tracking.client().get_run(run_id).data.metrics
+    phases = {k.removeprefix("seconds_"): v for k, v in metrics.items() if k.startswith("seconds_")}
+    phases["promote and the rest"] = max(0.0, total - sum(phases.values()))
+    return phases
 
 
 def baseline(spec, day: dt.date) -> tuple[float, float]:
@@ -304,6 +317,11 @@ def markdown(results: list[ZooResult]) -> str:
         lines.append(f"`mlops train` (fit, MLflow, SHAP, gate, model card) against the same search in a plain "
                      f"scikit-learn script, tables under 10,000 rows: median {np.median(ratios):.1f}x, within 3x on "
                      f"{sum(x <= 3 for x in ratios)} of {len(ratios)}.")
+    phased = [r.phases for r in results if r.phases]
+    if phased:
+        names = list(dict.fromkeys(name for p in phased for name in p))
+        lines.append("Where `mlops train`'s seconds go (median over the tables): " + ", ".join(
+            f"{name} {np.median([p.get(name, 0.0) for p in phased]):.1f}" for name in names) + ".")
     return "\n".join(lines)
 
 

@@ -172,8 +172,8 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
 
     for name, endpoint in endpoints.items():   # a route per use case: its OpenAPI names the record's fields
         app.add_api_route(f"/v1/{name}/predict", predict_handler(endpoint, metrics), methods=["POST"],
-                          summary=f"Score records of {name}", openapi_extra=request_schema(endpoint),
-                          responses=PREDICT_RESPONSES, operation_id=f"predict_{name}")
+                          summary=f"Score records of {name}", responses=PREDICT_RESPONSES,
+                          operation_id=f"predict_{name}")
     app.openapi = lambda: service_openapi(app)
     limits = [e.spec.deployment.limits for e in endpoints.values()] or [None]
     max_body = max(lim.max_body_bytes if lim else 1_000_000 for lim in limits)
@@ -214,51 +214,59 @@ PREDICT_RESPONSES = {
 }
 
 
+INT64 = {"type": "integer", "minimum": -2 ** 63, "maximum": 2 ** 63 - 1}
+DOUBLE_MAX = 1.7976931348623157e308
+
+
 def request_schema(endpoint: UseCaseEndpoint) -> dict:
-    """The request body's JSON schema from the spec: each feature's type (numbers, or text up to
-    the length limit; null is a missing value), the limits on records and ids."""
+    """The request body's JSON schema: each input's type from the served version's signature (the
+    spec's features before one is loaded), null for a missing value, and the limits."""
     from pipelines.features import feature_columns
 
     spec, limits = endpoint.spec, endpoint.spec.deployment.limits
+    text = {"type": "string", "maxLength": limits.max_string_length}
+    entity = {"anyOf": [{**text, "minLength": 1}, INT64]}
     if endpoint.by_entity:
-        item = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": limits.max_string_length},
-                          {"type": "integer"}]}
         body = {"type": "object", "required": ["entity_ids"], "properties": {
-            "entity_ids": {"type": "array", "items": item, "minItems": 1, "maxItems": limits.max_records}}}
+            "entity_ids": {"type": "array", "items": entity, "minItems": 1, "maxItems": limits.max_records}}}
     else:
-        columns = feature_columns(spec)
-        text = {"type": "string", "maxLength": limits.max_string_length, "nullable": True}
-        properties = {c: {"type": "number", "nullable": True} for c in columns.numeric}
-        properties |= {c: text for c in columns.categorical}
-        properties[spec.entity] = {"anyOf": [{"type": "string", "maxLength": limits.max_string_length},
-                                             {"type": "integer"}], "nullable": True}
-        record = {"type": "object", "required": columns.all, "properties": properties}
+        served = endpoint.server.current
+        if served is not None:
+            inputs = dict(served.inputs)
+        else:
+            columns = feature_columns(spec)
+            inputs = {**{c: "double" for c in columns.numeric}, **{c: "string" for c in columns.categorical}}
+        number = {"type": "number", "minimum": -DOUBLE_MAX, "maximum": DOUBLE_MAX}   # finite, as a double
+        kinds = {"double": number, "float": number, "long": INT64, "integer": INT64,
+                 "boolean": {"type": "boolean"}, "string": text}
+        properties = {c: {"anyOf": [kinds.get(kind, {}), {"type": "null"}]} for c, kind in inputs.items()}
+        properties.setdefault(spec.entity, {"anyOf": [*entity["anyOf"], {"type": "null"}]})
+        record = {"type": "object", "required": list(inputs), "properties": properties}
         body = {"type": "object", "required": ["records"], "properties": {
             "records": {"type": "array", "items": record, "minItems": 1, "maxItems": limits.max_records}}}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
+    return {"required": True, "content": {"application/json": {"schema": body}}}
 
 
 def service_openapi(app) -> dict:
-    """FastAPI's document, once, with the bearer key declared and every status code the service
-    answers outside the handlers (400, 401, 413 from the guard)."""
+    """FastAPI's document with each use case's request body (from the version it serves now), the
+    bearer key declared and every status code the service answers outside the handlers (400,
+    401, 413 from the guard). Made again on each call: a new champion may take other inputs."""
     from fastapi.openapi.utils import get_openapi
 
-    if app.openapi_schema is None:
-        document = get_openapi(title=app.title, version="1", description=app.description, routes=app.routes)
-        document.setdefault("components", {})["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
-        for path, operations in document.get("paths", {}).items():
-            for operation in operations.values():
-                responses = operation.setdefault("responses", {})
-                responses.setdefault("400", {"description": "Host header not allowed", "content": _ERROR})
-                if not (path in ("/healthz", "/readyz") or path.endswith("/readyz")):
-                    operation["security"] = [{"apiKey": []}]
-                    responses.setdefault("401", {"description": "No or a wrong API key", "content": _ERROR})
-                    responses.setdefault("413", {"description": "Body too large", "content": _ERROR})
-                else:
-                    responses.setdefault("503", {"description": "Not ready"})
-                responses.pop("422", None) if operation.get("operationId", "").startswith("prometheus") else None
-        app.openapi_schema = document
-    return app.openapi_schema
+    document = get_openapi(title=app.title, version="1", description=app.description, routes=app.routes)
+    for name, endpoint in app.state.endpoints.items():
+        document["paths"][f"/v1/{name}/predict"]["post"]["requestBody"] = request_schema(endpoint)
+    document.setdefault("components", {})["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+    for path, operations in document.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("400", {"description": "Host header not allowed", "content": _ERROR})
+            if path in ("/healthz", "/readyz") or path.endswith("/readyz"):
+                continue
+            operation["security"] = [{"apiKey": []}]
+            responses.setdefault("401", {"description": "No or a wrong API key", "content": _ERROR})
+            responses.setdefault("413", {"description": "Body too large", "content": _ERROR})
+    return document
 
 
 async def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
@@ -408,10 +416,13 @@ def valid_id(value, limits, missing_ok: bool = False) -> bool:
 
     if value is None:
         return missing_ok
+    if isinstance(value, float) and value.is_integer():   # JSON's 7.0 is a whole number too
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return False
-    text = str(value) if not isinstance(value, int) or abs(value) < 10 ** 100 else "x" * (limits.max_string_length + 1)
-    return 0 < len(text) <= limits.max_string_length and encodable(text)
+    if isinstance(value, int):
+        return -2 ** 63 <= value < 2 ** 63
+    return 0 < len(value) <= limits.max_string_length and encodable(value)
 
 
 def app_from_env():

@@ -164,7 +164,8 @@ def check_records(records: list[dict], inputs: dict[str, str], max_string_length
             if value is None or wanted is None:
                 continue
             ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if wanted is float else \
-                (isinstance(value, int) and not isinstance(value, bool)) if wanted is int else isinstance(value, wanted)
+                (not isinstance(value, bool) and (isinstance(value, int) or isinstance(value, float)
+                                                  and value.is_integer())) if wanted is int else isinstance(value, wanted)
             if not ok:
                 shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else repr(value[:40]) + "..."
                 problem(["records", i, column], f"expected {kind}, got {type(value).__name__} {shown}", "type_error")

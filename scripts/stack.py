@@ -339,7 +339,8 @@ class Stack:
         self.up()
         self._start("scoring-service")
         self._wait(timeout, {"scoring-service": lambda: _http_ok(f"{self.serving_url}/healthz")})
-        print(f"scoring service {self.serving_url}: POST /v1/<use case>/predict, /readyz, /metrics, /docs", flush=True)
+        print(f"scoring service {self.serving_url}: POST /v1/<use case>/predict, /readyz, /metrics, /docs "
+              f"(API key: Authorization: Bearer <key>, key file: mlops api-key path)", flush=True)
         return self
 
     def _start(self, *names: str) -> None:

@@ -53,7 +53,9 @@ def render_config(programs: list[Program], run_dir: Path, log_dir: Path, identif
     lines = [
         "[unix_http_server]", f"file={run_dir / 'supervisor.sock'}", "chmod=0700", "",
         "[supervisord]", f"logfile={log_dir / 'supervisord.log'}", f"pidfile={run_dir / 'supervisord.pid'}",
-        f"childlogdir={log_dir}", f"identifier={identifier}", "loglevel=info", "logfile_maxbytes=10MB", "",
+        f"childlogdir={log_dir}", f"identifier={identifier}", "loglevel=info", "logfile_maxbytes=10MB",
+        "umask=027",   # what the services write (lake, logs, artifacts, inbox errors) is not world-readable
+        "",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
         "[supervisorctl]", f"serverurl=unix://{run_dir / 'supervisor.sock'}", "",
