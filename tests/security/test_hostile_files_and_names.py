@@ -198,3 +198,33 @@ def test_a_half_written_parquet_file_waits(tmp_path):
     half.write_bytes(whole.read_bytes())
     os.utime(half, (time.time() - 60,) * 2)
     assert ready_files(inbox, settle_seconds=2) == [half]
+
+
+def test_a_file_still_being_written_is_not_taken(patients_spec, lake, tmp_path):
+    """A writer that pauses for less than the settle time between chunks: nothing lands until it is done."""
+    import threading
+
+    inbox = tmp_path / "inbox"
+    path = inbox / "patients" / "patients_2026-03-01.csv"
+    path.parent.mkdir(parents=True)
+    lines = _patients(40).splitlines(keepends=True)
+    done = threading.Event()
+
+    def slow_writer():
+        with path.open("w") as out:
+            for start in range(0, len(lines), 10):
+                out.writelines(lines[start:start + 10])
+                out.flush()
+                time.sleep(0.6)
+        done.set()
+
+    writer = threading.Thread(target=slow_writer)
+    writer.start()
+    seen = []
+    while not done.is_set():
+        seen.append(process_inbox(patients_spec, lake, inbox, settle_seconds=1.5).partitions)
+        time.sleep(0.2)
+    writer.join()
+    assert all(not landed for landed in seen), "a part of the file landed while it was being written"
+    time.sleep(1.6)
+    assert process_inbox(patients_spec, lake, inbox, settle_seconds=1.5).partitions == {"patients": {"2026-03-01": 40}}
