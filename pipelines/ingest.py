@@ -191,7 +191,8 @@ def typed_frame(path: Path, frame: pd.DataFrame, spec: UseCaseSpec, source: str,
             line = f"row {row + 1}" + (f" (line {row + 2})" if path.suffix.lower() == ".csv" else "")
             hint = (f"; if it means missing, declare it: sources.{source}.csv.na_values: [{value!r}]"
                     if str(value).strip() in NA_LIKE else "")
-            raise IngestError(f"{path}: column {column!r}, {line}: value {value!r} is not a valid "
+            shown = repr(value) if len(str(value)) <= 40 else repr(str(value)[:40]) + "..."   # bounded
+            raise IngestError(f"{path}: column {column!r}, {line}: value {shown} is not a valid "
                               f"{kind.value}" + (f" ({int(bad.sum())} such values in the file)" if bad.sum() > 1 else "")
                               + hint)
         out[column] = typed
