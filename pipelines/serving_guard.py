@@ -92,11 +92,14 @@ class KeyRing:
         if now - self._checked >= 1.0:
             with self._lock:
                 self._checked = now
-                stat = self.path.stat()
-                stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-                if stamp != self._stamp:
-                    self._keys = [k.encode() for k in json.loads(self.path.read_text())["keys"]]
-                    self._stamp = stamp
+                try:
+                    stat = self.path.stat()
+                    stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+                    if stamp != self._stamp:
+                        self._keys = [k.encode() for k in json.loads(self.path.read_text())["keys"]]
+                        self._stamp = stamp
+                except (OSError, ValueError, KeyError):   # removed or half-written: keep the keys it had
+                    pass
         return self._keys
 
     def accepts(self, header: bytes | None) -> bool:
