@@ -158,6 +158,21 @@ class AirflowClient:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return [_plain(t) for t in self.tis_api.get_task_instances(dag_id, run_id, limit=1000).task_instances]
 
+    def task_log(self, dag_id: str, run_id: str, task_id: str, tail: int = 60) -> str:
+        """The last ``tail`` lines of every try of one task (for a failure's message), or why not."""
+        lines: list[str] = []
+        try:
+            task = next(t for t in self.task_instances(dag_id, run_id) if t["task_id"] == task_id)
+            for try_number in range(1, (task.get("try_number") or 1) + 1):
+                log = self.tis_api.get_log(dag_id, run_id, task_id, try_number, full_content=True)
+                lines.append(f"--- {task_id} try {try_number}")
+                for entry in log.content or []:
+                    entry = _plain(entry) if hasattr(entry, "model_dump") else entry
+                    lines.append(entry.get("event", str(entry)) if isinstance(entry, dict) else str(entry))
+        except Exception as error:   # a diagnostic: never hides the failure it is attached to
+            lines.append(f"(log of {task_id} unavailable: {error})")
+        return "\n".join(lines[-tail:])
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
         """One XCom value (deserialized), or None if the task pushed none under ``key``."""
         from airflow_client.client.exceptions import NotFoundException

@@ -35,7 +35,7 @@ def _train_and_review(client, approve: bool, comment: str) -> tuple[str, dict]:
     assert f"v{version}" in request["subject"] and "holdout_roc_auc" in request["body"], request
     assert "Model card" in request["body"]
     reviewed = client.review(DAG, run_id, "review_challenger", approve=approve, comment=comment)
-    assert reviewed["state"] == "success", reviewed
+    assert reviewed["state"] == "success", client.task_log(DAG, run_id, "review_challenger")
     run = client.wait_for_run(DAG, run_id)
     assert run["state"] == "success", (run, _states(client, run_id))
     return version, _states(client, run_id)
