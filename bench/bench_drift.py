@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from bench.report import append_row, machine
 
 SECTION = "## Drift at scale: the whole day in DuckDB against Evidently on the full frames"
-INTRO = """What it compares: `pipelines.drift_stats.column_drift_over_files` (what `monitor_drift`
+INTRO = """What it compares: `pipelines.monitoring.drift_stats.column_drift_over_files` (what `monitor_drift`
 decides on: the day's Parquet files reduced by DuckDB to counts per bin in two scans, the
 statistic computed on Evidently's own bins) against Evidently's `DataDriftPreset` over the same
 full frames in pandas, with the same method (PSI, threshold 0.2) and the same 5,000-row
@@ -74,7 +74,7 @@ def _ours(reference, files, numeric):
     import scipy.spatial  # noqa: F401
     import scipy.stats  # noqa: F401
 
-    from pipelines.drift_stats import column_drift_over_files
+    from pipelines.monitoring.drift_stats import column_drift_over_files
 
     started = time.perf_counter()
     day = column_drift_over_files(reference, files, numeric, ["segment"], "psi", 0.2)
@@ -88,7 +88,7 @@ def evidently(reference, files: list[str], numeric: list[str]) -> tuple[float, l
     import evidently.presets  # noqa: F401 - imports are not what is timed
     import pandas as pd
 
-    from pipelines.monitoring import drift_report
+    from pipelines.monitoring.watch import drift_report
 
     current = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     started = time.perf_counter()

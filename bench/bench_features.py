@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.report import append_row, churn_spec, machine, median_seconds
 
 SECTION = "## Features for one date: `build_features` on Spark against DuckDB"
-INTRO = """What it compares: `pipelines.features.build_features` (Spark, the session already started,
+INTRO = """What it compares: `pipelines.features.point_in_time.build_features` (Spark, the session already started,
 writing the feature partition) against the churn spec's features as one DuckDB query over the
 same clean Parquet partitions, written as Parquet (`bench/bench_features.py`: windows, recency,
 latest attributes, fills). The data is the churn simulator's, 121 days, at `--customers`; the
@@ -37,8 +37,8 @@ bench checks that the two outputs agree before timing. Median of the repeats aft
 def write_clean_days(spec, lake, customers: int, days: int) -> tuple[dt.date, int]:
     """Simulated days written straight to the clean tables (as validation lands them); returns
     the feature date (the day after) and the number of transactions."""
-    from pipelines.lake import replace_partition
-    from pipelines.simulate import Population, config_from_spec, simulate_day
+    from pipelines.core.lake import replace_partition
+    from pipelines.data.simulate import Population, config_from_spec, simulate_day
 
     cfg = config_from_spec(spec, customers=customers, days=days, backlog_days=0)
     cfg = dataclasses.replace(cfg, drift_start=None)
@@ -52,11 +52,11 @@ def write_clean_days(spec, lake, customers: int, days: int) -> tuple[dt.date, in
 
 def duckdb_query(spec, lake, date: dt.date) -> str:
     """The spec's features for ``date`` as one DuckDB query: the same rules as
-    ``pipelines.features.compute_features`` (events strictly before the date, windows by
+    ``pipelines.features.point_in_time.compute_features`` (events strictly before the date, windows by
     timestamp, latest attributes, the same fills)."""
-    from pipelines.features import _group_lookback, feature_columns
-    from pipelines.lake import ds
-    from pipelines.spec import FeatureKind
+    from pipelines.core.lake import ds
+    from pipelines.core.spec import FeatureKind
+    from pipelines.features.point_in_time import _group_lookback, feature_columns
 
     entity, midnight = spec.entity, f"TIMESTAMP '{date} 00:00:00'"
 
@@ -129,10 +129,10 @@ def main() -> None:
     import duckdb
     import pandas as pd
 
-    from pipelines.config import Settings
-    from pipelines.features import build_features, feature_columns
-    from pipelines.lake import Lake, read_partition
-    from pipelines.spark import get_spark
+    from pipelines.core.config import Settings
+    from pipelines.core.lake import Lake, read_partition
+    from pipelines.core.spark import get_spark
+    from pipelines.features.point_in_time import build_features, feature_columns
 
     spec = churn_spec()
     cols = feature_columns(spec)

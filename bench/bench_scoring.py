@@ -32,13 +32,12 @@ def main() -> None:
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from pipelines.config import Settings
-    from pipelines.features import feature_columns
-    from pipelines.model_tasks import ModelTask
-    from pipelines.scoring import score_frame
-    from pipelines.spark import get_spark
-
     from bench.synthetic import SyntheticChurn
+    from pipelines.core.config import Settings
+    from pipelines.core.spark import get_spark
+    from pipelines.features.point_in_time import feature_columns
+    from pipelines.models.tasks import ModelTask
+    from pipelines.serving.batch import score_frame
 
     spec = churn_spec()
     cols = feature_columns(spec)

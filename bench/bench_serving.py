@@ -47,11 +47,11 @@ def prepare(home: Path, entities: int) -> tuple[dict, list[dict]]:
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}   # mlflow models serve runs `uvicorn`
     os.environ.update(env)
 
-    from pipelines import runtime, tracking
-    from pipelines.features import feature_columns
-    from pipelines.lake import replace_partition
-
     from bench.synthetic import SyntheticChurn
+    from pipelines import runtime
+    from pipelines.core.lake import replace_partition
+    from pipelines.features.point_in_time import feature_columns
+    from pipelines.models import tracking
 
     spec = runtime.spec("churn")
     cols = feature_columns(spec)
@@ -76,12 +76,12 @@ def prepare(home: Path, entities: int) -> tuple[dict, list[dict]]:
 def shadow_on(url: str) -> None:
     """A shadow rollout of a second version of the same model; back once the service shadows with it."""
     import httpx
+    import mlflow
     from tenacity import Retrying, stop_after_delay, wait_fixed
 
-    import mlflow
-
-    from pipelines import rollout, runtime, tracking
-
+    from pipelines import runtime
+    from pipelines.models import tracking
+    from pipelines.release import rollout
     spec = runtime.spec("churn")
     name = spec.model.registered_name
     champion = tracking.resolve_alias(name)
@@ -95,7 +95,7 @@ def shadow_on(url: str) -> None:
 
 def load(target: str, url: str, records: Path, args, out: Path, env: dict) -> dict:
     """Locust, headless, at ``args.rate`` requests/s (the rollout's load test runs the same users)."""
-    from pipelines.load_test import run_locust
+    from pipelines.release.load_test import run_locust
 
     result = run_locust(target, url, records, args.users, args.rate, args.seconds, out, "churn", env)
     return {"requests": result.requests, "failures": result.failures, "rps": result.rps, "p50": result.p50_ms,
@@ -117,7 +117,7 @@ def main() -> None:
         env, rows = prepare(home, args.entities)
         records = home / "records.json"
         records.write_text(json.dumps(rows))
-        from pipelines.load_test import free_port, start_process, stop_process
+        from pipelines.release.load_test import free_port, start_process, stop_process
 
         ours_port, peer_port = free_port(), free_port()
         ours = start_process([sys.executable, "-m", "pipelines.cli", "serve", "churn", "--port", str(ours_port),

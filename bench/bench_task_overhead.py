@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipelines import runtime
-    from pipelines.lake import list_partitions
+    from pipelines.core.lake import list_partitions
     from scripts.stack import Stack
 
     os.environ.setdefault("MLOPS_HOME", str(Stack().home))

@@ -1,5 +1,5 @@
 """Training: the spec's hyperparameter search with two jobs against the same search with one
-(`pipelines.training.fit_model`, `MLOPS_SEARCH_JOBS`), and what logging, registering and
+(`pipelines.training.fit.fit_model`, `MLOPS_SEARCH_JOBS`), and what logging, registering and
 aliasing the chosen model costs against MLflow.
 
     .venv/bin/python -m bench.bench_training [--rows 40000] [--repeats 3]
@@ -22,7 +22,7 @@ import time
 from bench.report import append_row, churn_spec, machine
 
 SECTION = "## Training: the search with the cores it is given, and the registry's share"
-INTRO = """What it measures: `pipelines.training.fit_model` (the churn spec's search with its folds,
+INTRO = """What it measures: `pipelines.training.fit.fit_model` (the churn spec's search with its folds,
 recency weights and refit) with `MLOPS_SEARCH_JOBS=2` against the same search with 1, on the
 same synthetic rows (both must choose the same parameters); and the median time to log the
 chosen model (`log_sklearn_model`: skops, signature, example), register it with its alias
@@ -49,7 +49,7 @@ def training_frame(spec, rows: int):
 
 
 def timed_search(spec, frame, jobs: int):
-    from pipelines.training import fit_model
+    from pipelines.training.fit import fit_model
 
     os.environ["MLOPS_SEARCH_JOBS"] = str(jobs)
     os.environ.setdefault("MLOPS_MODEL_THREADS", "1")   # one core per fit: the jobs are what use the cores
@@ -62,8 +62,7 @@ def registry_seconds(model, example, repeats: int) -> dict[str, float]:
     """Median seconds of logging, registering (with the challenger alias) and moving @champion."""
     import mlflow
 
-    from pipelines import tracking
-
+    from pipelines.models import tracking
     timings: dict[str, list[float]] = {"log_model": [], "register": [], "champion": []}
     for i in range(repeats + 1):
         with mlflow.start_run() as run:
@@ -88,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     command = f".venv/bin/python -m bench.bench_training --rows {args.rows} --repeats {args.repeats}"
 
-    from pipelines.features import feature_columns
+    from pipelines.features.point_in_time import feature_columns
 
     spec = churn_spec()
     frame = training_frame(spec, args.rows)
@@ -106,8 +105,7 @@ def main() -> None:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         os.environ["MLOPS_MLFLOW_ARTIFACTS"] = f"{tmp}/artifacts"
         os.environ["MLOPS_HOME"] = tmp
-        from pipelines import tracking
-
+        from pipelines.models import tracking
         tracking.configure()
         import mlflow
 

@@ -16,7 +16,7 @@ import time
 from bench.report import append_row, churn_spec, machine, median_seconds
 
 SECTION = "## Validation of one partition: Great Expectations against plain pandas"
-INTRO = """What it compares: `pipelines.validation.PartitionValidator.check` (Great Expectations 1.x on
+INTRO = """What it compares: `pipelines.data.validation.PartitionValidator.check` (Great Expectations 1.x on
 pandas, the churn spec's transactions suite: the spec-derived rules (column set, types, keys
 present and unique, row count) and the suite file's) against the same rules written in plain
 pandas (`bench/bench_validation.py`), on the same rows with a few broken ones; the bench checks
@@ -33,7 +33,7 @@ def transactions(rows: int, seed: int = 0):
     import numpy as np
     import pandas as pd
 
-    from pipelines.simulate import CATEGORIES, CHANNELS
+    from pipelines.data.simulate import CATEGORIES, CHANNELS
 
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame({
@@ -52,7 +52,7 @@ def transactions(rows: int, seed: int = 0):
 
 def plain_pandas_failures(spec, rules: list[dict], frame) -> set[tuple[str, str | None]]:
     """(rule, column) of every failed rule, the suite's rules written directly in pandas."""
-    from pipelines.validation import PANDAS_TYPES
+    from pipelines.data.validation import PANDAS_TYPES
 
     src = spec.source("transactions")
     failed = set()
@@ -101,8 +101,8 @@ def main() -> None:
 
     import pyarrow as pa
 
-    from pipelines.lake import Lake
-    from pipelines.validation import PartitionValidator, frame_for_checks
+    from pipelines.core.lake import Lake
+    from pipelines.data.validation import PartitionValidator, frame_for_checks
 
     spec = churn_spec()
     validator = PartitionValidator(spec, Lake("/nonexistent"))

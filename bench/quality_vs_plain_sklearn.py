@@ -5,7 +5,7 @@ same rows and the same holdout split.
     .venv/bin/python -m bench.quality_vs_plain_sklearn [--use-case wine ...]
 
 The plain side reads the exported CSV with pandas, holds out the same entities
-(``pipelines.training.in_holdout``, a hash of the entity id), imputes medians, and grid-searches
+(``pipelines.training.fit.in_holdout``, a hash of the entity id), imputes medians, and grid-searches
 the spec's estimator, parameters and grid with the same folds. Prints each holdout metric, the
 pipeline's wall time, and the ratio pipeline / plain (1.00: the pipeline loses nothing on the
 way). Runs in a temporary state folder; nothing of the project's own state is touched.
@@ -58,9 +58,9 @@ def plain_metric(uc: str, csv: Path) -> float:
     from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
     from sklearn.pipeline import Pipeline
 
-    from pipelines.labels import encode_labels
-    from pipelines.spec import TaskType, estimator_class, load_spec
-    from pipelines.training import in_holdout
+    from pipelines.core.spec import TaskType, estimator_class, load_spec
+    from pipelines.data.labels import encode_labels
+    from pipelines.training.fit import in_holdout
 
     spec = load_spec(ROOT / "include" / uc)
     frame = pd.read_csv(csv)
@@ -89,8 +89,8 @@ def main() -> None:
         os.environ.update({"MLOPS_HOME": tmp, "MLOPS_INCLUDE": f"{tmp}/include"})
         for var in ("MLOPS_LAKE", "MLOPS_REPORTS", "MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_ARTIFACTS", "SPARK_REMOTE"):
             os.environ.pop(var, None)
-        from pipelines.example_data import export
-        from pipelines.spec import load_spec
+        from pipelines.core.spec import load_spec
+        from pipelines.data.example_data import export
 
         for uc in use_cases:
             shutil.copytree(ROOT / "include" / uc, Path(tmp, "include", uc))

@@ -48,7 +48,7 @@ def median_seconds(fn, repeats: int):
 
 def churn_spec():
     """The churn use case's spec, which every benchmark measures."""
-    from pipelines.spec import load_spec
+    from pipelines.core.spec import load_spec
 
     return load_spec(Path(__file__).resolve().parent.parent / "include" / "churn")
 

@@ -9,8 +9,8 @@ class SyntheticChurn:
     def __init__(self, spec, train_rows: int = 20_000, seed: int = 0, categories=("a", "b", "c")):
         import numpy as np
 
-        from pipelines.features import feature_columns
-        from pipelines.training import make_pipeline
+        from pipelines.features.point_in_time import feature_columns
+        from pipelines.training.fit import make_pipeline
 
         self.spec, self.columns, self.categories = spec, feature_columns(spec), list(categories)
         self.rng = np.random.default_rng(seed)

@@ -172,7 +172,6 @@ def run_table(table: ZooTable, workdir: Path, today: dt.date, log: io.StringIO |
     import json
 
     from pipelines import runtime
-
     log = log if log is not None else io.StringIO()
     frame = table.frame()
     result = ZooResult(table, len(frame))
@@ -225,8 +224,7 @@ def run_table(table: ZooTable, workdir: Path, today: dt.date, log: io.StringIO |
 def training_phases(run_id: str, total: float) -> dict[str, float]:
     """The training run's ``seconds_*`` metrics (read, search, holdout, track, plots, explain,
     model) and the rest of the step: the promotion (gate, model card) and the CLI's own start."""
-    from pipelines import tracking
-
+    from pipelines.models import tracking
     metrics = tracking.client().get_run(run_id).data.metrics
     phases = {k.removeprefix("seconds_"): v for k, v in metrics.items() if k.startswith("seconds_")}
     phases["promote and the rest"] = max(0.0, total - sum(phases.values()))
@@ -240,10 +238,10 @@ def baseline(spec, day: dt.date) -> tuple[float, float]:
     from sklearn.metrics import f1_score, roc_auc_score, root_mean_squared_error
 
     from pipelines import runtime
-    from pipelines.features import feature_columns
-    from pipelines.labels import encode_labels
-    from pipelines.lake import read_partition
-    from pipelines.training import in_holdout
+    from pipelines.core.lake import read_partition
+    from pipelines.data.labels import encode_labels
+    from pipelines.features.point_in_time import feature_columns
+    from pipelines.training.fit import in_holdout
 
     label, task = spec.label, spec.model.task.value
     rows = read_partition(runtime.lake().clean(spec.name, label.source), day)
@@ -257,7 +255,7 @@ def baseline(spec, day: dt.date) -> tuple[float, float]:
         X[name] = pd.to_numeric(X[name].astype("Float64"), errors="coerce").astype(float)
     holdout = in_holdout(rows[spec.entity], spec.training.holdout_fraction)
     estimator = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
-    from pipelines.training import model_threads
+    from pipelines.training.fit import model_threads
 
     with model_threads():
         model = estimator(categorical_features="from_dtype", random_state=0).fit(X[~holdout], y[~holdout])
@@ -279,7 +277,7 @@ def plain_search_seconds(spec, estimator, X: pd.DataFrame, y: pd.Series) -> floa
     folds = (KFold if spec.model.task.value == "regression" else StratifiedKFold)(
         spec.model.cv_folds, shuffle=True, random_state=0)
     grid = {k: v for k, v in spec.model.search_space.items() if isinstance(v, list)}
-    from pipelines.training import model_threads
+    from pipelines.training.fit import model_threads
 
     started = time.perf_counter()
     with model_threads():   # the same thread cap as the project's fit (MLOPS_MODEL_THREADS)

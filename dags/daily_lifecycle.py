@@ -65,7 +65,7 @@ def build_daily_lifecycle(spec):
             from airflow.sdk.exceptions import AirflowFailException
 
             from pipelines import runtime
-            from pipelines.validation import DataValidationError
+            from pipelines.data.validation import DataValidationError
 
             try:
                 return runtime.validate(use_case, run_day(), run_id=run_id)
@@ -79,7 +79,7 @@ def build_daily_lifecycle(spec):
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
             from pipelines import runtime
-            from pipelines.features import LookBackIncomplete
+            from pipelines.features.point_in_time import LookBackIncomplete
 
             ds = run_day()
             try:
@@ -95,7 +95,6 @@ def build_daily_lifecycle(spec):
         def refresh_online_store() -> dict:
             """The day's features as the online store the scoring service reads (newest date wins)."""
             from pipelines import runtime
-
             return runtime.refresh_online_store(use_case, run_day())
 
         @task
@@ -105,7 +104,7 @@ def build_daily_lifecycle(spec):
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
             from pipelines import runtime
-            from pipelines.tracking import ChampionLost
+            from pipelines.models.tracking import ChampionLost
 
             try:
                 champion = runtime.resolve_champion(use_case)
@@ -122,7 +121,7 @@ def build_daily_lifecycle(spec):
             from airflow.sdk.exceptions import AirflowFailException
 
             from pipelines import runtime
-            from pipelines.tracking import ModelArtifactsMissing
+            from pipelines.models.tracking import ModelArtifactsMissing
 
             try:
                 return runtime.score(use_case, run_day(), champion, run_id)
@@ -134,7 +133,6 @@ def build_daily_lifecycle(spec):
         def monitor_drift(champion: dict, outlet_events=None) -> dict:
             """Evidently drift report and metrics for the day's scoring inputs."""
             from pipelines import runtime
-
             ds = run_day()
             summary = runtime.monitor_drift(use_case, ds, champion)
             outlet_events[assets.drift].extra = {"ds": ds, "drift_share": summary["drift_share"],
@@ -146,7 +144,6 @@ def build_daily_lifecycle(spec):
         def measure_live_performance() -> int:
             """Quality of earlier scores whose labels landed today."""
             from pipelines import runtime
-
             return len(runtime.live_performance(use_case, run_day()))
 
         validated = validate_raw()

@@ -50,7 +50,6 @@ def build_drift_watch(spec):
         def decide_retraining(decision: dict) -> dict | None:
             """Record a retrain request when the policy says so; otherwise stop here."""
             from pipelines import runtime
-
             if not decision["retrain"]:
                 print(f"no retraining: {decision['reason']}")
                 return None

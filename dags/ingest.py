@@ -50,7 +50,6 @@ def build_ingest(spec):
         def land_inbox() -> dict:
             """Land every settled file of the inbox; archive it, or reject it with its error."""
             from pipelines import runtime
-
             return runtime.ingest_inbox(use_case)
 
         @task(outlets=[assets.landed])

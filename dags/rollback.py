@@ -48,7 +48,7 @@ def build_rollback(spec):
             from airflow.sdk.exceptions import AirflowFailException
 
             from pipelines import runtime
-            from pipelines.rollback import RollbackRefused
+            from pipelines.release.rollback import RollbackRefused
 
             who = getattr(dag_run, "triggering_user_name", None) or "airflow"
             try:

@@ -57,14 +57,12 @@ def build_rollout(spec):
         @measured
         def load_test_candidate() -> dict:
             from pipelines import runtime
-
             return runtime.rollout_load_test(use_case)
 
         @task(outlets=[assets.champion])
         @measured
         def judge_rollout() -> dict:
             from pipelines import runtime
-
             return runtime.judge_rollout(use_case)
 
         load_test_candidate() >> judge_rollout()

@@ -68,7 +68,6 @@ def build_training(spec):
         def train_challenger(params=None, dag_run=None, run_id=None, data_interval_end=None) -> dict:
             """Fit, log and register a challenger; returns its model URI and version."""
             from pipelines import runtime
-
             scheduled = dag_run.run_type == "scheduled"
             as_of = runtime.resolve_as_of(use_case, params.get("as_of") or None,
                                           data_interval_end.date() if scheduled and data_interval_end else None)
@@ -81,7 +80,6 @@ def build_training(spec):
         def evaluate_challenger(challenger: dict) -> dict:
             """The promotion gate on the holdout: every check recorded, a model card written."""
             from pipelines import runtime
-
             return runtime.evaluate(use_case, challenger, challenger["as_of"])
 
         @task(outlets=[assets.champion], trigger_rule="none_failed" if reviewed else "all_success")
@@ -89,7 +87,6 @@ def build_training(spec):
         def promote_if_better(evaluation: dict, ti=None) -> dict:
             """Move @champion to the challenger if the gate passed (and the reviewer approved)."""
             from pipelines import runtime
-
             review = None
             if reviewed:
                 from mlops_airflow.review import REVIEW_XCOM
@@ -100,7 +97,7 @@ def build_training(spec):
         evaluation = evaluate_challenger(train_challenger())
         decision = promote_if_better(evaluation)
         if reviewed:
-            from mlops_airflow.review import promotion_review   # loaded only where a person reviews
+            from mlops_airflow.review import promotion_review  # loaded only where a person reviews
 
             @task.short_circuit(ignore_downstream_trigger_rules=False)
             def passed_gate(evaluation: dict) -> bool:

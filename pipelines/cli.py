@@ -26,12 +26,21 @@ import json
 import logging
 import sys
 
-from pipelines.errors import Refusal
+from pipelines import runtime
+from pipelines.core.config import settings
+from pipelines.core.errors import Refusal
+from pipelines.core.spec import SPEC_FILE, TaskType, check_spec, load_spec
+from pipelines.data.example_data import export
+from pipelines.data.ingest import IngestError
+from pipelines.data.labels import label_problems
+from pipelines.data.spec_init import draft, write_use_case
+from pipelines.release.rollback import RollbackRefused
+from pipelines.report import summarize
+from pipelines.serving.guard import ensure_keys, rotate_keys
+from pipelines.serving.service import serve as run_service
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines import runtime
-
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
@@ -134,12 +143,10 @@ def _command(args: argparse.Namespace, runtime) -> int:
     if args.command == "example-data":
         from pathlib import Path
 
-        from pipelines.example_data import export
 
         print(export(args.dataset, Path(args.out), args.missing))
         return 0
     if args.command == "api-key":
-        from pipelines.serving_guard import ensure_keys, rotate_keys
 
         path = rotate_keys() if args.action == "rotate" else ensure_keys()
         print(path)   # never the key itself: it stays in the file, readable by its owner only
@@ -149,7 +156,6 @@ def _command(args: argparse.Namespace, runtime) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
-        from pipelines.scoring_service import serve as run_service
 
         for name in args.use_case:
             runtime.spec(name)   # an unknown use case fails here, with the specs found
@@ -168,9 +174,6 @@ def _command(args: argparse.Namespace, runtime) -> int:
 def init_use_case(args: argparse.Namespace) -> int:
     """Draft a use case's spec and expectations from its data, check them, and only then write
     them (a draft with problems is printed, never left behind to break other commands)."""
-    from pipelines.config import settings
-    from pipelines.spec import TaskType
-    from pipelines.spec_init import draft, write_use_case
 
     sources = dict(item.split("=", 1) for item in args.source if "=" in item)
     if len(sources) != len(args.source):
@@ -188,8 +191,6 @@ def check_specs(names: list[str]) -> int:
     """Print every problem of the named specs (or of all under the include folder); 1 if any."""
     from pathlib import Path
 
-    from pipelines.config import settings
-    from pipelines.spec import SPEC_FILE, check_spec
 
     include = settings().include
     paths = [Path(n) if Path(n).exists() else include / n for n in names] or \
@@ -206,10 +207,7 @@ def check_specs(names: list[str]) -> int:
 
 
 def _data_problems(path) -> list[str]:
-    """A valid spec against what has landed for it (see pipelines.labels.label_problems)."""
-    from pipelines import runtime
-    from pipelines.labels import label_problems
-    from pipelines.spec import SPEC_FILE, load_spec
+    """A valid spec against what has landed for it (see pipelines.data.labels.label_problems)."""
 
     spec = load_spec(path)
     file = path / SPEC_FILE if path.is_dir() else path
@@ -221,7 +219,6 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
     uc = args.use_case
 
     if args.command == "ingest":
-        from pipelines.ingest import IngestError
 
         try:
             result = runtime.ingest(uc, args.source, args.location, args.as_of)
@@ -240,7 +237,6 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
     elif args.command == "rollback":
         import getpass
 
-        from pipelines.rollback import RollbackRefused
 
         try:
             result = runtime.rollback(uc, args.reason, args.by or getpass.getuser(), args.to)
@@ -271,7 +267,6 @@ def _run(args: argparse.Namespace, runtime) -> dict | str | int:
     elif args.command == "simulate":
         result = runtime.simulate(uc)
     elif args.command == "summary":
-        from pipelines.report import summarize
 
         return summarize(runtime.spec(uc))
     elif args.command == "validate":

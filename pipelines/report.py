@@ -1,14 +1,16 @@
 """A readable summary of a use case's state: champion history, drift, tables and where to look."""
 from __future__ import annotations
 
-from pipelines.config import settings
-from pipelines.lake import Lake, list_partitions, read_table
+from pipelines.core.config import settings
+from pipelines.core.lake import Lake, list_partitions, read_table
+from pipelines.models import tracking
+from pipelines.monitoring.watch import DRIFT_SUMMARY, PERFORMANCE, RETRAIN_REQUESTS
+from pipelines.release.decision import short_reason
+from pipelines.release.model_card import card_folder
 
 
 def champion_history(spec) -> list[dict]:
     """Every registered version with its trigger, promotion decision and reason, oldest first."""
-    from pipelines import tracking
-    from pipelines.model_card import card_folder
 
     c = tracking.client()
     name = spec.model.registered_name
@@ -45,21 +47,8 @@ def champion_history(spec) -> list[dict]:
     return rows
 
 
-PASSED_GATE = "gate passed every enforced check: "
-
-
-def short_reason(reason: str, limit: int = 400) -> str:
-    """A promotion reason for one summary line: of a passed gate, only its first check (the metric
-    rule; the gate line lists the rest); anything else cut at ``limit`` characters."""
-    if PASSED_GATE in reason:
-        head, _, checks = reason.partition(PASSED_GATE)
-        reason = f"{head}{checks.split('; ')[0]}"
-    return reason if len(reason) <= limit else reason[:limit - 3] + "..."
-
-
 def summarize(spec, lake: Lake | None = None) -> str:
     """The multi-line summary printed at the end of the demo (and by ``mlops summary``)."""
-    from pipelines.monitoring import DRIFT_SUMMARY, PERFORMANCE, RETRAIN_REQUESTS
 
     cfg = settings()
     lake = lake or Lake(cfg.lake)

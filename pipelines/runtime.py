@@ -9,15 +9,32 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 from dataclasses import asdict
 from functools import lru_cache
-from pathlib import Path
 
-from pipelines.config import settings
-from pipelines.errors import MissingData, Refusal
-from pipelines.lake import Lake, list_partitions
-from pipelines.spec import SpecError, UseCaseSpec, discover_specs_and_errors
+# the catalogue of use cases, also asked for through this module by the DAGs, the CLI and the tests
+from pipelines.core.catalog import UnknownUseCase, forget_specs, lake, spec, use_case_names  # noqa: F401
+from pipelines.core.config import settings
+from pipelines.core.errors import MissingData
+from pipelines.core.lake import list_partitions
+from pipelines.core.spark import get_spark
+from pipelines.data.inbox import inbox_folder, make_source_folders, process_inbox
+from pipelines.data.ingest import ingest as land
+from pipelines.data.simulate import config_from_spec, simulate_to_lake
+from pipelines.data.validation import validate_day
+from pipelines.features.online_store import refresh, store_path
+from pipelines.features.point_in_time import build_features as build, require_complete_look_back
+from pipelines.models import tracking
+from pipelines.monitoring.watch import (DRIFT_SUMMARY, RetrainDecision, live_performance as perf,
+                                        monitor_drift as monitor, record_retrain_request as record,
+                                        retrain_decision as decide_retraining)
+from pipelines.release import rollout
+from pipelines.release.decision import Review
+from pipelines.release.evaluation import evaluate_challenger, promote_if_better
+from pipelines.release.fault_injection import register_slowed_copy
+from pipelines.release.rollback import roll_back
+from pipelines.serving.batch import score_partition
+from pipelines.training.fit import train_challenger
 
 log = logging.getLogger(__name__)
 
@@ -26,82 +43,25 @@ def _date(value: str | dt.date) -> dt.date:
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
 
 
-class UnknownUseCase(Refusal, KeyError):
-    """No spec of that name under the include folder."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-USE_CASE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-
-
-@lru_cache(maxsize=64)
-def _load_specs(include: str, stamp: tuple) -> tuple[dict[str, UseCaseSpec], dict[str, SpecError]]:
-    """The specs that load, by name, and the errors of those that do not, by folder name."""
-    specs, errors = discover_specs_and_errors(include)
-    return {s.name: s for s in specs}, {Path(e.file).parent.name: e for e in errors}
-
-
-def _specs_and_errors(include: str) -> tuple[dict[str, UseCaseSpec], dict[str, SpecError]]:
-    """The include folder's specs, read again when a spec or expectation file changed (a use case
-    drafted by `mlops init` in the same process is seen at once)."""
-    files = sorted(Path(include).glob("*/*.yaml"))
-    stamp = tuple((str(f), f.stat().st_mtime_ns) for f in files if f.exists())
-    return _load_specs(include, stamp)
-
-
-def _specs(include: str) -> dict[str, UseCaseSpec]:
-    return _specs_and_errors(include)[0]
-
-
-def spec(use_case: str) -> UseCaseSpec:
-    """The spec of ``use_case`` from the configured include folder. A name that is not a use-case
-    name is refused before any path is built from it; a broken spec breaks only its own use case."""
-    if not isinstance(use_case, str) or not USE_CASE_NAME.fullmatch(use_case):
-        raise UnknownUseCase(f"{use_case!r} is not a use-case name (lower-case letters, digits and _, "
-                             f"starting with a letter)")
-    specs, errors = _specs_and_errors(str(settings().include))
-    if use_case in specs:
-        return specs[use_case]
-    if use_case in errors:
-        raise errors[use_case]
-    raise UnknownUseCase(f"unknown use case {use_case!r}; specs found: {sorted(specs)} in {settings().include}")
-
-
-def use_case_names() -> list[str]:
-    """Every use case of the configured include folder whose spec loads."""
-    return sorted(_specs(str(settings().include)))
-
-
-def lake() -> Lake:
-    return Lake(settings().lake)
-
-
 def spark(app: str = "mlops"):
-    from pipelines.spark import get_spark
-
     return get_spark(settings(), app)
 
 
 def simulate(use_case: str, **overrides) -> dict[str, int]:
     """Generate the use case's simulated raw history into the lake's landing zone."""
-    from pipelines.simulate import config_from_spec, simulate_to_lake
 
     s = spec(use_case)
     return simulate_to_lake(s, lake(), config_from_spec(s, **overrides))
 
 
 def ingest(use_case: str, source: str, location: str, as_of: str | dt.date | None = None) -> dict:
-    """Land a team's own CSV/Parquet files as a source's raw daily partitions (see pipelines.ingest)."""
-    from pipelines.ingest import ingest as land
+    """Land a team's own CSV/Parquet files as a source's raw daily partitions (see pipelines.data.ingest)."""
 
     return asdict(land(spec(use_case), lake(), source, location, _date(as_of) if as_of else None))
 
 
 def inbox(use_case: str):
     """The use case's drop folder (``$MLOPS_INBOX/<use case>``), with a folder per source."""
-    from pipelines.inbox import inbox_folder, make_source_folders
 
     use_case_spec = spec(use_case)   # first: a name that is no use case builds no path
     folder = inbox_folder(settings().inbox, use_case)
@@ -110,9 +70,8 @@ def inbox(use_case: str):
 
 
 def ingest_inbox(use_case: str) -> dict:
-    """Land the files dropped in the use case's inbox (see pipelines.inbox): what landed, the
+    """Land the files dropped in the use case's inbox (see pipelines.data.inbox): what landed, the
     partition dates written, and each refused file with its error."""
-    from pipelines.inbox import process_inbox
 
     result = process_inbox(spec(use_case), lake(), inbox(use_case))
     return {"landed": result.landed, "partitions": result.partitions, "rejected": result.rejected,
@@ -121,35 +80,28 @@ def ingest_inbox(use_case: str) -> dict:
 
 def validate(use_case: str, date: str | dt.date, run_id: str | None = None,
              allow_empty_redelivery: bool = False) -> dict[str, int]:
-    from pipelines.validation import validate_day
 
     return validate_day(spec(use_case), lake(), _date(date), run_id, allow_empty_redelivery)
 
 
 def check_look_back(use_case: str, date: str | dt.date) -> None:
     """Raise LookBackIncomplete if a day of the features' look-back window is not validated."""
-    from pipelines.features import require_complete_look_back
 
     require_complete_look_back(spec(use_case), lake(), _date(date))
 
 
 def build_features(use_case: str, date: str | dt.date) -> int:
-    from pipelines.features import build_features as build
-
     return build(spark(f"{use_case}-features"), spec(use_case), lake(), _date(date))
 
 
 def refresh_online_store(use_case: str, date: str | dt.date) -> dict:
-    """The features of ``date`` into the use case's online store (see pipelines.online_store)."""
-    from pipelines.online_store import refresh, store_path
+    """The features of ``date`` into the use case's online store (see pipelines.features.online_store)."""
 
     return refresh(spec(use_case), lake(), _date(date), store_path(settings().online_store, use_case))
 
 
 def resolve_champion(use_case: str) -> dict | None:
     """The champion as a concrete version (XCom-ready), or None before the first promotion."""
-    from pipelines import tracking
-
     tracking.require_tracking_server()
     ref = tracking.resolve_champion(spec(use_case).model.registered_name)
     return ref.as_xcom() if ref else None
@@ -157,8 +109,6 @@ def resolve_champion(use_case: str) -> dict | None:
 
 def why_no_champion(use_case: str) -> str:
     """Why ``use_case`` has no champion: no version trained yet, or the newest one's gate decision."""
-    from pipelines import tracking
-
     name = spec(use_case).model.registered_name
     versions = tracking.client().search_model_versions(f"name = '{name}'")
     if not versions:
@@ -170,32 +120,23 @@ def why_no_champion(use_case: str) -> str:
 
 
 def score(use_case: str, date: str | dt.date, champion: dict, run_id: str) -> int:
-    from pipelines import tracking
-    from pipelines.scoring import score_partition
-
     tracking.require_tracking_server()
     return score_partition(spark(f"{use_case}-scoring"), spec(use_case), lake(), _date(date), champion, run_id)
 
 
 def monitor_drift(use_case: str, date: str | dt.date, champion: dict) -> dict:
-    from pipelines.monitoring import monitor_drift as monitor
-
     return monitor(spec(use_case), lake(), settings().reports, _date(date), champion)
 
 
 def live_performance(use_case: str, date: str | dt.date) -> list[dict]:
-    from pipelines.monitoring import live_performance as perf
-
     return perf(spec(use_case), lake(), _date(date))
 
 
 def retrain_decision(use_case: str, date: str | dt.date) -> dict | None:
     """The retrain decision for ``date``, or None while its drift result is not there yet."""
-    from pipelines.monitoring import DRIFT_SUMMARY, retrain_decision as decide
-
     if _date(date).isoformat() not in list_partitions(lake().monitoring(use_case, DRIFT_SUMMARY)):
         return None
-    return asdict(decide(spec(use_case), lake(), _date(date)))
+    return asdict(decide_retraining(spec(use_case), lake(), _date(date)))
 
 
 def resolve_as_of(use_case: str, requested: str | None, scheduled_for: dt.date | None) -> dt.date:
@@ -214,7 +155,6 @@ def resolve_as_of(use_case: str, requested: str | None, scheduled_for: dt.date |
 
 def request_retraining(use_case: str, decision: dict) -> dict:
     """Record a drift-triggered retrain request; returns the training run's conf and run id."""
-    from pipelines.monitoring import RetrainDecision, record_retrain_request as record
 
     fields = {k: decision[k] for k in ("retrain", "reason", "ds", "drift_share", "model_version")}
     record(spec(use_case), lake(), RetrainDecision(**fields))
@@ -239,9 +179,6 @@ def training_lock(use_case: str, timeout: float = 3600.0):
 
 
 def train(use_case: str, as_of: str | dt.date, reason: str, trigger: str, run_id: str | None = None) -> dict:
-    from pipelines import tracking
-    from pipelines.training import train_challenger
-
     tracking.require_tracking_server()   # fail in seconds, before a long fit, when MLflow is away
     with training_lock(use_case):
         return train_challenger(spark(f"{use_case}-training"), spec(use_case), lake(), _date(as_of),
@@ -249,9 +186,7 @@ def train(use_case: str, as_of: str | dt.date, reason: str, trigger: str, run_id
 
 
 def rollback(use_case: str, reason: str, requested_by: str, to: str | None = None) -> dict:
-    """Move @champion back to an earlier champion (see pipelines.rollback); what was done."""
-    from pipelines import tracking
-    from pipelines.rollback import roll_back
+    """Move @champion back to an earlier champion (see pipelines.release.rollback); what was done."""
 
     tracking.require_tracking_server()
     with training_lock(use_case):   # not while a promotion of the same use case is deciding
@@ -259,9 +194,7 @@ def rollback(use_case: str, reason: str, requested_by: str, to: str | None = Non
 
 
 def start_rollout(use_case: str, version: str, reason: str, requested_by: str) -> dict:
-    """Roll ``version`` out beside the champion by the spec's strategy (see pipelines.rollout)."""
-    from pipelines import rollout, tracking
-
+    """Roll ``version`` out beside the champion by the spec's strategy (see pipelines.release.rollout)."""
     tracking.require_tracking_server()
     the_spec = spec(use_case)
     champion = tracking.resolve_champion(the_spec.model.registered_name)
@@ -273,8 +206,6 @@ def start_rollout(use_case: str, version: str, reason: str, requested_by: str) -
 
 def rollout_drill(use_case: str, slow_ms: float, requested_by: str) -> dict:
     """Register a slowed copy of the champion and start its rollout: the safety net must stop it."""
-    from pipelines import tracking
-    from pipelines.fault_injection import register_slowed_copy
 
     tracking.require_tracking_server()
     the_spec = spec(use_case)
@@ -287,25 +218,19 @@ def rollout_drill(use_case: str, slow_ms: float, requested_by: str) -> dict:
 
 
 def rollout_load_test(use_case: str) -> dict:
-    """Load-test the running rollout's candidate before traffic moves (see pipelines.load_test)."""
-    from pipelines import rollout, tracking
-
+    """Load-test the running rollout's candidate before traffic moves (see pipelines.release.load_test)."""
     tracking.require_tracking_server()
     return rollout.load_test_candidate(spec(use_case), lake())
 
 
 def judge_rollout(use_case: str) -> dict:
     """Judge the running rollout's step on the request log and advance, complete or roll it back."""
-    from pipelines import rollout, tracking
-
     tracking.require_tracking_server()
     return rollout.judge_rollout(spec(use_case), lake())
 
 
 def end_rollout(use_case: str, reason: str, requested_by: str) -> dict:
     """Roll the running rollout back to 0% by hand (the champion keeps all traffic)."""
-    from pipelines import rollout, tracking
-
     tracking.require_tracking_server()
     the_spec = spec(use_case)
     state = rollout.read_state(the_spec)
@@ -315,15 +240,11 @@ def end_rollout(use_case: str, reason: str, requested_by: str) -> dict:
 
 
 def rollout_status(use_case: str, timelines: int = 1) -> str:
-    from pipelines import rollout
-
     return rollout.status_text(spec(use_case), lake(), timelines)
 
 
 def evaluate(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:
-    """Run the promotion gate on a challenger (see pipelines.evaluation); moves no alias."""
-    from pipelines import tracking
-    from pipelines.evaluation import evaluate_challenger
+    """Run the promotion gate on a challenger (see pipelines.release.evaluation); moves no alias."""
 
     tracking.require_tracking_server()
     with training_lock(use_case):
@@ -333,8 +254,6 @@ def evaluate(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:
 def decide(use_case: str, evaluation: dict, review: dict | None = None) -> dict:
     """Promote an evaluated challenger if the gate passed (and, when the spec requires it, the
     reviewer approved: ``review`` is what Airflow's ApprovalOperator returned)."""
-    from pipelines import tracking
-    from pipelines.evaluation import Review, promote_if_better
 
     tracking.require_tracking_server()
     with training_lock(use_case):

@@ -116,9 +116,11 @@ def play_story(stack: Stack, use_case: str, start: dt.date, first_training: dt.d
 def drive_rollout(stack: Stack, client: AirflowClient, use_case: str, rounds: int = 12) -> str:
     """Run the rollout DAG until the running rollout ends, with live traffic between its runs;
     the rollout's final phase."""
-    from pipelines import rollout, runtime, tracking
-    from pipelines.gate import signature_inputs
-    from pipelines.load_test import run_locust, sample_records
+    from pipelines import runtime
+    from pipelines.models import tracking
+    from pipelines.models.signature import signature_inputs
+    from pipelines.release import rollout
+    from pipelines.release.load_test import run_locust, sample_records
 
     spec, dag_id = runtime.spec(use_case), f"{use_case}_rollout"
     state = rollout.read_state(spec)
@@ -146,8 +148,8 @@ def drive_rollout(stack: Stack, client: AirflowClient, use_case: str, rounds: in
 
 def play_rollouts(stack: Stack, use_case: str) -> dict:
     """The retrained candidate to all traffic, then a drill the rollout must stop; timings."""
-    from pipelines import rollout, runtime
-
+    from pipelines import runtime
+    from pipelines.release import rollout
     spec = runtime.spec(use_case)
     client = AirflowClient(stack.airflow_url, "admin", stack.admin_password())
     timings = {}

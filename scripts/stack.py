@@ -255,7 +255,7 @@ class Stack:
             "--conf", f"spark.sql.shuffle.partitions={self.settings['MLOPS_SPARK_SHUFFLE_PARTITIONS']}",
             "--conf", "spark.ui.enabled=false",
             "--conf", "spark.log.level=WARN",
-            "--conf", "spark.python.daemon.module=pipelines.spark_daemon",   # workers start warm
+            "--conf", "spark.python.daemon.module=pipelines.core.spark_daemon",   # workers start warm
             "--conf", f"spark.driver.memory={env_default('MLOPS_SPARK_DRIVER_MEMORY', '2g')}",
             "--conf", f"spark.pyspark.python={sys.executable}",
         ]

@@ -27,7 +27,7 @@ os.environ["MLOPS_SERVING_ALLOWED_HOSTS"] = "127.0.0.1,localhost,::1,testserver"
 
 def serving_headers() -> dict[str, str]:
     """The API key header of this deployment's scoring service."""
-    from pipelines.serving_guard import client_headers
+    from pipelines.serving.guard import client_headers
 
     return client_headers()
 
@@ -69,8 +69,7 @@ def assert_trainings_took_turns(name: str, known: set[str], previous_champion: s
     """Trainings started at once left a consistent registry: the versions registered since
     ``known`` came from runs that did not overlap, each carries a truthful decision, and the
     champion alias points at the last promoted one (or stayed at ``previous_champion``)."""
-    from pipelines import tracking
-
+    from pipelines.models import tracking
     c = tracking.client()
     new = sorted((v for v in c.search_model_versions(f"name = '{name}'") if v.version not in known),
                  key=lambda v: int(v.version))
@@ -92,8 +91,7 @@ def assert_trainings_took_turns(name: str, known: set[str], previous_champion: s
 @pytest.fixture()
 def restore_champion(lifecycle, small_spec):
     """Whatever a case does to the alias, the champion of the lifecycle is put back afterwards."""
-    from pipelines import tracking
-
+    from pipelines.models import tracking
     name = small_spec.model.registered_name
     before = tracking.resolve_alias(name, tracking.CHAMPION)
     yield before
@@ -105,8 +103,7 @@ def new_version(small_spec, champion) -> str:
     """Another registered version of the champion's model (same run, same files)."""
     import mlflow
 
-    from pipelines import tracking
-
+    from pipelines.models import tracking
     tracking.configure()
     source = tracking.client().get_model_version(small_spec.model.registered_name, champion.version).source
     return str(mlflow.register_model(source, small_spec.model.registered_name).version)
@@ -116,8 +113,7 @@ def version_without_files(small_spec, champion, mlflow_server, experiment: str) 
     """A registered version of the champion's model whose files are then deleted from the server."""
     import mlflow
 
-    from pipelines import tracking
-
+    from pipelines.models import tracking
     name = small_spec.model.registered_name
     with mlflow.start_run(experiment_id=tracking.ensure_experiment(experiment)) as run:
         mlflow.log_artifacts(mlflow.artifacts.download_artifacts(
@@ -183,10 +179,9 @@ def traversable_home(prefix: str) -> Path:
 def include_folder(include: Path):
     """Use-case specs read from ``include`` inside the block (``MLOPS_INCLUDE``), as before after it."""
     from pipelines import runtime
-
     saved = os.environ.get("MLOPS_INCLUDE")
     os.environ["MLOPS_INCLUDE"] = str(include)
-    runtime._load_specs.cache_clear()
+    runtime.forget_specs()
     try:
         yield include
     finally:
@@ -194,7 +189,7 @@ def include_folder(include: Path):
             os.environ.pop("MLOPS_INCLUDE", None)
         else:
             os.environ["MLOPS_INCLUDE"] = saved
-        runtime._load_specs.cache_clear()
+        runtime.forget_specs()
 
 
 def write_spec(include: Path, spec: dict, expectations: Path = CHURN / "expectations.yaml") -> Path:
@@ -215,22 +210,19 @@ def state_home(tmp_path_factory) -> Path:
     os.environ["MLOPS_INCLUDE"] = str(include)
     os.environ["MLOPS_SPARK_MASTER"] = "local[2]"
     from pipelines import runtime
-
-    runtime._load_specs.cache_clear()
+    runtime.forget_specs()
     return home
 
 
 @pytest.fixture(scope="session")
 def small_spec(state_home):
     from pipelines import runtime
-
     return runtime.spec("churn_small")
 
 
 @pytest.fixture(scope="session")
 def spark(state_home):
     from pipelines import runtime
-
     session = runtime.spark("tests")
     yield session
     session.stop()
@@ -242,7 +234,7 @@ def validator_factory():
     cache = {}
 
     def make(spec, lake):
-        from pipelines.validation import PartitionValidator
+        from pipelines.data.validation import PartitionValidator
 
         key = (spec.name, str(lake.root))
         if key not in cache:
@@ -323,8 +315,8 @@ def lifecycle(state_home, small_spec, spark, mlflow_server):
     score and monitor each day from the first training on (days after the broken one declare it
     as a known gap, as an operator would)."""
     from pipelines import runtime
-    from pipelines.lake import read_partition, replace_partition
-    from pipelines.validation import DataValidationError
+    from pipelines.core.lake import read_partition, replace_partition
+    from pipelines.data.validation import DataValidationError
 
     uc = small_spec.name
     runtime.simulate(uc)
@@ -336,7 +328,7 @@ def lifecycle(state_home, small_spec, spark, mlflow_server):
     all_days = [start + dt.timedelta(days=i) for i in range(small_spec.simulation.days)]
     first_training = small_spec.simulation.first_training
     failures, refused = {}, {}
-    from pipelines.features import LookBackIncomplete
+    from pipelines.features.point_in_time import LookBackIncomplete
 
     for day in all_days:
         try:
@@ -353,7 +345,7 @@ def lifecycle(state_home, small_spec, spark, mlflow_server):
     raw = yaml.safe_load(spec_file.read_text())
     raw["features"]["allowed_missing_days"] = [d.isoformat() for d in failures]
     spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-    runtime._load_specs.cache_clear()
+    runtime.forget_specs()
     for day in refused:
         runtime.build_features(uc, day)
     challenger = runtime.train(uc, first_training, "first model", "manual")
@@ -406,7 +398,7 @@ def story(tmp_path_factory):
     the embedded stack in its own home and ports, a small use case played through it; a shipped
     use case beside it, untouched until its test drops files into its inbox."""
     from pipelines import runtime
-    from pipelines.lake import read_partition, replace_partition
+    from pipelines.core.lake import read_partition, replace_partition
     from scripts.demo import play_story
     from scripts.stack import Stack
 
@@ -429,7 +421,7 @@ def story(tmp_path_factory):
     mp.setenv("MLOPS_INCLUDE", str(include))
     mp.setenv("MLOPS_SCHEDULE_END", end.isoformat())
     mp.setenv("MLOPS_RETRY_DELAY_S", "3")   # the fault suite kills tasks: their retries come soon
-    runtime._load_specs.cache_clear()
+    runtime.forget_specs()
     runtime.simulate(STORY_UC)
     raw = runtime.lake().raw(STORY_UC, "transactions")
     broken = read_partition(raw, STORY_BROKEN)
@@ -446,12 +438,12 @@ def story(tmp_path_factory):
         story = {"stack": stack, "client": client, "timings": timings, "end": end, "env": env,
                  "spec": runtime.spec(STORY_UC)}
         mp.undo()   # the stack keeps running; tests enter its environment with `in_story`
-        runtime._load_specs.cache_clear()
+        runtime.forget_specs()
         yield story
     finally:
         stack.down()
         mp.undo()
-        runtime._load_specs.cache_clear()
+        runtime.forget_specs()
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -460,13 +452,12 @@ def in_story(story, monkeypatch):
     """The story's deployment as this test's environment (lake, specs, MLflow server), with its
     stack running (a test before may have stopped it on purpose; `up` is idempotent)."""
     from pipelines import runtime
-
     story["stack"].up()
     for key, value in story["env"].items():
         monkeypatch.setenv(key, value)
-    runtime._load_specs.cache_clear()
+    runtime.forget_specs()
     yield story
-    runtime._load_specs.cache_clear()
+    runtime.forget_specs()
 
 
 
@@ -474,7 +465,7 @@ def land_breast_cancer(use_case: str, folder: Path, day: dt.date) -> None:
     """scikit-learn's breast cancer table as ``use_case``'s snapshot of ``day``: ingested, validated,
     its features built (a story use case fed through the CLI path)."""
     from pipelines import runtime
-    from pipelines.example_data import export
+    from pipelines.data.example_data import export
 
     runtime.ingest(use_case, "patients", str(export("breast_cancer", folder)), as_of=day)
     runtime.validate(use_case, day)

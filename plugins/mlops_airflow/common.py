@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from airflow.sdk import Asset
 
-from pipelines.config import settings
-from pipelines.spec import SpecError, UseCaseSpec, discover_specs_and_errors
+from pipelines.core.config import settings
+from pipelines.core.spec import SpecError, UseCaseSpec, discover_specs_and_errors
 
 DEFAULT_ARGS = {
     "owner": "mlops",
@@ -71,7 +71,7 @@ def inbox_asset(use_case: str) -> Asset:
     from airflow.sdk import AssetWatcher
 
     from mlops_airflow.triggers import InboxTrigger
-    from pipelines.inbox import inbox_folder
+    from pipelines.data.inbox import inbox_folder
 
     folder = inbox_folder(settings().inbox, use_case)
     watcher = AssetWatcher(name=f"{use_case}_inbox_watcher", trigger=InboxTrigger(directory=str(folder)))

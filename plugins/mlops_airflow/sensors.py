@@ -30,7 +30,6 @@ class DriftSensor(BaseSensorOperator):
 
     def poke(self, context) -> PokeReturnValue | bool:
         from pipelines import runtime
-
         given = (self.ds or "").strip()
         dates = [given] if given else event_dates(context)
         if not dates:
@@ -65,7 +64,7 @@ class LookBackSensor(BaseSensorOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from pipelines import runtime
-        from pipelines.features import LookBackIncomplete
+        from pipelines.features.point_in_time import LookBackIncomplete
 
         try:
             runtime.check_look_back(self.use_case, (self.ds or "").strip() or run_day(context))

@@ -3,7 +3,7 @@
 An :class:`InboxTrigger` runs in the triggerer as the ``AssetWatcher`` of a use case's inbox
 asset (event-driven scheduling): it polls the drop folder and fires an event, which becomes
 an asset event and queues a ``<use case>_ingest`` run, whenever files it has not reported yet
-are ready there (see :mod:`pipelines.inbox` for the layout and what "ready" means).
+are ready there (see :mod:`pipelines.data.inbox` for the layout and what "ready" means).
 
 It reports each delivery (path, size, modification time) once while the file stays in the
 inbox; a file moved away and dropped again is a new delivery. After a triggerer restart the
@@ -34,7 +34,7 @@ class InboxTrigger(BaseEventTrigger):
                  "settle_seconds": self.settle_seconds})
 
     def _scan(self) -> set[tuple[str, int, int]]:
-        from pipelines.inbox import ready_files, signature
+        from pipelines.data.inbox import ready_files, signature
 
         found = set()
         for path in ready_files(self.directory, self.settle_seconds):

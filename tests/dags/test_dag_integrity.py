@@ -65,7 +65,7 @@ def test_no_import_errors(dagbag):
 
 
 def test_one_set_of_dags_per_spec(dagbag):
-    from pipelines.spec import discover_specs
+    from pipelines.core.spec import discover_specs
 
     specs = discover_specs(ROOT / "include")
     assert specs, "no use-case spec found under include/"
@@ -99,7 +99,7 @@ def test_assets_link_daily_monitoring_to_drift_watch(dagbag):
 def test_inbox_watcher_schedules_ingest_and_ingest_wakes_unscheduled_daily(dagbag):
     """Each ingest DAG runs on its inbox asset's watcher (an InboxTrigger on the use case's folder);
     its landed asset wakes the daily DAG of a use case without a scoring schedule, and only that."""
-    from pipelines.spec import discover_specs
+    from pipelines.core.spec import discover_specs
 
     for spec in discover_specs(ROOT / "include"):
         ingest, daily = dagbag.dags[f"{spec.name}_ingest"], dagbag.dags[f"{spec.name}_daily"]
@@ -199,7 +199,7 @@ def test_a_rollout_dag_only_for_use_cases_with_a_rollout_strategy(dagbag, tmp_pa
     import yaml
     from airflow.dag_processing.dagbag import DagBag
 
-    from pipelines.spec import discover_specs
+    from pipelines.core.spec import discover_specs
 
     rolled = {f"{s.name}_rollout" for s in discover_specs(ROOT / "include") if s.deployment.strategy != "direct"}
     assert {d for d in dagbag.dag_ids if d.endswith("_rollout")} == rolled and "churn_rollout" in rolled
@@ -232,7 +232,7 @@ def test_the_review_keeps_the_answer_before_acting_on_it(choice):
     import types
 
     from mlops_airflow.review import REVIEW_XCOM, promotion_review
-    from pipelines.spec import load_spec
+    from pipelines.core.spec import load_spec
 
     review = promotion_review(load_spec(ROOT / "include" / "churn"))
     pushed = {}

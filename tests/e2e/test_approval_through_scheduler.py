@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import STORY_REVIEWED_UC as UC
-from tests.conftest import land_breast_cancer
+from tests.conftest import STORY_REVIEWED_UC as UC, land_breast_cancer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 
@@ -42,8 +41,8 @@ def _train_and_review(client, approve: bool, comment: str) -> tuple[str, dict]:
 
 
 def test_a_reviewer_approves_one_challenger_and_rejects_the_next(story, tmp_path):
-    from pipelines import runtime, tracking
-
+    from pipelines import runtime
+    from pipelines.models import tracking
     client = story["client"]
     client.wait_for_dags([DAG])
     land_breast_cancer(UC, tmp_path, DAY)

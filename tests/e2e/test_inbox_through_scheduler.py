@@ -45,9 +45,10 @@ def _settled_runs(client, dag_id: str, count: int, timeout: float = 600) -> list
 def test_dropped_snapshots_land_wake_the_daily_dag_and_get_scored(story, tmp_path):
     import pandas as pd
 
-    from pipelines import runtime, tracking
-    from pipelines.example_data import export
-    from pipelines.lake import list_partitions, read_partition
+    from pipelines import runtime
+    from pipelines.core.lake import list_partitions, read_partition
+    from pipelines.data.example_data import export
+    from pipelines.models import tracking
 
     client = story["client"]
     spec = runtime.spec(UC)

@@ -5,8 +5,9 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from pipelines import runtime, tracking
-from pipelines.lake import list_partitions, read_partition, read_table
+from pipelines import runtime
+from pipelines.core.lake import list_partitions, read_partition, read_table
+from pipelines.models import tracking
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 UC = "churn_small"
@@ -141,7 +142,7 @@ def test_challenger_without_margin_is_rejected(played, small_spec):
 def test_optuna_search_logs_each_trial_as_a_nested_run(played, small_spec, spark):
     """model.search: optuna over ranges, with the spec's time-ordered folds: each trial a nested run,
     the best parameters on the parent run (a separate registered model, so the others' stay as they are)."""
-    from pipelines.training import train_challenger
+    from pipelines.training.fit import train_challenger
 
     raw = small_spec.model.model_dump()
     raw.update(registered_name=f"{UC}_optuna", search={"method": "optuna", "trials": 3, "timeout_s": 600},

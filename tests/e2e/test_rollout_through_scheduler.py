@@ -10,8 +10,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from tests.conftest import serving_headers, STORY_CANARY_UC as UC
-from tests.conftest import land_breast_cancer
+from tests.conftest import STORY_CANARY_UC as UC, land_breast_cancer, serving_headers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 
@@ -21,8 +20,8 @@ DAG = f"{UC}_rollout"
 
 def _records(spec, n: int) -> list[dict]:
     from pipelines import runtime
-    from pipelines.features import feature_columns
-    from pipelines.lake import read_partition
+    from pipelines.core.lake import read_partition
+    from pipelines.features.point_in_time import feature_columns
 
     frame = read_partition(runtime.lake().features(UC), DAY, [spec.entity, *feature_columns(spec).all]).head(n)
     return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
@@ -51,8 +50,10 @@ def _send(http, app, records) -> list[dict]:
 def test_a_canary_reaches_all_traffic_and_an_injected_slow_model_is_rolled_back(story, tmp_path):
     from fastapi.testclient import TestClient
 
-    from pipelines import rollout, runtime, tracking
-    from pipelines.scoring_service import create_app
+    from pipelines import runtime
+    from pipelines.models import tracking
+    from pipelines.release import rollout
+    from pipelines.serving.service import create_app
 
     client = story["client"]
     client.wait_for_dags([DAG])

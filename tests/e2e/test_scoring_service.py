@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import runtime, tracking
-from pipelines.lake import read_partition, read_table
+from pipelines import runtime
+from pipelines.core import catalog
+from pipelines.core.lake import read_partition, read_table
+from pipelines.models import tracking
 from tests.conftest import (new_version, serve_in_thread, serving_get, serving_headers, serving_post,
                             version_without_files)
 
@@ -25,7 +27,7 @@ POLL_S = 0.5
 
 @pytest.fixture(scope="module")
 def service(lifecycle, small_spec, mlflow_server):
-    from pipelines.scoring_service import create_app
+    from pipelines.serving.service import create_app
 
     day = max(lifecycle["scored"])
     runtime.refresh_online_store(UC, day)
@@ -37,7 +39,7 @@ def service(lifecycle, small_spec, mlflow_server):
 
 
 def _records(small_spec, day, n=40) -> list[dict]:
-    from pipelines.features import feature_columns
+    from pipelines.features.point_in_time import feature_columns
 
     cols = feature_columns(small_spec).all
     frame = read_partition(runtime.lake().features(UC), day, [small_spec.entity, *cols]).head(n)
@@ -129,12 +131,13 @@ def test_a_version_that_fails_to_load_is_never_swapped_in(service, small_spec, m
 def test_entity_mode_reads_the_online_store(service, small_spec, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from pipelines.scoring_service import create_app
-    from pipelines.spec import ServingInput
+    from pipelines.core.spec import ServingInput
+    from pipelines.serving.service import create_app
 
     variant = small_spec.model_copy(update={"deployment": small_spec.deployment.model_copy(
         update={"input": ServingInput.ENTITY})})
     monkeypatch.setattr(runtime, "spec", lambda uc: variant)
+    monkeypatch.setattr(catalog, "spec", lambda uc: variant)   # the service reads specs there
     records = _records(small_spec, service["day"], n=10)
     ids = [r[small_spec.entity] for r in records]
     with TestClient(create_app(UC, poll_s=60), headers=serving_headers()) as client:
@@ -169,14 +172,15 @@ def test_a_failing_candidate_is_answered_by_the_champion_and_rolled_back(service
     fallback (never an error), the log says why, and the judge rolls the rollout back on its error rate."""
     from fastapi.testclient import TestClient
 
-    from pipelines import rollout
-    from pipelines.scoring_service import create_app
-    from pipelines.spec import LoadTestSpec, Strategy
+    from pipelines.core.spec import LoadTestSpec, Strategy
+    from pipelines.release import rollout
+    from pipelines.serving.service import create_app
 
     variant = small_spec.model_copy(update={"deployment": small_spec.deployment.model_copy(update={
         "strategy": Strategy.CANARY, "steps": [0.5, 1.0], "window_minutes": 0, "min_requests": 10,
         "load_test": LoadTestSpec(enabled=False)})})
     monkeypatch.setattr(runtime, "spec", lambda uc: variant)
+    monkeypatch.setattr(catalog, "spec", lambda uc: variant)   # the service reads specs there
     broken = version_without_files(small_spec, restore_champion, mlflow_server, f"{UC}-rollout-faults")
     state = rollout.start(variant, runtime.lake(), broken, restore_champion.version, "a candidate without files",
                           "test")
@@ -212,8 +216,8 @@ def test_a_failing_candidate_is_answered_by_the_champion_and_rolled_back(service
 def test_live_performance_covers_the_services_answers(service, small_spec, lifecycle):
     """Labels joined to the online answers as to the batch scores: a row per source and version
     (shadow scores, never acted on, are left out)."""
-    from pipelines.lake import drop_partition, replace_partition
-    from pipelines.monitoring import PERFORMANCE
+    from pipelines.core.lake import drop_partition, replace_partition
+    from pipelines.monitoring.watch import PERFORMANCE
 
     lake = runtime.lake()
     perf = read_table(lake.monitoring(UC, PERFORMANCE))
@@ -241,8 +245,8 @@ def test_the_daily_drift_check_covers_the_services_requests(service, small_spec)
     too (shadow rows left out), with their own Evidently report."""
     from pathlib import Path
 
-    from pipelines.features import feature_columns
-    from pipelines.lake import drop_partition, replace_partition
+    from pipelines.core.lake import drop_partition, replace_partition
+    from pipelines.features.point_in_time import feature_columns
 
     lake, day = runtime.lake(), service["day"]
     features = read_partition(lake.features(UC), day, [small_spec.entity, *feature_columns(small_spec).all]).head(90)
@@ -269,15 +273,16 @@ def test_an_ab_test_splits_live_traffic_and_keeps_the_arm_the_labels_favour(serv
 
     from fastapi.testclient import TestClient
 
-    from pipelines import rollout
-    from pipelines.config import settings
-    from pipelines.lake import drop_partition, list_partitions, replace_partition
-    from pipelines.scoring_service import create_app
-    from pipelines.spec import LoadTestSpec, Strategy
+    from pipelines.core.config import settings
+    from pipelines.core.lake import drop_partition, list_partitions, replace_partition
+    from pipelines.core.spec import LoadTestSpec, Strategy
+    from pipelines.release import rollout
+    from pipelines.serving.service import create_app
 
     variant = small_spec.model_copy(update={"deployment": small_spec.deployment.model_copy(update={
         "strategy": Strategy.AB, "ab_split": 0.5, "ab_hours": 1.0, "load_test": LoadTestSpec(enabled=False)})})
     monkeypatch.setattr(runtime, "spec", lambda uc: variant)
+    monkeypatch.setattr(catalog, "spec", lambda uc: variant)   # the service reads specs there
     lake, entity = runtime.lake(), small_spec.entity
     candidate = new_version(small_spec, restore_champion)
     state = rollout.start(variant, lake, candidate, restore_champion.version, "an A/B test", "test")

@@ -54,12 +54,11 @@ def _model(folder) -> dict:
 
 def _edit_model(folder, **changes) -> None:
     from pipelines import runtime
-
     path = folder / "spec.yaml"
     raw = yaml.safe_load(path.read_text())
     raw["model"].update(changes)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    runtime._load_specs.cache_clear()
+    runtime.forget_specs()
 
 
 @pytest.mark.parametrize("uc, source, metric, bound, plots", CASES, ids=[c[0] for c in CASES])
@@ -67,10 +66,11 @@ def test_shipped_use_case_end_to_end(state_home, spark, mlflow_server, shipped_i
                                      uc, source, metric, bound, plots):
     import pandas as pd
 
-    from pipelines import runtime, tracking
-    from pipelines.lake import read_partition
-    from pipelines.model_tasks import ModelTask
-    from pipelines.spec import Metric
+    from pipelines import runtime
+    from pipelines.core.lake import read_partition
+    from pipelines.core.spec import Metric
+    from pipelines.models import tracking
+    from pipelines.models.tasks import ModelTask
 
     with include_folder(shipped_include):
         assert _cli("check", uc).endswith("ok")

@@ -53,9 +53,10 @@ def snapshot_case(state_home, spark, mlflow_server, tmp_path_factory):
 
 
 def test_snapshot_to_champion_and_scores(snapshot_case):
-    from pipelines import runtime, tracking
+    from pipelines import runtime
     from pipelines.cli import main
-    from pipelines.lake import read_partition
+    from pipelines.core.lake import read_partition
+    from pipelines.models import tracking
 
     frame = snapshot_case["frame"]
     assert main(["check", UC]) == 0

@@ -12,10 +12,8 @@ import datetime as dt
 import pytest
 
 from scripts.airflow_api import logical_day
-from tests.conftest import STORY_BROKEN as BROKEN
-from tests.conftest import STORY_FIRST_TRAINING as FIRST_TRAINING
-from tests.conftest import STORY_START as START
-from tests.conftest import STORY_UC as UC
+from tests.conftest import (STORY_BROKEN as BROKEN, STORY_FIRST_TRAINING as FIRST_TRAINING, STORY_START as START,
+                            STORY_UC as UC)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 
@@ -37,7 +35,7 @@ def test_daily_runs_succeed_except_the_broken_day(story):
 
 def test_broken_day_wrote_nothing_downstream(story):
     from pipelines import runtime
-    from pipelines.lake import list_partitions
+    from pipelines.core.lake import list_partitions
 
     lake, ds = runtime.lake(), BROKEN.isoformat()
     assert ds in list_partitions(lake.quarantine(UC, "transactions"))
@@ -46,7 +44,7 @@ def test_broken_day_wrote_nothing_downstream(story):
 
 
 def test_registry_holds_champion_and_drift_retraining(story):
-    from pipelines import tracking
+    from pipelines.models import tracking
     from pipelines.report import champion_history
 
     spec = story["spec"]
@@ -74,7 +72,7 @@ def test_sensor_fired_and_triggered_training_with_reason(story):
 
 def test_inference_rows_per_scored_day(story):
     from pipelines import runtime
-    from pipelines.lake import list_partitions, read_partition
+    from pipelines.core.lake import list_partitions, read_partition
 
     lake = runtime.lake()
     scored = list_partitions(lake.inference(UC))
@@ -87,7 +85,7 @@ def test_inference_rows_per_scored_day(story):
 def test_backfill_rerun_is_idempotent(story):
     """Re-running a scored day through Airflow replaces its partitions: same rows, no duplicates."""
     from pipelines import runtime
-    from pipelines.lake import read_partition
+    from pipelines.core.lake import read_partition
     from scripts.demo import run_backfill
 
     lake, client = runtime.lake(), story["client"]
@@ -110,8 +108,9 @@ def test_rollback_through_the_dag_changes_what_the_next_run_scores_with(story):
     scores with the rolled-back-to version."""
     import mlflow
 
-    from pipelines import runtime, tracking
-    from pipelines.lake import read_partition
+    from pipelines import runtime
+    from pipelines.core.lake import read_partition
+    from pipelines.models import tracking
 
     client, name = story["client"], story["spec"].model.registered_name
     original = tracking.resolve_alias(name, tracking.CHAMPION)

@@ -13,11 +13,11 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from pipelines.features import LookBackIncomplete, require_complete_look_back
-from pipelines.lake import (Lake, list_partitions, partition_rows, read_partition, replace_partition,
-                            write_raw_partition)
-from pipelines.simulate import config_from_spec, simulate_day
-from pipelines.validation import DataValidationError, validate_day
+from pipelines.core.lake import (Lake, list_partitions, partition_rows, read_partition, replace_partition,
+                                 write_raw_partition)
+from pipelines.data.simulate import config_from_spec, simulate_day
+from pipelines.data.validation import DataValidationError, validate_day
+from pipelines.features.point_in_time import LookBackIncomplete, require_complete_look_back
 
 pytestmark = pytest.mark.faults
 START = dt.date(2026, 1, 1)

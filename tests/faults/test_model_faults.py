@@ -16,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import runtime, tracking
-from pipelines.lake import read_partition
+from pipelines import runtime
+from pipelines.core.lake import read_partition
+from pipelines.models import tracking
 from tests.conftest import assert_trainings_took_turns, new_version
 
 pytestmark = [pytest.mark.faults, pytest.mark.spark]
@@ -96,8 +97,7 @@ def test_alias_moved_during_evaluation_is_a_truthful_conflict(lifecycle, small_s
                                                               monkeypatch):
     """Compare-and-set: if the champion moves while a challenger is evaluated, the alias is left
     alone and the challenger's tags say 'conflict', never 'promoted'."""
-    from pipelines import evaluation
-
+    from pipelines.release import decision, gate
     uc, name = lifecycle["use_case"], small_spec.model.registered_name
     challenger_version = new_version(small_spec, restore_champion)
     intruder = new_version(small_spec, restore_champion)
@@ -111,9 +111,9 @@ def test_alias_moved_during_evaluation_is_a_truthful_conflict(lifecycle, small_s
         return real(model, alias)
 
     monkeypatch.setattr(tracking, "resolve_alias", moving)
-    monkeypatch.setattr(evaluation, "decide_promotion", lambda *a, **k: evaluation.PromotionDecision(
+    monkeypatch.setattr(gate, "decide_promotion", lambda *a, **k: decision.PromotionDecision(
         True, "forced win for the test", "roc_auc", 0.9, 0.5, restore_champion.version))
-    with pytest.raises(evaluation.PromotionConflict, match=f"champion moved to v{intruder}"):
+    with pytest.raises(decision.PromotionConflict, match=f"champion moved to v{intruder}"):
         runtime.promote(uc, {"version": challenger_version}, lifecycle["first_training"])
     tags = tracking.client().get_model_version(name, challenger_version).tags
     assert tags["promotion.decision"] == "conflict" and "champion moved" in tags["promotion.reason"]
@@ -146,8 +146,7 @@ def test_a_retried_training_of_the_same_airflow_run_leaves_one_version(lifecycle
     """A training task that fails late (after its version is registered, or after its model is
     logged whole) and is retried registers no second version and fits nothing again: the retry
     hands on the version (and MLflow run) the first try produced, with @challenger on it."""
-    from pipelines import training
-
+    from pipelines.training import fit as training
     uc, name = lifecycle["use_case"], small_spec.model.registered_name
     airflow_run = f"manual__retry-{fails.split()[0]}"
     experiment = tracking.ensure_experiment(f"{uc}-training")

@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 from pipelines import runtime
-from pipelines.lake import list_partitions, read_partition
-from pipelines.spark import SHARED_SESSION_PERIOD_S
+from pipelines.core.lake import list_partitions, read_partition
+from pipelines.core.spark import SHARED_SESSION_PERIOD_S
 from scripts.airflow_api import logical_day, wait_for
 from scripts.demo import run_backfill
 from tests.conftest import STORY_BROKEN, STORY_FIRST_TRAINING, STORY_UC, assert_trainings_took_turns
@@ -71,8 +71,8 @@ def _rerun(client, day) -> str:
 STOP_SHARED_SESSION = """
 import sys, time
 from pyspark.sql import SparkSession
-from pipelines.config import settings
-from pipelines.spark import shared_session_url
+from pipelines.core.config import settings
+from pipelines.core.spark import shared_session_url
 
 s = settings()
 url = shared_session_url(s.spark_remote, str(s.lake), time.time() + float(sys.argv[1]))
@@ -287,8 +287,7 @@ def test_manual_training_while_a_drift_one_runs_waits_its_turn(story):
     """A manual training triggered while a drift-triggered one runs: the second run waits until
     the first has promoted or rejected; every new version has a truthful decision and trigger,
     and the alias points at the last promoted one (or stayed)."""
-    from pipelines import tracking
-
+    from pipelines.models import tracking
     client, name = story["client"], story["spec"].model.registered_name
     known = {v.version for v in tracking.client().search_model_versions(f"name = '{name}'")}
     champion = tracking.resolve_alias(name, tracking.CHAMPION).version

@@ -32,7 +32,7 @@ def _facts(stack, spec) -> dict:
     from mlflow import MlflowClient
 
     from pipelines import runtime
-    from pipelines.lake import list_partitions
+    from pipelines.core.lake import list_partitions
 
     client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
     name = spec.model.registered_name
@@ -65,7 +65,7 @@ def cluster(tmp_path_factory):
     mp.setenv("MLOPS_HOME", str(home))
     mp.setenv("MLOPS_INCLUDE", str(include))
     mp.setenv("MLOPS_SCHEDULE_END", end.isoformat())
-    runtime._load_specs.cache_clear()
+    runtime.forget_specs()
     runtime.simulate(UC)
     try:
         stack.up()
@@ -76,7 +76,7 @@ def cluster(tmp_path_factory):
     finally:
         stack.down()
         mp.undo()
-        runtime._load_specs.cache_clear()
+        runtime.forget_specs()
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -118,7 +118,7 @@ def test_airflow_runs_are_in_postgres(cluster):
 
 def test_inference_table_written_through_the_cluster(cluster):
     from pipelines import runtime
-    from pipelines.lake import list_partitions, read_partition
+    from pipelines.core.lake import list_partitions, read_partition
 
     lake = runtime.lake()
     scored = list_partitions(lake.inference(UC))
@@ -133,10 +133,10 @@ def test_the_stacks_scoring_service_answers_with_the_champion(cluster):
     import httpx
 
     from pipelines import runtime
-    from pipelines.config import settings
-    from pipelines.features import feature_columns
-    from pipelines.lake import read_partition
-    from pipelines.online_store import store_date, store_path
+    from pipelines.core.config import settings
+    from pipelines.core.lake import read_partition
+    from pipelines.features.online_store import store_date, store_path
+    from pipelines.features.point_in_time import feature_columns
 
     stack, spec = cluster["stack"], cluster["spec"]
     assert store_date(store_path(settings().online_store, UC)) == cluster["end"].isoformat()

@@ -10,9 +10,9 @@ import time
 import pytest
 import yaml
 
-from pipelines.inbox import process_inbox
-from pipelines.lake import Lake, list_partitions
-from pipelines.spec import load_spec
+from pipelines.core.lake import Lake, list_partitions
+from pipelines.core.spec import load_spec
+from pipelines.data.inbox import process_inbox
 from tests.conftest import ROOT
 
 SECRET = "s3cr3t-token-that-must-never-leak"
@@ -27,7 +27,7 @@ def _drop(path, text: str, age: float = 60.0):
 
 
 def _patients(rows: int = 5) -> str:
-    from pipelines.example_data import example_frame
+    from pipelines.data.example_data import example_frame
 
     return example_frame("breast_cancer").head(rows).to_csv(index=False)
 
@@ -88,13 +88,13 @@ def test_a_date_in_the_name_must_be_a_real_day_between_start_and_today(patients_
 
 
 def test_a_header_only_snapshot_is_an_empty_delivery(patients_spec, lake, tmp_path):
-    from pipelines.validation import validate_day
+    from pipelines.data.validation import validate_day
 
     inbox = tmp_path / "inbox"
     _drop(inbox / "patients" / "patients_2026-03-01.csv", _patients(0))
     result = process_inbox(patients_spec, lake, inbox)
     assert result.partitions == {"patients": {"2026-03-01": 0}}
-    from pipelines.validation import DataValidationError
+    from pipelines.data.validation import DataValidationError
 
     with pytest.raises(DataValidationError, match="patients"):
         validate_day(patients_spec, lake, dt.date(2026, 3, 1), "t1")   # min_rows 1: quarantined
@@ -102,9 +102,9 @@ def test_a_header_only_snapshot_is_an_empty_delivery(patients_spec, lake, tmp_pa
 
 
 def test_a_late_small_redelivery_does_not_replace_a_days_rows(patients_spec, lake, tmp_path):
-    from pipelines.ingest import ingest
-    from pipelines.lake import partition_rows
-    from pipelines.validation import DataValidationError, validate_day
+    from pipelines.core.lake import partition_rows
+    from pipelines.data.ingest import ingest
+    from pipelines.data.validation import DataValidationError, validate_day
 
     day = dt.date(2026, 3, 1)
     full, late = tmp_path / "full.csv", tmp_path / "late.csv"
@@ -121,7 +121,7 @@ def test_a_late_small_redelivery_does_not_replace_a_days_rows(patients_spec, lak
 
 # ----------------------------------------------------------------- model cards
 def test_a_model_card_shows_script_as_text_and_forbids_scripts():
-    from pipelines.model_card import _table, render_html
+    from pipelines.release.model_card import _table, render_html
 
     hostile = "<script>alert(document.cookie)</script>"
     markdown = "\n".join([f"# Model card: m v1", "", f"Owner: {hostile}", "",
@@ -139,12 +139,11 @@ def own_include(tmp_path, monkeypatch):
     import shutil
 
     from pipelines import runtime
-
     include = tmp_path / "include"
     shutil.copytree(ROOT / "include" / "breast_cancer", include / "breast_cancer")
     monkeypatch.setenv("MLOPS_INCLUDE", str(include))
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
-    runtime._load_specs.cache_clear()
+    runtime.forget_specs()
     return tmp_path
 
 
@@ -185,7 +184,7 @@ def test_a_broken_spec_breaks_only_its_own_use_case(own_include, capsys):
 def test_a_half_written_parquet_file_waits(tmp_path):
     import pandas as pd
 
-    from pipelines.inbox import ready_files
+    from pipelines.data.inbox import ready_files
 
     whole = tmp_path / "whole.parquet"
     pd.DataFrame({"a": range(1000)}).to_parquet(whole)

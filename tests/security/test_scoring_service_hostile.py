@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines import runtime
-from pipelines.lake import read_partition
+from pipelines.core.lake import read_partition
 from tests.conftest import serve_in_thread, serving_headers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
@@ -22,7 +22,7 @@ UC = "churn_small"
 
 
 def _records(small_spec, day, n=5) -> list[dict]:
-    from pipelines.features import feature_columns
+    from pipelines.features.point_in_time import feature_columns
 
     cols = feature_columns(small_spec).all
     frame = read_partition(runtime.lake().features(UC), day, [small_spec.entity, *cols]).head(n)
@@ -33,7 +33,7 @@ def _records(small_spec, day, n=5) -> list[dict]:
 @pytest.fixture(scope="module")
 def live(lifecycle, small_spec, mlflow_server):
     """The service on a free port, with a short model timeout (a hung process is found in 1 s)."""
-    from pipelines.scoring_service import create_app
+    from pipelines.serving.service import create_app
 
     variant = small_spec.model_copy(update={"deployment": small_spec.deployment.model_copy(update={
         "limits": small_spec.deployment.limits.model_copy(update={"model_timeout_s": 2.0})})})
@@ -70,7 +70,7 @@ def test_every_endpoint_but_the_probes_needs_a_key(live):
 def test_the_key_file_is_private_and_rotation_takes_effect(live):
     import stat
 
-    from pipelines.serving_guard import key_file, rotate_keys
+    from pipelines.serving.guard import key_file, rotate_keys
 
     assert stat.S_IMODE(key_file().stat().st_mode) & 0o077 == 0
     old = serving_headers()
@@ -121,7 +121,7 @@ def test_a_long_entity_id_is_refused_not_echoed(live, small_spec):
 # ----------------------------------------------------------------- what
 @pytest.mark.parametrize("raw", ["Infinity", "-Infinity", "NaN", "1e999"])
 def test_non_finite_numbers_are_the_clients_fault_not_the_models(live, small_spec, raw):
-    from pipelines.features import feature_columns
+    from pipelines.features.point_in_time import feature_columns
 
     column = feature_columns(small_spec).numeric[0]
     record = json.dumps({**live["records"][0], column: 0.0}).replace(f'"{column}": 0.0', f'"{column}": {raw}')
@@ -138,8 +138,8 @@ def test_non_finite_numbers_are_the_clients_fault_not_the_models(live, small_spe
 def test_no_server_path_in_any_answer(live, small_spec, tmp_path):
     from fastapi.testclient import TestClient
 
-    from pipelines.scoring_service import create_app
-    from pipelines.spec import ServingInput
+    from pipelines.core.spec import ServingInput
+    from pipelines.serving.service import create_app
 
     variant = small_spec.model_copy(update={"deployment": small_spec.deployment.model_copy(
         update={"input": ServingInput.ENTITY})})
@@ -160,7 +160,7 @@ def test_no_server_path_in_any_answer(live, small_spec, tmp_path):
 def test_entity_ids_are_looked_up_in_chunks(tmp_path):
     import sqlite3
 
-    from pipelines.online_store import TABLE, lookup
+    from pipelines.features.online_store import TABLE, lookup
 
     path = tmp_path / "store.sqlite"
     with sqlite3.connect(path) as conn:
@@ -202,9 +202,9 @@ def test_a_hung_model_process_fails_fast_and_is_replaced(live):
 def test_a_lost_champion_is_not_ready_and_a_rollback_restores_it(live, small_spec, restore_champion):
     from fastapi.testclient import TestClient
 
-    from pipelines import tracking
     from pipelines.cli import main
-    from pipelines.scoring_service import create_app
+    from pipelines.models import tracking
+    from pipelines.serving.service import create_app
 
     name = small_spec.model.registered_name
     champion = restore_champion.version

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.drift_stats import column_drift_over_files, sample_files, scalable
-from pipelines.monitoring import drift_report, with_missing_value_jumps
+from pipelines.monitoring.drift_stats import column_drift_over_files, sample_files, scalable
+from pipelines.monitoring.watch import drift_report, with_missing_value_jumps
 
 NUMERIC = ["shifted", "steady", "gappy", "five_values"]
 

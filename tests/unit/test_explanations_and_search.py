@@ -34,7 +34,7 @@ def _pipeline(estimator):
 def test_shap_values_are_per_feature_and_find_what_drives_the_model(estimator, explainer):
     import importlib
 
-    from pipelines.explanations import explain
+    from pipelines.training.explanations import explain
 
     module, _, name = estimator.rpartition(".")
     X, y = _frame()
@@ -51,7 +51,7 @@ def test_shap_values_are_per_feature_and_find_what_drives_the_model(estimator, e
 def test_multiclass_shap_values_follow_the_predicted_class():
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from pipelines.explanations import explain
+    from pipelines.training.explanations import explain
 
     X, _ = _frame()
     y = pd.cut(X["amount"], [-np.inf, -0.5, 0.5, np.inf], labels=False).to_numpy()
@@ -64,8 +64,8 @@ def test_optuna_searches_ranges_within_its_trial_budget(small_spec):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    from pipelines.search import search
-    from pipelines.spec import SearchMethod
+    from pipelines.core.spec import SearchMethod
+    from pipelines.training.search import search
 
     raw = small_spec.model.model_dump()
     raw.update(search={"method": "optuna", "trials": 4},
@@ -88,7 +88,7 @@ def test_a_search_runs_candidates_at_once_when_given_jobs(small_spec, method, tr
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    from pipelines.search import search
+    from pipelines.training.search import search
 
     raw = small_spec.model.model_dump()
     raw.update(search={"method": method, **({"trials": trials} if trials else {})},
@@ -107,10 +107,10 @@ def test_a_search_runs_candidates_at_once_when_given_jobs(small_spec, method, tr
 
 
 def test_model_card_shows_every_check_table_explanations_and_decision(small_spec):
-    from pipelines import gate
-    from pipelines.evaluation import Review
-    from pipelines.model_card import render_html, render_markdown, review_summary
-    from pipelines.tracking import ModelRef
+    from pipelines.models.tracking import ModelRef
+    from pipelines.release import gate
+    from pipelines.release.decision import Review
+    from pipelines.release.model_card import render_html, render_markdown, review_summary
 
     results = [gate.CheckResult("holdout_roc_auc", "metric", "enforce", "roc_auc", "passed", 0.81, 0.55, 0.78, 500,
                                 "roc_auc 0.81 beats champion v1"),

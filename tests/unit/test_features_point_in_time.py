@@ -4,9 +4,8 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from pipelines.features import LookBackIncomplete, build_features, compute_features, look_back_gaps
-from pipelines.lake import Lake, drop_partition, read_partition, replace_partition
-from pipelines.lake import arrow_schema
+from pipelines.core.lake import Lake, arrow_schema, drop_partition, read_partition, replace_partition
+from pipelines.features.point_in_time import LookBackIncomplete, build_features, compute_features, look_back_gaps
 
 pytestmark = pytest.mark.spark
 D = dt.date(2026, 1, 10)

@@ -10,9 +10,9 @@ import pytest
 
 from mlops_airflow.common import choose_run_day
 from mlops_airflow.triggers import InboxTrigger
-from pipelines.inbox import as_of_for, process_inbox, ready_files
-from pipelines.lake import Lake, list_partitions, read_partition
-from pipelines.spec import load_spec
+from pipelines.core.lake import Lake, list_partitions, read_partition
+from pipelines.core.spec import load_spec
+from pipelines.data.inbox import as_of_for, process_inbox, ready_files
 from tests.conftest import ROOT
 
 TXN = "transaction_id,customer_id,event_ts,amount,channel,category\n"
@@ -38,7 +38,7 @@ def patients_spec():
 
 
 def _patients_csv(rows: int = 5, **override) -> str:
-    from pipelines.example_data import example_frame
+    from pipelines.data.example_data import example_frame
 
     frame = example_frame("breast_cancer").head(rows)
     for column, value in override.items():
@@ -107,7 +107,7 @@ def test_the_same_snapshot_dropped_twice_gives_the_same_partition(patients_spec,
 
 
 def test_a_lake_failure_leaves_the_files_for_the_retry(patients_spec, lake, tmp_path, monkeypatch):
-    import pipelines.ingest
+    import pipelines.data.ingest
 
     inbox = tmp_path / "inbox"
     dropped = _drop(inbox / "patients" / "p_2026-03-01.csv", _patients_csv())
@@ -115,7 +115,7 @@ def test_a_lake_failure_leaves_the_files_for_the_retry(patients_spec, lake, tmp_
     def no_disk(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(pipelines.ingest, "write_raw_partition", no_disk)
+    monkeypatch.setattr(pipelines.data.ingest, "write_raw_partition", no_disk)
     with pytest.raises(OSError, match="No space left"):
         process_inbox(patients_spec, lake, inbox)
     assert dropped.exists() and not (inbox / "rejected").exists()

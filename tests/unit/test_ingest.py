@@ -5,8 +5,8 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from pipelines.ingest import IngestError, ingest
-from pipelines.lake import Lake, list_partitions, read_partition
+from pipelines.core.lake import Lake, list_partitions, read_partition
+from pipelines.data.ingest import IngestError, ingest
 
 TXN = "transaction_id,customer_id,event_ts,amount,channel,category\n"
 

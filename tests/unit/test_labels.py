@@ -3,8 +3,8 @@ missing and unmapped labels are never a class."""
 import pandas as pd
 import pytest
 
-from pipelines.labels import encode_label_column, encode_labels
-from pipelines.spec import LabelSpec
+from pipelines.core.spec import LabelSpec
+from pipelines.data.labels import encode_label_column, encode_labels
 
 BASE = dict(source="s", date_column="d", target="t", horizon_days=0)
 CASES = [
@@ -35,7 +35,7 @@ def test_spark_encodes_like_pandas(spark, what, rule, values, expected):
 
 
 def test_regression_labels_are_numbers():
-    from pipelines.spec import TaskType
+    from pipelines.core.spec import TaskType
 
     got = encode_labels(pd.Series(["1.5", 2, None, "x"], dtype=object), LabelSpec(**BASE), TaskType.REGRESSION)
     assert [None if pd.isna(v) else float(v) for v in got] == [1.5, 2.0, None, None]
@@ -44,7 +44,7 @@ def test_regression_labels_are_numbers():
 def test_multiclass_value_map(spark):
     from pyspark.sql import functions as F
 
-    from pipelines.spec import TaskType
+    from pipelines.core.spec import TaskType
 
     rule = LabelSpec(**BASE, values={"red": 0, "green": 1, "blue": 2})
     values = ["blue", "red", None, "pink", "green"]

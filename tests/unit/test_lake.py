@@ -1,7 +1,8 @@
 """Whole-partition writes: a rewrite replaces, never appends, and leaves no staging behind."""
 import pandas as pd
 
-from pipelines.lake import drop_partition, list_partitions, partition_rows, read_partition, read_table, replace_partition
+from pipelines.core.lake import (drop_partition, list_partitions, partition_rows, read_partition, read_table,
+                                 replace_partition)
 
 
 def test_replace_partition_replaces_whole(tmp_path):

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipelines.micro_batching import MicroBatcher
+from pipelines.serving.micro_batching import MicroBatcher
 
 
 class Scorer:
@@ -123,7 +123,7 @@ def test_submit_returns_before_the_batch_is_scored():
 def test_shadow_answers_arrive_without_waiting_with_their_batch_time_and_errors(small_spec):
     from types import SimpleNamespace
 
-    from pipelines.serving import CircuitBreaker, ModelServer, ServedModel
+    from pipelines.serving.model_server import CircuitBreaker, ModelServer, ServedModel
 
     def score(records):
         if any(r["x"] < 0 for r in records):

@@ -11,10 +11,10 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from pipelines.model_process import ModelProcess, ModelProcessLost
-from pipelines.model_tasks import ModelTask
-from pipelines.spec import TaskType
-from pipelines.serving import records_frame, to_json_rows
+from pipelines.core.spec import TaskType
+from pipelines.models.tasks import ModelTask
+from pipelines.serving.model_process import ModelProcess, ModelProcessLost
+from pipelines.serving.records import records_frame, to_json_rows
 
 INPUTS = {"x": "double", "z": "double"}
 

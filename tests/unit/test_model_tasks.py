@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from pipelines.model_tasks import ModelTask, multiclass_metrics, regression_metrics
-from pipelines.scoring import inference_schema, make_scorer, score_frame
-from pipelines.spec import TaskType
+from pipelines.core.spec import TaskType
+from pipelines.models.tasks import ModelTask, multiclass_metrics, regression_metrics
+from pipelines.serving.batch import inference_schema, make_scorer, score_frame
 
 RNG = np.random.default_rng(0)
 X = pd.DataFrame({"f1": RNG.normal(size=300), "f2": RNG.normal(size=300)})

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.lake import Lake, replace_partition
-from pipelines.monitoring import (DRIFT_SUMMARY, RETRAIN_REQUESTS, column_drift_from_snapshot, drift_report,
-                                  retrain_decision)
+from pipelines.core.lake import Lake, replace_partition
+from pipelines.monitoring.watch import (DRIFT_SUMMARY, RETRAIN_REQUESTS, column_drift_from_snapshot, drift_report,
+                                        retrain_decision)
 
 
 def _frames(n=1500, shift=0.0, seed=0):

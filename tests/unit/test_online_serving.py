@@ -7,13 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.lake import Lake, replace_partition
-from pipelines.online_store import lookup, refresh, store_date, store_path
-from pipelines.serving import InvalidRecords, RequestLog, check_records, records_frame
+from pipelines.core.lake import Lake, replace_partition
+from pipelines.features.online_store import lookup, refresh, store_date, store_path
+from pipelines.serving.records import InvalidRecords, check_records, records_frame
+from pipelines.serving.request_log import RequestLog
 
 
 def _features(spec, ids, value: float) -> pd.DataFrame:
-    from pipelines.features import feature_columns
+    from pipelines.features.point_in_time import feature_columns
 
     cols = feature_columns(spec)
     frame = pd.DataFrame({spec.entity: ids})
@@ -101,8 +102,7 @@ def test_concurrent_refreshes_leave_the_newest_date_whatever_order_they_finish_i
     first and wrote last must not replace a newer day's store."""
     import threading
 
-    from pipelines import online_store
-
+    from pipelines.features import online_store
     lake = Lake(tmp_path / "lake")
     for day, value in (("2026-01-10", 1.0), ("2026-01-11", 2.0)):
         replace_partition(lake.features(small_spec.name), day, _features(small_spec, ["a", "b"], value))

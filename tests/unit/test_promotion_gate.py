@@ -5,11 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import gate
-from pipelines.evaluation import Review, decide_final
-from pipelines.model_tasks import ModelTask
-from pipelines.spec import (CalibrationCheck, FairnessCheck, LatencyCheck, Metric, MetricCheck, SchemaCheck,
-                            SlicesCheck, TaskType)
+from pipelines.core.spec import (CalibrationCheck, FairnessCheck, LatencyCheck, Metric, MetricCheck, SchemaCheck,
+                                 SlicesCheck, TaskType)
+from pipelines.models.tasks import ModelTask
+from pipelines.features import slices
+from pipelines.release import gate
+from pipelines.release.decision import Review, decide_final
 
 BINARY = ModelTask(TaskType.BINARY, (0, 1), 0.5)
 RNG = np.random.default_rng(7)
@@ -80,9 +81,9 @@ def test_slices_too_small_are_reported_not_dropped_and_nothing_to_judge_fails():
 
 def test_numeric_slices_are_quantile_bins_and_missing_values_a_group():
     values = pd.Series([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, None])
-    groups = gate.groups_of(values, bins=2)
-    assert groups.iloc[-1] == gate.MISSING and groups.iloc[:4].nunique() == 1 and groups.iloc[4:8].nunique() == 1
-    assert gate.groups_of(pd.Series(["x", None, "y"]), 4).tolist() == ["x", gate.MISSING, "y"]
+    groups = slices.groups_of(values, bins=2)
+    assert groups.iloc[-1] == slices.MISSING and groups.iloc[:4].nunique() == 1 and groups.iloc[4:8].nunique() == 1
+    assert slices.groups_of(pd.Series(["x", None, "y"]), 4).tolist() == ["x", slices.MISSING, "y"]
 
 
 # ----------------------------------------------------------------- fairness
@@ -214,7 +215,7 @@ def test_gate_decision(verdicts, eligible, failing, warnings):
 
 class _Promotion:
     def __init__(self, approval):
-        from pipelines.spec import Approval
+        from pipelines.core.spec import Approval
 
         self.approval, self.approval_timeout_hours = Approval(approval), 24.0
 

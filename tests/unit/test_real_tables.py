@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.ingest import IngestError, read_file, sniff_delimiter
-from pipelines.spec import CsvFormat, ColumnType, load_spec
-from pipelines.spec_init import InitError, draft, infer_type, write_use_case
+from pipelines.core.spec import ColumnType, CsvFormat, load_spec
+from pipelines.data.ingest import IngestError, read_file, sniff_delimiter
+from pipelines.data.spec_init import InitError, draft, infer_type, write_use_case
 
 
 def _table(n: int = 80, seed: int = 0) -> pd.DataFrame:
@@ -104,7 +104,7 @@ def test_free_text_is_not_a_feature(tmp_path):
 
 
 def test_init_writes_nothing_when_the_draft_has_problems(tmp_path):
-    from pipelines.spec_init import write_use_case
+    from pipelines.data.spec_init import write_use_case
 
     with pytest.raises(InitError, match="nothing was written"):
         write_use_case(tmp_path / "include", "broken", "name: broken\n", "")
@@ -155,7 +155,7 @@ def test_flag_types(values, kind):
 
 # ----------------------------------------------------------------- training over snapshots
 def test_each_entity_trains_once_on_its_newest_snapshot():
-    from pipelines.training import newest_per_entity
+    from pipelines.training.fit import newest_per_entity
 
     rows = pd.DataFrame({"id": [1, 2, 1, 2, 3], "ds": ["d1", "d1", "d2", "d2", "d2"], "y": [0, 1, 1, 1, 0]})
     newest = newest_per_entity(rows, "id")
@@ -163,7 +163,7 @@ def test_each_entity_trains_once_on_its_newest_snapshot():
 
 
 def test_folds_never_split_an_entity(tmp_path):
-    from pipelines.training import cross_validation
+    from pipelines.training.fit import cross_validation
 
     spec, _ = _draft(tmp_path, _table())
     entities = pd.Series(np.repeat(np.arange(40), 2))
@@ -177,8 +177,8 @@ def test_folds_never_split_an_entity(tmp_path):
 # ----------------------------------------------------------------- labels against the data
 @pytest.mark.parametrize("positive, occurs", [("Yes", True), (True, True), ("y", True), ("maybe", False)])
 def test_a_yes_no_target_matches_its_positive_in_any_spelling(positive, occurs):
-    from pipelines.labels import encode_labels
-    from pipelines.spec import LabelSpec
+    from pipelines.core.spec import LabelSpec
+    from pipelines.data.labels import encode_labels
 
     values = pd.Series([True, False, None], dtype=object)
     classes = encode_labels(values, LabelSpec(source="s", target="t", positive=positive))
@@ -190,11 +190,10 @@ def test_a_yes_no_target_matches_its_positive_in_any_spelling(positive, occurs):
 def own_table(tmp_path, monkeypatch):
     """A drafted use case `table` in its own include folder and state home."""
     from pipelines import runtime
-
     _draft(tmp_path, _table())
     monkeypatch.setenv("MLOPS_INCLUDE", str(tmp_path / "include"))
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
-    runtime._load_specs.cache_clear()
+    runtime.forget_specs()
     return tmp_path
 
 
@@ -227,7 +226,7 @@ def test_a_refusal_is_one_line_and_exit_1(own_table, capsys, argv, words):
 
 def test_debug_shows_the_traceback_of_a_refusal(own_table):
     from pipelines.cli import main
-    from pipelines.errors import Refusal
+    from pipelines.core.errors import Refusal
 
     with pytest.raises(Refusal):
         main(["--debug", "train", "table"])

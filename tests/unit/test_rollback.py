@@ -1,7 +1,7 @@
 """Which version a rollback goes to, and when it is refused (pure decision, table-driven)."""
 import pytest
 
-from pipelines.rollback import RollbackRefused, rollback_target
+from pipelines.release.rollback import RollbackRefused, rollback_target
 
 
 @pytest.mark.parametrize("current, former, to, expected", [

@@ -8,10 +8,10 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from pipelines.rollout import (CANDIDATE_ARM, CHAMPION_ARM, RolloutState, StepStats, arm_of, bucket, judge,
-                               next_share, step_stats)
-from pipelines.serving import CircuitBreaker
-from pipelines.spec import DeploymentSpec
+from pipelines.core.spec import DeploymentSpec
+from pipelines.models.rollout_state import CANDIDATE_ARM, CHAMPION_ARM, RolloutState, arm_of, bucket
+from pipelines.release.rollout import StepStats, judge, next_share, step_stats
+from pipelines.serving.model_server import CircuitBreaker
 
 T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -146,7 +146,7 @@ def _ab_lake(tmp_path, spec, labelled: bool):
     wrong on a third) and, if ``labelled``, the labels about that day landing a week later."""
     import numpy as np
 
-    from pipelines.lake import Lake, replace_partition
+    from pipelines.core.lake import Lake, replace_partition
 
     lake = Lake(tmp_path / "lake")
     ids = [f"c{i:03d}" for i in range(120)]
@@ -173,7 +173,7 @@ def _ab_lake(tmp_path, spec, labelled: bool):
     (False, CHAMPION_ARM, "without labelled answers for both arms"),
 ])
 def test_an_ab_test_keeps_the_arm_that_scored_better_on_the_labels(small_spec, tmp_path, labelled, winner, words):
-    from pipelines.rollout import ab_outcome
+    from pipelines.release.rollout import ab_outcome
 
     s = state(id="uc-ab", strategy="ab", share=0.5, started_at="2026-01-03T00:00:00+00:00",
               step_started_at="2026-01-03T00:00:00+00:00", ends_at="2026-01-04T00:00:00+00:00")
@@ -186,8 +186,8 @@ def test_an_ab_test_keeps_the_arm_that_scored_better_on_the_labels(small_spec, t
 def test_the_step_window_reads_this_rollouts_rows_since_the_step_began_across_log_versions(small_spec, tmp_path):
     """Rows of the step, not those before it or of another rollout; a file written before the
     rollout columns existed reads as nulls instead of failing."""
-    from pipelines.lake import Lake
-    from pipelines.rollout import window_rows
+    from pipelines.core.lake import Lake
+    from pipelines.release.rollout import window_rows
 
     lake = Lake(tmp_path / "lake")
     folder = lake.online_inference(small_spec.name) / "ds=2026-12-01"
@@ -212,7 +212,7 @@ def test_with_nothing_to_fall_back_on_the_champion_answers_even_with_its_circuit
     default answer; with neither, the champion still answers (slow beats a 503)."""
     from types import SimpleNamespace
 
-    from pipelines.serving import ModelServer, ServedModel
+    from pipelines.serving.model_server import ModelServer, ServedModel
 
     class Model:
         def __init__(self, value):

@@ -4,8 +4,8 @@ def test_scoring_without_features_is_a_clear_error(tmp_path, small_spec):
 
     import pytest
 
-    from pipelines.lake import Lake
-    from pipelines.scoring import score_partition
+    from pipelines.core.lake import Lake
+    from pipelines.serving.batch import score_partition
 
     champion = {"name": "m", "version": "1", "run_id": "r", "model_uri": "models:/m/1"}
     with pytest.raises(FileNotFoundError, match="no features for 2026-01-05"):

@@ -3,7 +3,7 @@ import datetime as dt
 
 import pandas as pd
 
-from pipelines.simulate import Population, SimulationConfig, simulate_day
+from pipelines.data.simulate import Population, SimulationConfig, simulate_day
 
 
 def cfg(**kw):

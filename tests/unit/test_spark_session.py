@@ -5,8 +5,8 @@ import uuid
 
 import pytest
 
-from pipelines.config import Settings
-from pipelines.spark import SHARED_SESSION_PERIOD_S, shared_session_url
+from pipelines.core.config import Settings
+from pipelines.core.spark import SHARED_SESSION_PERIOD_S, shared_session_url
 
 HOUR = SHARED_SESSION_PERIOD_S
 T = 1_800_000_000.0 - 1_800_000_000.0 % HOUR   # the start of a period

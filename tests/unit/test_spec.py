@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.features import feature_columns
-from pipelines.spec import (Metric, SpecError, TaskType, check_spec, discover_specs, discover_specs_and_errors,
-                            load_spec)
+from pipelines.core.spec import (Metric, SpecError, TaskType, check_spec, discover_specs, discover_specs_and_errors,
+                                 load_spec)
+from pipelines.features.point_in_time import feature_columns
 
 ROOT = Path(__file__).resolve().parents[2]
 CHURN = yaml.safe_load((ROOT / "include/churn/spec.yaml").read_text())
@@ -220,7 +220,7 @@ def test_every_metric_of_a_task_is_computed(task):
     import numpy as np
     import pandas as pd
 
-    from pipelines.model_tasks import ModelTask
+    from pipelines.models.tasks import ModelTask
 
     model_task = ModelTask(task, () if task is TaskType.REGRESSION else (0, 1) if task is TaskType.BINARY
                            else (0, 1, 2))
@@ -270,7 +270,7 @@ def test_mlops_check_fails_without_the_expectations_file(tmp_path, capsys):
 
 
 def test_every_column_type_has_a_storage_type():
-    from pipelines.lake import ARROW_TYPES
-    from pipelines.spec import ColumnType
+    from pipelines.core.lake import ARROW_TYPES
+    from pipelines.core.spec import ColumnType
 
     assert {t.value for t in ColumnType} == set(ARROW_TYPES)

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.spec import ColumnType, load_spec
-from pipelines.spec_init import InitError, draft, infer_type, write_use_case
+from pipelines.core.spec import ColumnType, load_spec
+from pipelines.data.spec_init import InitError, draft, infer_type, write_use_case
 
 
 @pytest.mark.parametrize("values, kind", [
@@ -77,7 +77,7 @@ def test_event_data_is_scored_daily(applicants, tmp_path):
     (dict(target="country", task="multiclass"), "country has 1 distinct values; a multiclass target has 3 to 20"),
 ])
 def test_draft_refusals(applicants, options, words):
-    from pipelines.spec import TaskType
+    from pipelines.core.spec import TaskType
 
     if "task" in options:
         options["task"] = TaskType(options["task"])
@@ -90,7 +90,7 @@ def test_draft_refusals(applicants, options, words):
     ("regression", "income", "rmse", "HistGradientBoostingRegressor"),
 ])
 def test_draft_for_other_tasks(applicants, tmp_path, task, target, metric, estimator):
-    from pipelines.spec import TaskType, check_spec
+    from pipelines.core.spec import TaskType, check_spec
 
     spec_text, rules_text = draft("credit", {"applicants": str(applicants)}, target, task=TaskType(task))
     folder = write_use_case(tmp_path / "include", "credit", spec_text, rules_text)

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.evaluation import decide_promotion
-from pipelines.model_tasks import classification_metrics
-from pipelines.training import fit_model, label_window, make_estimator, make_pipeline, recency_weights
+from pipelines.models.tasks import classification_metrics
+from pipelines.release.decision import decide_promotion
+from pipelines.training.fit import fit_model, label_window, make_estimator, make_pipeline, recency_weights
 
 
 def test_label_window_uses_only_landed_labels(small_spec):
@@ -38,7 +38,7 @@ def test_metrics_nan_on_single_class():
 
 
 def test_fit_refuses_single_class(small_spec):
-    from pipelines.features import feature_columns
+    from pipelines.features.point_in_time import feature_columns
 
     cols = feature_columns(small_spec)
     frame = pd.DataFrame({c: np.zeros(20) for c in cols.numeric} | {c: ["a"] * 20 for c in cols.categorical})
@@ -97,7 +97,7 @@ def test_promotion_rule_without_a_floor(metric, higher, challenger, champion, ve
 def test_random_split_is_stable_and_near_its_fraction():
     import pandas as pd
 
-    from pipelines.training import in_holdout
+    from pipelines.training.fit import in_holdout
 
     entities = pd.Series([f"id-{i}" for i in range(5000)])
     mask = in_holdout(entities, 0.2)
@@ -107,7 +107,7 @@ def test_random_split_is_stable_and_near_its_fraction():
 
 
 def test_random_split_window_covers_the_same_dates(small_spec):
-    from pipelines.spec import Split
+    from pipelines.core.spec import Split
 
     spec = small_spec.model_copy(update={"training": small_spec.training.model_copy(update={"split": Split.RANDOM})})
     w = label_window(spec, dt.date(2026, 1, 20))
@@ -122,7 +122,7 @@ def test_model_fit_threads_follow_the_setting(monkeypatch, configured, expected)
     from sklearn.ensemble import HistGradientBoostingClassifier
     from threadpoolctl import threadpool_info
 
-    from pipelines.training import model_threads
+    from pipelines.training.fit import model_threads
 
     HistGradientBoostingClassifier(max_iter=2).fit(np.random.rand(40, 2), np.arange(40) % 2)   # loads OpenMP
     default = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"}
@@ -146,7 +146,7 @@ def test_numeric_columns_are_binned_only_for_weighted_gradient_boosting(small_sp
 
 
 def test_binned_columns_keep_the_order_of_values():
-    from pipelines.training import quantile_bins
+    from pipelines.training.fit import quantile_bins
 
     values = np.random.default_rng(0).gamma(2.0, 10.0, (5000, 1))
     codes = quantile_bins(255).fit_transform(values)[:, 0]
@@ -163,8 +163,8 @@ def test_search_trials_report_each_candidate_its_metric_and_cost(metric, scorer_
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.model_selection import GridSearchCV
 
-    from pipelines.spec import Metric
-    from pipelines.search import search_trials
+    from pipelines.core.spec import Metric
+    from pipelines.training.search import search_trials
 
     X, y = make_classification(n_samples=120, random_state=0)
     chosen = Metric(metric)

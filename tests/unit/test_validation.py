@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from pipelines.lake import Lake, list_partitions, read_partition, write_raw_partition
-from pipelines.simulate import config_from_spec, simulate_day
-from pipelines.validation import DataValidationError, validate_day
+from pipelines.core.lake import Lake, list_partitions, read_partition, write_raw_partition
+from pipelines.data.simulate import config_from_spec, simulate_day
+from pipelines.data.validation import DataValidationError, validate_day
 
 DAY = dt.date(2026, 1, 15)
 
@@ -24,7 +24,7 @@ def _break(lake, spec, source, mutate):
     frame = read_partition(lake.raw(spec.name, source), DAY)
     frame = mutate(frame)
     # write with the frame's own columns (a broken delivery need not follow the spec's schema)
-    from pipelines.lake import replace_partition
+    from pipelines.core.lake import replace_partition
 
     replace_partition(lake.raw(spec.name, source), DAY, frame)
 
@@ -99,7 +99,7 @@ def test_nullable_pandas_types_pass_the_type_rule(kind, values, dtype):
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    from pipelines.validation import PANDAS_TYPES
+    from pipelines.data.validation import PANDAS_TYPES
 
     frame = pd.DataFrame({"c": pd.Series(values, dtype=dtype)})
     context = gx.get_context(mode="ephemeral")

@@ -1,0 +1,1 @@
+"""Models in MLflow: the tracking server and registry, model tasks (classifier, regressor), signatures, rollout state on the registry."""

@@ -1,0 +1,1 @@
+"""Watching the champion: drift (Evidently and scalable statistics), live performance, retraining requests."""

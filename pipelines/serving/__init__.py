@@ -1,0 +1,1 @@
+"""Serving models: batch scoring on Spark, the online scoring service and its guard, the model process, micro-batching."""

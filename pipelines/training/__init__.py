@@ -1,0 +1,1 @@
+"""Training a challenger: its training set, the search, the fit, explanations."""

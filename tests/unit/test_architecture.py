@@ -1,0 +1,36 @@
+"""The architecture's contract: the stages of `pipelines` import only the stages below them, and
+no modules of one stage import each other in a circle (import-linter, contracts in pyproject.toml).
+A second run on a copy with one back-arrow shows that the contract can fail."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint(project: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=project, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(project)}, timeout=120)
+
+
+def test_the_stages_keep_their_layers_and_have_no_circles():
+    result = _lint(ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "Contracts: 2 kept, 0 broken." in result.stdout
+
+
+def test_a_back_arrow_or_a_circle_breaks_the_build(tmp_path):
+    shutil.copytree(ROOT / "pipelines", tmp_path / "pipelines")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    lake = tmp_path / "pipelines" / "core" / "lake.py"
+    lake.write_text(lake.read_text() + "\n\ndef _back_arrow():\n    from pipelines.release import gate  # noqa\n")
+    ingest = tmp_path / "pipelines" / "data" / "ingest.py"
+    ingest.write_text(ingest.read_text() + "\n\ndef _circle():\n    from pipelines.data import inbox  # noqa\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "pipelines.core.lake -> pipelines.release.gate" in result.stdout, result.stdout[-3000:]
+    assert "Contracts: 0 kept, 2 broken." in result.stdout, result.stdout[-3000:]
