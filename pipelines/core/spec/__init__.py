@@ -1,0 +1,86 @@
+"""Use-case specs: the one place that describes a use case (sources, features, model, rules).
+
+A spec is ``include/<name>/spec.yaml``, parsed into typed, frozen models (pydantic): every
+closed set is an enum, unknown keys are refused, and cross-checks tie the parts together
+(referenced sources and columns exist, the target is not a feature, the promotion metric fits
+the task). Every problem of a file is reported at once, one line each, naming the file and key:
+
+    include/churn/spec.yaml: model.cv_folds: Input should be a valid integer, got 'three'
+    include/churn/spec.yaml: training.windw_days: unknown key (did you mean window_days?)
+
+Loading needs only PyYAML and pydantic, so DAG files can read specs while parsing. The deeper
+check of the estimator and its parameters imports scikit-learn: :func:`check_estimator`, run
+by ``mlops check`` and before any training.
+"""
+from pipelines.core.spec.loading import (check_estimator, check_spec, discover_specs, discover_specs_and_errors,
+                                         estimator_class, load_spec)
+from pipelines.core.spec.sections import (Aggregate, AttributesGroup, BatchingSpec, CalibrationCheck,
+                                          CircuitBreakerSpec, CsvFormat, DeploymentSpec, FairnessCheck, FeatureGroup,
+                                          FeaturesSpec, LabelSpec, LatencyCheck, LoadTestSpec, MetricCheck, ModelSpec,
+                                          MonitoringSpec, PromotionCheck, PromotionSpec, RecencyGroup, RolloutBudgets,
+                                          SchemaCheck, ScoringSpec, SearchRange, SearchSpec, ServingLimits,
+                                          SimulationSpec, SlicesCheck, SourceSpec, TrainingSpec, WindowAggregatesGroup)
+from pipelines.core.spec.use_case import UseCaseSpec, cross_check
+from pipelines.core.spec.vocabulary import (SPEC_FILE, USE_CASE_NAME, AggregateFn, Approval, CheckKind, CheckMode,
+                                            ColumnType, DriftMethod, FairnessMeasure, FeatureKind, Metric, SearchMethod,
+                                            ServingInput, Snapshots, SourceKind, SpecError, Split, Strategy, TaskType)
+
+__all__ = [
+    "Aggregate",
+    "AggregateFn",
+    "Approval",
+    "AttributesGroup",
+    "BatchingSpec",
+    "CalibrationCheck",
+    "CheckKind",
+    "CheckMode",
+    "CircuitBreakerSpec",
+    "ColumnType",
+    "CsvFormat",
+    "DeploymentSpec",
+    "DriftMethod",
+    "FairnessCheck",
+    "FairnessMeasure",
+    "FeatureGroup",
+    "FeatureKind",
+    "FeaturesSpec",
+    "LabelSpec",
+    "LatencyCheck",
+    "LoadTestSpec",
+    "Metric",
+    "MetricCheck",
+    "ModelSpec",
+    "MonitoringSpec",
+    "PromotionCheck",
+    "PromotionSpec",
+    "RecencyGroup",
+    "RolloutBudgets",
+    "SPEC_FILE",
+    "SchemaCheck",
+    "ScoringSpec",
+    "SearchMethod",
+    "SearchRange",
+    "SearchSpec",
+    "ServingInput",
+    "ServingLimits",
+    "SimulationSpec",
+    "SlicesCheck",
+    "Snapshots",
+    "SourceKind",
+    "SourceSpec",
+    "SpecError",
+    "Split",
+    "Strategy",
+    "TaskType",
+    "TrainingSpec",
+    "USE_CASE_NAME",
+    "UseCaseSpec",
+    "WindowAggregatesGroup",
+    "check_estimator",
+    "check_spec",
+    "cross_check",
+    "discover_specs",
+    "discover_specs_and_errors",
+    "estimator_class",
+    "load_spec",
+]

@@ -1,0 +1,208 @@
+"""Reading specs: one file or a whole include folder, every problem of a file reported at once,
+one line each, naming the file and the key; and the deeper check of the estimator."""
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from pipelines.core.spec.sections import ModelSpec
+from pipelines.core.spec.use_case import UseCaseSpec, cross_check
+from pipelines.core.spec.vocabulary import SPEC_FILE, CheckKind, FeatureKind, SpecError, TaskType
+
+
+# ----------------------------------------------------------------- loading
+def load_spec(path: str | Path) -> UseCaseSpec:
+    """Load and check one spec file (or a use-case directory holding ``spec.yaml``).
+
+    Raises :class:`SpecError` listing every problem found."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SPEC_FILE
+    file = _display(path)
+    if not path.exists():
+        raise SpecError(file, [("", "spec file not found")])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(file, [("", f"not valid YAML: {exc}")]) from None
+    if not isinstance(raw, dict):
+        raise SpecError(file, [("", "a spec is a mapping of sections (name, sources, features, ...)")])
+    try:
+        spec = UseCaseSpec.model_validate({**raw, "directory": path.parent})
+    except ValidationError as exc:
+        raise SpecError(file, [_describe(error) for error in exc.errors()]) from None
+    problems = cross_check(spec)
+    if problems:
+        raise SpecError(file, problems)
+    return spec
+
+
+def discover_specs(include_dir: str | Path) -> list[UseCaseSpec]:
+    """All specs under ``include_dir`` (one per sub-directory holding ``spec.yaml``), by name.
+    Raises on the first broken one: see :func:`discover_specs_and_errors` to keep the rest."""
+    specs, errors = discover_specs_and_errors(include_dir)
+    if errors:
+        raise errors[0]
+    return specs
+
+
+def discover_specs_and_errors(include_dir: str | Path) -> tuple[list[UseCaseSpec], list[SpecError]]:
+    """The specs that load, by name, and the errors of those that do not (a broken spec breaks
+    only its own use case)."""
+    specs, errors = [], []
+    for path in sorted(Path(include_dir).glob(f"*/{SPEC_FILE}")):
+        try:
+            specs.append(load_spec(path))
+        except SpecError as exc:
+            errors.append(exc)
+    return sorted(specs, key=lambda s: s.name), errors
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# ----------------------------------------------------------------- messages
+def _key(loc: tuple) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1:] = [f"{parts[-1]}[{part}]"] if parts else [f"[{part}]"]
+        elif (part in FeatureKind.__members__.values() or part in CheckKind.__members__.values()) \
+                and parts and parts[-1].endswith("]"):
+            continue   # the discriminator's tag pydantic adds to the location
+        else:
+            parts.append(str(part))
+    return ".".join(parts)
+
+
+def _describe(error: dict) -> tuple[str, str]:
+    """One readable ``(key, message)`` for a pydantic error."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    key = _key(loc)
+    if kind == "extra_forbidden":
+        known = _known_keys(UseCaseSpec, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else (f"; expected one of {sorted(known)}" if known else "")
+        return key, f"unknown key{hint}"
+    if kind == "missing":
+        return key, "required key is missing"
+    if kind == "union_tag_invalid":
+        kinds = CheckKind if "checks" in loc else FeatureKind
+        return key, f"unknown kind {error['input'].get('kind')!r}; kinds are {[k.value for k in kinds]}"
+    message = error["msg"]
+    if "input" in error and not isinstance(error["input"], dict | list):
+        message += f", got {error['input']!r}"
+    return key, message
+
+
+def _known_keys(model: Any, loc: tuple) -> list[str]:
+    """Field names of the model found at ``loc`` (walking dicts, lists and tagged unions)."""
+    current = model
+    for part in loc:
+        current = _inner(current, part)
+        if current is None:
+            return []
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _inner(current: Any, part: Any) -> Any:
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        field = current.model_fields.get(str(part))
+        return _strip(field.annotation) if field else None
+    origin, args = typing.get_origin(current), typing.get_args(current)
+    if origin in (dict, list):
+        return _strip(args[-1])
+    if origin in (Union, types.UnionType):   # a tagged feature group: pydantic puts the tag in the location
+        return next((m for m in map(_strip, args) if typing.get_args(m.model_fields["kind"].annotation)[0] == part),
+                    None)
+    return None
+
+
+def _strip(annotation: Any) -> Any:
+    """``X | None`` and ``Annotated[X, ...]`` to ``X``."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (Union, types.UnionType) and type(None) in typing.get_args(annotation):
+            rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = rest[0] if len(rest) == 1 else Union[tuple(rest)]
+        else:
+            return annotation
+
+
+# ----------------------------------------------------------------- the estimator (imports scikit-learn)
+def estimator_class(model: ModelSpec):
+    """The class ``model.estimator`` names; SpecError when it cannot be imported."""
+    import importlib
+
+    module_name, _, class_name = model.estimator.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise SpecError("spec", [("model.estimator", f"{model.estimator!r} cannot be imported")]) from None
+
+
+def check_estimator(model: ModelSpec) -> list[tuple[str, str]]:
+    """Problems of a ``model`` section: the estimator imports, suits the task, knows every parameter."""
+    from sklearn.base import is_classifier, is_regressor
+
+    try:
+        cls = estimator_class(model)
+    except SpecError as exc:
+        return exc.problems
+    try:
+        instance = cls()
+        known = set(instance.get_params())
+    except Exception as exc:   # not a scikit-learn estimator
+        return [("model.estimator", f"{model.estimator} is not a scikit-learn estimator ({exc})")]
+    problems = []
+    kind = "classifier" if is_classifier(instance) else "regressor" if is_regressor(instance) else "transformer"
+    wanted = "regressor" if model.task is TaskType.REGRESSION else "classifier"
+    if kind != wanted:
+        problems.append(("model.estimator", f"{cls.__name__} is a {kind}; a {model.task.value} task needs a {wanted}"))
+    for section, names in (("params", model.params), ("search_space", model.search_space)):
+        for name in names:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                problems.append((f"model.{section}.{name}", f"unknown parameter of {cls.__name__}{hint}"))
+    for name, values in model.search_space.items():
+        if not values:
+            problems.append((f"model.search_space.{name}", "an empty list of values to search"))
+    return problems
+
+
+def check_spec(path: str | Path) -> list[str]:
+    """Every problem of one spec, of its structure and of its estimator, as printable lines
+    (the estimator is checked whenever the ``model`` section itself is well-formed)."""
+    path = Path(path)
+    path = path / SPEC_FILE if path.is_dir() else path
+    problems: list[tuple[str, str]] = []
+    try:
+        model = load_spec(path).model
+    except SpecError as exc:
+        problems += exc.problems
+        raw = yaml.safe_load(path.read_text()) if path.exists() else None
+        try:
+            model = ModelSpec.model_validate(raw["model"]) if isinstance(raw, dict) else None
+        except (ValidationError, KeyError, TypeError, yaml.YAMLError):
+            model = None
+    if model is not None:
+        problems += check_estimator(model)
+    raw = yaml.safe_load(path.read_text()) if path.exists() else None
+    expectations = path.parent / str((raw or {}).get("expectations", "expectations.yaml")) if isinstance(raw, dict) else None
+    if expectations is not None and not expectations.exists():
+        problems.append(("expectations", f"{_display(expectations)} not found (write the rules, or an empty "
+                                         f"file for none)"))
+    return str(SpecError(_display(path), problems)).splitlines() if problems else []

@@ -1,0 +1,255 @@
+"""A whole use case: its sections, and the cross-checks that tie them together (referenced
+sources and columns exist, the target is not a feature, the metrics and checks fit the task)."""
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from pipelines.core.spec.sections import (AttributesGroup, CalibrationCheck, DeploymentSpec, FairnessCheck,
+                                          FeaturesSpec, LabelSpec, ModelSpec, MonitoringSpec, PromotionSpec,
+                                          RecencyGroup, ScoringSpec, SearchRange, SimulationSpec, SourceSpec,
+                                          TrainingSpec, WindowAggregatesGroup, _Section)
+from pipelines.core.spec.vocabulary import (SPEC_FILE, AggregateFn, ColumnType, FairnessMeasure, Metric, SearchMethod,
+                                            SourceKind, SpecError, TaskType)
+
+
+class UseCaseSpec(_Section):
+    """One use case, as read from ``include/<name>/spec.yaml``."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")   # DAG ids, tables and model names derive from it
+    description: str = ""
+    owner: str = ""                  # who answers for the model (model cards)
+    intended_use: str = ""           # what its scores may be used for, and what not (model cards)
+    start_date: dt.date
+    entity: str
+    sources: dict[str, SourceSpec] = Field(min_length=1)
+    expectations: str = "expectations.yaml"
+    features: FeaturesSpec
+    label: LabelSpec
+    model: ModelSpec
+    training: TrainingSpec = TrainingSpec()
+    promotion: PromotionSpec = PromotionSpec()
+    scoring: ScoringSpec = ScoringSpec()
+    deployment: DeploymentSpec = DeploymentSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
+    simulation: SimulationSpec | None = None
+    directory: Path = Path(".")
+
+    @field_validator("description", "owner", "intended_use", mode="before")
+    @classmethod
+    def _strip(cls, value):
+        return str(value or "").strip()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_of_the_task(cls, raw):
+        """Without ``promotion.metric``, the task's usual one (a regression has no ROC AUC)."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+            return raw
+        promotion = raw.get("promotion", {})
+        if not isinstance(promotion, dict) or "metric" in promotion:
+            return raw
+        try:
+            task = TaskType(raw["model"].get("task", TaskType.BINARY))
+        except ValueError:
+            return raw   # reported as the task's own error
+        return {**raw, "promotion": {**promotion, "metric": Metric.default_for(task).value}}
+
+    @property
+    def start(self) -> dt.date:
+        return self.start_date
+
+    @property
+    def expectations_path(self) -> Path:
+        return self.directory / self.expectations
+
+    def source(self, name: str) -> SourceSpec:
+        try:
+            return self.sources[name]
+        except KeyError:
+            raise SpecError(str(self.directory / SPEC_FILE),
+                            [("", f"no source named {name!r}; sources are {sorted(self.sources)}")]) from None
+
+    def feature_sources(self) -> list[str]:
+        """Sources read by the feature groups, in order of first use."""
+        return list(dict.fromkeys([self.features.population] + [g.source for g in self.features.groups]))
+
+    def feature_names(self) -> list[str]:
+        """Every feature column the groups produce (no types needed)."""
+        names: list[str] = []
+        for group in self.features.groups:
+            if isinstance(group, WindowAggregatesGroup):
+                names += [f"{agg.name}_{w}d" for w in group.windows_days for agg in group.aggregates]
+            elif isinstance(group, RecencyGroup):
+                names.append(group.name)
+            else:
+                names += list(group.columns) + list(group.days_since)
+        return names
+
+
+# ----------------------------------------------------------------- cross-checks
+def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
+    """Problems that tie parts of a spec together: references, the target, the task."""
+    problems: list[tuple[str, str]] = []
+
+    def source_columns(key: str, name: str) -> dict[str, ColumnType] | None:
+        if name not in spec.sources:
+            close = difflib.get_close_matches(name, list(spec.sources), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f"; sources are {sorted(spec.sources)}"
+            problems.append((key, f"no source named {name!r}{hint}"))
+            return None
+        return spec.sources[name].columns
+
+    def column(key: str, source: str, name: str | None, types_: set[ColumnType] | None = None) -> None:
+        cols = source_columns(key, source) if source in spec.sources else None
+        if cols is None or name is None:
+            return
+        if name not in cols:
+            close = difflib.get_close_matches(name, list(cols), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append((key, f"column {name!r} is not a column of source {source}{hint}"))
+        elif types_ and cols[name] not in types_:
+            problems.append((key, f"column {name!r} of source {source} is {cols[name].value}; "
+                                  f"expected {' or '.join(sorted(t.value for t in types_))}"))
+
+    times = {ColumnType.TIMESTAMP, ColumnType.DATE}
+    numbers = {ColumnType.INT, ColumnType.DOUBLE, ColumnType.BOOL}
+    for name, src in spec.sources.items():
+        for i, k in enumerate(src.key):
+            column(f"sources.{name}.key[{i}]", name, k)
+        column(f"sources.{name}.row_id", name, src.row_id, {ColumnType.INT})
+        for key in ("timestamp", "partition_by"):
+            if src.kind is SourceKind.EVENTS and getattr(src, key) is None:
+                problems.append((f"sources.{name}.{key}", "required for an events source (or declare kind: snapshot)"))
+            column(f"sources.{name}.{key}", name, getattr(src, key), times)
+
+    source_columns("features.population", spec.features.population)
+    column("features.population", spec.features.population, spec.entity)
+    for i, group in enumerate(spec.features.groups):
+        where = f"features.groups[{i}]"
+        if source_columns(f"{where}.source", group.source) is None:
+            continue
+        column(f"{where}.source", group.source, spec.entity)
+        if isinstance(group, WindowAggregatesGroup):
+            for j, agg in enumerate(group.aggregates):
+                if agg.fn in {AggregateFn.SUM, AggregateFn.AVG} :
+                    if agg.column is None:
+                        problems.append((f"{where}.aggregates[{j}].column", f"{agg.fn.value} needs a column"))
+                    column(f"{where}.aggregates[{j}].column", group.source, agg.column, numbers)
+                elif agg.fn in {AggregateFn.COUNT_DISTINCT, AggregateFn.SHARE}:
+                    if agg.column is None:
+                        problems.append((f"{where}.aggregates[{j}].column", f"{agg.fn.value} needs a column"))
+                    column(f"{where}.aggregates[{j}].column", group.source, agg.column)
+                    if agg.fn is AggregateFn.SHARE and agg.value is None:
+                        problems.append((f"{where}.aggregates[{j}].value", "share needs the value whose share it is"))
+        elif isinstance(group, AttributesGroup):
+            for j, col in enumerate(group.columns):
+                column(f"{where}.columns[{j}]", group.source, col)
+            for name, ts in group.days_since.items():
+                column(f"{where}.days_since.{name}", group.source, ts, times)
+
+    names = spec.feature_names()
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(("features", f"feature {name!r} is produced twice"))
+    for reserved, what in ((spec.label.target, "the label's target"), (spec.entity, "the entity key")):
+        if reserved in names:
+            problems.append(("features", f"{reserved!r} is {what}; it cannot also be a feature"))
+
+    label = spec.label
+    if source_columns("label.source", label.source) is not None:
+        column("label.date_column", label.source, label.date_column, times)
+        if label.date_column is None and spec.sources[label.source].kind is SourceKind.EVENTS:
+            problems.append(("label.date_column", "required when labels come from an events source"))
+        column("label.target", label.source, label.target)
+        column("label.source", label.source, spec.entity)
+        target_type = spec.sources[label.source].columns.get(label.target)
+        if label.positive is not None and label.values is not None:
+            problems.append(("label.positive", "give either positive or values, not both"))
+        task = spec.model.task
+        if task is TaskType.BINARY:
+            if label.values is not None and set(label.values.values()) - {0, 1}:
+                problems.append(("label.values", "a binary task maps every value to 0 or 1"))
+            if label.positive is None and label.values is None and target_type is ColumnType.STRING:
+                problems.append(("label.target", f"column {label.target!r} holds text; name the positive class "
+                                                 f"with label.positive (or map values with label.values)"))
+        elif task is TaskType.MULTICLASS:
+            if label.positive is not None:
+                problems.append(("label.positive", "a multiclass task has no positive class; map every value "
+                                                   "to a class with label.values"))
+            elif label.values is None:
+                problems.append(("label.values", "a multiclass task maps each value of the target to a class "
+                                                 "0, 1, 2, ... (label.values)"))
+            else:
+                classes = sorted(set(label.values.values()))
+                if len(classes) < 3 or classes != list(range(len(classes))):
+                    problems.append(("label.values", f"a multiclass task needs classes 0, 1, 2, ... (at least "
+                                                     f"three), got {classes}"))
+        else:
+            for key in ("positive", "values"):
+                if getattr(label, key) is not None:
+                    problems.append((f"label.{key}", "a regression predicts the target's value; it has no classes"))
+            if target_type is not None and target_type not in {ColumnType.INT, ColumnType.DOUBLE}:
+                problems.append(("label.target", f"column {label.target!r} is {target_type.value}; "
+                                                 f"a regression needs an int or double target"))
+
+    metric = spec.promotion.metric
+    if spec.model.task not in metric.tasks:
+        fits = sorted(m.value for m in Metric if spec.model.task in m.tasks)
+        problems.append(("promotion.metric", f"{metric.value} does not fit a {spec.model.task.value} task; "
+                                             f"use one of {fits}"))
+    problems += _check_gate(spec)
+    if spec.model.search.method is SearchMethod.GRID:
+        for name, values in spec.model.search_space.items():
+            if isinstance(values, SearchRange):
+                problems.append((f"model.search_space.{name}", "a grid searches listed values; a range needs "
+                                                               "model.search.method: optuna"))
+    if spec.monitoring.column_threshold is not None and spec.monitoring.method is None:
+        problems.append(("monitoring.column_threshold", "a threshold needs the method it applies to (monitoring.method)"))
+    for key, value in (("training.schedule", spec.training.schedule), ("scoring.schedule", spec.scoring.schedule)):
+        if value is not None and not _valid_schedule(value):
+            problems.append((key, f"{value!r} is neither a cron expression nor a preset like @daily"))
+    return problems
+
+
+def _check_gate(spec: UseCaseSpec) -> list[tuple[str, str]]:
+    """The promotion checks fit the spec: unique names, columns that are features, metrics and
+    measures that suit the task."""
+    problems: list[tuple[str, str]] = []
+    task, features = spec.model.task, spec.feature_names()
+    seen: set[str] = set()
+    for i, check in enumerate(spec.promotion.checks):
+        key = f"promotion.checks[{i}]"
+        if check.name in seen:
+            problems.append((f"{key}.name", f"{check.name!r} is used by another check; names must be unique"))
+        seen.add(check.name)
+        metric = getattr(check, "metric", None)
+        if metric is not None and task not in metric.tasks:
+            problems.append((f"{key}.metric", f"{metric.value} does not fit a {task.value} task"))
+        for field in ("columns", "sensitive"):
+            for column in getattr(check, field, None) or []:
+                if column not in features:
+                    problems.append((f"{key}.{field}", f"{column!r} is not a feature column; features are "
+                                                       f"{sorted(features)}"))
+        if isinstance(check, FairnessCheck) and check.measure is not FairnessMeasure.METRIC_DIFFERENCE \
+                and task is not TaskType.BINARY:
+            problems.append((f"{key}.measure", f"{check.measure.value} needs a binary task; use metric_difference"))
+        if isinstance(check, CalibrationCheck):
+            if task is TaskType.REGRESSION:
+                problems.append((f"{key}.kind", "calibration applies to classifiers, not a regression"))
+            if check.max_brier is None and check.max_ece is None:
+                problems.append((key, "a calibration check needs max_brier, max_ece or both"))
+    return problems
+
+
+_PRESETS = {"@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly"}
+
+
+def _valid_schedule(value: str) -> bool:
+    if value.startswith("@"):
+        return value in _PRESETS
+    from croniter import croniter  # light; Airflow's own dependency
+
+    return croniter.is_valid(value)
