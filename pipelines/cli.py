@@ -41,11 +41,31 @@ from pipelines.serving.service import serve as run_service
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _command(args, runtime)
+    except Refusal as exc:
+        if args.debug:
+            raise
+        print(f"mlops {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mlops`` command line: a sub-command per lifecycle step, grouped as the stages are."""
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of a refusal too (bad input, failed rule, missing data)")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_setup_commands, _add_data_commands, _add_step_commands, _add_release_commands,
+                _add_serving_commands):
+        add(sub)
+    return parser
+
+
+def _add_setup_commands(sub) -> None:
+    """init, example-data, check: a use case's spec from its data, and its check."""
     init = sub.add_parser("init", help="profile data and draft include/<uc>/spec.yaml and expectations.yaml")
     init.add_argument("use_case")
     init.add_argument("--source", action="append", required=True, metavar="NAME=PATH",
@@ -63,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
                          help="blank this share of feature values and labels at random")
     check = sub.add_parser("check", help="validate use-case specs (all of them when none is named)")
     check.add_argument("use_case", nargs="*", help="use-case names or spec folders/files")
+
+
+def _add_data_commands(sub) -> None:
+    """ingest, inbox: landing a team's files."""
     ingest = sub.add_parser("ingest", help="land CSV/Parquet files as a source's raw daily partitions")
     ingest.add_argument("use_case")
     ingest.add_argument("source", help="a source of the use case's spec")
@@ -72,11 +96,37 @@ def main(argv: list[str] | None = None) -> int:
     inbox.add_argument("use_case")
     inbox.add_argument("--land", action="store_true",
                        help="land the files waiting there, as the ingest DAG does (archive or reject each)")
+
+
+def _add_step_commands(sub) -> None:
+    """simulate, summary, and the dated steps of the daily DAG; train."""
+    for name in ("simulate", "summary"):
+        sub.add_parser(name).add_argument("use_case")
+    for name in ("validate", "features", "score", "monitor", "performance"):
+        p = sub.add_parser(name)
+        p.add_argument("use_case")
+        p.add_argument("ds", type=iso_date, help="date, YYYY-MM-DD")
+        if name == "validate":
+            p.add_argument("--allow-empty-redelivery", "--allow-shrinking-redelivery", action="store_true",
+                           dest="allow_empty_redelivery",
+                           help="let an empty or much smaller delivery replace a clean partition that has rows")
+    train = sub.add_parser("train", help="train a challenger and promote it if better")
+    train.add_argument("use_case")
+    train.add_argument("--as-of", default=None, type=iso_date)
+    train.add_argument("--reason", default="manual run from the CLI")
+
+
+def _add_release_commands(sub) -> None:
+    """rollback: @champion back to an earlier version."""
     rollback = sub.add_parser("rollback", help="move @champion back to the previous champion (or --to VERSION)")
     rollback.add_argument("use_case")
     rollback.add_argument("--reason", required=True, help="why: recorded on the model versions")
     rollback.add_argument("--to", default=None, help="a version that was champion before (default: the previous one)")
     rollback.add_argument("--by", default=None, help="who asks (default: the current user)")
+
+
+def _add_serving_commands(sub) -> None:
+    """serve, api-key, rollout, online-store: the scoring service and what it serves."""
     serve = sub.add_parser("serve", help="run the online scoring service of @champion (FastAPI, uvicorn)")
     serve.add_argument("use_case", nargs="*", help="use cases to serve (default: every spec)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -97,28 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     online = sub.add_parser("online-store", help="load a day's features into the online store the service reads")
     online.add_argument("use_case")
     online.add_argument("ds", type=iso_date, help="date, YYYY-MM-DD (the newest date the store has seen wins)")
-    for name in ("simulate", "summary"):
-        sub.add_parser(name).add_argument("use_case")
-    for name in ("validate", "features", "score", "monitor", "performance"):
-        p = sub.add_parser(name)
-        p.add_argument("use_case")
-        p.add_argument("ds", type=iso_date, help="date, YYYY-MM-DD")
-        if name == "validate":
-            p.add_argument("--allow-empty-redelivery", "--allow-shrinking-redelivery", action="store_true",
-                           dest="allow_empty_redelivery",
-                           help="let an empty or much smaller delivery replace a clean partition that has rows")
-    train = sub.add_parser("train", help="train a challenger and promote it if better")
-    train.add_argument("use_case")
-    train.add_argument("--as-of", default=None, type=iso_date)
-    train.add_argument("--reason", default="manual run from the CLI")
-    args = parser.parse_args(argv)
-    try:
-        return _command(args, runtime)
-    except Refusal as exc:
-        if args.debug:
-            raise
-        print(f"mlops {args.command}: {exc}", file=sys.stderr)
-        return 1
 
 
 def iso_date(text: str) -> str:
@@ -143,11 +171,9 @@ def _command(args: argparse.Namespace, runtime) -> int:
     if args.command == "example-data":
         from pathlib import Path
 
-
         print(export(args.dataset, Path(args.out), args.missing))
         return 0
     if args.command == "api-key":
-
         path = rotate_keys() if args.action == "rotate" else ensure_keys()
         print(path)   # never the key itself: it stays in the file, readable by its owner only
         if args.action == "rotate":
@@ -156,7 +182,6 @@ def _command(args: argparse.Namespace, runtime) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
-
         for name in args.use_case:
             runtime.spec(name)   # an unknown use case fails here, with the specs found
         run_service(args.use_case, args.host, args.port, args.workers)
@@ -191,7 +216,6 @@ def check_specs(names: list[str]) -> int:
     """Print every problem of the named specs (or of all under the include folder); 1 if any."""
     from pathlib import Path
 
-
     include = settings().include
     paths = [Path(n) if Path(n).exists() else include / n for n in names] or \
         sorted(p.parent for p in include.glob(f"*/{SPEC_FILE}"))
@@ -216,79 +240,96 @@ def _data_problems(path) -> list[str]:
 
 def _run(args: argparse.Namespace, runtime) -> dict | str | int:
     """The command's result (JSON-able, or a text report), or an exit code when there is none."""
-    uc = args.use_case
-
-    if args.command == "ingest":
-
-        try:
-            result = runtime.ingest(uc, args.source, args.location, args.as_of)
-        except IngestError as exc:
-            print(f"mlops ingest: refused, nothing written: {exc}", file=sys.stderr)
-            return 1
-    elif args.command == "inbox":
-        if not args.land:
-            return str(runtime.inbox(uc))
-        result = runtime.ingest_inbox(uc)
-        if result["rejected"]:   # the rest landed: show it all, and exit 1
-            print(json.dumps(result, indent=2))
-            print(f"{len(result['rejected'])} file(s) refused, each moved to rejected/ with its error beside it",
-                  file=sys.stderr)
-            return 1
-    elif args.command == "rollback":
-        import getpass
+    return STEPS[args.command](args, runtime)
 
 
-        try:
-            result = runtime.rollback(uc, args.reason, args.by or getpass.getuser(), args.to)
-        except RollbackRefused as exc:
-            print(f"mlops rollback: refused, @champion unchanged: {exc}", file=sys.stderr)
-            return 1
-    elif args.command == "rollout":
-        import getpass
+def _ingest(args, runtime):
+    try:
+        return runtime.ingest(args.use_case, args.source, args.location, args.as_of)
+    except IngestError as exc:
+        print(f"mlops ingest: refused, nothing written: {exc}", file=sys.stderr)
+        return 1
 
-        by = args.by or getpass.getuser()
-        if args.action == "status":
-            return runtime.rollout_status(uc, args.timelines)
-        if args.action == "start":
-            if not args.version:
-                print("rollout start needs --version", file=sys.stderr)
-                return 2
-            result = runtime.start_rollout(uc, args.version, args.reason, by)
-        elif args.action == "load-test":
-            result = runtime.rollout_load_test(uc)
-        elif args.action == "judge":
-            result = runtime.judge_rollout(uc)
-        elif args.action == "drill":
-            result = runtime.rollout_drill(uc, args.slow_ms, by)
-        else:
-            result = runtime.end_rollout(uc, args.reason, by)
-    elif args.command == "online-store":
-        result = runtime.refresh_online_store(uc, args.ds)
-    elif args.command == "simulate":
-        result = runtime.simulate(uc)
-    elif args.command == "summary":
 
-        return summarize(runtime.spec(uc))
-    elif args.command == "validate":
-        result = runtime.validate(uc, args.ds, allow_empty_redelivery=args.allow_empty_redelivery)
-    elif args.command == "features":
-        result = {"ds": args.ds, "feature_rows": runtime.build_features(uc, args.ds)}
-    elif args.command in ("score", "monitor"):
-        champion = runtime.resolve_champion(uc)
-        if champion is None:
-            print(f"mlops {args.command}: no champion yet: {runtime.why_no_champion(uc)}", file=sys.stderr)
-            return 2
-        result = ({"ds": args.ds, "scored_rows": runtime.score(uc, args.ds, champion, "cli"),
-                   "model_version": champion.get("version")} if args.command == "score"
-                  else runtime.monitor_drift(uc, args.ds, champion))
-    elif args.command == "performance":
-        result = runtime.live_performance(uc, args.ds)
-    else:
-        with runtime.training_lock(uc):  # one training at a time, as in the DAG
-            as_of = runtime.resolve_as_of(uc, args.as_of, None)
-            challenger = runtime.train(uc, as_of, args.reason, "manual")
-            result = {"challenger": challenger, "promotion": runtime.promote(uc, challenger, as_of)}
+def _inbox(args, runtime):
+    if not args.land:
+        return str(runtime.inbox(args.use_case))
+    result = runtime.ingest_inbox(args.use_case)
+    if result["rejected"]:   # the rest landed: show it all, and exit 1
+        print(json.dumps(result, indent=2))
+        print(f"{len(result['rejected'])} file(s) refused, each moved to rejected/ with its error beside it",
+              file=sys.stderr)
+        return 1
     return result
+
+
+def _rollback(args, runtime):
+    import getpass
+
+    try:
+        return runtime.rollback(args.use_case, args.reason, args.by or getpass.getuser(), args.to)
+    except RollbackRefused as exc:
+        print(f"mlops rollback: refused, @champion unchanged: {exc}", file=sys.stderr)
+        return 1
+
+
+def _rollout(args, runtime):
+    import getpass
+
+    uc, by = args.use_case, args.by or getpass.getuser()
+    if args.action == "status":
+        return runtime.rollout_status(uc, args.timelines)
+    if args.action == "start":
+        if not args.version:
+            print("rollout start needs --version", file=sys.stderr)
+            return 2
+        return runtime.start_rollout(uc, args.version, args.reason, by)
+    if args.action == "load-test":
+        return runtime.rollout_load_test(uc)
+    if args.action == "judge":
+        return runtime.judge_rollout(uc)
+    if args.action == "drill":
+        return runtime.rollout_drill(uc, args.slow_ms, by)
+    return runtime.end_rollout(uc, args.reason, by)
+
+
+def _with_champion(args, runtime):
+    """score and monitor: the champion's work of a day; 2 when there is no champion yet."""
+    uc = args.use_case
+    champion = runtime.resolve_champion(uc)
+    if champion is None:
+        print(f"mlops {args.command}: no champion yet: {runtime.why_no_champion(uc)}", file=sys.stderr)
+        return 2
+    if args.command == "score":
+        return {"ds": args.ds, "scored_rows": runtime.score(uc, args.ds, champion, "cli"),
+                "model_version": champion.get("version")}
+    return runtime.monitor_drift(uc, args.ds, champion)
+
+
+def _train(args, runtime):
+    uc = args.use_case
+    with runtime.training_lock(uc):  # one training at a time, as in the DAG
+        as_of = runtime.resolve_as_of(uc, args.as_of, None)
+        challenger = runtime.train(uc, as_of, args.reason, "manual")
+        return {"challenger": challenger, "promotion": runtime.promote(uc, challenger, as_of)}
+
+
+STEPS = {   # command -> (args, runtime) -> result
+    "ingest": _ingest,
+    "inbox": _inbox,
+    "rollback": _rollback,
+    "rollout": _rollout,
+    "online-store": lambda args, runtime: runtime.refresh_online_store(args.use_case, args.ds),
+    "simulate": lambda args, runtime: runtime.simulate(args.use_case),
+    "summary": lambda args, runtime: summarize(runtime.spec(args.use_case)),
+    "validate": lambda args, runtime: runtime.validate(args.use_case, args.ds,
+                                                       allow_empty_redelivery=args.allow_empty_redelivery),
+    "features": lambda args, runtime: {"ds": args.ds, "feature_rows": runtime.build_features(args.use_case, args.ds)},
+    "score": _with_champion,
+    "monitor": _with_champion,
+    "performance": lambda args, runtime: runtime.live_performance(args.use_case, args.ds),
+    "train": _train,
+}
 
 
 if __name__ == "__main__":

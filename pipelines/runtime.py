@@ -80,7 +80,6 @@ def ingest_inbox(use_case: str) -> dict:
 
 def validate(use_case: str, date: str | dt.date, run_id: str | None = None,
              allow_empty_redelivery: bool = False) -> dict[str, int]:
-
     return validate_day(spec(use_case), lake(), _date(date), run_id, allow_empty_redelivery)
 
 

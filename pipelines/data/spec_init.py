@@ -210,6 +210,15 @@ def binary_positive(target: str, labels: ColumnProfile, positive: str | None):
                     f"with --positive")
 
 
+@dataclass(frozen=True)
+class Profiled:
+    """What ``mlops init`` learnt of the sources: each one's frame sample, CSV format and profile."""
+
+    frames: dict
+    formats: dict
+    profiles: dict[str, dict[str, ColumnProfile]]
+
+
 def draft(use_case: str, sources: dict[str, str], target: str, positive: str | None = None,
           timestamp: str | None = None, entity: str | None = None, task: TaskType = TaskType.BINARY,
           today: dt.date | None = None) -> tuple[str, str]:
@@ -217,46 +226,78 @@ def draft(use_case: str, sources: dict[str, str], target: str, positive: str | N
     if positive is not None and task is not TaskType.BINARY:
         raise InitError(f"--positive names the positive class of a binary task; a {task.value} task has none")
     read = {name: read_source(path) for name, path in sources.items()}
-    frames = {name: frame for name, (frame, _) in read.items()}
-    formats = {name: fmt for name, (_, fmt) in read.items()}
-    profiles = {name: profile(frame) for name, frame in frames.items()}
+    seen = Profiled({n: f for n, (f, _) in read.items()}, {n: fmt for n, (_, fmt) in read.items()},
+                    {n: profile(f) for n, (f, _) in read.items()})
+    profiles = seen.profiles
     holder = [n for n, cols in profiles.items() if target in cols]
     if not holder:
         raise InitError(f"--target {target}: no source has that column (columns: "
                         f"{ {n: list(c) for n, c in profiles.items()} })")
     label_source = holder[0]
-    first = next(iter(profiles))
-    generated = False
-    if entity is None:
-        entity = guess_entity(profiles[first], {target, timestamp or ""})
-        if entity is None:
-            entity, generated = ROW_ID, True   # no column identifies a row: ingest numbers them
-    for name, cols in profiles.items():
-        if entity not in cols and not generated:
-            raise InitError(f"--entity {entity}: source {name} has no such column")
+    entity, generated = _entity(profiles, entity, target, timestamp)
     labels = profiles[label_source][target]
-    label_values = cast_column(frames[label_source][target], labels.kind).dropna()
+    label_values = cast_column(seen.frames[label_source][target], labels.kind).dropna()
     binary = _binary_label(target, labels, positive) if task is TaskType.BINARY else {}
-    classes = (sorted(label_values.unique().tolist(), key=str) if task is TaskType.MULTICLASS else [])
+    classes = _label_classes(task, target, labels, label_values)
+    if timestamp and not any(timestamp in cols for cols in profiles.values()):
+        raise InitError(f"--timestamp {timestamp}: no source has that column")
+    spec_sources, features, left_out = _source_sections(seen, entity, generated, target, timestamp)
+    events_label = bool(timestamp and timestamp in profiles[label_source])
+    label = {"source": label_source, "target": target, "horizon_days": 0,
+             **({"date_column": timestamp} if events_label else {}), **binary,
+             **({"values": {value: i for i, value in enumerate(classes)}} if task is TaskType.MULTICLASS else {})}
+    entity_note = (f"entity: no column identifies a row, so ingest numbers the rows of each file ({ROW_ID}, from 1):\n"
+                   f"a row keeps its entity only while files keep their order. Give --entity COLUMN if one does."
+                   if generated else f"entity: {entity}, unique in every row (override: --entity COLUMN).")
+    start = (today or dt.date.today()).isoformat()
+    head = _block(f"Use case {use_case}, drafted by `mlops init` from {', '.join(sources.values())} on {start}.\n"
+                  f"{entity_note}\nRead every section, then run `mlops check {use_case}`.",
+                  {"name": use_case, "description": f"{use_case}: predict {target}", "start_date": start,
+                   "entity": entity})
+    body = [head, *_data_blocks(spec_sources, next(iter(profiles)), features, left_out),
+            *_model_blocks(use_case, task, label, label_values, len(classes), events_label,
+                           any(source["kind"] == "events" for source in spec_sources.values()))]
+    return "\n".join(body), draft_expectations(profiles, {entity})
+
+
+def _entity(profiles: dict, entity: str | None, target: str, timestamp: str | None) -> tuple[str, bool]:
+    """The entity column (given, or guessed from the first source), and whether ingest must number
+    the rows instead (no column identifies a row)."""
+    if entity is None:
+        entity = guess_entity(next(iter(profiles.values())), {target, timestamp or ""})
+        if entity is None:
+            return ROW_ID, True
+    for name, cols in profiles.items():
+        if entity not in cols:
+            raise InitError(f"--entity {entity}: source {name} has no such column")
+    return entity, False
+
+
+def _label_classes(task: TaskType, target: str, labels: ColumnProfile, label_values) -> list:
+    """A multiclass target's classes (3 to MAX_CATEGORIES of them); a regression's target is a number."""
+    classes = sorted(label_values.unique().tolist(), key=str) if task is TaskType.MULTICLASS else []
     if task is TaskType.MULTICLASS and not 3 <= len(classes) <= MAX_CATEGORIES:
         raise InitError(f"--task multiclass: {target} has {len(classes)} distinct values; a multiclass target "
                         f"has 3 to {MAX_CATEGORIES} (binary: --task binary; a quantity: --task regression)")
     if task is TaskType.REGRESSION and labels.kind not in (ColumnType.INT, ColumnType.DOUBLE):
         raise InitError(f"--task regression: {target} holds {labels.kind.value} values; a regression target is a number")
-    if timestamp and not any(timestamp in cols for cols in profiles.values()):
-        raise InitError(f"--timestamp {timestamp}: no source has that column")
-    start = (today or dt.date.today()).isoformat()
+    return classes
 
+
+def _source_sections(seen: Profiled, entity: str, generated: bool, target: str,
+                     timestamp: str | None) -> tuple[dict, list, list]:
+    """The spec's sources, the feature groups (a source's usable columns) and the columns left out."""
     spec_sources, features, left_out = {}, [], []
-    for name, cols in profiles.items():
+    for name, cols in seen.profiles.items():
         events = timestamp in cols if timestamp else False
         columns = {c: p.kind.value for c, p in cols.items()}
+        csv = _csv_section(seen.formats[name])
         spec_sources[name] = {
             **({"kind": "events", "timestamp": timestamp, "partition_by": timestamp} if events else {"kind": "snapshot"}),
             "key": [entity] if not events else [entity, timestamp],
             "columns": {ROW_ID: "int", **columns} if generated else columns,
             **({"row_id": ROW_ID} if generated else {}),
-            **({"csv": _csv_section(formats[name])} if _csv_section(formats[name]) else {}),
+            **({"csv": csv} if csv else {}),
         }
         usable = []
         for c, p in cols.items():
@@ -271,19 +312,13 @@ def draft(use_case: str, sources: dict[str, str], target: str, positive: str | N
     if not features:
         raise InitError("no column is left to use as a feature (the target, the entity, timestamps and "
                         "identifiers are excluded)")
-    events_label = bool(timestamp and timestamp in profiles[label_source])
-    label = {"source": label_source, "target": target, "horizon_days": 0,
-             **({"date_column": timestamp} if events_label else {}), **binary,
-             **({"values": {value: i for i, value in enumerate(classes)}} if task is TaskType.MULTICLASS else {})}
-    entity_note = (f"entity: no column identifies a row, so ingest numbers the rows of each file ({ROW_ID}, from 1):\n"
-                   f"a row keeps its entity only while files keep their order. Give --entity COLUMN if one does."
-                   if generated else f"entity: {entity}, unique in every row (override: --entity COLUMN).")
+    return spec_sources, features, left_out
+
+
+def _data_blocks(spec_sources: dict, population: str, features: list, left_out: list) -> list[str]:
+    """The spec's sources, expectations and features, each with its notes."""
     excluded = f"\nLeft out (identifiers, free text, constants, timestamps): {', '.join(left_out)}." if left_out else ""
-    body = [
-        _block(f"Use case {use_case}, drafted by `mlops init` from {', '.join(sources.values())} on {start}.\n"
-               f"{entity_note}\nRead every section, then run `mlops check {use_case}`.",
-               {"name": use_case, "description": f"{use_case}: predict {target}", "start_date": start,
-                "entity": entity}),
+    return [
         _block("Raw sources: column types as inferred (string, int, double, bool, date, timestamp).\n"
                "snapshot: a partition is the whole table as known on its `mlops ingest --as-of` date;\n"
                "events: rows partition by the date of their timestamp.\n"
@@ -295,7 +330,14 @@ def draft(use_case: str, sources: dict[str, str], target: str, positive: str | N
         _block("Features: each entity's latest values. Excluded: the target, the entity, timestamps and\n"
                "identifier-like columns (unique per row). Text columns are one-hot encoded, yes/no columns\n"
                "are 0/1, missing values imputed by the model pipeline." + excluded,
-               {"features": {"population": first, "groups": features}}),
+               {"features": {"population": population, "groups": features}}),
+    ]
+
+
+def _model_blocks(use_case: str, task: TaskType, label: dict, label_values, classes: int, events_label: bool,
+                  events: bool) -> list[str]:
+    """The spec's label, model, training, promotion, scoring and monitoring, each with its notes."""
+    return [
         _block(LABEL_NOTES[task], {"label": label}),
         _block("The model: a scikit-learn estimator (dotted path), fixed params and a grid to search.",
                {"model": {"registered_name": f"{use_case}_model", "task": task.value,
@@ -309,12 +351,11 @@ def draft(use_case: str, sources: dict[str, str], target: str, positive: str | N
                {"training": {"split": "time" if events_label else "random", "holdout_fraction": 0.2,
                              **({} if events_label else {"snapshots": "newest"}),
                              "window_days": 60, "holdout_days": 7, "reference_rows": 2000}}),
-        _block(*promotion_section(task, label_values, len(classes))),
-        _block(*scoring_section(any(source["kind"] == "events" for source in spec_sources.values()))),
+        _block(*promotion_section(task, label_values, classes)),
+        _block(*scoring_section(events)),
         _block("Drift: Evidently's tests per column; the share of drifted columns that triggers retraining.",
                {"monitoring": {"drift_share_threshold": 0.3, "consecutive_days": 2, "cooldown_days": 7}}),
     ]
-    return "\n".join(body), draft_expectations(profiles, {entity})
 
 
 def _binary_label(target: str, labels: ColumnProfile, positive: str | None) -> dict:
@@ -411,7 +452,6 @@ def write_use_case(include: Path, use_case: str, spec_text: str, expectations_te
     import re
     import shutil
     import tempfile
-
 
     if not re.fullmatch(USE_CASE_NAME, use_case):
         raise InitError(f"use case name {use_case!r}: lower-case letters, digits and _ only, starting with a letter "

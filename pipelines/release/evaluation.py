@@ -81,7 +81,6 @@ def record_checks(spec, lake: Lake, as_of: dt.date, challenger_version: str, cha
     evaluation of the same version again replaces its rows, other versions' rows stay."""
     import pandas as pd
 
-
     table = lake.monitoring(spec.name, PROMOTION_CHECKS)
     rows = pd.DataFrame(gate.result_rows(verdicts))
     verdict_of = {v.name: ("passed" if v.passed else "failed") for v in verdicts}
@@ -106,9 +105,6 @@ def evaluate_challenger(spark, spec, lake: Lake, challenger: dict, as_of: dt.dat
     table, the version's tags and its MLflow run; a model card is written. Moves no alias."""
     import mlflow
     import pandas as pd
-
-
-
 
     name = spec.model.registered_name
     challenger_ref = tracking.model_version(name, challenger["version"])
@@ -176,8 +172,6 @@ def promote_if_better(spec, evaluation: dict, review: Review | None = None) -> d
                       f"{challenger_ref.version} was evaluated against v{champion_ref.version if champion_ref else None}"
                       f" ({reason}); rerun the evaluation against the new champion")
         elif champion_ref is not None and spec.deployment.strategy is not Strategy.DIRECT:
-
-
             state = rollout.start(spec, Lake(settings().lake), challenger_ref.version, champion_ref.version,
                                   short_reason(reason), "promotion")
             outcome = "rolling_out"

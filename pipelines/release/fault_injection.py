@@ -29,7 +29,6 @@ def register_slowed_copy(spec, lake, version: str, delay_ms: float) -> str:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-
     name = spec.model.registered_name
     ref = tracking.model_version(name, version)
     model = tracking.load_model(ref)

@@ -108,7 +108,6 @@ def sample_records(lake, spec, columns: list[str], rows: int = 500) -> list[dict
     """Entities and their feature rows from the newest feature partition, for the Locust users."""
     import numpy as np
 
-
     table = lake.features(spec.name)
     days = list_partitions(table)
     if not days:

@@ -188,7 +188,6 @@ def publish(spec, ref, evaluation: dict, decision: tuple | None) -> Path:
             except Exception:   # noqa: BLE001 - a card without that image says so by its absence
                 continue
         try:
-
             importance = json.loads(Path(mlflow.artifacts.download_artifacts(
                 run_id=ref.run_id, artifact_path=IMPORTANCE_ARTIFACT, dst_path=tmp)).read_text())
         except Exception:   # noqa: BLE001
@@ -233,7 +232,6 @@ def log_calibration_plot(task, y, holdout, ref) -> None:
     (``gate/calibration.png``); classification only."""
     import numpy as np
     from sklearn.calibration import CalibrationDisplay
-
 
     if task.kind is TaskType.REGRESSION or len(y) == 0:
         return

@@ -292,7 +292,6 @@ def window_rows(spec, lake, state: RolloutState, since: str | None = None) -> pd
     import pyarrow as pa
     import pyarrow.dataset as pads
 
-
     start = dt.datetime.fromisoformat(since or state.step_started_at)
     table = lake.online_inference(spec.name)
     if not table.exists():

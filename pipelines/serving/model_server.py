@@ -56,6 +56,8 @@ class UnknownEntities(LookupError):
 class NotReady(RuntimeError):
     """No model version is loaded yet."""
 
+    outcome = "not_ready"   # the requests metric's outcome of such a request
+
 
 class CircuitBreaker:
     """Counts a model's failed or slow answers in a row; after ``max_failures`` it opens for
@@ -131,7 +133,6 @@ class ModelServer:
 
     def __init__(self, spec, poll_s: float = 2.0, alias: str | None = None, follow_rollout: bool = True,
                  freeze_gc: bool = False):
-
         self.spec, self.poll_s = spec, poll_s
         self.alias = alias or tracking.CHAMPION
         self.follow_rollout = follow_rollout
@@ -158,7 +159,6 @@ class ModelServer:
         """Load what the registry says to serve (the alias, and a running rollout's candidate)
         where it is not loaded yet; whether anything was swapped in."""
         from mlflow.exceptions import MlflowException
-
 
         with self._lock:
             held = [self.current, self.previous, self.candidate]

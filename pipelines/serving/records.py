@@ -14,6 +14,8 @@ TYPES = {"double": float, "float": float, "long": int, "integer": int, "string":
 class InvalidRecords(ValueError):
     """Records that do not fit the model's signature; ``errors`` in FastAPI's 422 shape."""
 
+    outcome = "invalid"   # the requests metric's outcome of such a request
+
     def __init__(self, errors: list[dict]):
         self.errors = errors
         super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))

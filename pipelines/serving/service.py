@@ -40,10 +40,10 @@ from pipelines.core.config import settings
 from pipelines.core.errors import MissingData
 from pipelines.core.spec import ServingInput
 from pipelines.features.online_store import lookup, store_path
-from pipelines.features.point_in_time import feature_columns
 from pipelines.models.rollout_state import CANDIDATE_ARM, CHAMPION_ARM, arm_of
 from pipelines.serving.guard import BodyTooLarge, Guard, KeyRing, allowed_hosts, auth_enabled, key_file
 from pipelines.serving.model_server import Answer, ModelServer, NotReady
+from pipelines.serving.openapi import ERROR_CONTENT, PREDICT_RESPONSES, service_openapi
 from pipelines.serving.records import InvalidRecords, calm_garbage_collector, check_records, encodable
 from pipelines.serving.request_log import RequestLog, log_rows, log_types
 
@@ -68,36 +68,9 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
     serves that alias alone, ignores rollouts and keeps its requests out of the online table.
     ``own_process``: the app is all its process runs (``mlops serve``), so it may tune the
     process's garbage collector (:func:`pipelines.serving.records.calm_garbage_collector`)."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
-
-    cfg = settings()
     names = [use_cases] if isinstance(use_cases, str) else list(use_cases or catalog.use_case_names())
-    endpoints = {}
-    for name in names:
-        spec = catalog.spec(name)
-        server = ModelServer(spec, poll_s=cfg.serving_poll_s if poll_s is None else poll_s, alias=alias,
-                             follow_rollout=alias is None, freeze_gc=own_process)
-        table = Path(staging_log) / name if staging_log else catalog.lake().online_inference(name)
-        endpoints[name] = UseCaseEndpoint(spec, server, RequestLog(table, types=log_types(spec)),
-                                          store_path(cfg.online_store, name),
-                                          spec.deployment.input is ServingInput.ENTITY)
-
-    registry = CollectorRegistry()
-    metrics = {
-        "requests": Counter("mlops_requests", "Prediction requests by model version and outcome",
-                            ["use_case", "model_version", "outcome"], registry=registry),
-        "predictions": Counter("mlops_predictions", "Records scored", ["use_case", "model_version"], registry=registry),
-        "latency": Histogram("mlops_request_seconds", "Prediction request latency", ["use_case", "model_version"],
-                             buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=registry),
-    }
-    served_version = Gauge("mlops_served_model_version", "The model version served", ["use_case"], registry=registry)
-    reloads = Gauge("mlops_model_reloads", "Model loads by outcome since start", ["use_case", "outcome"],
-                    registry=registry)
-    share = Gauge("mlops_rollout_candidate_share", "The running rollout's candidate share of traffic (0: none or "
-                  "shadow)", ["use_case"], registry=registry)
-    trips = Gauge("mlops_circuit_breaker_trips", "Times a model's circuit opened since it was loaded",
-                  ["use_case", "model_version"], registry=registry)
+    endpoints = {name: use_case_endpoint(name, poll_s, alias, staging_log, own_process) for name in names}
+    metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -120,24 +93,97 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
     if len(endpoints) == 1:
         only = next(iter(endpoints.values()))
         app.state.server, app.state.request_log = only.server, only.request_log
+    add_health_routes(app, endpoints)
 
-    def endpoint_of(use_case: str) -> UseCaseEndpoint:
-        if use_case not in endpoints:
-            raise HTTPException(404, f"no use case {use_case!r} here; served: {sorted(endpoints)}")
-        return endpoints[use_case]
+    @app.get("/metrics", responses={200: {"description": "Prometheus text format",
+                                          "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    def prometheus():
+        return Response(metrics.exposition(endpoints), media_type=metrics.content_type)
 
-    def readiness(endpoint: UseCaseEndpoint) -> dict:
-        server = endpoint.server
-        current, candidate, state = server.current, server.candidate, server.rollout
-        found = {"ready": server.ready, "model": endpoint.spec.model.registered_name,
-                 "version": current.ref.version if current else None, "error": public(server.last_error),
-                 **({"model_process": "not answering; being replaced"} if server.stalled else {}),
-                 "circuit_open": bool(current and current.breaker.open)}
-        if state is not None:
-            found["rollout"] = {"id": state.id, "strategy": state.strategy, "share": state.share,
-                                "candidate": state.candidate, "candidate_loaded": candidate is not None,
-                                "candidate_circuit_open": bool(candidate and candidate.breaker.open)}
-        return found
+    for name, endpoint in endpoints.items():   # a route per use case: its OpenAPI names the record's fields
+        app.add_api_route(f"/v1/{name}/predict", predict_handler(endpoint, metrics.per_request), methods=["POST"],
+                          summary=f"Score records of {name}", responses=PREDICT_RESPONSES,
+                          operation_id=f"predict_{name}")
+    app.openapi = lambda: service_openapi(app)
+    limits = [e.spec.deployment.limits for e in endpoints.values()] or [None]
+    max_body = max(lim.max_body_bytes if lim else 1_000_000 for lim in limits)
+    keys = KeyRing(key_file()) if auth_enabled() else None
+    return Guard(app, max_body, keys, allowed_hosts())
+
+
+def use_case_endpoint(name: str, poll_s: float | None, alias: str | None, staging_log: str | None,
+                      own_process: bool) -> UseCaseEndpoint:
+    """One use case's model server, request log (the staging folder's, for a staging instance) and
+    online store."""
+    cfg, spec = settings(), catalog.spec(name)
+    server = ModelServer(spec, poll_s=cfg.serving_poll_s if poll_s is None else poll_s, alias=alias,
+                         follow_rollout=alias is None, freeze_gc=own_process)
+    table = Path(staging_log) / name if staging_log else catalog.lake().online_inference(name)
+    return UseCaseEndpoint(spec, server, RequestLog(table, types=log_types(spec)), store_path(cfg.online_store, name),
+                           spec.deployment.input is ServingInput.ENTITY)
+
+
+class ServiceMetrics:
+    """The service's Prometheus metrics: counted by the requests (``per_request``: requests by
+    model version and outcome, records scored, latency) and read from the servers when scraped
+    (served version, reloads, the rollout's share, circuit breaker trips)."""
+
+    def __init__(self):
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry, self.content_type = CollectorRegistry(), CONTENT_TYPE_LATEST
+        registry = self.registry
+        self.per_request = {
+            "requests": Counter("mlops_requests", "Prediction requests by model version and outcome",
+                                ["use_case", "model_version", "outcome"], registry=registry),
+            "predictions": Counter("mlops_predictions", "Records scored", ["use_case", "model_version"],
+                                   registry=registry),
+            "latency": Histogram("mlops_request_seconds", "Prediction request latency", ["use_case", "model_version"],
+                                 buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=registry),
+        }
+        self.served_version = Gauge("mlops_served_model_version", "The model version served", ["use_case"],
+                                    registry=registry)
+        self.reloads = Gauge("mlops_model_reloads", "Model loads by outcome since start", ["use_case", "outcome"],
+                             registry=registry)
+        self.share = Gauge("mlops_rollout_candidate_share", "The running rollout's candidate share of traffic (0: "
+                           "none or shadow)", ["use_case"], registry=registry)
+        self.trips = Gauge("mlops_circuit_breaker_trips", "Times a model's circuit opened since it was loaded",
+                           ["use_case", "model_version"], registry=registry)
+
+    def exposition(self, endpoints: dict[str, UseCaseEndpoint]) -> bytes:
+        """Every metric in Prometheus's text format, the servers' state read now."""
+        from prometheus_client import generate_latest
+
+        for name, endpoint in endpoints.items():
+            current = endpoint.server.current
+            self.served_version.labels(name).set(float(current.ref.version) if current else 0)
+            for outcome, count in endpoint.server.reloads.items():
+                self.reloads.labels(name, outcome).set(count)
+            state = endpoint.server.rollout
+            self.share.labels(name).set(state.share if state else 0.0)
+            for served in (current, endpoint.server.candidate):
+                if served is not None:
+                    self.trips.labels(name, served.ref.version).set(served.breaker.trips)
+        return generate_latest(self.registry)
+
+
+def readiness(endpoint: UseCaseEndpoint) -> dict:
+    """Whether a use case serves a version (or has no champion yet), and what it serves."""
+    server = endpoint.server
+    current, candidate, state = server.current, server.candidate, server.rollout
+    found = {"ready": server.ready, "model": endpoint.spec.model.registered_name,
+             "version": current.ref.version if current else None, "error": public(server.last_error),
+             **({"model_process": "not answering; being replaced"} if server.stalled else {}),
+             "circuit_open": bool(current and current.breaker.open)}
+    if state is not None:
+        found["rollout"] = {"id": state.id, "strategy": state.strategy, "share": state.share,
+                            "candidate": state.candidate, "candidate_loaded": candidate is not None,
+                            "candidate_circuit_open": bool(candidate and candidate.breaker.open)}
+    return found
+
+
+def add_health_routes(app, endpoints: dict[str, UseCaseEndpoint]) -> None:
+    """``/healthz`` (the process answers), ``/readyz`` (every use case) and ``/v1/<uc>/readyz``."""
 
     @app.get("/healthz")
     def healthz():
@@ -153,38 +199,15 @@ def create_app(use_cases: str | list[str] | None = None, poll_s: float | None = 
         return {"ready": response.status_code != 503, "use_cases": states}
 
     @app.get("/v1/{use_case}/readyz", responses={404: {"description": "Not a use case this service serves",
-                                                        "content": _ERROR},
+                                                        "content": ERROR_CONTENT},
                                                   503: {"description": "Not ready (see error)"}})
     def use_case_readyz(use_case: str, response: Response):
-        state = readiness(endpoint_of(use_case))
+        if use_case not in endpoints:
+            raise HTTPException(404, f"no use case {use_case!r} here; served: {sorted(endpoints)}")
+        state = readiness(endpoints[use_case])
         if not state["ready"]:
             response.status_code = 503
         return state
-
-    @app.get("/metrics", responses={200: {"description": "Prometheus text format",
-                                          "content": {"text/plain": {"schema": {"type": "string"}}}}})
-    def prometheus():
-        for name, endpoint in endpoints.items():
-            current = endpoint.server.current
-            served_version.labels(name).set(float(current.ref.version) if current else 0)
-            for outcome, count in endpoint.server.reloads.items():
-                reloads.labels(name, outcome).set(count)
-            state = endpoint.server.rollout
-            share.labels(name).set(state.share if state else 0.0)
-            for served in (current, endpoint.server.candidate):
-                if served is not None:
-                    trips.labels(name, served.ref.version).set(served.breaker.trips)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    for name, endpoint in endpoints.items():   # a route per use case: its OpenAPI names the record's fields
-        app.add_api_route(f"/v1/{name}/predict", predict_handler(endpoint, metrics), methods=["POST"],
-                          summary=f"Score records of {name}", responses=PREDICT_RESPONSES,
-                          operation_id=f"predict_{name}")
-    app.openapi = lambda: service_openapi(app)
-    limits = [e.spec.deployment.limits for e in endpoints.values()] or [None]
-    max_body = max(lim.max_body_bytes if lim else 1_000_000 for lim in limits)
-    keys = KeyRing(key_file()) if auth_enabled() else None
-    return Guard(app, max_body, keys, allowed_hosts())
 
 
 def predict_handler(endpoint: UseCaseEndpoint, metrics: dict):
@@ -206,72 +229,24 @@ def predict_handler(endpoint: UseCaseEndpoint, metrics: dict):
     return predict
 
 
-_ERROR = {"application/json": {"schema": {"type": "object", "properties": {"detail": {}}}}}
-PREDICT_RESPONSES = {
-    200: {"description": "One prediction per record, in order"},
-    400: {"description": "Host header not allowed", "content": _ERROR},
-    401: {"description": "No or a wrong API key", "content": _ERROR},
-    404: {"description": "Unknown entity ids (entity input)", "content": _ERROR},
-    413: {"description": "Body over deployment.limits.max_body_bytes", "content": _ERROR},
-    422: {"description": "Records that do not fit the served version's signature, or over the limits",
-          "content": _ERROR},
-    503: {"description": "No model can answer now (none loaded, champion lost, model process not answering); "
-                         "see Retry-After", "content": _ERROR},
-}
+@dataclass(frozen=True)
+class Served:
+    """The models and rollout one request sees from start to end (a swap meanwhile is for the next)."""
+
+    champion: object    # model_server.ServedModel or None
+    candidate: object   # model_server.ServedModel or None
+    rollout: object     # rollout_state.RolloutState or None
 
 
-INT64 = {"type": "integer", "minimum": -2 ** 63, "maximum": 2 ** 63 - 1}
-DOUBLE_MAX = 1.7976931348623157e308
+@dataclass(frozen=True)
+class ArmAnswer:
+    """What one arm of a request answered: for the records at ``positions``, by ``answer``
+    (``fallback``: another model answered for the arm's own)."""
 
-
-def request_schema(endpoint: UseCaseEndpoint) -> dict:
-    """The request body's JSON schema: each input's type from the served version's signature (the
-    spec's features before one is loaded), null for a missing value, and the limits."""
-
-    spec, limits = endpoint.spec, endpoint.spec.deployment.limits
-    text = {"type": "string", "maxLength": limits.max_string_length}
-    entity = {"anyOf": [{**text, "minLength": 1}, INT64]}
-    if endpoint.by_entity:
-        body = {"type": "object", "required": ["entity_ids"], "properties": {
-            "entity_ids": {"type": "array", "items": entity, "minItems": 1, "maxItems": limits.max_records}}}
-    else:
-        served = endpoint.server.current
-        if served is not None:
-            inputs = dict(served.inputs)
-        else:
-            columns = feature_columns(spec)
-            inputs = {**{c: "double" for c in columns.numeric}, **{c: "string" for c in columns.categorical}}
-        number = {"type": "number", "minimum": -DOUBLE_MAX, "maximum": DOUBLE_MAX}   # finite, as a double
-        kinds = {"double": number, "float": number, "long": INT64, "integer": INT64,
-                 "boolean": {"type": "boolean"}, "string": text}
-        properties = {c: {"anyOf": [kinds.get(kind, {}), {"type": "null"}]} for c, kind in inputs.items()}
-        properties.setdefault(spec.entity, {"anyOf": [*entity["anyOf"], {"type": "null"}]})
-        record = {"type": "object", "required": list(inputs), "properties": properties}
-        body = {"type": "object", "required": ["records"], "properties": {
-            "records": {"type": "array", "items": record, "minItems": 1, "maxItems": limits.max_records}}}
-    return {"required": True, "content": {"application/json": {"schema": body}}}
-
-
-def service_openapi(app) -> dict:
-    """FastAPI's document with each use case's request body (from the version it serves now), the
-    bearer key declared and every status code the service answers outside the handlers (400,
-    401, 413 from the guard). Made again on each call: a new champion may take other inputs."""
-    from fastapi.openapi.utils import get_openapi
-
-    document = get_openapi(title=app.title, version="1", description=app.description, routes=app.routes)
-    for name, endpoint in app.state.endpoints.items():
-        document["paths"][f"/v1/{name}/predict"]["post"]["requestBody"] = request_schema(endpoint)
-    document.setdefault("components", {})["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
-    for path, operations in document.get("paths", {}).items():
-        for operation in operations.values():
-            responses = operation.setdefault("responses", {})
-            responses.setdefault("400", {"description": "Host header not allowed", "content": _ERROR})
-            if path in ("/healthz", "/readyz") or path.endswith("/readyz"):
-                continue
-            operation["security"] = [{"apiKey": []}]
-            responses.setdefault("401", {"description": "No or a wrong API key", "content": _ERROR})
-            responses.setdefault("413", {"description": "Body too large", "content": _ERROR})
-    return document
+    arm: str
+    positions: list[int]
+    answer: Answer
+    fallback: bool
 
 
 async def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
@@ -281,105 +256,150 @@ async def answer(endpoint: UseCaseEndpoint, body: dict, metrics: dict) -> dict:
     entity's bucket (:func:`pipelines.models.rollout_state.arm_of`). A model that fails (or whose circuit is
     open) is replaced by the fallback chain and the record is flagged ``fallback``. Under a
     shadowed rollout the other model scores the same records in the shadow, not waited for
-    (:meth:`pipelines.serving.model_server.ModelServer.score_in_shadow`)."""
-
+    (:meth:`pipelines.serving.model_server.ModelServer.score_in_shadow`). Expected refusals
+    map to HTTP errors (:func:`http_error`); anything else is a 500 whose details stay in the log."""
     spec, server = endpoint.spec, endpoint.server
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
-    champion, candidate, state = server.current, server.candidate, server.rollout
-    version = champion.ref.version if champion else "none"
-    count = metrics["requests"]
-    limits = spec.deployment.limits
+    served = Served(server.current, server.candidate, server.rollout)   # as they are now, for the whole request
+    state = served.rollout
+    version = served.champion.ref.version if served.champion else "none"
     try:
-        key = "entity_ids" if endpoint.by_entity else "records"
-        given = checked_list(body, key, limits)
-        if champion is None:
-            raise NotReady(f"{spec.name}: no model loaded yet"
-                           + (f" ({server.last_error})" if server.last_error else ""))
-        inputs = {**champion.inputs, **(candidate.inputs if candidate else {})}
-        if endpoint.by_entity:
-            try:
-                records, unknown = lookup(endpoint.store, spec.entity, given, list(inputs))
-            except MissingData:
-                raise NotReady(f"{spec.name}: the online store is not ready (the daily DAG writes it)") from None
-            if unknown:
-                count.labels(spec.name, version, "unknown_entity").inc()
-                raise HTTPException(404, {"unknown_entities": unknown[:50],
-                                          "msg": f"no features in the online store for {len(unknown)} id(s)"})
-            entities = [r.pop(spec.entity) for r in records]
-        else:
-            records = check_records(given, inputs, limits.max_string_length)
-            entities = [r.get(spec.entity) for r in given]
-            bad = [i for i, e in enumerate(entities) if not valid_id(e, limits, missing_ok=True)]
-            if bad:
-                raise InvalidRecords([{"loc": ["records", bad[0], spec.entity], "type": "entity_id",
-                                       "msg": f"an id is text or a whole number of 1 to {limits.max_string_length} "
-                                              f"characters"}])
-        arms = [arm_of(e, state) for e in entities]
-        picked = {arm: [i for i, a in enumerate(arms) if a == arm] for arm in (CHAMPION_ARM, CANDIDATE_ARM)}
-        if len(picked[CHAMPION_ARM]) == len(records):
-            parts = {CHAMPION_ARM: records, CANDIDATE_ARM: []}   # the common case: no copies
-        else:
-            parts = {arm: [records[i] for i in positions] for arm, positions in picked.items()}
-        answers = []   # (arm, positions, answer, fallback)
-        if picked[CHAMPION_ARM]:
-            got = await server.answer(parts[CHAMPION_ARM])
-            answers.append((CHAMPION_ARM, picked[CHAMPION_ARM], got, got.error is not None))
-        if picked[CANDIDATE_ARM]:
-            got = await server.score(candidate, parts[CANDIDATE_ARM], "candidate")
-            if got.outputs is None:
-                instead = await server.answer(parts[CANDIDATE_ARM])
-                got = Answer(instead.served, instead.outputs, instead.model_ms, got.error)
-                answers.append((CANDIDATE_ARM, picked[CANDIDATE_ARM], got, True))
-            else:
-                answers.append((CANDIDATE_ARM, picked[CANDIDATE_ARM], got, False))
-    except InvalidRecords as exc:
-        count.labels(spec.name, version, "invalid").inc()
-        raise HTTPException(422, exc.errors) from None
-    except NotReady as exc:
-        count.labels(spec.name, version, "not_ready").inc()
-        log.error("%s: request %s not answered: %s", spec.name, request_id, exc)
-        raise HTTPException(503, public(str(exc)), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        records, entities = request_records(endpoint, served, body, metrics, version)
+        parts, picked = split_by_arm(records, [arm_of(e, state) for e in entities])
+        answers = await answer_by_arm(server, served, parts, picked)
+    except (InvalidRecords, NotReady) as exc:
+        raise http_error(spec.name, request_id, exc, metrics["requests"].labels(spec.name, version, exc.outcome)) \
+            from None
     except HTTPException:
         raise
     except Exception:
-        count.labels(spec.name, version, "error").inc()
+        metrics["requests"].labels(spec.name, version, "error").inc()
         log.exception("%s: request %s failed", spec.name, request_id)   # the details stay in the service's log
         raise HTTPException(500, f"request {request_id} failed; the service's log has the details") from None
     elapsed_ms = (time.perf_counter() - started) * 1000
-    rollout_id = state.id if state else None
-    rows: list[dict | None] = [None] * len(arms)
-    for arm, positions, got, fallback in answers:
-        answered = got.served.ref.version if got.served else "fallback"
-        count.labels(spec.name, answered, "fallback" if fallback else "ok").inc()
-        metrics["predictions"].labels(spec.name, answered).inc(len(positions))
-        metrics["latency"].labels(spec.name, answered).observe(elapsed_ms / 1000)
-        endpoint.request_log.add(log_rows(spec, server.task, got, [entities[i] for i in positions], parts[arm],
-                                          request_id, elapsed_ms, "served", arm, rollout_id, fallback))
-        for position, row in zip(positions, got.outputs):
-            rows[position] = {**row, spec.entity: None if entities[position] is None else str(entities[position]),
-                              "model_version": answered, **({"fallback": True} if fallback else {})}
-
-    def shadow_logger(part: list[dict], ids: list, role: str):
-        """What to do with a shadow answer once its batch is scored: log it."""
-        return lambda extra: endpoint.request_log.add(log_rows(spec, server.task, extra, ids, part, request_id,
-                                                                extra.model_ms, "shadow", role, rollout_id))
-
-    if state is not None and state.live and state.shadowed:   # the other model of the rollout, not waited for
-        for arm, positions, got, fallback in answers:
-            other, role = ((candidate, CANDIDATE_ARM) if arm == CHAMPION_ARM and state.share <= 0 else
-                           (champion, CHAMPION_ARM) if arm == CANDIDATE_ARM and not fallback else (None, None))
-            if role is not None:
-                server.score_in_shadow(other, parts[arm], role,
-                                       shadow_logger(parts[arm], [entities[i] for i in positions], role))
-
-    first = next(a for a in answers)[2]
+    rows = record_answers(endpoint, served, metrics, answers, parts, entities, request_id, elapsed_ms)
+    if state is not None and state.live and state.shadowed:
+        score_in_shadow(endpoint, served, answers, parts, entities, request_id)
+    first = answers[0].answer
     response = {"request_id": request_id, "model": spec.model.registered_name,
                 "version": first.served.ref.version if first.served else "fallback", "predictions": rows}
     if state is not None:
         response["rollout"] = {"id": state.id, "strategy": state.strategy, "candidate": state.candidate,
                                "share": state.share}
     return response
+
+
+def http_error(use_case: str, request_id: str, exc: InvalidRecords | NotReady, counter) -> HTTPException:
+    """The answer to an expected refusal: 422 naming the records' problems, or 503 with Retry-After
+    (the reason logged, the server's paths kept out of the client's message); counted."""
+    counter.inc()
+    if isinstance(exc, InvalidRecords):
+        return HTTPException(422, exc.errors)
+    log.error("%s: request %s not answered: %s", use_case, request_id, exc)
+    return HTTPException(503, public(str(exc)), headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def request_records(endpoint: UseCaseEndpoint, served: Served, body: dict, metrics: dict,
+                    version: str) -> tuple[list[dict], list]:
+    """The request's checked records and the entity id of each: the records given, checked against
+    the served versions' signatures, or (entity input) the online store's features of the ids."""
+    spec, server, limits = endpoint.spec, endpoint.server, endpoint.spec.deployment.limits
+    given = checked_list(body, "entity_ids" if endpoint.by_entity else "records", limits)
+    champion, candidate = served.champion, served.candidate
+    if champion is None:
+        raise NotReady(f"{spec.name}: no model loaded yet" + (f" ({server.last_error})" if server.last_error else ""))
+    inputs = {**champion.inputs, **(candidate.inputs if candidate else {})}
+    if endpoint.by_entity:
+        return looked_up(endpoint, given, inputs, metrics, version)
+    records = check_records(given, inputs, limits.max_string_length)
+    entities = [r.get(spec.entity) for r in given]
+    bad = [i for i, e in enumerate(entities) if not valid_id(e, limits, missing_ok=True)]
+    if bad:
+        raise InvalidRecords([{"loc": ["records", bad[0], spec.entity], "type": "entity_id",
+                               "msg": f"an id is text or a whole number of 1 to {limits.max_string_length} "
+                                      f"characters"}])
+    return records, entities
+
+
+def looked_up(endpoint: UseCaseEndpoint, ids: list, inputs: dict, metrics: dict, version: str) -> tuple[list, list]:
+    """The online store's feature records of ``ids`` (404 naming the unknown ones)."""
+    spec = endpoint.spec
+    try:
+        records, unknown = lookup(endpoint.store, spec.entity, ids, list(inputs))
+    except MissingData:
+        raise NotReady(f"{spec.name}: the online store is not ready (the daily DAG writes it)") from None
+    if unknown:
+        metrics["requests"].labels(spec.name, version, "unknown_entity").inc()
+        raise HTTPException(404, {"unknown_entities": unknown[:50],
+                                  "msg": f"no features in the online store for {len(unknown)} id(s)"})
+    return records, [r.pop(spec.entity) for r in records]
+
+
+def split_by_arm(records: list[dict], arms: list[str]) -> tuple[dict[str, list[dict]], dict[str, list[int]]]:
+    """The records of each arm, and their positions in the request (no copies when the champion
+    takes them all, the common case)."""
+    picked = {arm: [i for i, a in enumerate(arms) if a == arm] for arm in (CHAMPION_ARM, CANDIDATE_ARM)}
+    if len(picked[CHAMPION_ARM]) == len(records):
+        return {CHAMPION_ARM: records, CANDIDATE_ARM: []}, picked
+    return {arm: [records[i] for i in positions] for arm, positions in picked.items()}, picked
+
+
+async def answer_by_arm(server: ModelServer, served: Served, parts: dict[str, list[dict]],
+                        picked: dict[str, list[int]]) -> list[ArmAnswer]:
+    """Each arm's answer: the champion's through its fallback chain; the candidate's, or (when it
+    fails) the champion chain's, flagged as a fallback."""
+    answers = []
+    if picked[CHAMPION_ARM]:
+        got = await server.answer(parts[CHAMPION_ARM])
+        answers.append(ArmAnswer(CHAMPION_ARM, picked[CHAMPION_ARM], got, got.error is not None))
+    if picked[CANDIDATE_ARM]:
+        got = await server.score(served.candidate, parts[CANDIDATE_ARM], "candidate")
+        failed = got.outputs is None
+        if failed:
+            instead = await server.answer(parts[CANDIDATE_ARM])
+            got = Answer(instead.served, instead.outputs, instead.model_ms, got.error)
+        answers.append(ArmAnswer(CANDIDATE_ARM, picked[CANDIDATE_ARM], got, failed))
+    return answers
+
+
+def record_answers(endpoint: UseCaseEndpoint, served: Served, metrics: dict, answers: list[ArmAnswer], parts: dict,
+                   entities: list, request_id: str, elapsed_ms: float) -> list[dict]:
+    """The response's rows, in the request's order; each arm's answer counted, timed and logged."""
+    spec, server, state = endpoint.spec, endpoint.server, served.rollout
+    rows: list[dict | None] = [None] * len(entities)
+    for part in answers:
+        answered = part.answer.served.ref.version if part.answer.served else "fallback"
+        metrics["requests"].labels(spec.name, answered, "fallback" if part.fallback else "ok").inc()
+        metrics["predictions"].labels(spec.name, answered).inc(len(part.positions))
+        metrics["latency"].labels(spec.name, answered).observe(elapsed_ms / 1000)
+        endpoint.request_log.add(log_rows(spec, server.task, part.answer, [entities[i] for i in part.positions],
+                                          parts[part.arm], request_id, elapsed_ms, "served", part.arm,
+                                          state.id if state else None, part.fallback))
+        for position, row in zip(part.positions, part.answer.outputs):
+            entity = entities[position]
+            rows[position] = {**row, spec.entity: None if entity is None else str(entity),
+                              "model_version": answered, **({"fallback": True} if part.fallback else {})}
+    return rows
+
+
+def score_in_shadow(endpoint: UseCaseEndpoint, served: Served, answers: list[ArmAnswer], parts: dict,
+                    entities: list, request_id: str) -> None:
+    """Under a shadowed rollout, the other model scores each arm's records, not waited for; its
+    answer is logged as ``shadow`` once its batch is scored."""
+    spec, server, state = endpoint.spec, endpoint.server, served.rollout
+
+    def logger(part: list[dict], ids: list, role: str):
+        return lambda extra: endpoint.request_log.add(log_rows(spec, server.task, extra, ids, part, request_id,
+                                                                extra.model_ms, "shadow", role, state.id))
+
+    for part in answers:
+        other, role = ((served.candidate, CANDIDATE_ARM) if part.arm == CHAMPION_ARM and state.share <= 0 else
+                       (served.champion, CHAMPION_ARM) if part.arm == CANDIDATE_ARM and not part.fallback else
+                       (None, None))
+        if role is not None:
+            server.score_in_shadow(other, parts[part.arm], role,
+                                   logger(parts[part.arm], [entities[i] for i in part.positions], role))
 
 
 RETRY_AFTER_S = 5

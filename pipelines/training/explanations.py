@@ -110,7 +110,6 @@ def log_explanations(spec, explanation: Explanation) -> dict:
     import mlflow
     import shap
 
-
     plt = _figures()
     data = explanation.data.copy()
     for column in data.columns:   # colours need numbers: categories as their codes

@@ -119,7 +119,6 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
     the features of their label date. Sorted by label date; sampled down to ``max_rows``."""
     from pyspark.sql import functions as F
 
-
     label = spec.label
     labels_path, features_path = lake.clean(spec.name, label.source), lake.features(spec.name)
     for path in (labels_path, features_path):
@@ -383,7 +382,6 @@ def explain_challenger(spec, model, X: pd.DataFrame, task: ModelTask) -> None:
     """SHAP plots and importances into the active run (see pipelines.training.explanations). A model SHAP
     cannot explain is still trained: the run says why it has no explanations."""
     import mlflow
-
 
     try:
         log_explanations(spec, explain(model, X, task.predict_method))

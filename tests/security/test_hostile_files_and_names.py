@@ -170,6 +170,28 @@ def test_init_refuses_a_path_as_a_name_and_writes_nothing(own_include, capsys):
     assert "lower-case letters" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("source", ["../../evil", "a/b", "..", "x" * 64, "1st", "dot.ted"])
+def test_a_source_name_that_is_a_path_is_refused_and_lands_nothing(own_include, capsys, source):
+    """A source's name names its folders in the lake: one that is a path (or could not be a folder
+    and table name) is refused by init, and by a hand-written spec, before any file is read."""
+    from pipelines.cli import main
+
+    csv = own_include / "t.csv"
+    csv.write_text(_patients(30))
+    lake = own_include / "home"
+    assert main(["init", "gapx", "--source", f"{source}={csv}", "--target", "diagnosis", "--positive",
+                 "malignant"]) == 1
+    assert not (own_include / "include" / "gapx").exists()
+    assert "a source's name is letters, digits and _" in capsys.readouterr().err
+
+    spec = yaml.safe_load((own_include / "include" / "breast_cancer" / "spec.yaml").read_text())
+    spec["sources"][source] = spec["sources"].pop("patients")
+    (own_include / "include" / "breast_cancer" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["ingest", "breast_cancer", source, str(csv), "--as-of", "2026-12-01"]) == 1
+    assert "a source's name is letters, digits and _" in capsys.readouterr().err
+    assert not [p for p in lake.rglob("*.parquet")], "nothing landed anywhere"
+
+
 def test_a_broken_spec_breaks_only_its_own_use_case(own_include, capsys):
     from pipelines.cli import main
 

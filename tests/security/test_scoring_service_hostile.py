@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines import runtime
+from pipelines.core import catalog
 from pipelines.core.lake import read_partition
 from tests.conftest import serve_in_thread, serving_headers
 
@@ -37,12 +38,12 @@ def live(lifecycle, small_spec, mlflow_server):
 
     variant = small_spec.model_copy(update={"deployment": small_spec.deployment.model_copy(update={
         "limits": small_spec.deployment.limits.model_copy(update={"model_timeout_s": 2.0})})})
-    real = runtime.spec
-    runtime.spec = lambda uc: variant if uc == UC else real(uc)
+    real = catalog.spec   # where the service reads specs
+    catalog.spec = lambda uc: variant if uc == UC else real(uc)
     try:
         app = create_app(UC, poll_s=60)
     finally:
-        runtime.spec = real
+        catalog.spec = real
     server, thread, url = serve_in_thread(app)
     day = max(lifecycle["scored"])
     yield {"url": url, "app": app, "records": _records(small_spec, day), "day": day}
@@ -143,15 +144,15 @@ def test_no_server_path_in_any_answer(live, small_spec, tmp_path):
 
     variant = small_spec.model_copy(update={"deployment": small_spec.deployment.model_copy(
         update={"input": ServingInput.ENTITY})})
-    real = runtime.spec
-    runtime.spec = lambda uc: variant if uc == UC else real(uc)
+    real = catalog.spec   # where the service reads specs
+    catalog.spec = lambda uc: variant if uc == UC else real(uc)
     os.environ["MLOPS_ONLINE_STORE"] = str(tmp_path / "no-store-here")
     try:
         with TestClient(create_app(UC, poll_s=60), headers=serving_headers()) as client:
             answer = client.post(f"/v1/{UC}/predict", json={"entity_ids": ["c1"]})
             many = client.post(f"/v1/{UC}/predict", json={"entity_ids": [str(i) for i in range(300_000)]})
     finally:
-        runtime.spec = real
+        catalog.spec = real
         os.environ.pop("MLOPS_ONLINE_STORE")
     assert answer.status_code == 503 and str(tmp_path) not in answer.text and "/" not in answer.json()["detail"]
     assert many.status_code in (413, 422)

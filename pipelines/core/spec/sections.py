@@ -51,8 +51,6 @@ class SourceSpec(_Section):
                                                  # it would replace is quarantined (the clean one is kept)
     csv: CsvFormat = CsvFormat()     # delimiter, encoding and missing-value texts of its CSV files
     row_id: str | None = None        # an int column ingest adds: each row's number in its file (from 1), for a
-
-
                                      # table with no id column of its own
 
 
@@ -328,8 +326,6 @@ class ServingLimits(_Section):
     max_records: int = Field(1_000, ge=1)        # records (or entity ids) per request
     max_string_length: int = Field(1_000, ge=1)  # characters of a text value or an entity id
     model_timeout_s: float = Field(5.0, gt=0)    # a model process silent this long is replaced; meanwhile
-
-
                                                  # /readyz is not ready and requests get 503 at once
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import re
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
@@ -91,110 +92,19 @@ class UseCaseSpec(_Section):
 
 
 # ----------------------------------------------------------------- cross-checks
+TIMES = {ColumnType.TIMESTAMP, ColumnType.DATE}
+SOURCE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
+NUMBERS = {ColumnType.INT, ColumnType.DOUBLE, ColumnType.BOOL}
+
+
 def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
-    """Problems that tie parts of a spec together: references, the target, the task."""
-    problems: list[tuple[str, str]] = []
-
-    def source_columns(key: str, name: str) -> dict[str, ColumnType] | None:
-        if name not in spec.sources:
-            close = difflib.get_close_matches(name, list(spec.sources), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else f"; sources are {sorted(spec.sources)}"
-            problems.append((key, f"no source named {name!r}{hint}"))
-            return None
-        return spec.sources[name].columns
-
-    def column(key: str, source: str, name: str | None, types_: set[ColumnType] | None = None) -> None:
-        cols = source_columns(key, source) if source in spec.sources else None
-        if cols is None or name is None:
-            return
-        if name not in cols:
-            close = difflib.get_close_matches(name, list(cols), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            problems.append((key, f"column {name!r} is not a column of source {source}{hint}"))
-        elif types_ and cols[name] not in types_:
-            problems.append((key, f"column {name!r} of source {source} is {cols[name].value}; "
-                                  f"expected {' or '.join(sorted(t.value for t in types_))}"))
-
-    times = {ColumnType.TIMESTAMP, ColumnType.DATE}
-    numbers = {ColumnType.INT, ColumnType.DOUBLE, ColumnType.BOOL}
-    for name, src in spec.sources.items():
-        for i, k in enumerate(src.key):
-            column(f"sources.{name}.key[{i}]", name, k)
-        column(f"sources.{name}.row_id", name, src.row_id, {ColumnType.INT})
-        for key in ("timestamp", "partition_by"):
-            if src.kind is SourceKind.EVENTS and getattr(src, key) is None:
-                problems.append((f"sources.{name}.{key}", "required for an events source (or declare kind: snapshot)"))
-            column(f"sources.{name}.{key}", name, getattr(src, key), times)
-
-    source_columns("features.population", spec.features.population)
-    column("features.population", spec.features.population, spec.entity)
-    for i, group in enumerate(spec.features.groups):
-        where = f"features.groups[{i}]"
-        if source_columns(f"{where}.source", group.source) is None:
-            continue
-        column(f"{where}.source", group.source, spec.entity)
-        if isinstance(group, WindowAggregatesGroup):
-            for j, agg in enumerate(group.aggregates):
-                if agg.fn in {AggregateFn.SUM, AggregateFn.AVG} :
-                    if agg.column is None:
-                        problems.append((f"{where}.aggregates[{j}].column", f"{agg.fn.value} needs a column"))
-                    column(f"{where}.aggregates[{j}].column", group.source, agg.column, numbers)
-                elif agg.fn in {AggregateFn.COUNT_DISTINCT, AggregateFn.SHARE}:
-                    if agg.column is None:
-                        problems.append((f"{where}.aggregates[{j}].column", f"{agg.fn.value} needs a column"))
-                    column(f"{where}.aggregates[{j}].column", group.source, agg.column)
-                    if agg.fn is AggregateFn.SHARE and agg.value is None:
-                        problems.append((f"{where}.aggregates[{j}].value", "share needs the value whose share it is"))
-        elif isinstance(group, AttributesGroup):
-            for j, col in enumerate(group.columns):
-                column(f"{where}.columns[{j}]", group.source, col)
-            for name, ts in group.days_since.items():
-                column(f"{where}.days_since.{name}", group.source, ts, times)
-
-    names = spec.feature_names()
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(("features", f"feature {name!r} is produced twice"))
-    for reserved, what in ((spec.label.target, "the label's target"), (spec.entity, "the entity key")):
-        if reserved in names:
-            problems.append(("features", f"{reserved!r} is {what}; it cannot also be a feature"))
-
-    label = spec.label
-    if source_columns("label.source", label.source) is not None:
-        column("label.date_column", label.source, label.date_column, times)
-        if label.date_column is None and spec.sources[label.source].kind is SourceKind.EVENTS:
-            problems.append(("label.date_column", "required when labels come from an events source"))
-        column("label.target", label.source, label.target)
-        column("label.source", label.source, spec.entity)
-        target_type = spec.sources[label.source].columns.get(label.target)
-        if label.positive is not None and label.values is not None:
-            problems.append(("label.positive", "give either positive or values, not both"))
-        task = spec.model.task
-        if task is TaskType.BINARY:
-            if label.values is not None and set(label.values.values()) - {0, 1}:
-                problems.append(("label.values", "a binary task maps every value to 0 or 1"))
-            if label.positive is None and label.values is None and target_type is ColumnType.STRING:
-                problems.append(("label.target", f"column {label.target!r} holds text; name the positive class "
-                                                 f"with label.positive (or map values with label.values)"))
-        elif task is TaskType.MULTICLASS:
-            if label.positive is not None:
-                problems.append(("label.positive", "a multiclass task has no positive class; map every value "
-                                                   "to a class with label.values"))
-            elif label.values is None:
-                problems.append(("label.values", "a multiclass task maps each value of the target to a class "
-                                                 "0, 1, 2, ... (label.values)"))
-            else:
-                classes = sorted(set(label.values.values()))
-                if len(classes) < 3 or classes != list(range(len(classes))):
-                    problems.append(("label.values", f"a multiclass task needs classes 0, 1, 2, ... (at least "
-                                                     f"three), got {classes}"))
-        else:
-            for key in ("positive", "values"):
-                if getattr(label, key) is not None:
-                    problems.append((f"label.{key}", "a regression predicts the target's value; it has no classes"))
-            if target_type is not None and target_type not in {ColumnType.INT, ColumnType.DOUBLE}:
-                problems.append(("label.target", f"column {label.target!r} is {target_type.value}; "
-                                                 f"a regression needs an int or double target"))
-
+    """Problems that tie parts of a spec together: references, the target, the task; in the order
+    of the spec's sections."""
+    refs = _References(spec)
+    _check_sources(spec, refs)
+    _check_features(spec, refs)
+    _check_label(spec, refs)
+    problems = refs.problems
     metric = spec.promotion.metric
     if spec.model.task not in metric.tasks:
         fits = sorted(m.value for m in Metric if spec.model.task in m.tasks)
@@ -211,6 +121,136 @@ def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
     for key, value in (("training.schedule", spec.training.schedule), ("scoring.schedule", spec.scoring.schedule)):
         if value is not None and not _valid_schedule(value):
             problems.append((key, f"{value!r} is neither a cron expression nor a preset like @daily"))
+    return problems
+
+
+class _References:
+    """Checks that a spec's references to sources and their columns hold; collects the problems."""
+
+    def __init__(self, spec: UseCaseSpec):
+        self.spec, self.problems = spec, []
+
+    def source_columns(self, key: str, name: str) -> dict[str, ColumnType] | None:
+        """The columns of source ``name``; None (and a problem at ``key``) if there is no such source."""
+        sources = self.spec.sources
+        if name not in sources:
+            close = difflib.get_close_matches(name, list(sources), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f"; sources are {sorted(sources)}"
+            self.problems.append((key, f"no source named {name!r}{hint}"))
+            return None
+        return sources[name].columns
+
+    def column(self, key: str, source: str, name: str | None, types_: set[ColumnType] | None = None) -> None:
+        """Column ``name`` is one of ``source``'s (of one of ``types_``); silent when either is unset."""
+        cols = self.source_columns(key, source) if source in self.spec.sources else None
+        if cols is None or name is None:
+            return
+        if name not in cols:
+            close = difflib.get_close_matches(name, list(cols), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            self.problems.append((key, f"column {name!r} is not a column of source {source}{hint}"))
+        elif types_ and cols[name] not in types_:
+            self.problems.append((key, f"column {name!r} of source {source} is {cols[name].value}; "
+                                       f"expected {' or '.join(sorted(t.value for t in types_))}"))
+
+
+def _check_sources(spec: UseCaseSpec, refs: _References) -> None:
+    for name, src in spec.sources.items():
+        if not SOURCE_NAME.fullmatch(name):
+            refs.problems.append((f"sources.{name[:40]!r}", "a source's name is letters, digits and _, starting with "
+                                                            "a letter, at most 63 (it names folders and tables)"))
+            continue
+        for i, k in enumerate(src.key):
+            refs.column(f"sources.{name}.key[{i}]", name, k)
+        refs.column(f"sources.{name}.row_id", name, src.row_id, {ColumnType.INT})
+        for key in ("timestamp", "partition_by"):
+            if src.kind is SourceKind.EVENTS and getattr(src, key) is None:
+                refs.problems.append((f"sources.{name}.{key}", "required for an events source (or declare kind: "
+                                                               "snapshot)"))
+            refs.column(f"sources.{name}.{key}", name, getattr(src, key), TIMES)
+
+
+def _check_features(spec: UseCaseSpec, refs: _References) -> None:
+    problems = refs.problems
+    refs.source_columns("features.population", spec.features.population)
+    refs.column("features.population", spec.features.population, spec.entity)
+    for i, group in enumerate(spec.features.groups):
+        where = f"features.groups[{i}]"
+        if refs.source_columns(f"{where}.source", group.source) is None:
+            continue
+        refs.column(f"{where}.source", group.source, spec.entity)
+        if isinstance(group, WindowAggregatesGroup):
+            for j, agg in enumerate(group.aggregates):
+                _check_aggregate(refs, f"{where}.aggregates[{j}]", group.source, agg)
+        elif isinstance(group, AttributesGroup):
+            for j, col in enumerate(group.columns):
+                refs.column(f"{where}.columns[{j}]", group.source, col)
+            for name, ts in group.days_since.items():
+                refs.column(f"{where}.days_since.{name}", group.source, ts, TIMES)
+    names = spec.feature_names()
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(("features", f"feature {name!r} is produced twice"))
+    for reserved, what in ((spec.label.target, "the label's target"), (spec.entity, "the entity key")):
+        if reserved in names:
+            problems.append(("features", f"{reserved!r} is {what}; it cannot also be a feature"))
+
+
+def _check_aggregate(refs: _References, where: str, source: str, agg) -> None:
+    if agg.fn in {AggregateFn.SUM, AggregateFn.AVG}:
+        if agg.column is None:
+            refs.problems.append((f"{where}.column", f"{agg.fn.value} needs a column"))
+        refs.column(f"{where}.column", source, agg.column, NUMBERS)
+    elif agg.fn in {AggregateFn.COUNT_DISTINCT, AggregateFn.SHARE}:
+        if agg.column is None:
+            refs.problems.append((f"{where}.column", f"{agg.fn.value} needs a column"))
+        refs.column(f"{where}.column", source, agg.column)
+        if agg.fn is AggregateFn.SHARE and agg.value is None:
+            refs.problems.append((f"{where}.value", "share needs the value whose share it is"))
+
+
+def _check_label(spec: UseCaseSpec, refs: _References) -> None:
+    label, problems = spec.label, refs.problems
+    if refs.source_columns("label.source", label.source) is None:
+        return
+    refs.column("label.date_column", label.source, label.date_column, TIMES)
+    if label.date_column is None and spec.sources[label.source].kind is SourceKind.EVENTS:
+        problems.append(("label.date_column", "required when labels come from an events source"))
+    refs.column("label.target", label.source, label.target)
+    refs.column("label.source", label.source, spec.entity)
+    if label.positive is not None and label.values is not None:
+        problems.append(("label.positive", "give either positive or values, not both"))
+    problems += _label_fits_task(label, spec.model.task, spec.sources[label.source].columns.get(label.target))
+
+
+def _label_fits_task(label, task: TaskType, target_type: ColumnType | None) -> list[tuple[str, str]]:
+    """The label's classes suit the task: 0/1 for a binary one, 0, 1, 2, ... for a multiclass one,
+    none for a regression (whose target is a number)."""
+    problems = []
+    if task is TaskType.BINARY:
+        if label.values is not None and set(label.values.values()) - {0, 1}:
+            problems.append(("label.values", "a binary task maps every value to 0 or 1"))
+        if label.positive is None and label.values is None and target_type is ColumnType.STRING:
+            problems.append(("label.target", f"column {label.target!r} holds text; name the positive class "
+                                             f"with label.positive (or map values with label.values)"))
+    elif task is TaskType.MULTICLASS:
+        if label.positive is not None:
+            problems.append(("label.positive", "a multiclass task has no positive class; map every value "
+                                               "to a class with label.values"))
+        elif label.values is None:
+            problems.append(("label.values", "a multiclass task maps each value of the target to a class "
+                                             "0, 1, 2, ... (label.values)"))
+        else:
+            classes = sorted(set(label.values.values()))
+            if len(classes) < 3 or classes != list(range(len(classes))):
+                problems.append(("label.values", f"a multiclass task needs classes 0, 1, 2, ... (at least "
+                                                 f"three), got {classes}"))
+    else:
+        for key in ("positive", "values"):
+            if getattr(label, key) is not None:
+                problems.append((f"label.{key}", "a regression predicts the target's value; it has no classes"))
+        if target_type is not None and target_type not in {ColumnType.INT, ColumnType.DOUBLE}:
+            problems.append(("label.target", f"column {label.target!r} is {target_type.value}; "
+                                             f"a regression needs an int or double target"))
     return problems
 
 
