@@ -133,7 +133,7 @@ def read_file(path: Path, fmt: CsvFormat | None = None) -> pd.DataFrame:
     return frame
 
 
-_TRUE, _FALSE = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
+TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}   # a bool, however written
 
 
 def cast_column(values: pd.Series, kind: ColumnType) -> pd.Series:
@@ -150,7 +150,7 @@ def cast_column(values: pd.Series, kind: ColumnType) -> pd.Series:
         if pd.api.types.is_bool_dtype(values):
             return values
         text = values.astype(str).str.strip().str.lower()
-        return pd.Series([True if t in _TRUE else False if t in _FALSE else pd.NA for t in text],
+        return pd.Series([True if t in TRUE_WORDS else False if t in FALSE_WORDS else pd.NA for t in text],
                          index=values.index, dtype="boolean").where(values.notna())
     stamps = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
     stamps = stamps.dt.tz_convert(None)

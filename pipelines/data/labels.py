@@ -12,6 +12,7 @@ import pandas as pd
 
 from pipelines.core.lake import list_partitions, read_partition
 from pipelines.core.spec import LabelSpec, TaskType
+from pipelines.data.ingest import FALSE_WORDS, TRUE_WORDS
 
 
 def _text(value) -> str:
@@ -19,14 +20,13 @@ def _text(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-_TRUE_WORDS, _FALSE_WORDS = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
 
 
 def _positive_text(positive, boolean: bool) -> str:
     """The positive class as text; for a yes/no (bool) target in any spelling (Yes, y, True, 1)."""
     word = _text(positive).strip().lower()
-    if boolean and word in _TRUE_WORDS | _FALSE_WORDS:
-        return "true" if word in _TRUE_WORDS else "false"
+    if boolean and word in TRUE_WORDS | FALSE_WORDS:
+        return "true" if word in TRUE_WORDS else "false"
     return _text(positive)
 
 

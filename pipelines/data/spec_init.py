@@ -22,7 +22,8 @@ import yaml
 
 from pipelines.core.errors import Refusal
 from pipelines.core.spec import USE_CASE_NAME, ColumnType, CsvFormat, TaskType, check_spec
-from pipelines.data.ingest import _FALSE, _TRUE, NA_LIKE, SAMPLE_BYTES, cast_column, expand, read_file, sniff_delimiter
+from pipelines.data.ingest import (FALSE_WORDS, NA_LIKE, SAMPLE_BYTES, TRUE_WORDS, cast_column, expand, read_file,
+                                   sniff_delimiter)
 
 MAX_CATEGORIES = 20          # a text column with at most this many values gets a value set
 MAX_TEXT_LEVELS = 100        # a text column with more distinct values is free text, not a feature
@@ -191,10 +192,10 @@ def binary_positive(target: str, labels: ColumnProfile, positive: str | None):
         if positive is None:
             return True
         word = str(positive).strip().lower()
-        if word not in _TRUE | _FALSE:
+        if word not in TRUE_WORDS | FALSE_WORDS:
             raise InitError(f"--positive {positive}: not a value of {target} (it holds yes/no values: "
                             f"{', '.join(map(str, values))})")
-        return word in _TRUE
+        return word in TRUE_WORDS
     spelled = {str(v).strip().lower(): v for v in values}
     if positive is not None:
         match = spelled.get(str(positive).strip().lower())

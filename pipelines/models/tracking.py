@@ -146,7 +146,15 @@ def code_version_tags() -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "code_version": commit + ("+dirty" if dirty else "")}
 
 
-def _figures():
+TAG_LIMIT = 4900   # characters of a tag value MLflow keeps (its limit is 5000 bytes' worth, with room)
+
+
+def tag_text(value) -> str:
+    """A value as a tag's text, cut to what MLflow keeps."""
+    return str(value)[:TAG_LIMIT]
+
+
+def figures():
     """pyplot on a headless backend."""
     import matplotlib
 
@@ -160,14 +168,14 @@ def _log_figure(fig, name: str) -> None:
     import mlflow
 
     mlflow.log_figure(fig, f"plots/{name}")
-    _figures().close(fig)
+    figures().close(fig)
 
 
 def log_classifier_plots(y_true, scores, threshold: float) -> None:
     """ROC curve, precision-recall curve and confusion matrix as figures of the active run."""
     from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
-    plt = _figures()
+    plt = figures()
     if len(set(y_true)) < 2:
         log.warning("holdout has a single class: no ROC or PR curve")
     else:
@@ -182,7 +190,7 @@ def log_confusion_matrix(y_true, predicted, labels: list, title: str) -> None:
     """The confusion matrix of predicted classes, as a figure of the active run."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig, ax = _figures().subplots(figsize=(4 + 0.4 * len(labels), 4 + 0.4 * len(labels)))
+    fig, ax = figures().subplots(figsize=(4 + 0.4 * len(labels), 4 + 0.4 * len(labels)))
     ConfusionMatrixDisplay.from_predictions(y_true, predicted, labels=labels, ax=ax, colorbar=False)
     ax.set_title(title)
     _log_figure(fig, "confusion_matrix.png")
@@ -193,7 +201,7 @@ def log_regression_plots(y_true, predicted) -> None:
     from sklearn.metrics import PredictionErrorDisplay
 
     for name, kind in (("predicted_vs_actual.png", "actual_vs_predicted"), ("residuals.png", "residual_vs_predicted")):
-        fig, ax = _figures().subplots(figsize=(5, 4))
+        fig, ax = figures().subplots(figsize=(5, 4))
         PredictionErrorDisplay.from_predictions(y_true, predicted, kind=kind, ax=ax,
                                                 subsample=min(len(y_true), 2000), random_state=0)
         ax.set_title(f"holdout, {len(y_true)} rows")

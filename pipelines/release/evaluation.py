@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from dataclasses import dataclass
 
 from pipelines.core.config import settings
 from pipelines.core.lake import Lake, read_partition, replace_partition
@@ -42,28 +43,44 @@ def gate_checks(spec) -> list:
     return [primary, *promotion.checks]
 
 
+@dataclass(frozen=True)
+class CheckInputs:
+    """What a gate check may look at: the spec, the task, the holdout and both models."""
+
+    spec: object
+    task: ModelTask
+    holdout: object       # gate.Holdout
+    challenger: object    # tracking.ModelRef
+    champion: object      # tracking.ModelRef or None
+
+
+def _schema_verdict(check, given: CheckInputs):
+    """The challenger's signature against the champion's (or, with no champion, the spec's features)."""
+    expected, against = gate.expected_inputs(feature_columns(given.spec)), "the spec's features"
+    if given.champion is not None:
+        expected = signature_inputs(given.champion.uri) or expected
+        against = f"champion v{given.champion.version}"
+    return gate.schema_check(check, signature_inputs(given.challenger.uri), expected, against)
+
+
+CHECKS = {   # a check's kind -> its verdict from the check and the inputs
+    CheckKind.METRIC: lambda check, g: gate.metric_check(check, g.task, g.holdout),
+    CheckKind.SLICES: lambda check, g: gate.slices_check(check, g.task, g.holdout, g.spec.promotion.metric),
+    CheckKind.FAIRNESS: lambda check, g: gate.fairness_check(check, g.task, g.holdout, g.spec.promotion.metric),
+    CheckKind.CALIBRATION: lambda check, g: gate.calibration_check(check, g.task, g.holdout),
+    CheckKind.LATENCY: lambda check, g: gate.latency_check(check, gate.measure_latency(g.challenger.uri, g.holdout.X,
+                                                                                       check)),
+    CheckKind.SCHEMA: _schema_verdict,
+}
+
+
 def run_checks(spec, task: ModelTask, holdout, challenger_ref, champion_ref) -> list:
     """Every check's verdict. A check that raises is a failed verdict naming the error: it never passes."""
-
+    given = CheckInputs(spec, task, holdout, challenger_ref, champion_ref)
     verdicts = []
     for check in gate_checks(spec):
         try:
-            if gate.is_kind(check, CheckKind.METRIC):
-                result = gate.metric_check(check, task, holdout)
-            elif gate.is_kind(check, CheckKind.SLICES):
-                result = gate.slices_check(check, task, holdout, spec.promotion.metric)
-            elif gate.is_kind(check, CheckKind.FAIRNESS):
-                result = gate.fairness_check(check, task, holdout, spec.promotion.metric)
-            elif gate.is_kind(check, CheckKind.CALIBRATION):
-                result = gate.calibration_check(check, task, holdout)
-            elif gate.is_kind(check, CheckKind.LATENCY):
-                result = gate.latency_check(check, gate.measure_latency(challenger_ref.uri, holdout.X, check))
-            else:
-                expected, against = gate.expected_inputs(feature_columns(spec)), "the spec's features"
-                if champion_ref is not None:
-                    expected = signature_inputs(champion_ref.uri) or expected
-                    against = f"champion v{champion_ref.version}"
-                result = gate.schema_check(check, signature_inputs(challenger_ref.uri), expected, against)
+            result = CHECKS[CheckKind(gate.kind_of(check))](check, given)
         except Exception as exc:   # noqa: BLE001 - any failure to compute is a failed check, with its reason
             log.exception("%s: check %s could not be computed", spec.name, check.name)
             row = gate.CheckResult(check.name, check.kind.value, check.mode.value, "overall", gate.FAILED,
@@ -137,7 +154,7 @@ def evaluate_challenger(spark, spec, lake: Lake, challenger: dict, as_of: dt.dat
             **{f"gate.check.{v.name}": ("passed" if v.passed else ("failed" if v.enforced else "warned"))
                for v in verdicts}}
     for key, value in tags.items():
-        c.set_model_version_tag(name, challenger_ref.version, key, value[:4900])
+        c.set_model_version_tag(name, challenger_ref.version, key, tracking.tag_text(value))
     # the gate's results beside the training run's own artifacts
     mlflow.log_table(pd.DataFrame(gate.result_rows(verdicts)), "gate/checks.json", run_id=challenger_ref.run_id)
     model_card.log_calibration_plot(task, y, holdout, challenger_ref)
@@ -202,7 +219,7 @@ def promote_if_better(spec, evaluation: dict, review: Review | None = None) -> d
     }
     c = tracking.client()
     for key, value in tags.items():
-        c.set_model_version_tag(name, challenger_ref.version, key, str(value)[:4900])
+        c.set_model_version_tag(name, challenger_ref.version, key, tracking.tag_text(value))
     card = model_card.publish(spec, challenger_ref, evaluation, decision=(outcome, reason, review))
     if outcome == "conflict":
         raise PromotionConflict(reason)

@@ -84,7 +84,7 @@ class Holdout:
 # ----------------------------------------------------------------- the verdict of a check
 def verdict(check, results: list[CheckResult]) -> CheckVerdict:
     """A check passes when it judged something and nothing it judged failed."""
-    kind, mode = _kind(check), _mode(check)
+    kind, mode = kind_of(check), _mode(check)
     failed = [r for r in results if r.status == FAILED]
     judged = [r for r in results if r.status in (PASSED, FAILED)]
     if failed:
@@ -111,7 +111,7 @@ def decide_gate(verdicts: list[CheckVerdict]) -> GateDecision:
     return GateDecision(not failing, reason, [v.name for v in failing], [v.name for v in warned])
 
 
-def _kind(check) -> str:
+def kind_of(check) -> str:
     return check.kind.value if hasattr(check.kind, "value") else str(check.kind)
 
 
@@ -142,7 +142,7 @@ def metric_check(check: MetricCheck, task, holdout: Holdout) -> CheckVerdict:
     reason = decision.reason
     if holdout.champion_version is not None and not compare:   # judged on its own, not as a first model
         reason = reason.removeprefix("first model: ")
-    row = CheckResult(check.name, _kind(check), _mode(check), metric.value, PASSED if decision.promote else FAILED,
+    row = CheckResult(check.name, kind_of(check), _mode(check), metric.value, PASSED if decision.promote else FAILED,
                       value if _finite(value) else None, check.floor, champion if _finite(champion) else None,
                       len(holdout.y), reason)
     return verdict(check, [row])
@@ -158,7 +158,7 @@ def slices_check(check: SlicesCheck, task, holdout: Holdout, default_metric) -> 
     metric = check.metric or default_metric
     sign = 1.0 if metric.higher_is_better else -1.0
     results: list[CheckResult] = []
-    row = lambda subject, status, detail, **kw: CheckResult(check.name, _kind(check), _mode(check),  # noqa: E731
+    row = lambda subject, status, detail, **kw: CheckResult(check.name, kind_of(check), _mode(check),  # noqa: E731
                                                             subject, status, detail=detail, **kw)
     for column in check.columns:
         if column not in holdout.X.columns:
@@ -205,7 +205,7 @@ def fairness_check(check: FairnessCheck, task, holdout: Holdout, default_metric)
     from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
 
     results: list[CheckResult] = []
-    row = lambda subject, status, detail, **kw: CheckResult(check.name, _kind(check), _mode(check),  # noqa: E731
+    row = lambda subject, status, detail, **kw: CheckResult(check.name, kind_of(check), _mode(check),  # noqa: E731
                                                             subject, status, detail=detail, **kw)
     measure = check.measure
     metric = check.metric or default_metric
@@ -303,7 +303,7 @@ def calibration_check(check: CalibrationCheck, task, holdout: Holdout) -> CheckV
         ok = _finite(value) and value <= ceiling
         detail = (f"{subject} {_fmt(value)} (at most {ceiling:.4f})" if _finite(value)
                   else f"{subject} cannot be computed (NaN on {len(holdout.y)} rows)")
-        results.append(CheckResult(check.name, _kind(check), _mode(check), subject, PASSED if ok else FAILED,
+        results.append(CheckResult(check.name, kind_of(check), _mode(check), subject, PASSED if ok else FAILED,
                                    value if _finite(value) else None, ceiling,
                                    champion.get(subject) if _finite(champion.get(subject)) else None,
                                    len(holdout.y), detail))
@@ -367,15 +367,15 @@ def latency_check(check: LatencyCheck, measured: Latency) -> CheckVerdict:
                                    (f"batch_{measured.batch_rows}_p99_ms", measured.batch_p99_ms, check.batch_p99_ms),
                                    ("size_mb", measured.size_mb, check.max_size_mb)):
         ok = _finite(value) and value <= budget
-        results.append(CheckResult(check.name, _kind(check), _mode(check), subject, PASSED if ok else FAILED,
+        results.append(CheckResult(check.name, kind_of(check), _mode(check), subject, PASSED if ok else FAILED,
                                    value if _finite(value) else None, budget, None, None,
                                    f"{subject} {_fmt(value)} (budget {budget:g})"))
     for subject, value in (("single_row_p50_ms", measured.single_p50_ms),
                            (f"batch_{measured.batch_rows}_p50_ms", measured.batch_p50_ms)):
-        results.append(CheckResult(check.name, _kind(check), _mode(check), subject, INFO, value, None, None, None,
+        results.append(CheckResult(check.name, kind_of(check), _mode(check), subject, INFO, value, None, None, None,
                                    f"{subject} {_fmt(value)}"))
     if measured.single_p99_rounds_ms:
-        results.append(CheckResult(check.name, _kind(check), _mode(check), "p99_ms_of_each_round", INFO, None, None,
+        results.append(CheckResult(check.name, kind_of(check), _mode(check), "p99_ms_of_each_round", INFO, None, None,
                                    None, None, f"single-row p99 per round {list(measured.single_p99_rounds_ms)}, "
                                                f"batch p99 per round {list(measured.batch_p99_rounds_ms)}; "
                                                f"the best round counts"))
@@ -397,7 +397,7 @@ def schema_check(check: SchemaCheck, challenger: dict[str, str] | None, expected
     """The challenger's signature inputs (name -> MLflow type) against what inference sends
     (``expected``: the champion's inputs, or the spec's features with ``number`` for any numeric type)."""
     def row(status, detail):
-        return CheckResult(check.name, _kind(check), _mode(check), "inputs", status, None, None, None,
+        return CheckResult(check.name, kind_of(check), _mode(check), "inputs", status, None, None, None,
                            len(expected), detail)
 
     if challenger is None:
@@ -427,4 +427,4 @@ def result_rows(verdicts: list[CheckVerdict]) -> list[dict]:
 
 
 def is_kind(check, kind: CheckKind) -> bool:
-    return _kind(check) == kind.value
+    return kind_of(check) == kind.value

@@ -169,6 +169,6 @@ def load_test(spec, lake, version: str) -> tuple[LoadResult, bool, str]:
     for key, value in {"gate.load_test.decision": "passed" if passed else "failed", "gate.load_test.reason": reason,
                        "gate.load_test.rps": f"{result.rps:.1f}", "gate.load_test.p99_ms": f"{result.p99_ms:.0f}",
                        "gate.load_test.error_rate": f"{result.error_rate:.4f}"}.items():
-        c.set_model_version_tag(name, version, key, value[:4900])
+        c.set_model_version_tag(name, version, key, tracking.tag_text(value))
     log.info("%s: load test of v%s %s: %s", spec.name, version, "passed" if passed else "FAILED", reason)
     return result, passed, reason

@@ -202,8 +202,8 @@ def publish(spec, ref, evaluation: dict, decision: tuple | None) -> Path:
     c.log_artifact(ref.run_id, str(folder / "model_card.md"), CARD_ARTIFACTS)
     c.log_artifact(ref.run_id, str(html), CARD_ARTIFACTS)
     line = decision_line(evaluation, decision).replace("**", "")
-    c.update_model_version(ref.name, ref.version, description=(
-        f"Model card: {html} (and artifact {CARD_ARTIFACTS}/model_card.html of run {ref.run_id}).\n\n{line}")[:4900])
+    c.update_model_version(ref.name, ref.version, description=tracking.tag_text(
+        f"Model card: {html} (and artifact {CARD_ARTIFACTS}/model_card.html of run {ref.run_id}).\n\n{line}"))
     log.info("%s: model card of v%s: %s", spec.name, ref.version, html)
     return html
 
@@ -235,7 +235,7 @@ def log_calibration_plot(task, y, holdout, ref) -> None:
 
     if task.kind is TaskType.REGRESSION or len(y) == 0:
         return
-    plt = tracking._figures()
+    plt = tracking.figures()
     fig, ax = plt.subplots(figsize=(5, 5))
     for label, outputs in (("challenger", holdout.challenger), (f"champion v{holdout.champion_version}", holdout.champion)):
         if outputs is None:

@@ -242,7 +242,7 @@ def _end(spec, lake, state: RolloutState, phase: str, reason: str, by: str, stat
     new = _write(spec, replace(state, phase=phase, share=0.0 if phase != COMPLETED else 1.0, reason=reason), state)
     c = tracking.client()
     c.set_model_version_tag(spec.model.registered_name, state.candidate, "rollout.decision", phase)
-    c.set_model_version_tag(spec.model.registered_name, state.candidate, "rollout.reason", reason[:4900])
+    c.set_model_version_tag(spec.model.registered_name, state.candidate, "rollout.reason", tracking.tag_text(reason))
     record(spec, lake, new, phase, reason, by, stats)
     if phase == ROLLED_BACK:
         log.warning("%s: ROLLBACK of v%s to 0%% (champion v%s keeps all traffic): %s", spec.name, state.candidate,

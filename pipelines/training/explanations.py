@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.features.slices import groups_of
-from pipelines.models.tracking import _figures
+from pipelines.models.tracking import figures
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def log_explanations(spec, explanation: Explanation) -> dict:
     import mlflow
     import shap
 
-    plt = _figures()
+    plt = figures()
     data = explanation.data.copy()
     for column in data.columns:   # colours need numbers: categories as their codes
         if not pd.api.types.is_numeric_dtype(data[column]):
