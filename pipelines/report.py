@@ -54,6 +54,25 @@ def summarize(spec, lake: Lake | None = None) -> str:
     lake = lake or Lake(cfg.lake)
     name = spec.name
     lines = [f"== {name}: lifecycle summary =="]
+    lines += _versions(spec)
+    lines += _tables(spec, lake)
+    lines += [
+        "Where to look:",
+        f"  inference table   {lake.inference(name)}  (Parquet, partitioned by ds)",
+        f"  features          {lake.features(name)}",
+        f"  monitoring tables {lake.root / 'monitoring' / name}  (drift_summary, drift_columns, performance)",
+        f"  quarantine        {lake.root / 'quarantine' / name}",
+        f"  drift reports     {cfg.reports / name / 'drift'}  (Evidently HTML, also in MLflow)",
+        f"  model cards       {cfg.reports / name / 'model_cards'}/v<version>/model_card.html  (also in MLflow)",
+        f"  gate results      {lake.monitoring(name, 'promotion_checks')}  (every check of every evaluation)",
+        f"  MLflow            {cfg.mlflow_tracking_uri}",
+    ]
+    return "\n".join(lines)
+
+
+def _versions(spec) -> list[str]:
+    """Every version of the registered model: how it was trained, the gate, the decision, rollouts."""
+    lines = []
     lines.append("Model versions (registry '%s'):" % spec.model.registered_name)
     history = champion_history(spec)
     if not history:
@@ -77,6 +96,12 @@ def summarize(spec, lake: Lake | None = None) -> str:
             lines.append(f"      rolled back {row['rolled_back']}")
         if row["rollback"]:
             lines.append(f"      {row['rollback']}")
+    return lines
+
+
+def _tables(spec, lake: Lake) -> list[str]:
+    """Drift, retraining requests, live performance, partitions and the inference table, a line each."""
+    name, lines = spec.name, []
     drift = read_table(lake.monitoring(name, DRIFT_SUMMARY))
     if len(drift):
         drifted = drift[drift["dataset_drift"].astype(bool)]["ds"].tolist()
@@ -104,15 +129,4 @@ def summarize(spec, lake: Lake | None = None) -> str:
         per_version = inference.groupby("model_version").size().to_dict()
         lines.append(f"Inference table: {len(inference)} rows over {inference['ds'].nunique()} days; "
                      f"rows by model version {per_version}")
-    lines += [
-        "Where to look:",
-        f"  inference table   {lake.inference(name)}  (Parquet, partitioned by ds)",
-        f"  features          {lake.features(name)}",
-        f"  monitoring tables {lake.root / 'monitoring' / name}  (drift_summary, drift_columns, performance)",
-        f"  quarantine        {lake.root / 'quarantine' / name}",
-        f"  drift reports     {cfg.reports / name / 'drift'}  (Evidently HTML, also in MLflow)",
-        f"  model cards       {cfg.reports / name / 'model_cards'}/v<version>/model_card.html  (also in MLflow)",
-        f"  gate results      {lake.monitoring(name, 'promotion_checks')}  (every check of every evaluation)",
-        f"  MLflow            {cfg.mlflow_tracking_uri}",
-    ]
-    return "\n".join(lines)
+    return lines

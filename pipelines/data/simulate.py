@@ -112,9 +112,13 @@ def _daily_frames(pop: Population, cfg: SimulationConfig, day: int) -> dict[str,
     date = cfg.start + dt.timedelta(days=day)
     rng = np.random.default_rng([cfg.seed, day + 100_000])  # backlog days are negative
     drifted = cfg.drift_start is not None and date >= cfg.drift_start
-    midnight = pd.Timestamp(date)
+    return {"customers": _signups(pop, cfg, day), "transactions": _transactions(pop, day, date, rng, drifted),
+            "labels": _labels_known(pop, cfg, day)}
 
-    # customers who signed up on this day (the initial population lands on the first day)
+
+def _signups(pop: Population, cfg: SimulationConfig, day: int) -> pd.DataFrame:
+    """The customers who signed up on day ``day`` (the initial population lands on the first day)."""
+    midnight = pd.Timestamp(cfg.start + dt.timedelta(days=day))
     if day == 0:
         new = pop.signup_day <= 0
     else:
@@ -123,14 +127,18 @@ def _daily_frames(pop: Population, cfg: SimulationConfig, day: int) -> dict[str,
     before = pop.signup_day[new] < 0
     signup_ts = signup_ts.where(~before, pd.Timestamp(cfg.start) + pd.to_timedelta(pop.signup_day[new], unit="D")
                                 + pd.to_timedelta(pop.signup_seconds[new], unit="s"))
-    customers = pd.DataFrame({
+    return pd.DataFrame({
         "customer_id": pop.ids[new],
         "signup_ts": signup_ts.astype("datetime64[us]"),
         "segment": pop.segment[new],
         "region": pop.region[new],
     })
 
-    # transactions
+
+def _transactions(pop: Population, day: int, date: dt.date, rng: np.random.Generator, drifted: bool) -> pd.DataFrame:
+    """The day's purchases of the active customers: fewer (before the drift) or smaller and more on
+    the web (after it) as a customer nears churn."""
+    midnight = pd.Timestamp(date)
     active = np.flatnonzero(pop.active_on(day))
     days_left = pop.churn_day[active] - day
     weekday = 1.15 if date.weekday() >= 5 else 0.95
@@ -161,7 +169,7 @@ def _daily_frames(pop: Population, cfg: SimulationConfig, day: int) -> dict[str,
     category = CATEGORIES[_sample_rows(rng, pop.category_p[cust])]
     seconds = rng.integers(0, 86_400, size=n_tx)
     order = np.lexsort((seconds, cust))
-    transactions = pd.DataFrame({
+    return pd.DataFrame({
         "transaction_id": [f"T{date:%Y%m%d}{i:08d}" for i in range(n_tx)],
         "customer_id": pop.ids[cust[order]],
         "event_ts": (midnight + pd.to_timedelta(seconds[order], unit="s")).astype("datetime64[us]"),
@@ -170,26 +178,27 @@ def _daily_frames(pop: Population, cfg: SimulationConfig, day: int) -> dict[str,
         "category": category[order],
     })
 
-    # labels that become known today: they refer to label_date = today - horizon
+
+def _labels_known(pop: Population, cfg: SimulationConfig, day: int) -> pd.DataFrame:
+    """The labels that become known on day ``day``: of label date ``day - horizon``."""
+    midnight = pd.Timestamp(cfg.start + dt.timedelta(days=day))
     label_day = day - cfg.horizon_days
     if label_day >= 0:
         labelled = np.flatnonzero(pop.active_on(label_day))
         churned = (pop.churn_day[labelled] < label_day + cfg.horizon_days).astype("int64")
         label_date = cfg.start + dt.timedelta(days=label_day)
-        labels = pd.DataFrame({
+        return pd.DataFrame({
             "customer_id": pop.ids[labelled],
             "label_date": [label_date] * len(labelled),
             "available_ts": pd.Series([midnight + pd.Timedelta(hours=6)] * len(labelled), dtype="datetime64[us]"),
             "churned": churned,
         })
-    else:
-        labels = pd.DataFrame({
-            "customer_id": pd.Series([], dtype=object),
-            "label_date": pd.Series([], dtype=object),
-            "available_ts": pd.Series([], dtype="datetime64[us]"),
-            "churned": pd.Series([], dtype="int64"),
-        })
-    return {"customers": customers, "transactions": transactions, "labels": labels}
+    return pd.DataFrame({
+        "customer_id": pd.Series([], dtype=object),
+        "label_date": pd.Series([], dtype=object),
+        "available_ts": pd.Series([], dtype="datetime64[us]"),
+        "churned": pd.Series([], dtype="int64"),
+    })
 
 
 def _sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:

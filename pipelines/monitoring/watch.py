@@ -123,8 +123,6 @@ def with_model_output(frame: pd.DataFrame, model, task: ModelTask, columns: list
 def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: dict) -> dict:
     """Drift of the day's scoring inputs and of the champion's outputs against its reference;
     returns the summary row."""
-    import mlflow
-
     cols, task = feature_columns(spec), ModelTask.of(spec)
     files = partition_files(lake.features(spec.name), date)
     current = sample_files(files, cols.all, spec.monitoring.current_sample_rows) if files else \
@@ -143,14 +141,7 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
                            threshold=spec.monitoring.column_threshold)
     rows_current = len(current)
     if files and scalable(method, False):
-        # the decision reads the whole day; Evidently's report above stays the sample's picture
-        day = column_drift_over_files(reference, files, list(cols.numeric),
-                                      [c for c in cols.categorical if scalable(method, True)], method,
-                                      spec.monitoring.column_threshold)
-        whole = {c.column: c for c in with_missing_value_jumps(day.columns)}
-        columns, rows_current = [whole.get(c.column, c) for c in columns], day.rows
-        log.info("%s %s: %s drift of %d input columns over the whole day (%d rows); the report compares samples of "
-                 "%d and %d rows", spec.name, ds(date), method, len(whole), day.rows, len(current), len(reference))
+        columns, rows_current = _over_the_whole_day(spec, date, files, reference, columns, method, len(current))
     inputs = [c for c in columns if c.column != output]
     outputs = [c for c in columns if c.column == output]
     drifted = [c.column for c in inputs if c.drifted]
@@ -169,21 +160,7 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
         **online_drift(spec, lake, reports_dir, date, reference, model, numeric, categorical),
         "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
     }
-    replace_partition(lake.monitoring(spec.name, DRIFT_SUMMARY), date, pd.DataFrame([summary]))
-    replace_partition(lake.monitoring(spec.name, DRIFT_COLUMNS), date,
-                      pd.DataFrame([asdict(c) for c in columns]).assign(
-                          model_version=str(champion["version"]),
-                          role=["output" if c.column == output else "input" for c in columns]))
-    with _mlflow_monitoring_run(spec, date):
-        mlflow.set_tags({"model_version": str(champion["version"]), "dataset_drift": str(summary["dataset_drift"]),
-                         "output_drift": str(summary["output_drift"])})
-        mlflow.log_metrics({"drift_share": share, "drifted_columns": len(drifted)}
-                           | ({"online_drift_share": summary["online_drift_share"], "online_rows": summary["online_rows"]}
-                              if summary["online_rows"] >= ONLINE_MIN_ROWS else {})
-                           | {tracking.metric_key(f"drift.{c.column}"): c.score for c in columns
-                              if math.isfinite(c.score)})
-        if html.exists():
-            mlflow.log_artifact(str(html), artifact_path="evidently")
+    _record_drift(spec, lake, date, champion, summary, columns, output, html)
     log.info("%s %s: %d/%d input columns drifted (share %.2f, threshold %.2f)%s", spec.name, ds(date), len(drifted),
              len(inputs), share, spec.monitoring.drift_share_threshold,
              f": {', '.join(drifted)}" if drifted else "")
@@ -194,6 +171,42 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
     # what the task returns goes to XCom as JSON: no NaN there (a figure that does not exist is None)
     return {"ds": ds(date), **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                for k, v in summary.items() if k != "computed_at"}}
+
+
+def _over_the_whole_day(spec, date: dt.date, files: list, reference: pd.DataFrame, columns: list[ColumnDrift],
+                        method: str | None, sampled: int) -> tuple[list[ColumnDrift], int]:
+    """The input columns' drift over every row of the day (the decision reads the whole day;
+    Evidently's report stays the sample's picture), and the day's rows."""
+    cols = feature_columns(spec)
+    day = column_drift_over_files(reference, files, list(cols.numeric),
+                                  [c for c in cols.categorical if scalable(method, True)], method,
+                                  spec.monitoring.column_threshold)
+    whole = {c.column: c for c in with_missing_value_jumps(day.columns)}
+    log.info("%s %s: %s drift of %d input columns over the whole day (%d rows); the report compares samples of "
+             "%d and %d rows", spec.name, ds(date), method, len(whole), day.rows, sampled, len(reference))
+    return [whole.get(c.column, c) for c in columns], day.rows
+
+
+def _record_drift(spec, lake: Lake, date: dt.date, champion: dict, summary: dict, columns: list[ColumnDrift],
+                  output: str, html: Path) -> None:
+    """The day's drift summary and columns as monitoring partitions, and a monitoring run in MLflow."""
+    import mlflow
+
+    replace_partition(lake.monitoring(spec.name, DRIFT_SUMMARY), date, pd.DataFrame([summary]))
+    replace_partition(lake.monitoring(spec.name, DRIFT_COLUMNS), date,
+                      pd.DataFrame([asdict(c) for c in columns]).assign(
+                          model_version=str(champion["version"]),
+                          role=["output" if c.column == output else "input" for c in columns]))
+    with _mlflow_monitoring_run(spec, date):
+        mlflow.set_tags({"model_version": str(champion["version"]), "dataset_drift": str(summary["dataset_drift"]),
+                         "output_drift": str(summary["output_drift"])})
+        mlflow.log_metrics({"drift_share": summary["drift_share"], "drifted_columns": summary["drifted_columns"]}
+                           | ({"online_drift_share": summary["online_drift_share"], "online_rows": summary["online_rows"]}
+                              if summary["online_rows"] >= ONLINE_MIN_ROWS else {})
+                           | {tracking.metric_key(f"drift.{c.column}"): c.score for c in columns
+                              if math.isfinite(c.score)})
+        if html.exists():
+            mlflow.log_artifact(str(html), artifact_path="evidently")
 
 
 ONLINE_MIN_ROWS = 50   # fewer online requests in a day: no online drift figures (too few to judge)

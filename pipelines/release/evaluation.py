@@ -197,26 +197,9 @@ def promote_if_better(spec, evaluation: dict, review: Review | None = None) -> d
         else:
             tracking.move_champion(name, challenger_ref.version, champion_ref.version if champion_ref else None,
                                    decided_at)
-    if outcome == "rolling_out":
-        log.info("%s: ROLL OUT v%s beside champion v%s: %s", spec.name, challenger_ref.version,
-                 champion_ref.version, reason)
-    elif outcome == "promoted":
-        log.info("%s: PROMOTE v%s to champion (was %s): %s", spec.name, challenger_ref.version,
-                 f"v{champion_ref.version}" if champion_ref else "none", reason)
-    else:
-        log.info("%s: KEEP champion %s, challenger v%s %s: %s", spec.name,
-                 f"v{champion_ref.version}" if champion_ref else "(none)", challenger_ref.version, outcome, reason)
+    _log_decision(spec, outcome, reason, challenger_ref, champion_ref)
     metric = evaluation["metric"]
-    tags = {
-        "promotion.decision": outcome, "promotion.reason": reason, "promotion.metric": metric,
-        f"promotion.challenger_{metric}": _fmt(evaluation["challenger_value"]),
-        f"promotion.champion_{metric}": _fmt(evaluation["champion_value"]),
-        "promotion.champion_version": champion_ref.version if champion_ref else "none",
-        "promotion.holdout": evaluation.get("holdout", ""), "promotion.evaluated_at": evaluation["evaluated_at"],
-        "promotion.decided_at": decided_at,
-        **({"review.decision": "approved" if review.approved else "rejected", "review.by": review.by or "nobody",
-            "review.at": review.at or decided_at, "review.comment": review.comment} if review else {}),
-    }
+    tags = _decision_tags(evaluation, outcome, reason, champion_ref, decided_at, review)
     c = tracking.client()
     for key, value in tags.items():
         c.set_model_version_tag(name, challenger_ref.version, key, tracking.tag_text(value))
@@ -235,6 +218,34 @@ def promote_if_better(spec, evaluation: dict, review: Review | None = None) -> d
             "challenger_version": challenger_ref.version, "failing": evaluation["failing"],
             "warnings": evaluation["warnings"], "card": str(card),
             "champion": champion_now.as_xcom() if champion_now else None}
+
+
+def _log_decision(spec, outcome: str, reason: str, challenger_ref, champion_ref) -> None:
+    if outcome == "rolling_out":
+        log.info("%s: ROLL OUT v%s beside champion v%s: %s", spec.name, challenger_ref.version,
+                 champion_ref.version, reason)
+    elif outcome == "promoted":
+        log.info("%s: PROMOTE v%s to champion (was %s): %s", spec.name, challenger_ref.version,
+                 f"v{champion_ref.version}" if champion_ref else "none", reason)
+    else:
+        log.info("%s: KEEP champion %s, challenger v%s %s: %s", spec.name,
+                 f"v{champion_ref.version}" if champion_ref else "(none)", challenger_ref.version, outcome, reason)
+
+
+def _decision_tags(evaluation: dict, outcome: str, reason: str, champion_ref, decided_at: str,
+                   review: Review | None) -> dict[str, str]:
+    """The challenger version's ``promotion.*`` (and ``review.*``) tags."""
+    metric = evaluation["metric"]
+    return {
+        "promotion.decision": outcome, "promotion.reason": reason, "promotion.metric": metric,
+        f"promotion.challenger_{metric}": _fmt(evaluation["challenger_value"]),
+        f"promotion.champion_{metric}": _fmt(evaluation["champion_value"]),
+        "promotion.champion_version": champion_ref.version if champion_ref else "none",
+        "promotion.holdout": evaluation.get("holdout", ""), "promotion.evaluated_at": evaluation["evaluated_at"],
+        "promotion.decided_at": decided_at,
+        **({"review.decision": "approved" if review.approved else "rejected", "review.by": review.by or "nobody",
+            "review.at": review.at or decided_at, "review.comment": review.comment} if review else {}),
+    }
 
 
 def _finite(value) -> float | None:

@@ -92,48 +92,56 @@ def render_markdown(spec, ref, run, evaluation: dict, decision: tuple | None, im
     lines += ["## Promotion gate", ""] + _table(["check", "kind", "mode", "result", "reason"], [
         [c["name"], c["kind"], c["mode"], "passed" if c["passed"] else ("FAILED" if c["mode"] == "enforce" else "warning"),
          c["reason"]] for c in evaluation.get("checks", [])])
-    results = evaluation.get("results", [])
-    for kind, title, header in (
-            ("slices", "Slices", ["check", "slice", "rows", "challenger", "champion", "max regression", "status"]),
-            ("fairness", "Fairness", ["check", "group", "rows", "value", "threshold", "status"]),
-            ("calibration", "Calibration", ["check", "measure", "rows", "challenger", "champion", "ceiling", "status"]),
-            ("latency", "Latency and size", ["check", "measure", "value", "budget", "status"])):
-        rows = [r for r in results if r["kind"] == kind]
-        if not rows:
-            continue
-        if kind == "slices":
-            body = [[r["check"], r["subject"], r["rows"], r["value"], r["champion_value"], r["threshold"], r["status"]]
-                    for r in rows]
-        elif kind == "fairness":
-            body = [[r["check"], r["subject"], r["rows"], r["value"], r["threshold"], r["status"]] for r in rows]
-        elif kind == "calibration":
-            body = [[r["check"], r["subject"], r["rows"], r["value"], r["champion_value"], r["threshold"], r["status"]]
-                    for r in rows]
-        else:
-            body = [[r["check"], r["subject"], r["value"], r["threshold"], r["status"]] for r in rows]
-        lines += [f"### {title}", ""] + _table(header, body)
-        if kind == "calibration" and "calibration.png" in images:
-            lines += ["![calibration](calibration.png)", ""]
-    if "calibration.png" in images and not any(r["kind"] == "calibration" for r in results):
-        lines += ["### Calibration", "", "![calibration](calibration.png)", ""]
-    lines += ["## Explanations (SHAP)", ""]
-    if importance:
-        lines += [f"Mean |SHAP| per feature over {importance['rows']} holdout rows ({importance['explainer']} "
-                  f"explainer); for a multiclass model, toward the predicted class.", ""]
-        lines += _table(["feature", "mean abs SHAP"], [[k, v] for k, v in list(importance["global"].items())[:10]])
-        if importance.get("slices"):
-            lines += ["Top features per slice:", ""]
-            lines += _table(["slice", "top features"], [[s, ", ".join(top)] for s, top in importance["slices"].items()])
-        lines += [f"![SHAP importance]({name})" for name in ("shap_bar.png", "shap_beeswarm.png") if name in images]
-        lines += [""]
-    else:
-        lines += [f"(none: {tags.get('explanations', 'no explanations were logged for this run')})", ""]
+    lines += _gate_detail(evaluation.get("results", []), images)
+    lines += _explanations(importance, images, tags)
     if decision is not None and decision[2] is not None:
         review = decision[2]
         lines += ["## Review", ""] + _table(["", ""], [
             ["Decision", "approved" if review.approved else "rejected"], ["Reviewer", review.by or "nobody (timed out)"],
             ["At", review.at or ""], ["Comment", review.comment]])
     return "\n".join(lines)
+
+
+GATE_DETAIL = (   # a check kind's table: title, header, and each result's cells
+    ("slices", "Slices", ["check", "slice", "rows", "challenger", "champion", "max regression", "status"],
+     ("check", "subject", "rows", "value", "champion_value", "threshold", "status")),
+    ("fairness", "Fairness", ["check", "group", "rows", "value", "threshold", "status"],
+     ("check", "subject", "rows", "value", "threshold", "status")),
+    ("calibration", "Calibration", ["check", "measure", "rows", "challenger", "champion", "ceiling", "status"],
+     ("check", "subject", "rows", "value", "champion_value", "threshold", "status")),
+    ("latency", "Latency and size", ["check", "measure", "value", "budget", "status"],
+     ("check", "subject", "value", "threshold", "status")),
+)
+
+
+def _gate_detail(results: list[dict], images: set[str]) -> list[str]:
+    """A table per check kind with results (slices, fairness, calibration with its plot, latency)."""
+    lines = []
+    for kind, title, header, cells in GATE_DETAIL:
+        rows = [r for r in results if r["kind"] == kind]
+        if not rows:
+            continue
+        lines += [f"### {title}", ""] + _table(header, [[r[c] for c in cells] for r in rows])
+        if kind == "calibration" and "calibration.png" in images:
+            lines += ["![calibration](calibration.png)", ""]
+    if "calibration.png" in images and not any(r["kind"] == "calibration" for r in results):
+        lines += ["### Calibration", "", "![calibration](calibration.png)", ""]
+    return lines
+
+
+def _explanations(importance: dict | None, images: set[str], tags: dict) -> list[str]:
+    """The SHAP section: global importance, top features per slice, the plots; or why there is none."""
+    lines = ["## Explanations (SHAP)", ""]
+    if not importance:
+        return lines + [f"(none: {tags.get('explanations', 'no explanations were logged for this run')})", ""]
+    lines += [f"Mean |SHAP| per feature over {importance['rows']} holdout rows ({importance['explainer']} "
+              f"explainer); for a multiclass model, toward the predicted class.", ""]
+    lines += _table(["feature", "mean abs SHAP"], [[k, v] for k, v in list(importance["global"].items())[:10]])
+    if importance.get("slices"):
+        lines += ["Top features per slice:", ""]
+        lines += _table(["slice", "top features"], [[s, ", ".join(top)] for s, top in importance["slices"].items()])
+    lines += [f"![SHAP importance]({name})" for name in ("shap_bar.png", "shap_beeswarm.png") if name in images]
+    return lines + [""]
 
 
 # No script runs on a card: everything on it (the spec's owner, a reason, a category value from

@@ -297,7 +297,7 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
     with phases("read"):
         train, holdout = training_frames(spark, spec, lake, window, seed=int(as_of.strftime("%Y%m%d")))
     cols = feature_columns(spec)
-    target, task, metric = spec.label.target, ModelTask.of(spec), spec.promotion.metric
+    target, task = spec.label.target, ModelTask.of(spec)
     with phases("search"):
         outcome = fit_model(spec, train)
     model = outcome.model
@@ -308,30 +308,8 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
 
     with mlflow.start_run(experiment_id=experiment, run_name=f"train-{as_of}") as run:
         with phases("track"):
-            mlflow.set_tags({
-                "use_case": spec.name, "as_of": str(as_of), "trigger": trigger, "trigger_reason": reason,
-                tracking.AIRFLOW_RUN_TAG: airflow_run_id or "", **tracking.code_version_tags(),
-                "training_data_digest": frame_digest(train[[spec.entity, "ds", target] + cols.all]),
-            })
-            mlflow.log_params({
-                "estimator": spec.model.estimator,
-                "fit_label_dates": f"{window.fit_start}..{window.fit_end}",
-                "holdout_label_dates": f"{window.holdout_start}..{window.holdout_end}",
-                "split": str(spec.training.split.value), "holdout_fraction": spec.training.holdout_fraction,
-                **({"snapshots": spec.training.snapshots.value} if spec.training.split is Split.RANDOM else {}),
-                "task": task.kind.value, "train_rows": len(train), "holdout_rows": len(holdout),
-                **({"threshold": task.threshold} if task.kind is TaskType.BINARY else {}),
-                "features": ",".join(cols.all), "recency_half_life_days": spec.training.recency_half_life_days,
-            })
-            mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)}
-                               | {f"cv_{metric.value}": outcome.cv_score,
-                                  **task.label_summary(train[target]),
-                                  "train_labels_missing": train.attrs.get("labels_missing", 0),
-                                  "holdout_labels_missing": holdout.attrs.get("labels_missing", 0)})
-            log_trials(outcome, metric)
-            mlflow.log_input(mlflow.data.from_pandas(train, source=str(lake.features(spec.name)),
-                                                     name=f"{spec.name}-train-{window.fit_start}-{window.fit_end}",
-                                                     targets=target), context="training")
+            _log_training_run(spec, lake, as_of, TrainingContext(trigger, reason, airflow_run_id), window, train,
+                              holdout, metrics, outcome)
         with phases("plots"):
             task.log_plots(holdout[target].to_numpy(), holdout_outputs)
         with phases("explain"):
@@ -351,6 +329,48 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
     ref = tracking.ModelRef(spec.model.registered_name, str(version), run.info.run_id)
     log.info("%s: registered %s (run %s) with alias challenger", spec.name, ref.uri, ref.run_id)
     return challenger_xcom(ref, as_of, finite_or_none(metrics))
+
+
+@dataclass(frozen=True)
+class TrainingContext:
+    """Why and by what a training ran: its trigger, the reason given, and the Airflow run."""
+
+    trigger: str
+    reason: str
+    airflow_run_id: str | None
+
+
+def _log_training_run(spec, lake: Lake, as_of: dt.date, why: TrainingContext, window, train: pd.DataFrame,
+                      holdout: pd.DataFrame, metrics: dict[str, float], outcome) -> None:
+    """The active MLflow run's tags (trigger, code version, data digest), params (estimator,
+    windows, split, sizes), metrics (holdout, cross-validation, labels), trials and dataset."""
+    import mlflow
+
+    cols, task, metric, target = feature_columns(spec), ModelTask.of(spec), spec.promotion.metric, spec.label.target
+    mlflow.set_tags({
+        "use_case": spec.name, "as_of": str(as_of), "trigger": why.trigger, "trigger_reason": why.reason,
+        tracking.AIRFLOW_RUN_TAG: why.airflow_run_id or "", **tracking.code_version_tags(),
+        "training_data_digest": frame_digest(train[[spec.entity, "ds", target] + cols.all]),
+    })
+    mlflow.log_params({
+        "estimator": spec.model.estimator,
+        "fit_label_dates": f"{window.fit_start}..{window.fit_end}",
+        "holdout_label_dates": f"{window.holdout_start}..{window.holdout_end}",
+        "split": str(spec.training.split.value), "holdout_fraction": spec.training.holdout_fraction,
+        **({"snapshots": spec.training.snapshots.value} if spec.training.split is Split.RANDOM else {}),
+        "task": task.kind.value, "train_rows": len(train), "holdout_rows": len(holdout),
+        **({"threshold": task.threshold} if task.kind is TaskType.BINARY else {}),
+        "features": ",".join(cols.all), "recency_half_life_days": spec.training.recency_half_life_days,
+    })
+    mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)}
+                       | {f"cv_{metric.value}": outcome.cv_score,
+                          **task.label_summary(train[target]),
+                          "train_labels_missing": train.attrs.get("labels_missing", 0),
+                          "holdout_labels_missing": holdout.attrs.get("labels_missing", 0)})
+    log_trials(outcome, metric)
+    mlflow.log_input(mlflow.data.from_pandas(train, source=str(lake.features(spec.name)),
+                                             name=f"{spec.name}-train-{window.fit_start}-{window.fit_end}",
+                                             targets=target), context="training")
 
 
 class PhaseTimer:
