@@ -3,6 +3,8 @@
 The embedded default keeps all state under ``$MLOPS_HOME`` (``<project>/.state``):
 a Parquet lake, MLflow on SQLite with local artifacts, Spark ``local[2]``. Pointing the
 same code at a cluster is a matter of setting the variables below; nothing else changes.
+An empty variable counts as unset; a value that cannot be read (``MLOPS_RETRY_DELAY_S=soon``)
+is refused in one line naming the variable (pydantic-settings reads and checks them).
 
 =========================  ==========================================================
 ``MLOPS_HOME``             state root (default ``<project>/.state``)
@@ -30,56 +32,108 @@ same code at a cluster is a matter of setting the variables below; nothing else 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from contextvars import ContextVar
+from functools import lru_cache
 from pathlib import Path
+from typing import Mapping
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+
+from pipelines.core.errors import Refusal
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]   # pipelines/core/config.py -> the project
+_GIVEN_ENV: ContextVar[Mapping[str, str] | None] = ContextVar("given_env", default=None)
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path
-    lake: Path
-    reports: Path
-    inbox: Path
-    include: Path
-    mlflow_tracking_uri: str
-    mlflow_artifacts: str
-    spark_remote: str | None
-    spark_master: str
-    schedule_end: str | None
-    retry_delay_s: float = 20.0
+class SettingsError(Refusal, ValueError):
+    """An environment variable of the settings has a value that cannot be read."""
+
+
+class Settings(BaseSettings):
+    """The deployment's settings, each from its environment variable (``MLOPS_<FIELD>`` unless
+    named otherwise); empty means unset. Paths left unset lie under ``home``."""
+
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", frozen=True, extra="ignore", env_ignore_empty=True)
+
+    home: Path = PROJECT_ROOT / ".state"
+    lake: Path | None = None                     # $MLOPS_HOME/lake
+    reports: Path | None = None                  # $MLOPS_HOME/reports
+    inbox: Path | None = None                    # $MLOPS_HOME/inbox
+    include: Path = PROJECT_ROOT / "include"
+    mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")   # SQLite under home
+    mlflow_artifacts: str | None = None          # $MLOPS_HOME/mlflow/artifacts
+    spark_remote: str | None = Field(None, validation_alias="SPARK_REMOTE")
+    spark_master: str = "local[2]"
+    schedule_end: str | None = None
+    retry_delay_s: float = Field(20.0, ge=0)
     spark_shared_session: bool = True
-    model_threads: int | None = None
+    model_threads: int | None = Field(None, ge=1)
     search_jobs: int = 1
-    online_store: Path | None = None
-    serving_poll_s: float = 2.0
+    online_store: Path | None = None             # $MLOPS_HOME/online
+    serving_poll_s: float = Field(2.0, gt=0)
+
+    @field_validator("search_jobs")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        return max(1, value)
+
+    @model_validator(mode="after")
+    def _under_home(self) -> "Settings":
+        home = self.home.resolve()
+        defaults = {"home": home, "lake": home / "lake", "reports": home / "reports", "inbox": home / "inbox",
+                    "mlflow_tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+                    "mlflow_artifacts": str(home / "mlflow" / "artifacts"), "online_store": home / "online"}
+        for name, default in defaults.items():
+            if name == "home" or getattr(self, name) is None:
+                object.__setattr__(self, name, default)   # frozen: set once, while it is made
+        return self
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
-        env = os.environ if env is None else env
-        home = Path(env.get("MLOPS_HOME") or PROJECT_ROOT / ".state").resolve()
-        return cls(
-            home=home,
-            lake=Path(env.get("MLOPS_LAKE") or home / "lake"),
-            reports=Path(env.get("MLOPS_REPORTS") or home / "reports"),
-            inbox=Path(env.get("MLOPS_INBOX") or home / "inbox"),
-            include=Path(env.get("MLOPS_INCLUDE") or PROJECT_ROOT / "include"),
-            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-            mlflow_artifacts=env.get("MLOPS_MLFLOW_ARTIFACTS") or str(home / "mlflow" / "artifacts"),
-            spark_remote=env.get("SPARK_REMOTE") or None,
-            spark_master=env.get("MLOPS_SPARK_MASTER") or "local[2]",
-            schedule_end=env.get("MLOPS_SCHEDULE_END") or None,
-            retry_delay_s=float(env.get("MLOPS_RETRY_DELAY_S") or 20.0),
-            spark_shared_session=(env.get("MLOPS_SPARK_SHARED_SESSION") or "1").strip().lower()
-            not in ("0", "false", "no", "off"),
-            model_threads=int(env["MLOPS_MODEL_THREADS"]) if env.get("MLOPS_MODEL_THREADS") else None,
-            search_jobs=max(1, int(env.get("MLOPS_SEARCH_JOBS") or 1)),
-            online_store=Path(env.get("MLOPS_ONLINE_STORE") or home / "online"),
-            serving_poll_s=float(env.get("MLOPS_SERVING_POLL_S") or 2.0),
-        )
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        given = _GIVEN_ENV.get()
+        return (init_settings, _MappingSource(settings_cls, given) if given is not None else env_settings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """The settings of ``env`` (default: this process's environment); one line naming the
+        variable if a value cannot be read."""
+        token = _GIVEN_ENV.set(os.environ if env is None else env)
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise SettingsError("; ".join(f"{_variable(e['loc'][0])}: {e['msg']}, got {e.get('input')!r}"
+                                          for e in exc.errors())) from None
+        finally:
+            _GIVEN_ENV.reset(token)
+
+
+class _MappingSource(EnvSettingsSource):
+    """The environment-variable source over a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls, env: Mapping[str, str]):
+        self._given = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self):
+        return parse_env_vars(self._given, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def _variable(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias if field in Settings.model_fields else None
+    return alias if isinstance(alias, str) else f"MLOPS_{field.upper()}"
 
 
 def settings() -> Settings:
-    """Settings from the current environment."""
-    return Settings.from_env()
+    """Settings from the current environment (made again only when one of its variables changed)."""
+    return _settings_of(tuple(sorted((k, v) for k, v in os.environ.items() if k in _VARIABLES or k.startswith("MLOPS_"))))
+
+
+_VARIABLES = {"MLFLOW_TRACKING_URI", "SPARK_REMOTE"}
+
+
+@lru_cache(maxsize=16)
+def _settings_of(variables: tuple[tuple[str, str], ...]) -> Settings:
+    return Settings.from_env(dict(variables))
