@@ -284,7 +284,8 @@ class Stack:
                     environment=airflow),
             # started by `serve` only (make ui, make serve): each use case's @champion over HTTP
             Program("scoring-service", [sys.executable, "-m", "pipelines.cli", "serve", "--host", "127.0.0.1",
-                                        "--port", str(self.serving_port)], 100),
+                                        "--port", str(self.serving_port),
+                                        "--workers", env_default("SCORING_WORKERS", "1")], 100),
         ]
         return programs
 

@@ -213,3 +213,62 @@ def test_service_settings_are_the_native_stacks(config):
     timeout = "idle_in_transaction_session_timeout"
     assert f"{timeout}=$${{MLOPS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT}}" in " ".join(services["postgres"]["command"])
     assert f"{timeout}={settings['MLOPS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT']}" in native["postgres"]
+
+
+# ----------------------------------------------------------------- one description of the services
+# What may differ between the native stack (scripts/stack.py) and docker-compose.yaml, and why:
+# where a service listens and how it finds the others (ports, hosts, paths) and the native-only
+# plumbing of one machine. Every other flag and Spark setting must be in both, with one value.
+TOPOLOGY_FLAGS = {"--host", "--port", "--webui-port", "--work-dir", "--backend-store-uri", "--artifacts-destination"}
+TOPOLOGY_CONFS = {"spark.connect.grpc.binding.address", "spark.connect.grpc.binding.port", "spark.driver.host",
+                  "spark.pyspark.python"}
+# sizes: in both, each from its variable, with a default for one machine (native) or a container
+SIZES = {"--workers", "--cores", "--memory", "spark.driver.memory", "spark.executor.memory", "--master"}
+
+
+def _flags(argv: list[str]) -> dict[str, str]:
+    """``--flag value`` pairs and ``--conf key=value`` settings of a command line (conf keys as flags)."""
+    found, i = {}, 0
+    while i < len(argv):
+        if argv[i] == "--conf":
+            key, _, value = argv[i + 1].partition("=")
+            found[key] = value
+            i += 2
+        elif argv[i].startswith("--"):
+            found[argv[i]] = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else ""
+            i += 2 if found[argv[i]] else 1
+        else:
+            i += 1
+    return found
+
+
+def _compose_argv(service: dict) -> list[str]:
+    import shlex
+
+    command = service["command"]
+    if command[:2] == ["bash", "-c"]:
+        return shlex.split(command[2].replace("exec ", "", 1))
+    return command
+
+
+def _value(text: str, settings: dict[str, str]) -> str:
+    """A compose value as the native stack spells it: ``${X:-d}`` is d, ``$${X}`` the setting X."""
+    text = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+    return re.sub(r"\$?\$\{?([A-Z_]+)\}?", lambda m: settings.get(m.group(1), m.group(0)), text).strip('"')
+
+
+@pytest.mark.parametrize("service", ["spark-master", "spark-worker", "spark-connect", "mlflow", "scoring-service"])
+def test_the_native_stack_and_compose_set_the_same_settings(config, tmp_path, monkeypatch, service):
+    from scripts.stack import Stack, service_settings
+
+    monkeypatch.delenv("MLOPS_HOME", raising=False)
+    native = {p.name: p for p in Stack(home=tmp_path, topology="cluster").programs()}
+    settings = service_settings()
+    ours = {k: v for k, v in _flags(native[service].command).items()
+            if k not in TOPOLOGY_FLAGS | TOPOLOGY_CONFS}
+    theirs = {k: _value(v, settings) for k, v in _flags(_compose_argv(config["services"][service])).items()
+              if k not in TOPOLOGY_FLAGS | TOPOLOGY_CONFS}
+    assert set(ours) == set(theirs), f"{service}: only native {set(ours) - set(theirs)}, only compose " \
+                                     f"{set(theirs) - set(ours)}"
+    differ = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k] and k not in SIZES}
+    assert not differ, f"{service}: native and compose set these differently: {differ}"
