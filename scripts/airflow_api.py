@@ -10,7 +10,9 @@ import datetime as dt
 import json
 from typing import Any, Callable
 
-from tenacity import Retrying, retry_if_exception, retry_if_exception_type, stop_after_delay, wait_fixed
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
+
+from pipelines.core.waiting import wait_until
 
 TERMINAL = {"success", "failed"}
 
@@ -19,28 +21,10 @@ class AirflowUnhealthy(RuntimeError):
     """The scheduler or dag-processor stopped heartbeating: waiting would be forever."""
 
 
-class _NotYet(Exception):
-    """A wait's condition does not hold yet (retried until the deadline)."""
-
-
 def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 2.0,
              what: str | Callable[[], str] = "condition") -> Any:
-    """Call ``condition`` every ``interval`` s until it returns a truthy value, which is returned.
-    Exceptions other than the condition not holding yet propagate at once; past ``timeout``
-    a TimeoutError names ``what`` (a callable is asked then, so it can say what was last seen)."""
-    def attempt():
-        value = condition()
-        if not value:
-            raise _NotYet()
-        return value
-
-    try:
-        for tried in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(interval),
-                              retry=retry_if_exception_type(_NotYet), reraise=True):
-            with tried:
-                return attempt()
-    except _NotYet:
-        raise TimeoutError(f"{what() if callable(what) else what}: not done after {timeout:.0f}s") from None
+    """Poll ``condition`` every ``interval`` s until it holds (see :func:`pipelines.core.waiting.wait_until`)."""
+    return wait_until(condition, timeout, interval, what)
 
 
 BACKFILL_SWEEP_WAIT_S = 120

@@ -46,8 +46,8 @@ from typing import Callable
 
 import psutil
 from dotenv import dotenv_values
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from pipelines.core.waiting import wait_until
 from scripts.postgres import LocalPostgres
 from scripts.supervision import BACKOFF, EXITED, FATAL, RUNNING, STARTING, Program, Supervisor
 
@@ -63,10 +63,6 @@ SECRET_KEY = re.compile(r"SECRET|PASSWORD|FERNET|TOKEN|SQL_ALCHEMY_CONN|BACKEND_
 
 class StackError(RuntimeError):
     """A service failed to start or to become healthy; the message names its log."""
-
-
-class _Pending(Exception):
-    """Some health checks have not passed yet (retried until the deadline)."""
 
 
 def service_settings() -> dict[str, str]:
@@ -385,7 +381,7 @@ class Stack:
         """Poll ``checks`` until all pass; fail fast, naming the log, when a service has died."""
         pending = dict(checks)
 
-        def poll() -> None:
+        def healthy() -> bool:
             for name, check in list(pending.items()):
                 if check():
                     pending.pop(name)
@@ -393,16 +389,12 @@ class Stack:
                 if info["statename"] in (FATAL, EXITED, BACKOFF):
                     raise StackError(f"{name} is {info['statename']} ({info.get('spawnerr') or info['description']});"
                                      f" see {self.log_dir / (name + '.log')}:\n{self.tail(name)}")
-            if pending:
-                raise _Pending(sorted(pending))
+            return not pending
 
         try:
-            for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(1),
-                                    retry=retry_if_exception_type(_Pending), reraise=True):
-                with attempt:
-                    poll()
-        except _Pending as exc:
-            raise StackError(f"not healthy after {timeout:.0f}s: {exc.args[0]}; logs in {self.log_dir}") from None
+            wait_until(healthy, timeout, interval=1)
+        except TimeoutError:
+            raise StackError(f"not healthy after {timeout:.0f}s: {sorted(pending)}; logs in {self.log_dir}") from None
 
     def tail(self, name: str, lines: int = 30) -> str:
         path = self.log_dir / f"{name}.log"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipelines.core.config import PROJECT_ROOT, Settings, settings as current_settings
 from pipelines.core.errors import Refusal
+from pipelines.core.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,13 @@ def require_tracking_server(timeout: float = 10.0) -> str:
     """Fail within ``timeout`` seconds, naming the URI, unless the tracking server answers its
     health check (a local store needs no server). Returns the tracking URI."""
     import requests
-    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
     uri = configure()
     if not uri.startswith(("http://", "https://")):
         return uri
     try:
-        for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(1), reraise=True,
-                                retry=retry_if_exception_type(requests.RequestException)):
-            with attempt:
-                requests.get(f"{uri.rstrip('/')}/health", timeout=3).raise_for_status()
+        wait_until(lambda: requests.get(f"{uri.rstrip('/')}/health", timeout=3).raise_for_status() or True, timeout,
+                   what=f"MLflow tracking server {uri}", retry_on=(requests.RequestException,))
     except requests.RequestException as exc:
         raise TrackingUnavailable(f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}); "
                                   f"nothing was written. Start it (make ui) or fix MLFLOW_TRACKING_URI.") from None

@@ -24,6 +24,7 @@ from pipelines.core.config import PROJECT_ROOT
 from pipelines.core.errors import MissingData
 from pipelines.core.lake import list_partitions, read_partition
 from pipelines.core.spec import ServingInput
+from pipelines.core.waiting import wait_until
 from pipelines.models import tracking
 from pipelines.models.signature import signature_inputs
 from pipelines.serving.guard import client_headers
@@ -56,17 +57,17 @@ def free_port() -> int:
 def start_process(argv: list[str], env: dict, ready_url: str, log_file: Path, timeout: float = 180) -> subprocess.Popen:
     """Start a server process and wait until ``ready_url`` answers 200 (its log's tail if it dies)."""
     import httpx
-    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
     process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log_file.open("w"), stderr=subprocess.STDOUT,
                                start_new_session=True)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"{argv[:4]} exited: {log_file.read_text()[-2000:]}")
+        return httpx.get(ready_url, timeout=5).status_code == 200
+
     try:
-        for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.5), reraise=True,
-                                retry=retry_if_exception_type((httpx.HTTPError, AssertionError))):
-            with attempt:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{argv[:4]} exited: {log_file.read_text()[-2000:]}")
-                assert httpx.get(ready_url, timeout=5).status_code == 200, f"{ready_url} not ready"
+        wait_until(ready, timeout, interval=0.5, what=f"{ready_url} answering 200", retry_on=(httpx.HTTPError,))
     except BaseException:
         stop_process(process)
         raise
