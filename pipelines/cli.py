@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import getpass
 import json
 import logging
+import re
 import sys
+from pathlib import Path
 
 from pipelines import runtime
 from pipelines.core.config import settings
@@ -151,8 +155,6 @@ def _add_serving_commands(sub) -> None:
 
 def iso_date(text: str) -> str:
     """A strict YYYY-MM-DD date (argparse type): anything else is a one-line usage error."""
-    import datetime as dt
-    import re
 
     try:
         if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
@@ -169,8 +171,6 @@ def _command(args: argparse.Namespace, runtime) -> int:
     if args.command == "init":
         return init_use_case(args)
     if args.command == "example-data":
-        from pathlib import Path
-
         print(export(args.dataset, Path(args.out), args.missing))
         return 0
     if args.command == "api-key":
@@ -214,7 +214,6 @@ def init_use_case(args: argparse.Namespace) -> int:
 
 def check_specs(names: list[str]) -> int:
     """Print every problem of the named specs (or of all under the include folder); 1 if any."""
-    from pathlib import Path
 
     include = settings().include
     paths = [Path(n) if Path(n).exists() else include / n for n in names] or \
@@ -264,8 +263,6 @@ def _inbox(args, runtime):
 
 
 def _rollback(args, runtime):
-    import getpass
-
     try:
         return runtime.rollback(args.use_case, args.reason, args.by or getpass.getuser(), args.to)
     except RollbackRefused as exc:
@@ -274,8 +271,6 @@ def _rollback(args, runtime):
 
 
 def _rollout(args, runtime):
-    import getpass
-
     uc, by = args.use_case, args.by or getpass.getuser()
     if args.action == "status":
         return runtime.rollout_status(uc, args.timelines)

@@ -29,7 +29,7 @@ from pipelines.monitoring.watch import (DRIFT_SUMMARY, RetrainDecision, live_per
                                         monitor_drift as monitor, record_retrain_request as record,
                                         retrain_decision as decide_retraining)
 from pipelines.release import rollout
-from pipelines.release.decision import Review
+from pipelines.release.decision import Evaluation, Review
 from pipelines.release.evaluation import evaluate_challenger, promote_if_better
 from pipelines.release.fault_injection import register_slowed_copy
 from pipelines.release.rollback import roll_back
@@ -247,7 +247,8 @@ def evaluate(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:
 
     tracking.require_tracking_server()
     with training_lock(use_case):
-        return evaluate_challenger(spark(f"{use_case}-evaluation"), spec(use_case), lake(), challenger, _date(as_of))
+        return evaluate_challenger(spark(f"{use_case}-evaluation"), spec(use_case), lake(), challenger,
+                                   _date(as_of)).as_xcom()
 
 
 def decide(use_case: str, evaluation: dict, review: dict | None = None) -> dict:
@@ -256,7 +257,7 @@ def decide(use_case: str, evaluation: dict, review: dict | None = None) -> dict:
 
     tracking.require_tracking_server()
     with training_lock(use_case):
-        return promote_if_better(spec(use_case), evaluation, Review.from_hitl(review))
+        return promote_if_better(spec(use_case), Evaluation.from_xcom(evaluation), Review.from_hitl(review))
 
 
 def promote(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from typing import Any, Callable
 
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
@@ -246,7 +247,5 @@ class AirflowClient:
 
 
 def _slept(seconds: float) -> bool:
-    import time
-
     time.sleep(seconds)
     return True

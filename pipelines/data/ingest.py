@@ -12,6 +12,7 @@ date's midnight as their timestamp and land in that day's partition.
 """
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import glob
 import logging
@@ -67,7 +68,6 @@ _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 def sniff_delimiter(sample: str) -> str:
     """The delimiter of a CSV sample: the one of comma, semicolon, tab and pipe that splits its
     lines into the same number of fields (csv.Sniffer), else the one the header holds most of."""
-    import csv
 
     try:
         return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter

@@ -13,6 +13,9 @@ written spec is loaded back (and its estimator checked) before the command repor
 from __future__ import annotations
 
 import datetime as dt
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -450,9 +453,6 @@ def draft_expectations(profiles: dict[str, dict[str, ColumnProfile]], keys: set[
 def write_use_case(include: Path, use_case: str, spec_text: str, expectations_text: str, force: bool = False) -> Path:
     """Check the drafted files, then write them into ``include/<use_case>/``. A draft with problems
     is refused (InitError listing them) and nothing is written."""
-    import re
-    import shutil
-    import tempfile
 
     if not re.fullmatch(USE_CASE_NAME, use_case):
         raise InitError(f"use case name {use_case!r}: lower-case letters, digits and _ only, starting with a letter "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -62,7 +64,6 @@ def configure(settings: Settings | None = None) -> str:
 def metric_key(name: str) -> str:
     """``name`` as an MLflow metric, parameter or tag key: a character MLflow refuses (brackets,
     commas, accents from a team's column names) becomes ``_``."""
-    import re
 
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
 
@@ -122,7 +123,6 @@ def ensure_experiment(name: str) -> str:
 def code_version() -> tuple[str, bool]:
     """(commit, dirty) of the code that runs: ``MLOPS_CODE_VERSION`` when set (an image built
     without its .git), else the git checkout this package sits in; ("unknown", False) otherwise."""
-    import subprocess
 
     pinned = os.environ.get("MLOPS_CODE_VERSION")
     if pinned:

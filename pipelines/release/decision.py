@@ -16,9 +16,42 @@ spec requires approval.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 from pipelines.core.spec import Approval
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the gate found about one challenger: eligible or not and why, the promotion metric of
+    both models on the holdout, every check's verdict and result, the model card. Crosses task
+    boundaries as a plain dict (:meth:`as_xcom`, :meth:`from_xcom`)."""
+
+    eligible: bool
+    reason: str
+    challenger: dict | None = None        # tracking.ModelRef.as_xcom() of the challenger
+    champion: dict | None = None          # ... of the champion it was judged against (None: the first model)
+    as_of: str = ""
+    metric: str = ""
+    evaluated_at: str = ""
+    failing: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    challenger_value: float | None = None
+    champion_value: float | None = None
+    already_champion: bool = False
+    holdout: str = ""                     # its label dates and rows
+    checks: list[dict] = field(default_factory=list)    # name, kind, mode, passed, reason
+    results: list[dict] = field(default_factory=list)   # every row of every check (gate.CheckResult)
+    card: str = ""                        # the model card's path
+    review_summary: str = ""              # what a reviewer reads in the approval request
+
+    def as_xcom(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_xcom(cls, value: dict) -> "Evaluation":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in value.items() if k in known})
 
 
 class PromotionConflict(RuntimeError):
@@ -85,24 +118,24 @@ class Review:
                    str(answer.get("responded_at") or "") or None, comment)
 
 
-def decide_final(spec, evaluation: dict, review: Review | None) -> tuple[str, str]:
+def decide_final(spec, evaluation: Evaluation, review: Review | None) -> tuple[str, str]:
     """(outcome, reason) of a promotion from the gate and the review: ``promoted`` (still subject to
     the champion not having moved), ``rejected``, or ``awaiting_approval``."""
-    if evaluation.get("already_champion"):
-        return "rejected", evaluation["reason"]
-    if not evaluation["eligible"]:
-        return "rejected", f"gate {evaluation['reason']}"
+    if evaluation.already_champion:
+        return "rejected", evaluation.reason
+    if not evaluation.eligible:
+        return "rejected", f"gate {evaluation.reason}"
     if spec.promotion.approval is Approval.REQUIRED:
         if review is None:
-            return "awaiting_approval", (f"gate {evaluation['reason']}; awaiting a reviewer's approval in the "
+            return "awaiting_approval", (f"gate {evaluation.reason}; awaiting a reviewer's approval in the "
                                          f"{spec.name}_training DAG")
         if not review.approved:
             who = (f"rejected by {review.by}" if review.by else
                    f"no review within {spec.promotion.approval_timeout_hours:g} h: rejected")
-            return "rejected", who + (f" ({review.comment})" if review.comment else "") + f"; gate {evaluation['reason']}"
+            return "rejected", who + (f" ({review.comment})" if review.comment else "") + f"; gate {evaluation.reason}"
         return "promoted", (f"approved by {review.by}" + (f" ({review.comment})" if review.comment else "")
-                            + f"; gate {evaluation['reason']}")
-    return "promoted", f"gate {evaluation['reason']}"
+                            + f"; gate {evaluation.reason}")
+    return "promoted", f"gate {evaluation.reason}"
 
 
 PASSED_GATE = "gate passed every enforced check: "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pipelines.core.config import settings
 from pipelines.core.lake import Lake, read_partition, replace_partition
@@ -24,7 +24,7 @@ from pipelines.models import tracking
 from pipelines.models.signature import signature_inputs
 from pipelines.models.tasks import ModelTask
 from pipelines.release import gate, model_card, rollout
-from pipelines.release.decision import PromotionConflict, Review, decide_final, short_reason
+from pipelines.release.decision import Evaluation, PromotionConflict, Review, decide_final, short_reason
 from pipelines.training.fit import holdout_frame, label_window
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def record_checks(spec, lake: Lake, as_of: dt.date, challenger_version: str, cha
     replace_partition(table, as_of, rows)
 
 
-def evaluate_challenger(spark, spec, lake: Lake, challenger: dict, as_of: dt.date) -> dict:
+def evaluate_challenger(spark, spec, lake: Lake, challenger: dict, as_of: dt.date) -> Evaluation:
     """Run the gate on the holdout of ``as_of``: every check's result goes to the ``promotion_checks``
     table, the version's tags and its MLflow run; a model card is written. Moves no alias."""
     import mlflow
@@ -130,8 +130,7 @@ def evaluate_challenger(spark, spec, lake: Lake, challenger: dict, as_of: dt.dat
     base = {"challenger": challenger_ref.as_xcom(), "champion": champion_ref.as_xcom() if champion_ref else None,
             "as_of": str(as_of), "metric": spec.promotion.metric.value, "evaluated_at": evaluated_at}
     if champion_ref is not None and champion_ref.version == challenger_ref.version:
-        return {**base, "eligible": False, "reason": "challenger is already the champion", "failing": [],
-                "warnings": [], "challenger_value": None, "champion_value": None, "already_champion": True}
+        return Evaluation(False, "challenger is already the champion", already_champion=True, **base)
 
     window = label_window(spec, as_of)
     frame = holdout_frame(spark, spec, lake, window)
@@ -158,27 +157,26 @@ def evaluate_challenger(spark, spec, lake: Lake, challenger: dict, as_of: dt.dat
     # the gate's results beside the training run's own artifacts
     mlflow.log_table(pd.DataFrame(gate.result_rows(verdicts)), "gate/checks.json", run_id=challenger_ref.run_id)
     model_card.log_calibration_plot(task, y, holdout, challenger_ref)
-    evaluation = {**base, "eligible": decision.eligible, "reason": decision.reason, "failing": decision.failing,
-                  "warnings": decision.warnings, "challenger_value": _finite(challenger_value),
-                  "champion_value": _finite(champion_value),
-                  "holdout": f"{window.holdout_start}..{window.holdout_end} ({len(frame)} rows)",
-                  "checks": [{"name": v.name, "kind": v.kind, "mode": v.mode, "passed": v.passed, "reason": v.reason}
-                             for v in verdicts],
-                  "results": gate.result_rows(verdicts)}
-    evaluation["card"] = str(model_card.publish(spec, challenger_ref, evaluation, decision=None))
-    evaluation["review_summary"] = model_card.review_summary(spec, evaluation)
-    return evaluation
+    evaluation = Evaluation(
+        decision.eligible, decision.reason, failing=decision.failing, warnings=decision.warnings,
+        challenger_value=_finite(challenger_value), champion_value=_finite(champion_value),
+        holdout=f"{window.holdout_start}..{window.holdout_end} ({len(frame)} rows)",
+        checks=[{"name": v.name, "kind": v.kind, "mode": v.mode, "passed": v.passed, "reason": v.reason}
+                for v in verdicts],
+        results=gate.result_rows(verdicts), **base)
+    evaluation = replace(evaluation, card=str(model_card.publish(spec, challenger_ref, evaluation, decision=None)))
+    return replace(evaluation, review_summary=model_card.review_summary(spec, evaluation))
 
 
-def promote_if_better(spec, evaluation: dict, review: Review | None = None) -> dict:
+def promote_if_better(spec, evaluation: Evaluation, review: Review | None = None) -> dict:
     """Act on an evaluation: move ``@champion`` to the challenger when the gate (and, if the spec
     asks, a reviewer) says so, guarded by a compare-and-set on the champion it was judged against.
     The decision, its reason and the review are tags on the version and in its model card."""
     name = spec.model.registered_name
-    challenger_ref = tracking.ModelRef.from_xcom(evaluation["challenger"])
-    champion_ref = tracking.ModelRef.from_xcom(evaluation["champion"]) if evaluation.get("champion") else None
-    if evaluation.get("already_champion"):
-        return {"promoted": False, "reason": evaluation["reason"], "champion": champion_ref.as_xcom()}
+    challenger_ref = tracking.ModelRef.from_xcom(evaluation.challenger)
+    champion_ref = tracking.ModelRef.from_xcom(evaluation.champion) if evaluation.champion else None
+    if evaluation.already_champion:
+        return {"promoted": False, "reason": evaluation.reason, "champion": champion_ref.as_xcom()}
     outcome, reason = decide_final(spec, evaluation, review)
     decided_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     if outcome == "promoted":   # compare-and-set: only if the champion is still the one the gate judged against
@@ -198,7 +196,7 @@ def promote_if_better(spec, evaluation: dict, review: Review | None = None) -> d
             tracking.move_champion(name, challenger_ref.version, champion_ref.version if champion_ref else None,
                                    decided_at)
     _log_decision(spec, outcome, reason, challenger_ref, champion_ref)
-    metric = evaluation["metric"]
+    metric = evaluation.metric
     tags = _decision_tags(evaluation, outcome, reason, champion_ref, decided_at, review)
     c = tracking.client()
     for key, value in tags.items():
@@ -206,17 +204,17 @@ def promote_if_better(spec, evaluation: dict, review: Review | None = None) -> d
     card = model_card.publish(spec, challenger_ref, evaluation, decision=(outcome, reason, review))
     if outcome == "conflict":
         raise PromotionConflict(reason)
-    value = evaluation["challenger_value"]
+    value = evaluation.challenger_value
     c.log_metric(challenger_ref.run_id, f"promotion_challenger_{metric}", value if value is not None else -1.0)
-    if evaluation["champion_value"] is not None:
-        c.log_metric(challenger_ref.run_id, f"promotion_champion_{metric}", evaluation["champion_value"])
+    if evaluation.champion_value is not None:
+        c.log_metric(challenger_ref.run_id, f"promotion_champion_{metric}", evaluation.champion_value)
     promoted = outcome == "promoted"   # "rolling_out": the rollout DAG makes it champion, or not
     champion_now = challenger_ref if promoted else champion_ref
     return {"promoted": promoted, "outcome": outcome, "reason": reason, "metric": metric,
-            "challenger_value": evaluation["challenger_value"], "champion_value": evaluation["champion_value"],
+            "challenger_value": evaluation.challenger_value, "champion_value": evaluation.champion_value,
             "champion_version": champion_ref.version if champion_ref else None,
-            "challenger_version": challenger_ref.version, "failing": evaluation["failing"],
-            "warnings": evaluation["warnings"], "card": str(card),
+            "challenger_version": challenger_ref.version, "failing": evaluation.failing,
+            "warnings": evaluation.warnings, "card": str(card),
             "champion": champion_now.as_xcom() if champion_now else None}
 
 
@@ -232,16 +230,16 @@ def _log_decision(spec, outcome: str, reason: str, challenger_ref, champion_ref)
                  f"v{champion_ref.version}" if champion_ref else "(none)", challenger_ref.version, outcome, reason)
 
 
-def _decision_tags(evaluation: dict, outcome: str, reason: str, champion_ref, decided_at: str,
+def _decision_tags(evaluation: Evaluation, outcome: str, reason: str, champion_ref, decided_at: str,
                    review: Review | None) -> dict[str, str]:
     """The challenger version's ``promotion.*`` (and ``review.*``) tags."""
-    metric = evaluation["metric"]
+    metric = evaluation.metric
     return {
         "promotion.decision": outcome, "promotion.reason": reason, "promotion.metric": metric,
-        f"promotion.challenger_{metric}": _fmt(evaluation["challenger_value"]),
-        f"promotion.champion_{metric}": _fmt(evaluation["champion_value"]),
+        f"promotion.challenger_{metric}": _fmt(evaluation.challenger_value),
+        f"promotion.champion_{metric}": _fmt(evaluation.champion_value),
         "promotion.champion_version": champion_ref.version if champion_ref else "none",
-        "promotion.holdout": evaluation.get("holdout", ""), "promotion.evaluated_at": evaluation["evaluated_at"],
+        "promotion.holdout": evaluation.holdout, "promotion.evaluated_at": evaluation.evaluated_at,
         "promotion.decided_at": decided_at,
         **({"review.decision": "approved" if review.approved else "rejected", "review.by": review.by or "nobody",
             "review.at": review.at or decided_at, "review.comment": review.comment} if review else {}),

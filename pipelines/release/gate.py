@@ -17,7 +17,9 @@ Everything here is pure except :func:`measure_latency` (it loads and times the s
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -336,8 +338,6 @@ def measure_latency(model_uri: str, X: pd.DataFrame, check: LatencyCheck) -> Lat
     """Load ``model_uri`` as it will be served (MLflow pyfunc, with its signature enforced) and time
     ``repeats`` single-row and ``max(5, repeats // 10)`` batch predictions in each of ``rounds``
     rounds (after one warm-up each); the best round counts (see :class:`LatencyCheck`)."""
-    import time
-    from pathlib import Path
 
     import mlflow
 

@@ -14,6 +14,7 @@ decision with its reason and review.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from pathlib import Path
 from pipelines.core.config import settings
 from pipelines.core.spec import TaskType
 from pipelines.models import tracking
+from pipelines.release.decision import Evaluation
 from pipelines.training.explanations import IMPORTANCE_ARTIFACT
 
 log = logging.getLogger(__name__)
@@ -51,20 +53,20 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
             *("| " + " | ".join(_cell(v) for v in row) + " |" for row in rows), ""]
 
 
-def decision_line(evaluation: dict, decision: tuple | None) -> str:
+def decision_line(evaluation: Evaluation, decision: tuple | None) -> str:
     if decision is not None:
         outcome, reason, _ = decision
         return f"**Decision: {outcome}.** {reason}"
-    state = "passed the gate" if evaluation["eligible"] else "failed the gate"
-    return f"**Evaluated: {state}** (no promotion decided yet). {evaluation['reason']}"
+    state = "passed the gate" if evaluation.eligible else "failed the gate"
+    return f"**Evaluated: {state}** (no promotion decided yet). {evaluation.reason}"
 
 
-def render_markdown(spec, ref, run, evaluation: dict, decision: tuple | None, importance: dict | None,
+def render_markdown(spec, ref, run, evaluation: Evaluation, decision: tuple | None, importance: dict | None,
                     images: set[str]) -> str:
     """The card as Markdown (images referenced by file name, beside the card)."""
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-    metric = evaluation["metric"]
-    champion = evaluation.get("champion")
+    metric = evaluation.metric
+    champion = evaluation.champion
     lines = [f"# Model card: {ref.name} v{ref.version}", "", decision_line(evaluation, decision), ""]
     lines += ["## Overview", ""] + _table(["", ""], [
         ["Use case", spec.name], ["Owner", spec.owner or "(not set in the spec)"],
@@ -84,15 +86,15 @@ def render_markdown(spec, ref, run, evaluation: dict, decision: tuple | None, im
     shown = {k: v for k, v in params.items() if k.startswith("best.") or k in {"search_method", "threshold", "split", "snapshots"}}
     lines += ["## Parameters", ""] + _table(["parameter", "value"], [[k, v] for k, v in sorted(shown.items())])
     holdout = {k.removeprefix("holdout_"): v for k, v in metrics.items() if k.startswith("holdout_")}
-    lines += ["## Holdout metrics", "", f"Holdout: {evaluation.get('holdout', '')}; champion compared: "
+    lines += ["## Holdout metrics", "", f"Holdout: {evaluation.holdout}; champion compared: "
               + (f"v{champion['version']}" if champion else "none (first model)"), ""]
     lines += _table(["metric", "challenger"], [[k, v] for k, v in sorted(holdout.items())])
-    lines += [f"On the gate's holdout: {metric} challenger {_cell(evaluation.get('challenger_value'))}, champion "
-              f"{_cell(evaluation.get('champion_value')) or '(none)'}.", ""]
+    lines += [f"On the gate's holdout: {metric} challenger {_cell(evaluation.challenger_value)}, champion "
+              f"{_cell(evaluation.champion_value) or '(none)'}.", ""]
     lines += ["## Promotion gate", ""] + _table(["check", "kind", "mode", "result", "reason"], [
         [c["name"], c["kind"], c["mode"], "passed" if c["passed"] else ("FAILED" if c["mode"] == "enforce" else "warning"),
-         c["reason"]] for c in evaluation.get("checks", [])])
-    lines += _gate_detail(evaluation.get("results", []), images)
+         c["reason"]] for c in evaluation.checks])
+    lines += _gate_detail(evaluation.results, images)
     lines += _explanations(importance, images, tags)
     if decision is not None and decision[2] is not None:
         review = decision[2]
@@ -167,7 +169,6 @@ h1 {{ border-bottom: 2px solid #444; }}
 def render_html(markdown: str, images: dict[str, bytes], title: str) -> str:
     """A self-contained page: the Markdown rendered with raw HTML off (a ``<script>`` in any text
     shows as text), its images inlined, and a Content-Security-Policy that allows no script."""
-    import html
 
     from markdown_it import MarkdownIt
 
@@ -177,7 +178,7 @@ def render_html(markdown: str, images: dict[str, bytes], title: str) -> str:
     return HTML_PAGE.format(title=html.escape(title), body=body, csp=CONTENT_SECURITY_POLICY)
 
 
-def publish(spec, ref, evaluation: dict, decision: tuple | None) -> Path:
+def publish(spec, ref, evaluation: Evaluation, decision: tuple | None) -> Path:
     """Write the card of ``ref`` (Markdown, HTML, images) under the reports folder and into its
     MLflow run, and point the version's description at it; returns the HTML file."""
     import mlflow
@@ -206,7 +207,7 @@ def publish(spec, ref, evaluation: dict, decision: tuple | None) -> Path:
     (folder / "model_card.md").write_text(markdown)
     html = folder / "model_card.html"
     html.write_text(render_html(markdown, images, f"{ref.name} v{ref.version}"))
-    (folder / "checks.json").write_text(json.dumps(evaluation.get("results", []), indent=2, default=str))
+    (folder / "checks.json").write_text(json.dumps(evaluation.results, indent=2, default=str))
     c.log_artifact(ref.run_id, str(folder / "model_card.md"), CARD_ARTIFACTS)
     c.log_artifact(ref.run_id, str(html), CARD_ARTIFACTS)
     line = decision_line(evaluation, decision).replace("**", "")
@@ -216,21 +217,21 @@ def publish(spec, ref, evaluation: dict, decision: tuple | None) -> Path:
     return html
 
 
-def review_summary(spec, evaluation: dict) -> str:
+def review_summary(spec, evaluation: Evaluation) -> str:
     """What a reviewer sees in Airflow's approval form (Markdown): the version, the comparison,
     every check and where the full card is."""
-    champion = evaluation.get("champion")
-    metric = evaluation["metric"]
-    lines = [f"**{spec.name}**: challenger v{evaluation['challenger']['version']} "
-             f"(trained as of {evaluation['as_of']}) against "
+    champion = evaluation.champion
+    metric = evaluation.metric
+    lines = [f"**{spec.name}**: challenger v{evaluation.challenger['version']} "
+             f"(trained as of {evaluation.as_of}) against "
              + (f"champion v{champion['version']}" if champion else "no champion (first model)") + ".", "",
-             f"{metric} on the holdout {evaluation.get('holdout', '')}: challenger "
-             f"{_cell(evaluation.get('challenger_value'))}, champion {_cell(evaluation.get('champion_value')) or '-'}.",
+             f"{metric} on the holdout {evaluation.holdout}: challenger "
+             f"{_cell(evaluation.challenger_value)}, champion {_cell(evaluation.champion_value) or '-'}.",
              ""]
     lines += _table(["check", "mode", "result", "reason"], [
         [c["name"], c["mode"], "passed" if c["passed"] else "FAILED", c["reason"][:300]]
-        for c in evaluation.get("checks", [])])
-    lines += [f"Model card: `{evaluation.get('card', '')}`", "",
+        for c in evaluation.checks])
+    lines += [f"Model card: `{evaluation.card}`", "",
               f"No answer within {spec.promotion.approval_timeout_hours:g} h counts as a rejection."]
     return "\n".join(lines)
 

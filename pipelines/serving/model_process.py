@@ -23,6 +23,8 @@ a lower CPU priority (niceness +10): nobody waits for its answers.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import pickle
 import threading
 import time
@@ -141,8 +143,6 @@ class ModelProcess:
         return since is not None and time.monotonic() - since > self.timeout_s / 2
 
     def _start(self) -> None:
-        import multiprocessing
-
         context = multiprocessing.get_context("spawn")   # never fork a process with threads
         self._conn, child = context.Pipe()
         self._process = context.Process(target=serve, args=(child, self.niceness), name=f"{self.name}-models",
@@ -178,7 +178,6 @@ class ModelProcess:
 # ---------------------------------------------------------------------- in the model process
 def serve(conn, niceness: int = 0) -> None:
     """The model process's loop: one request at a time from the service, until the pipe closes."""
-    import os
 
     from threadpoolctl import threadpool_limits
 

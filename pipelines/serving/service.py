@@ -23,6 +23,7 @@ Endpoints:
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -213,7 +214,6 @@ def add_health_routes(app, endpoints: dict[str, UseCaseEndpoint]) -> None:
 def predict_handler(endpoint: UseCaseEndpoint, metrics: dict):
     """The predict route of one use case: the body read as JSON by hand (``Infinity``, ``NaN`` and
     ``1e999`` parse, to be refused by name in :func:`pipelines.serving.records.check_records`)."""
-    import json
 
     async def predict(request: Request):
         try:

@@ -7,9 +7,12 @@ are held out for champion/challenger evaluation; the ``window_days`` before them
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
+import time
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +71,6 @@ def label_window(spec, as_of: dt.date) -> LabelWindow:
 def in_holdout(entities: pd.Series, fraction: float) -> np.ndarray:
     """Stable random split by entity: the same entity is always on the same side, in every run
     (so champion and challenger are compared on rows neither was fitted on)."""
-    import zlib
 
     buckets = np.array([zlib.crc32(str(e).encode()) % 10_000 for e in entities])
     return buckets < round(fraction * 10_000)
@@ -217,7 +219,6 @@ def model_threads():
     Gradient boosting's OpenMP threads wait for each other at every split: beside the stack's
     other busy processes on two cores, two of them took 4 s for a fit that one thread does in 2 s.
     """
-    import contextlib
 
     from threadpoolctl import threadpool_limits
 
@@ -381,9 +382,6 @@ class PhaseTimer:
         self.seconds: dict[str, float] = {}
 
     def __call__(self, name: str):
-        import contextlib
-        import time
-
         @contextlib.contextmanager
         def phase():
             started = time.perf_counter()

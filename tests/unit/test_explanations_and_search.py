@@ -109,7 +109,7 @@ def test_a_search_runs_candidates_at_once_when_given_jobs(small_spec, method, tr
 def test_model_card_shows_every_check_table_explanations_and_decision(small_spec):
     from pipelines.models.tracking import ModelRef
     from pipelines.release import gate
-    from pipelines.release.decision import Review
+    from pipelines.release.decision import Evaluation, Review
     from pipelines.release.model_card import render_html, render_markdown, review_summary
 
     results = [gate.CheckResult("holdout_roc_auc", "metric", "enforce", "roc_auc", "passed", 0.81, 0.55, 0.78, 500,
@@ -120,14 +120,14 @@ def test_model_card_shows_every_check_table_explanations_and_decision(small_spec
                                 detail="too small"),
                gate.CheckResult("region_parity", "fairness", "warn", "region", "passed", 0.04, 0.15, None, 500, "ok"),
                gate.CheckResult("calibration", "calibration", "enforce", "ece", "passed", 0.02, 0.05, 0.03, 500, "ok")]
-    evaluation = {"challenger": {"version": "2"}, "champion": {"version": "1"}, "as_of": "2026-01-20",
+    evaluation = Evaluation.from_xcom({"challenger": {"version": "2"}, "champion": {"version": "1"}, "as_of": "2026-01-20",
                   "metric": "roc_auc", "eligible": False, "reason": "failed segment_quality: segment=retail ...",
                   "challenger_value": 0.81, "champion_value": 0.78, "holdout": "2026-01-10..2026-01-12 (500 rows)",
                   "checks": [{"name": "holdout_roc_auc", "kind": "metric", "mode": "enforce", "passed": True,
                               "reason": "beats"},
                              {"name": "segment_quality", "kind": "slices", "mode": "enforce", "passed": False,
                               "reason": "segment=retail: roc_auc 0.61 vs champion v1 0.70"}],
-                  "results": [r.__dict__ for r in results], "card": "/tmp/card.html"}
+                  "results": [r.__dict__ for r in results], "card": "/tmp/card.html"})
     run = types.SimpleNamespace(data=types.SimpleNamespace(
         params={"fit_label_dates": "2025-12-01..2026-01-09", "best.max_leaf_nodes": "15", "train_rows": "9000"},
         metrics={"holdout_roc_auc": 0.81, "holdout_brier": 0.03},

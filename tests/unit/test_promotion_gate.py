@@ -10,7 +10,7 @@ from pipelines.core.spec import (CalibrationCheck, FairnessCheck, LatencyCheck, 
 from pipelines.models.tasks import ModelTask
 from pipelines.features import slices
 from pipelines.release import gate
-from pipelines.release.decision import Review, decide_final
+from pipelines.release.decision import Evaluation, Review, decide_final
 
 BINARY = ModelTask(TaskType.BINARY, (0, 1), 0.5)
 RNG = np.random.default_rng(7)
@@ -241,7 +241,7 @@ FAILED = {"eligible": False, "reason": "failed m: too low"}
     ("required", PASSED, Review(False, None), "rejected", "no review within 24 h"),
 ])
 def test_final_decision_with_and_without_approval(approval, evaluation, review, outcome, words):
-    got, reason = decide_final(_Spec(approval), evaluation, review)
+    got, reason = decide_final(_Spec(approval), Evaluation.from_xcom(evaluation), review)
     assert got == outcome and words in reason
 
 

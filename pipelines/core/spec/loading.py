@@ -3,6 +3,7 @@ one line each, naming the file and the key; and the deeper check of the estimato
 from __future__ import annotations
 
 import difflib
+import importlib
 import types
 import typing
 from pathlib import Path
@@ -144,7 +145,6 @@ def _strip(annotation: Any) -> Any:
 # ----------------------------------------------------------------- the estimator (imports scikit-learn)
 def estimator_class(model: ModelSpec):
     """The class ``model.estimator`` names; SpecError when it cannot be imported."""
-    import importlib
 
     module_name, _, class_name = model.estimator.rpartition(".")
     try:

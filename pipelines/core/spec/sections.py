@@ -1,6 +1,7 @@
 """The sections of a spec, one pydantic model each (unknown keys refused, values checked)."""
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 from typing import Annotated, Any, Literal, Union
 
@@ -29,8 +30,6 @@ class CsvFormat(_Section):
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str) -> str:
-        import codecs
-
         try:
             codecs.lookup(value)
         except LookupError:

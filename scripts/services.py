@@ -1,0 +1,95 @@
+"""The services of the native stack, as supervisord starts them: PostgreSQL, Spark (standalone
+master and worker in the cluster topology, and the Spark Connect server), MLflow, Airflow and the
+scoring service. ``docker-compose.yaml`` describes the same services for containers; a test
+compares every flag and Spark setting they share (``tests/deploy/test_compose.py``)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from scripts.supervision import Program
+
+BIN = Path(sys.executable).parent
+
+
+def env_default(key: str, default: str) -> str:
+    return os.environ.get(key) or default
+
+
+def programs(stack) -> list[Program]:
+    """Every service of ``stack``'s topology, in start order (stopped in reverse)."""
+    found: list[Program] = []
+    if stack.on_postgres:
+        found.append(Program("postgres", stack.postgres.server_argv(), 10, user=stack.postgres.server_user(),
+                             directory="/", stop_signal="INT", environment={"LC_ALL": "C.UTF-8"}))
+    return found + spark_programs(stack) + [mlflow_program(stack)] + airflow_programs(stack)
+
+
+def spark_programs(stack) -> list[Program]:
+    """The standalone master and worker (cluster topology only), and the Spark Connect server."""
+    spark_home = Path(__import__("pyspark").__file__).parent
+    spark_class = str(spark_home / "bin" / "spark-class")
+    found: list[Program] = []
+    if stack.clustered:
+        found += [
+            Program("spark-master", [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                     "--port", str(stack.spark_master_port),
+                                     "--webui-port", str(stack.spark_ui_port)], 20),
+            Program("spark-worker", [spark_class, "org.apache.spark.deploy.worker.Worker", stack.spark_master_url,
+                                     "--host", "127.0.0.1", "--webui-port", str(stack.spark_ui_port + 1),
+                                     "--cores", env_default("MLOPS_SPARK_WORKER_CORES", str(os.cpu_count() or 2)),
+                                     "--memory", env_default("MLOPS_SPARK_WORKER_MEMORY", "4g"),
+                                     "--work-dir", str(stack.home / "spark" / "work")], 30),
+        ]
+    master = stack.spark_master_url if stack.clustered else os.environ.get("MLOPS_SPARK_MASTER", "local[2]")
+    connect = [
+        str(spark_home / "bin" / "spark-submit"),
+        "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
+        "--name", "mlops-spark-connect",
+        "--master", master,
+        "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+        "--conf", f"spark.connect.grpc.binding.port={stack.spark_port}",
+        "--conf", f"spark.sql.shuffle.partitions={stack.settings['MLOPS_SPARK_SHUFFLE_PARTITIONS']}",
+        "--conf", "spark.ui.enabled=false",
+        "--conf", "spark.log.level=WARN",
+        "--conf", "spark.python.daemon.module=pipelines.core.spark_daemon",   # workers start warm
+        "--conf", f"spark.driver.memory={env_default('MLOPS_SPARK_DRIVER_MEMORY', '2g')}",
+        "--conf", f"spark.pyspark.python={sys.executable}",
+    ]
+    if stack.clustered:
+        connect += ["--conf", f"spark.executor.memory={env_default('MLOPS_SPARK_EXECUTOR_MEMORY', '2g')}",
+                    "--conf", "spark.driver.host=127.0.0.1"]
+    return found + [Program("spark-connect", connect, 40, start_seconds=3)]
+
+
+def mlflow_program(stack) -> Program:
+    """The MLflow tracking server, its metadata on the stack's database, artifacts under its home."""
+    return Program("mlflow", [
+        str(BIN / "mlflow"), "server",
+        "--backend-store-uri", stack.mlflow_backend_url(password=False),   # no secret in `ps`
+        "--artifacts-destination", str(stack.home / "mlflow" / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(stack.mlflow_port),
+        "--workers", stack.settings["MLOPS_MLFLOW_WORKERS"],
+        "--allowed-hosts", stack.settings["MLOPS_MLFLOW_ALLOWED_HOSTS"],
+    ], 50)
+
+
+def airflow_programs(stack) -> list[Program]:
+    """Airflow's api-server, scheduler, dag-processor and triggerer, and the scoring service."""
+    airflow = {"SPARK_REMOTE": stack.spark_remote}   # the Spark servers must not see it
+    return [
+        Program("airflow-api-server", [str(BIN / "airflow"), "api-server", "--port", str(stack.airflow_port)],
+                60, environment=airflow),
+        # no log server: the api-server reads task logs from the shared logs folder
+        Program("airflow-scheduler", [str(BIN / "airflow"), "scheduler", "--skip-serve-logs"], 70,
+                environment=airflow, stop_wait=60),
+        Program("airflow-dag-processor", [str(BIN / "airflow"), "dag-processor"], 80, environment=airflow),
+        # runs the inbox watchers of the ingest DAGs (AssetWatcher triggers) and deferred tasks
+        Program("airflow-triggerer", [str(BIN / "airflow"), "triggerer", "--skip-serve-logs"], 90,
+                environment=airflow),
+        # started by `serve` only (make ui, make serve): each use case's @champion over HTTP
+        Program("scoring-service", [sys.executable, "-m", "pipelines.cli", "serve", "--host", "127.0.0.1",
+                                    "--port", str(stack.serving_port),
+                                    "--workers", env_default("SCORING_WORKERS", "1")], 100),
+    ]
