@@ -1,9 +1,12 @@
 """Use-case specs: the one place that describes a use case (sources, features, model, rules).
 
 A spec is ``include/<name>/spec.yaml``, parsed into typed, frozen models (pydantic): every
-closed set is an enum, unknown keys are refused, and cross-checks tie the parts together
-(referenced sources and columns exist, the target is not a feature, the promotion metric fits
-the task). Every problem of a file is reported at once, one line each, naming the file and key:
+closed set is an enum, unknown keys are refused, each section checks its own rules (a
+validator on its model: an events source has timestamps, a grid lists values, a calibration
+check has a ceiling), and one root validator ties the parts together once every section is
+valid on its own (referenced sources and columns exist, the target is not a feature, the
+promotion metric and checks fit the task). Every problem found is reported at once, one line
+each, naming the file and key:
 
     include/churn/spec.yaml: model.cv_folds: Input should be a valid integer, got 'three'
     include/churn/spec.yaml: training.windw_days: unknown key (did you mean window_days?)

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipelines.core.spec.sections import ModelSpec
-from pipelines.core.spec.use_case import UseCaseSpec, cross_check
+from pipelines.core.spec.use_case import UseCaseSpec
 from pipelines.core.spec.vocabulary import SPEC_FILE, CheckKind, FeatureKind, SpecError, TaskType
 
 
@@ -37,10 +37,7 @@ def load_spec(path: str | Path) -> UseCaseSpec:
     try:
         spec = UseCaseSpec.model_validate({**raw, "directory": path.parent})
     except ValidationError as exc:
-        raise SpecError(file, [_describe(error) for error in exc.errors()]) from None
-    problems = cross_check(spec)
-    if problems:
-        raise SpecError(file, problems)
+        raise SpecError(file, [problem for error in exc.errors() for problem in _describe(error)]) from None
     return spec
 
 
@@ -86,9 +83,17 @@ def _key(loc: tuple) -> str:
     return ".".join(parts)
 
 
-def _describe(error: dict) -> tuple[str, str]:
-    """One readable ``(key, message)`` for a pydantic error."""
+def _describe(error: dict) -> list[tuple[str, str]]:
+    """Readable ``(key, message)`` problems of a pydantic error: a section's broken rules
+    (:func:`pipelines.core.spec.sections.broken`) give one each, any other error one."""
     loc, kind = tuple(error["loc"]), error["type"]
+    if kind == "spec_rules":
+        return [(_key(loc + tuple(at.split(".")) if at else loc), message)
+                for at, message in error["ctx"]["problems"]]
+    return [_describe_one(error, loc, kind)]
+
+
+def _describe_one(error: dict, loc: tuple, kind: str) -> tuple[str, str]:
     key = _key(loc)
     if kind == "extra_forbidden":
         known = _known_keys(UseCaseSpec, loc[:-1])

@@ -6,10 +6,36 @@ import datetime as dt
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from pipelines.core.spec.vocabulary import (AggregateFn, Approval, CheckKind, CheckMode, ColumnType, DriftMethod,
                                             FairnessMeasure, FeatureKind, Metric, SearchMethod, ServingInput, Snapshots,
                                             SourceKind, Split, Strategy, TaskType)
+
+
+def broken(*problems: tuple[str, str]) -> PydanticCustomError:
+    """A section's own rules, broken: each ``(at, message)`` is reported at the section's key
+    followed by ``at`` (empty: the section itself), one line each, with the spec's other problems."""
+    return PydanticCustomError("spec_rules", "{message}", {"message": "; ".join(m for _, m in problems),
+                                                           "problems": list(problems)})
+
+
+PRESETS = {"@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly"}
+
+
+def valid_schedule(value: str) -> bool:
+    """An Airflow schedule: a preset like ``@daily`` or a cron expression."""
+    if value.startswith("@"):
+        return value in PRESETS
+    from croniter import croniter  # light; Airflow's own dependency
+
+    return croniter.is_valid(value)
+
+
+def _schedule_problems(value: str | None) -> list[tuple[str, str]]:
+    if value is not None and not valid_schedule(value):
+        return [("schedule", f"{value!r} is neither a cron expression nor a preset like @daily")]
+    return []
 
 
 # ----------------------------------------------------------------- sections
@@ -52,12 +78,31 @@ class SourceSpec(_Section):
     row_id: str | None = None        # an int column ingest adds: each row's number in its file (from 1), for a
                                      # table with no id column of its own
 
+    @model_validator(mode="after")
+    def _events_are_timed(self):
+        if self.kind is SourceKind.EVENTS:
+            missing = [key for key in ("timestamp", "partition_by") if getattr(self, key) is None]
+            if missing:
+                raise broken(*[(key, "required for an events source (or declare kind: snapshot)") for key in missing])
+        return self
+
 
 class Aggregate(_Section):
     name: str
     fn: AggregateFn
     column: str | None = None
     value: Any = None   # the value whose share ``share`` measures
+
+    @model_validator(mode="after")
+    def _needs_what_it_measures(self):
+        problems = []
+        if self.fn is not AggregateFn.COUNT and self.column is None:
+            problems.append(("column", f"{self.fn.value} needs a column"))
+        if self.fn is AggregateFn.SHARE and self.value is None:
+            problems.append(("value", "share needs the value whose share it is"))
+        if problems:
+            raise broken(*problems)
+        return self
 
 
 class WindowAggregatesGroup(_Section):
@@ -110,6 +155,12 @@ class LabelSpec(_Section):
     horizon_days: int = Field(0, ge=0)  # a label for date D is known on D + horizon_days
     positive: str | int | float | bool | None = None
     values: dict[str | int | float | bool, int] | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_classes(self):
+        if self.positive is not None and self.values is not None:
+            raise broken(("positive", "give either positive or values, not both"))
+        return self
 
 
 class SearchRange(_Section):
@@ -168,6 +219,15 @@ class ModelSpec(_Section):
     cv_folds: int = Field(3, ge=2)
     threshold: float = Field(0.5, gt=0, lt=1)
 
+    @model_validator(mode="after")
+    def _grids_list_values(self):
+        if self.search.method is SearchMethod.GRID:
+            ranges = [name for name, values in self.search_space.items() if isinstance(values, SearchRange)]
+            if ranges:
+                raise broken(*[(f"search_space.{name}", "a grid searches listed values; a range needs "
+                                                        "model.search.method: optuna") for name in ranges])
+        return self
+
 
 class TrainingSpec(_Section):
     schedule: str | None = None
@@ -180,6 +240,12 @@ class TrainingSpec(_Section):
     holdout_fraction: float = Field(0.2, gt=0, lt=1)   # share of entities held out by a random split
     reference_rows: int = Field(5000, gt=0)
     reference_days: int = Field(7, gt=0)
+
+    @model_validator(mode="after")
+    def _valid_schedule(self):
+        if problems := _schedule_problems(self.schedule):
+            raise broken(*problems)
+        return self
 
 
 class _Check(_Section):
@@ -232,6 +298,12 @@ class CalibrationCheck(_Check):
     max_ece: float | None = Field(None, gt=0)
     bins: int = Field(10, ge=2)
 
+    @model_validator(mode="after")
+    def _a_ceiling(self):
+        if self.max_brier is None and self.max_ece is None:
+            raise broken(("", "a calibration check needs max_brier, max_ece or both"))
+        return self
+
 
 class LatencyCheck(_Check):
     """The model as it will be served (the registered version through MLflow's pyfunc): p50/p99 of
@@ -270,9 +342,26 @@ class PromotionSpec(_Section):
     approval: Approval = Approval.NONE
     approval_timeout_hours: float = Field(24.0, gt=0)   # no answer by then: rejected
 
+    @model_validator(mode="after")
+    def _unique_check_names(self):
+        seen, problems = set(), []
+        for i, check in enumerate(self.checks):
+            if check.name in seen:
+                problems.append((f"checks[{i}].name", f"{check.name!r} is used by another check; names must be unique"))
+            seen.add(check.name)
+        if problems:
+            raise broken(*problems)
+        return self
+
 
 class ScoringSpec(_Section):
     schedule: str | None = "@daily"   # null: on demand (a manual run) and on each ingest through the inbox
+
+    @model_validator(mode="after")
+    def _valid_schedule(self):
+        if problems := _schedule_problems(self.schedule):
+            raise broken(*problems)
+        return self
 
 
 class RolloutBudgets(_Section):
@@ -362,6 +451,12 @@ class MonitoringSpec(_Section):
     column_threshold: float | None = Field(None, gt=0)   # that test's per-column threshold
     consecutive_days: int = Field(1, ge=1)
     cooldown_days: int = Field(7, ge=0)
+
+    @model_validator(mode="after")
+    def _threshold_of_a_method(self):
+        if self.column_threshold is not None and self.method is None:
+            raise broken(("column_threshold", "a threshold needs the method it applies to (monitoring.method)"))
+        return self
 
 
 class SimulationSpec(_Section):

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.core.spec.sections import (AttributesGroup, CalibrationCheck, DeploymentSpec, FairnessCheck,
+from pipelines.core.spec.sections import (broken, AttributesGroup, CalibrationCheck, DeploymentSpec, FairnessCheck,
                                           FeaturesSpec, LabelSpec, ModelSpec, MonitoringSpec, PromotionSpec,
-                                          RecencyGroup, ScoringSpec, SearchRange, SimulationSpec, SourceSpec,
-                                          TrainingSpec, WindowAggregatesGroup, _Section)
-from pipelines.core.spec.vocabulary import (SPEC_FILE, AggregateFn, ColumnType, FairnessMeasure, Metric, SearchMethod,
-                                            SourceKind, SpecError, TaskType)
+                                          RecencyGroup, ScoringSpec, SimulationSpec, SourceSpec, TrainingSpec,
+                                          WindowAggregatesGroup, _Section)
+from pipelines.core.spec.vocabulary import (SPEC_FILE, AggregateFn, ColumnType, FairnessMeasure, Metric, SourceKind,
+                                            SpecError, TaskType)
 
 
 class UseCaseSpec(_Section):
@@ -58,6 +58,14 @@ class UseCaseSpec(_Section):
         except ValueError:
             return raw   # reported as the task's own error
         return {**raw, "promotion": {**promotion, "metric": Metric.default_for(task).value}}
+
+    @model_validator(mode="after")
+    def _references_hold(self):
+        """The cross-references (sources and columns named, the target, the task's metrics and
+        checks): all checked once every section is valid on its own."""
+        if problems := cross_check(self):
+            raise broken(*problems)
+        return self
 
     @property
     def start(self) -> dt.date:
@@ -111,16 +119,6 @@ def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
         problems.append(("promotion.metric", f"{metric.value} does not fit a {spec.model.task.value} task; "
                                              f"use one of {fits}"))
     problems += _check_gate(spec)
-    if spec.model.search.method is SearchMethod.GRID:
-        for name, values in spec.model.search_space.items():
-            if isinstance(values, SearchRange):
-                problems.append((f"model.search_space.{name}", "a grid searches listed values; a range needs "
-                                                               "model.search.method: optuna"))
-    if spec.monitoring.column_threshold is not None and spec.monitoring.method is None:
-        problems.append(("monitoring.column_threshold", "a threshold needs the method it applies to (monitoring.method)"))
-    for key, value in (("training.schedule", spec.training.schedule), ("scoring.schedule", spec.scoring.schedule)):
-        if value is not None and not _valid_schedule(value):
-            problems.append((key, f"{value!r} is neither a cron expression nor a preset like @daily"))
     return problems
 
 
@@ -164,9 +162,6 @@ def _check_sources(spec: UseCaseSpec, refs: _References) -> None:
             refs.column(f"sources.{name}.key[{i}]", name, k)
         refs.column(f"sources.{name}.row_id", name, src.row_id, {ColumnType.INT})
         for key in ("timestamp", "partition_by"):
-            if src.kind is SourceKind.EVENTS and getattr(src, key) is None:
-                refs.problems.append((f"sources.{name}.{key}", "required for an events source (or declare kind: "
-                                                               "snapshot)"))
             refs.column(f"sources.{name}.{key}", name, getattr(src, key), TIMES)
 
 
@@ -197,15 +192,9 @@ def _check_features(spec: UseCaseSpec, refs: _References) -> None:
 
 def _check_aggregate(refs: _References, where: str, source: str, agg) -> None:
     if agg.fn in {AggregateFn.SUM, AggregateFn.AVG}:
-        if agg.column is None:
-            refs.problems.append((f"{where}.column", f"{agg.fn.value} needs a column"))
         refs.column(f"{where}.column", source, agg.column, NUMBERS)
     elif agg.fn in {AggregateFn.COUNT_DISTINCT, AggregateFn.SHARE}:
-        if agg.column is None:
-            refs.problems.append((f"{where}.column", f"{agg.fn.value} needs a column"))
         refs.column(f"{where}.column", source, agg.column)
-        if agg.fn is AggregateFn.SHARE and agg.value is None:
-            refs.problems.append((f"{where}.value", "share needs the value whose share it is"))
 
 
 def _check_label(spec: UseCaseSpec, refs: _References) -> None:
@@ -217,8 +206,6 @@ def _check_label(spec: UseCaseSpec, refs: _References) -> None:
         problems.append(("label.date_column", "required when labels come from an events source"))
     refs.column("label.target", label.source, label.target)
     refs.column("label.source", label.source, spec.entity)
-    if label.positive is not None and label.values is not None:
-        problems.append(("label.positive", "give either positive or values, not both"))
     problems += _label_fits_task(label, spec.model.task, spec.sources[label.source].columns.get(label.target))
 
 
@@ -255,16 +242,12 @@ def _label_fits_task(label, task: TaskType, target_type: ColumnType | None) -> l
 
 
 def _check_gate(spec: UseCaseSpec) -> list[tuple[str, str]]:
-    """The promotion checks fit the spec: unique names, columns that are features, metrics and
-    measures that suit the task."""
+    """The promotion checks fit the spec: columns that are features, metrics and measures that
+    suit the task."""
     problems: list[tuple[str, str]] = []
     task, features = spec.model.task, spec.feature_names()
-    seen: set[str] = set()
     for i, check in enumerate(spec.promotion.checks):
         key = f"promotion.checks[{i}]"
-        if check.name in seen:
-            problems.append((f"{key}.name", f"{check.name!r} is used by another check; names must be unique"))
-        seen.add(check.name)
         metric = getattr(check, "metric", None)
         if metric is not None and task not in metric.tasks:
             problems.append((f"{key}.metric", f"{metric.value} does not fit a {task.value} task"))
@@ -276,20 +259,7 @@ def _check_gate(spec: UseCaseSpec) -> list[tuple[str, str]]:
         if isinstance(check, FairnessCheck) and check.measure is not FairnessMeasure.METRIC_DIFFERENCE \
                 and task is not TaskType.BINARY:
             problems.append((f"{key}.measure", f"{check.measure.value} needs a binary task; use metric_difference"))
-        if isinstance(check, CalibrationCheck):
-            if task is TaskType.REGRESSION:
-                problems.append((f"{key}.kind", "calibration applies to classifiers, not a regression"))
-            if check.max_brier is None and check.max_ece is None:
-                problems.append((key, "a calibration check needs max_brier, max_ece or both"))
+        if isinstance(check, CalibrationCheck) and task is TaskType.REGRESSION:
+            problems.append((f"{key}.kind", "calibration applies to classifiers, not a regression"))
     return problems
 
-
-_PRESETS = {"@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly"}
-
-
-def _valid_schedule(value: str) -> bool:
-    if value.startswith("@"):
-        return value in _PRESETS
-    from croniter import croniter  # light; Airflow's own dependency
-
-    return croniter.is_valid(value)
