@@ -19,14 +19,14 @@ from pipelines.core.errors import MissingData
 from pipelines.core.lake import list_partitions
 from pipelines.core.spark import get_spark
 from pipelines.data.inbox import inbox_folder, make_source_folders, process_inbox
-from pipelines.data.ingest import ingest as land
+from pipelines.data.ingest import ingest as land_files
 from pipelines.data.simulate import config_from_spec, simulate_to_lake
 from pipelines.data.validation import validate_day
 from pipelines.features.online_store import refresh, store_path
-from pipelines.features.point_in_time import build_features as build, require_complete_look_back
+from pipelines.features.point_in_time import build_features as build_feature_partition, require_complete_look_back
 from pipelines.models import tracking
-from pipelines.monitoring.watch import (DRIFT_SUMMARY, RetrainDecision, live_performance as perf,
-                                        monitor_drift as monitor, record_retrain_request as record,
+from pipelines.monitoring.watch import (DRIFT_SUMMARY, RetrainDecision, live_performance as measure_live_performance,
+                                        monitor_drift as monitor_day, record_retrain_request as store_retrain_request,
                                         retrain_decision as decide_retraining)
 from pipelines.release import rollout
 from pipelines.release.decision import Evaluation, Review
@@ -57,7 +57,7 @@ def simulate(use_case: str, **overrides) -> dict[str, int]:
 def ingest(use_case: str, source: str, location: str, as_of: str | dt.date | None = None) -> dict:
     """Land a team's own CSV/Parquet files as a source's raw daily partitions (see pipelines.data.ingest)."""
 
-    return asdict(land(spec(use_case), lake(), source, location, _date(as_of) if as_of else None))
+    return asdict(land_files(spec(use_case), lake(), source, location, _date(as_of) if as_of else None))
 
 
 def inbox(use_case: str):
@@ -90,7 +90,7 @@ def check_look_back(use_case: str, date: str | dt.date) -> None:
 
 
 def build_features(use_case: str, date: str | dt.date) -> int:
-    return build(spark(f"{use_case}-features"), spec(use_case), lake(), _date(date))
+    return build_feature_partition(spark(f"{use_case}-features"), spec(use_case), lake(), _date(date))
 
 
 def refresh_online_store(use_case: str, date: str | dt.date) -> dict:
@@ -124,11 +124,11 @@ def score(use_case: str, date: str | dt.date, champion: dict, run_id: str) -> in
 
 
 def monitor_drift(use_case: str, date: str | dt.date, champion: dict) -> dict:
-    return monitor(spec(use_case), lake(), settings().reports, _date(date), champion)
+    return monitor_day(spec(use_case), lake(), settings().reports, _date(date), champion)
 
 
 def live_performance(use_case: str, date: str | dt.date) -> list[dict]:
-    return perf(spec(use_case), lake(), _date(date))
+    return measure_live_performance(spec(use_case), lake(), _date(date))
 
 
 def retrain_decision(use_case: str, date: str | dt.date) -> dict | None:
@@ -156,7 +156,7 @@ def request_retraining(use_case: str, decision: dict) -> dict:
     """Record a drift-triggered retrain request; returns the training run's conf and run id."""
 
     fields = {k: decision[k] for k in ("retrain", "reason", "ds", "drift_share", "model_version")}
-    record(spec(use_case), lake(), RetrainDecision(**fields))
+    store_retrain_request(spec(use_case), lake(), RetrainDecision(**fields))
     as_of = _date(decision["ds"]) + dt.timedelta(days=1)   # the drift day's labels have landed
     return {"reason": decision["reason"], "trigger": "drift", "as_of": as_of.isoformat(),
             "run_id": f"drift__{decision['ds']}"}
