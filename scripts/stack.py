@@ -43,10 +43,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable
 
 import psutil
 from dotenv import dotenv_values
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.core.waiting import wait_until
 from scripts.postgres import LocalPostgres
@@ -66,10 +68,41 @@ class StackError(RuntimeError):
     """A service failed to start or to become healthy; the message names its log."""
 
 
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ServiceSettings(BaseSettings):
+    """The services' shared settings: ``include/stack/services.env`` (docker-compose.yaml reads it
+    too), each overridden by a non-empty environment variable of its name; read and checked by
+    pydantic-settings, so a bad value is one line naming the variable."""
+
+    model_config = SettingsConfigDict(env_file=SERVICES_ENV, case_sensitive=True, env_ignore_empty=True,
+                                      extra="forbid", frozen=True)
+
+    MLOPS_AIRFLOW_PORT: Port
+    MLOPS_MLFLOW_PORT: Port
+    MLOPS_SPARK_CONNECT_PORT: Port
+    MLOPS_SPARK_MASTER_PORT: Port
+    MLOPS_SPARK_UI_PORT: Port
+    MLOPS_POSTGRES_PORT: Port
+    MLOPS_SERVING_PORT: Port
+    MLOPS_SPARK_SHUFFLE_PARTITIONS: int = Field(ge=1)
+    MLOPS_MLFLOW_WORKERS: int = Field(ge=1)
+    MLOPS_MLFLOW_ALLOWED_HOSTS: str = Field(min_length=1)
+    MLOPS_MODEL_THREADS: int = Field(ge=1)
+    AIRFLOW__CORE__PARALLELISM: int = Field(ge=1)
+    AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL: int = Field(ge=1)
+    MLOPS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT: str = Field(pattern=r"^\d+(ms|s|min|h)?$")
+
+
 def service_settings() -> dict[str, str]:
-    """``include/stack/services.env``, each value overridden by an environment variable of its name."""
-    values = {k: v for k, v in dotenv_values(SERVICES_ENV).items() if v is not None}
-    return {k: os.environ.get(k) or v for k, v in values.items()}
+    """The shared service settings as the services' environment takes them (text)."""
+    try:
+        values = ServiceSettings()
+    except ValidationError as exc:
+        raise StackError("; ".join(f"{e['loc'][0]}: {e['msg']}, got {e.get('input')!r}" for e in exc.errors())
+                         + f" (from the environment or {SERVICES_ENV})") from None
+    return {name: str(value) for name, value in values.model_dump().items()}
 
 
 class Stack:

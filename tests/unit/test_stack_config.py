@@ -126,3 +126,21 @@ def test_secret_files_are_private(tmp_path):
     stack.admin_password()
     for path in (stack.airflow_home / "stack-secret", stack.password_file):
         assert oct(path.stat().st_mode & 0o777) == "0o600", path
+
+
+@pytest.mark.parametrize("variable, value", [("MLOPS_MLFLOW_PORT", "http"), ("MLOPS_SPARK_UI_PORT", "70000"),
+                                             ("MLOPS_MLFLOW_WORKERS", "0"),
+                                             ("MLOPS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT", "a minute")])
+def test_a_service_setting_that_cannot_be_read_is_one_line_naming_it(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(StackError) as refused:
+        service_settings()
+    message = str(refused.value)
+    assert message.startswith(f"{variable}: ") and repr(value) in message and "\n" not in message
+
+
+def test_an_empty_variable_keeps_the_shared_value(monkeypatch):
+    monkeypatch.setenv("MLOPS_SPARK_SHUFFLE_PARTITIONS", "")
+    from dotenv import dotenv_values
+
+    assert service_settings()["MLOPS_SPARK_SHUFFLE_PARTITIONS"] == dotenv_values(SERVICES_ENV)["MLOPS_SPARK_SHUFFLE_PARTITIONS"]
