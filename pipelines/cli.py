@@ -41,7 +41,6 @@ from pipelines.data.spec_init import draft, write_use_case
 from pipelines.release.rollback import RollbackRefused
 from pipelines.report import summarize
 from pipelines.serving.guard import ensure_keys, rotate_keys
-from pipelines.serving.service import serve as run_service
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +183,9 @@ def _command(args: argparse.Namespace, runtime) -> int:
     if args.command == "serve":
         for name in args.use_case:
             runtime.spec(name)   # an unknown use case fails here, with the specs found
-        run_service(args.use_case, args.host, args.port, args.workers)
+        from pipelines.serving.service import serve   # FastAPI: 0.2 s of start no other command needs
+
+        serve(args.use_case, args.host, args.port, args.workers)
         return 0
     # stdout carries only the result, so that scripts can parse it; what the libraries print on
     # the way (MLflow's run links, progress) goes to stderr with the logs
