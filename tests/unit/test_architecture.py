@@ -34,3 +34,31 @@ def test_a_back_arrow_or_a_circle_breaks_the_build(tmp_path):
     assert result.returncode != 0
     assert "pipelines.core.lake -> pipelines.release.gate" in result.stdout, result.stdout[-3000:]
     assert "Contracts: 0 kept, 2 broken." in result.stdout, result.stdout[-3000:]
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 60
+
+
+def _python_files():
+    for folder in ("pipelines", "plugins", "scripts"):
+        yield from sorted((ROOT / folder).rglob("*.py"))
+
+
+def test_modules_and_functions_stay_small_enough_to_read():
+    """No module over 500 lines and no function over 60 in the product code (the DAG files'
+    factories are tables of contents and exempt): a function that grows past that is doing
+    several jobs."""
+    import ast
+
+    too_long = []
+    for path in _python_files():
+        text = path.read_text()
+        name = path.relative_to(ROOT)
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_FUNCTION_LINES:
+                    too_long.append(f"{name}:{node.lineno} {node.name}: {size} lines")
+    assert not too_long, "split these:\n" + "\n".join(too_long)
