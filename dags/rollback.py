@@ -4,6 +4,8 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, task
 
 from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, use_cases
+from pipelines.core.config import settings
+from pipelines.core.environments import load_environments
 
 DOC = """
 ### {name}: roll back the champion
@@ -15,6 +17,8 @@ Manual only: trigger it from the UI and fill in the form.
   version whose artifacts are gone is refused, and nothing moves); the move is compare-and-set.
   The reason, the time and who triggered the run are tags on both versions; the next
   `{name}_daily` run scores with the target. Same as `mlops rollback {name} --reason ...`.
+* **environment** (in the form): the environment whose `@champion` moves ({environments}); no
+  other environment's registry is touched. Same as `mlops --env prod rollback {name} ...`.
 """
 
 
@@ -22,6 +26,7 @@ def build_rollback(spec):
     """The rollback DAG of one use case."""
     use_case = spec.name
     assets = lifecycle_assets(use_case)
+    environments = load_environments(settings().include).names
 
     @dag(
         dag_id=f"{use_case}_rollback",
@@ -30,13 +35,15 @@ def build_rollback(spec):
         max_active_runs=1,
         default_args={**DEFAULT_ARGS, "retries": 1},
         tags=["mlops", use_case, "promotion"],
-        doc_md=DOC.format(name=use_case, model=spec.model.registered_name),
+        doc_md=DOC.format(name=use_case, model=spec.model.registered_name, environments=", ".join(environments)),
         description=f"{use_case}: move @champion back to an earlier champion",
         params={
             "reason": Param("", type="string", minLength=3, title="Reason",
                             description="Why the current champion is rolled back (recorded on both versions)."),
             "to_version": Param("", type="string", pattern=r"^(v?\d+)?$", title="Version to roll back to",
                                 description="Empty: the champion before the current one."),
+            "environment": Param(settings().env, type="string", enum=environments, title="Environment",
+                                 description="Whose @champion moves; the other environments are left alone."),
         },
         start_date=None,
     )
@@ -48,11 +55,14 @@ def build_rollback(spec):
             from airflow.sdk.exceptions import AirflowFailException
 
             from pipelines import runtime
+            from pipelines.core.environments import acting_in
             from pipelines.release.rollback import RollbackRefused
 
             who = getattr(dag_run, "triggering_user_name", None) or "airflow"
             try:
-                return runtime.rollback(use_case, params["reason"], who, params.get("to_version") or None)
+                with acting_in(params.get("environment") or None):
+                    return {**runtime.rollback(use_case, params["reason"], who, params.get("to_version") or None),
+                            "environment": runtime.settings().env}
             except RollbackRefused as exc:
                 raise AirflowFailException(f"rollback refused, @champion unchanged: {exc}") from None
 

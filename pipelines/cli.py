@@ -13,6 +13,10 @@
     mlops score churn 2026-02-06
     mlops monitor churn 2026-02-06
     mlops rollback churn --reason "conversion dropped after v7"   # @champion back to the previous one
+    mlops env                      # the environments (dev, staging, prod), which one this is, where each keeps its state
+    mlops release churn --to staging --reason "weekly release"     # dev's champion, copied and tested in staging
+    mlops release churn --to prod --reason "weekly release" --approved-by risk-review
+    mlops --env prod rollback churn --reason "..."                  # any command, acting on another environment
     mlops rollout status churn     # the candidate's share, steps and decisions (start/judge/stop too)
     mlops rollout drill churn --slow-ms 1500   # roll out a slowed copy of the champion: it must be stopped
     mlops api-key path             # the scoring service's key file (rotate: replace the keys)
@@ -30,14 +34,16 @@ import re
 import sys
 from pathlib import Path
 
-from pipelines import runtime
+from pipelines import releases, runtime
 from pipelines.core.config import settings
+from pipelines.core.environments import acting_in
 from pipelines.core.errors import Refusal
 from pipelines.core.spec import SPEC_FILE, TaskType, check_spec, load_spec
 from pipelines.data.example_data import export
 from pipelines.data.ingest import IngestError
 from pipelines.data.labels import label_problems
 from pipelines.data.spec_init import draft, write_use_case
+from pipelines.release.decision import Review
 from pipelines.release.rollback import RollbackRefused
 from pipelines.report import summarize
 from pipelines.serving.guard import ensure_keys, rotate_keys
@@ -46,7 +52,10 @@ from pipelines.serving.guard import ensure_keys, rotate_keys
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _command(args, runtime)
+        if args.env:
+            runtime.environments().get(args.env)   # an unknown name: one line naming the environments
+        with acting_in(args.env):
+            return _command(args, runtime)
     except Refusal as exc:
         if args.debug:
             raise
@@ -60,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of a refusal too (bad input, failed rule, missing data)")
+    parser.add_argument("--env", default=None, metavar="ENVIRONMENT",
+                        help="act on this environment (dev, staging, prod; default: MLOPS_ENV, else dev)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_setup_commands, _add_data_commands, _add_step_commands, _add_release_commands,
                 _add_serving_commands):
@@ -120,7 +131,21 @@ def _add_step_commands(sub) -> None:
 
 
 def _add_release_commands(sub) -> None:
-    """rollback: @champion back to an earlier version."""
+    """rollback: @champion back to an earlier version; env and release: moving between environments."""
+    env = sub.add_parser("env", help="the environments: which one this is, each one's state and registry prefix")
+    env.add_argument("action", nargs="?", default="show", choices=["show", "copy-data"])
+    env.add_argument("use_case", nargs="?", help="copy-data: the use case whose data is copied")
+    env.add_argument("--from", dest="source", default=None, help="copy-data: the environment copied from")
+    env.add_argument("--to", dest="target", default=None, help="copy-data: the environment copied into")
+    release = sub.add_parser("release", help="move a model one environment on: test it in staging, or put it in prod")
+    release.add_argument("use_case")
+    release.add_argument("--to", required=True, help="the environment released into (staging, prod)")
+    release.add_argument("--version", default=None, help="the version of the environment before (default: its champion)")
+    release.add_argument("--reason", required=True, help="why: recorded on the versions of both environments")
+    release.add_argument("--by", default=None, help="who asks (default: the current user)")
+    release.add_argument("--approved-by", default=None,
+                         help="who approved a release into an environment that requires approval (prod)")
+    release.add_argument("--comment", default="", help="the approver's comment (recorded)")
     rollback = sub.add_parser("rollback", help="move @champion back to the previous champion (or --to VERSION)")
     rollback.add_argument("use_case")
     rollback.add_argument("--reason", required=True, help="why: recorded on the model versions")
@@ -183,7 +208,7 @@ def _command(args: argparse.Namespace, runtime) -> int:
     if args.command == "serve":
         for name in args.use_case:
             runtime.spec(name)   # an unknown use case fails here, with the specs found
-        from pipelines.serving.service import serve   # FastAPI: 0.2 s of start no other command needs
+        from pipelines.serving.service import serve  # FastAPI: 0.2 s of start no other command needs
 
         serve(args.use_case, args.host, args.port, args.workers)
         return 0
@@ -223,8 +248,9 @@ def check_specs(names: list[str]) -> int:
         print(f"no use-case spec under {include}", file=sys.stderr)
         return 1
     failed = 0
+    environments = runtime.environments().environments
     for path in paths:
-        problems = check_spec(path) or _data_problems(path)
+        problems = check_spec(path, environments) or _data_problems(path)
         failed += bool(problems)
         print("\n".join(problems) if problems else f"{path}: ok")
     return 1 if failed else 0
@@ -289,6 +315,22 @@ def _rollout(args, runtime):
     return runtime.end_rollout(uc, args.reason, by)
 
 
+def _env(args, runtime):
+    if args.action == "show":
+        return releases.environment_overview()
+    if not (args.use_case and args.source and args.target):
+        print("env copy-data needs a use case, --from and --to", file=sys.stderr)
+        return 2
+    return releases.copy_data(args.use_case, args.source, args.target)
+
+
+def _release(args, runtime):
+    by = args.by or getpass.getuser()
+    review = Review(True, args.approved_by, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    args.comment) if args.approved_by else None
+    return releases.release(args.use_case, args.to, args.version, by, args.reason, review)
+
+
 def _with_champion(args, runtime):
     """score and monitor: the champion's work of a day; 2 when there is no champion yet."""
     uc = args.use_case
@@ -304,6 +346,7 @@ def _with_champion(args, runtime):
 
 def _train(args, runtime):
     uc = args.use_case
+    runtime.require_may_train(uc)   # before anything else: prod of a deploy-models use case never trains
     with runtime.training_lock(uc):  # one training at a time, as in the DAG
         as_of = runtime.resolve_as_of(uc, args.as_of, None)
         challenger = runtime.train(uc, as_of, args.reason, "manual")
@@ -311,6 +354,8 @@ def _train(args, runtime):
 
 
 STEPS = {   # command -> (args, runtime) -> result
+    "env": _env,
+    "release": _release,
     "ingest": _ingest,
     "inbox": _inbox,
     "rollback": _rollback,

@@ -11,13 +11,16 @@ import datetime as dt
 import logging
 from dataclasses import asdict
 from functools import lru_cache
+from pathlib import Path
 
 # the catalogue of use cases, also asked for through this module by the DAGs, the CLI and the tests
 from pipelines.core.catalog import UnknownUseCase, forget_specs, lake, spec, use_case_names  # noqa: F401
 from pipelines.core.config import settings
+from pipelines.core.environments import acting_in, load_environments
 from pipelines.core.errors import MissingData
 from pipelines.core.lake import list_partitions
 from pipelines.core.spark import get_spark
+from pipelines.core.spec import Pattern
 from pipelines.data.inbox import inbox_folder, make_source_folders, process_inbox
 from pipelines.data.ingest import ingest as land_files
 from pipelines.data.simulate import config_from_spec, simulate_to_lake
@@ -28,7 +31,8 @@ from pipelines.models import tracking
 from pipelines.monitoring.watch import (DRIFT_SUMMARY, RetrainDecision, live_performance as measure_live_performance,
                                         monitor_drift as monitor_day, record_retrain_request as store_retrain_request,
                                         retrain_decision as decide_retraining)
-from pipelines.release import rollout
+from pipelines.release import between_environments, rollout
+from pipelines.release.between_environments import ReleaseRefused
 from pipelines.release.decision import Evaluation, Review
 from pipelines.release.evaluation import evaluate_challenger, promote_if_better
 from pipelines.release.fault_injection import register_slowed_copy
@@ -162,23 +166,28 @@ def request_retraining(use_case: str, decision: dict) -> dict:
             "run_id": f"drift__{decision['ds']}"}
 
 
-@lru_cache(maxsize=None)
 def training_lock(use_case: str, timeout: float = 3600.0):
-    """One training or promotion of a use case at a time, whoever starts it (DAG task or CLI).
+    """One training or promotion of a use case at a time in an environment, whoever starts it
+    (DAG task or CLI).
 
-    A file lock beside the lake (shared by every worker that shares the lake); re-entrant in
-    one process, so the CLI can hold it across training and promotion.
+    A file lock beside the environment's lake (shared by every worker that shares the lake);
+    re-entrant in one process, so the CLI can hold it across training and promotion.
     """
+    spec(use_case)   # a name that is no use case builds no path
+    return _lock_file(str(lake().root / "_locks" / f"{use_case}.training.lock"), timeout)
+
+
+@lru_cache(maxsize=None)
+def _lock_file(path: str, timeout: float):
     from filelock import FileLock
 
-    spec(use_case)   # a name that is no use case builds no path
-    path = lake().root / "_locks" / f"{use_case}.training.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path), timeout=timeout)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path, timeout=timeout)
 
 
 def train(use_case: str, as_of: str | dt.date, reason: str, trigger: str, run_id: str | None = None) -> dict:
     tracking.require_tracking_server()   # fail in seconds, before a long fit, when MLflow is away
+    require_may_train(use_case)
     with training_lock(use_case):
         return train_challenger(spark(f"{use_case}-training"), spec(use_case), lake(), _date(as_of),
                                 reason=reason, trigger=trigger, airflow_run_id=run_id)
@@ -265,3 +274,31 @@ def promote(use_case: str, challenger: dict, as_of: str | dt.date) -> dict:
     the challenger is left awaiting approval, which only the training DAG asks for."""
     with training_lock(use_case):
         return decide(use_case, evaluate(use_case, challenger, as_of))
+
+
+# ----------------------------------------------------------------- environments and releases
+def environments():
+    """The environments of this deployment (include/environments.yaml, or the embedded defaults)."""
+    return load_environments(settings().include)
+
+
+def spec_in(use_case: str, environment: str):
+    with acting_in(environment):
+        return spec(use_case)
+
+
+def require_may_train(use_case: str) -> None:
+    """Refuse training where the use case's pattern forbids it: after the first environment for
+    deploy models (prod never trains), and in the last one with code its predecessor has not
+    passed for deploy code."""
+    the_spec, envs = spec(use_case), environments()
+    if envs.is_first(the_spec.environment):
+        return
+    if the_spec.deployment.pattern is Pattern.DEPLOY_MODELS:
+        raise ReleaseRefused(f"{use_case}: {the_spec.environment} does not train (deployment.pattern: deploy_models, "
+                             f"only {envs.names[0]} trains); release a {envs.names[0]} version: "
+                             f"mlops release {use_case} --to {the_spec.environment}")
+    if envs.is_last(the_spec.environment):
+        before = envs.before(the_spec.environment).name
+        between_environments.require_code_passed(the_spec, spec_in(use_case, before),
+                                                  tracking.code_version_tags()["code_version"])

@@ -13,7 +13,12 @@
    candidate: start the scoring service, send it traffic (Locust) and run the rollout DAG step by
    step until the candidate is champion; then a drill (a slowed copy of the champion) that the
    rollout must roll back on its own; print the rollout timeline;
-7. print the summary, stop the services, leave the state in place.
+7. a release: staging and prod get a copy of dev's data, the release DAG copies dev's champion
+   into staging, tests it there (gate on staging's data, batch scoring, load test, prod's
+   inference schema), asks for approval (the demo approves as ``risk-review``), copies it into
+   prod; then prod's daily scoring runs with it, in prod's own lake;
+8. print the summary (each environment's champion and where it came from), stop the services,
+   leave the state in place.
 
     python -m scripts.demo            # fresh state under $MLOPS_HOME (default .state/)
     python -m scripts.demo --keep     # keep earlier state (reruns are idempotent)
@@ -33,7 +38,7 @@ import time
 from scripts.airflow_api import TERMINAL, AirflowClient, logical_day, wait_for
 from scripts.stack import ROOT, STACK_MARK, Stack
 
-STATE_DIRS = ("lake", "mlflow", "airflow", "reports", "logs", "run", "postgres", "spark")
+STATE_DIRS = ("lake", "mlflow", "airflow", "reports", "logs", "run", "postgres", "spark", "envs")
 
 
 def say(message: str) -> None:
@@ -176,6 +181,39 @@ def play_rollouts(stack: Stack, use_case: str) -> dict:
     return timings
 
 
+def play_release(stack: Stack, use_case: str, day: dt.date) -> dict:
+    """dev's champion through staging into prod by the release DAG, approved by a person; then
+    prod's daily scoring of ``day`` with it; timings."""
+    from pipelines import releases, runtime
+    from pipelines.core.environments import acting_in
+
+    client = AirflowClient(stack.airflow_url, "admin", stack.admin_password())
+    dag_id, timings = f"{use_case}_release", {}
+    for target in ("staging", "prod"):   # their own feeds, in a real deployment
+        copied = releases.copy_data(use_case, "dev", target)
+        say(f"  {target}: a copy of dev's data ({copied['partitions']['features']} feature partitions)")
+    t = time.monotonic()
+    run_id = client.trigger(dag_id, conf={"reason": "weekly release of the retrained model"})
+    say(f"release {run_id}: dev's champion into staging, staging's tests, then approval for prod")
+    client.wait_for_review(dag_id, run_id, "approve_prod", timeout=900)
+    tests = client.xcom(dag_id, run_id, "pass_staging") or {}
+    say(f"  staging v{tests.get('version')} passed {', '.join(tests.get('tests', []))}; "
+        f"risk-review approves the release into prod")
+    client.review(dag_id, run_id, "approve_prod", approve=True, comment="staging's gate and load test look right")
+    run = client.wait_for_run(dag_id, run_id)
+    timings["release_s"] = time.monotonic() - t
+    released = client.xcom(dag_id, run_id, "release_into_prod") or {}
+    say(f"  release {run['state']}: prod v{released.get('version')} ({timings['release_s']:.0f}s)")
+    if run["state"] != "success":
+        raise RuntimeError(f"the release failed; see the task logs of {dag_id} / {run_id}")
+    t = time.monotonic()
+    with acting_in("prod"):
+        rows = runtime.score(use_case, day, runtime.resolve_champion(use_case), f"prod_daily__{day}")
+    timings["prod_scoring_s"] = time.monotonic() - t
+    say(f"  prod's daily scoring of {day}: {rows} rows with prod v{released.get('version')}")
+    return timings
+
+
 def _states(runs: list[dict]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in runs:
@@ -194,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack()
     os.environ.update({k: v for k, v in stack.env().items()
                        if k.startswith(("MLOPS", "MLFLOW")) and k != STACK_MARK})
-    from pipelines import runtime
+    from pipelines import releases, runtime
     from pipelines.report import summarize
 
     spec = runtime.spec(args.use_case)
@@ -227,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             timings.update(play_rollouts(stack, args.use_case))
             print()
             print(runtime.rollout_status(args.use_case, timelines=2))
+        timings.update(play_release(stack, args.use_case, end))
         print()
         print(summarize(spec))
+        print()
+        print(releases.environments_text(args.use_case))
     finally:
         say("stopping the stack")
         stack.down()

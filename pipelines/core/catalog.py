@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipelines.core.config import settings
+from pipelines.core.environments import ENVIRONMENTS_FILE, load_environments
 from pipelines.core.errors import Refusal
 from pipelines.core.lake import Lake
 from pipelines.core.spec import USE_CASE_NAME, SpecError, UseCaseSpec, discover_specs_and_errors
@@ -22,9 +23,11 @@ class UnknownUseCase(Refusal, KeyError):
 
 
 @lru_cache(maxsize=64)
-def _load_specs(include: str, stamp: tuple) -> tuple[dict[str, UseCaseSpec], dict[str, SpecError]]:
-    """The specs that load, by name, and the errors of those that do not, by folder name."""
-    specs, errors = discover_specs_and_errors(include)
+def _load_specs(include: str, stamp: tuple, env: str) -> tuple[dict[str, UseCaseSpec], dict[str, SpecError]]:
+    """The specs that load in environment ``env``, by name, and the errors of those that do not,
+    by folder name."""
+    environments = load_environments(Path(include))
+    specs, errors = discover_specs_and_errors(include, environments.get(env), environments.names)
     return {s.name: s for s in specs}, {Path(e.file).parent.name: e for e in errors}
 
 
@@ -36,9 +39,9 @@ def forget_specs() -> None:
 def _specs_and_errors(include: str) -> tuple[dict[str, UseCaseSpec], dict[str, SpecError]]:
     """The include folder's specs, read again when a spec or expectation file changed (a use case
     drafted by `mlops init` in the same process is seen at once)."""
-    files = sorted(Path(include).glob("*/*.yaml"))
+    files = sorted(Path(include).glob("*/*.yaml")) + [Path(include) / ENVIRONMENTS_FILE]
     stamp = tuple((str(f), f.stat().st_mtime_ns) for f in files if f.exists())
-    return _load_specs(include, stamp)
+    return _load_specs(include, stamp, settings().env)
 
 
 def _specs(include: str) -> dict[str, UseCaseSpec]:

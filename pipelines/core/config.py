@@ -8,9 +8,12 @@ is refused in one line naming the variable (pydantic-settings reads and checks t
 
 =========================  ==========================================================
 ``MLOPS_HOME``             state root (default ``<project>/.state``)
-``MLOPS_LAKE``             Parquet lake root (default ``$MLOPS_HOME/lake``)
-``MLOPS_REPORTS``          drift reports (default ``$MLOPS_HOME/reports``)
-``MLOPS_INBOX``            drop folders of the ingest DAGs, one per use case (default ``$MLOPS_HOME/inbox``)
+``MLOPS_ENV``              the environment this process runs in (``dev``, ``staging``, ``prod``: see
+                           :mod:`pipelines.core.environments`); its state lies under its own
+                           home (dev: ``$MLOPS_HOME``, the others ``$MLOPS_HOME/envs/<name>``)
+``MLOPS_LAKE``             Parquet lake root (default ``<environment home>/lake``)
+``MLOPS_REPORTS``          drift reports (default ``<environment home>/reports``)
+``MLOPS_INBOX``            drop folders of the ingest DAGs, one per use case (default ``<environment home>/inbox``)
 ``MLOPS_INCLUDE``          folder of use-case specs (default ``<project>/include``)
 ``MLFLOW_TRACKING_URI``    default ``sqlite:///$MLOPS_HOME/mlflow/mlflow.db``
 ``MLOPS_MLFLOW_ARTIFACTS`` artifact root for new experiments (default ``$MLOPS_HOME/mlflow/artifacts``)
@@ -25,9 +28,13 @@ is refused in one line naming the variable (pydantic-settings reads and checks t
 ``MLOPS_SCHEDULE_END``     optional last date the scheduled DAGs may run for (YYYY-MM-DD)
 ``MLOPS_RETRY_DELAY_S``    first retry delay of a failed task, doubled on each retry (default 20)
 ``MLOPS_ONLINE_STORE``     folder of the online feature stores, one SQLite file per use case
-                           (default ``$MLOPS_HOME/online``)
+                           (default ``<environment home>/online``)
 ``MLOPS_SERVING_POLL_S``   how often the scoring service checks the registry alias (default 2)
 =========================  ==========================================================
+
+The four paths of an environment (lake, reports, inbox, online store) set by variable belong to
+the process's own environment: code acting on another one (a release moving a version into
+staging, :func:`pipelines.core.environments.acting_in`) uses that one's home.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
+from pipelines.core.environments import Environment, EnvironmentsError, acting_environment, load_environments
 from pipelines.core.errors import Refusal
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]   # pipelines/core/config.py -> the project
@@ -58,6 +66,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLOPS_", frozen=True, extra="ignore", env_ignore_empty=True)
 
     home: Path = PROJECT_ROOT / ".state"
+    env: str | None = None                       # the environment file's default (dev)
     lake: Path | None = None                     # $MLOPS_HOME/lake
     reports: Path | None = None                  # $MLOPS_HOME/reports
     inbox: Path | None = None                    # $MLOPS_HOME/inbox
@@ -82,13 +91,24 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _under_home(self) -> "Settings":
         home = self.home.resolve()
-        defaults = {"home": home, "lake": home / "lake", "reports": home / "reports", "inbox": home / "inbox",
-                    "mlflow_tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-                    "mlflow_artifacts": str(home / "mlflow" / "artifacts"), "online_store": home / "online"}
+        try:
+            environments = load_environments(self.include)
+            env = environments.get(self.env or environments.default)
+        except EnvironmentsError as exc:
+            raise ValueError(str(exc)) from None
+        state = env.state_home(home)
+        defaults = {"home": home, "env": env.name, "lake": state / "lake", "reports": state / "reports",
+                    "inbox": state / "inbox", "mlflow_tracking_uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+                    "mlflow_artifacts": str(home / "mlflow" / "artifacts"), "online_store": state / "online"}
         for name, default in defaults.items():
-            if name == "home" or getattr(self, name) is None:
+            if name in ("home", "env") or getattr(self, name) is None:
                 object.__setattr__(self, name, default)   # frozen: set once, while it is made
         return self
+
+    @property
+    def environment(self) -> Environment:
+        """The environment these settings are of (its registry prefix, its approval rule)."""
+        return load_environments(self.include).get(self.env)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
@@ -104,8 +124,9 @@ class Settings(BaseSettings):
         try:
             return cls()
         except ValidationError as exc:
-            raise SettingsError("; ".join(f"{_variable(e['loc'][0])}: {e['msg']}, got {e.get('input')!r}"
-                                          for e in exc.errors())) from None
+            raise SettingsError("; ".join(
+                f"{_variable(e['loc'][0])}: {e['msg']}, got {e.get('input')!r}" if e["loc"]
+                else f"MLOPS_ENV: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())) from None
         finally:
             _GIVEN_ENV.reset(token)
 
@@ -127,13 +148,34 @@ def _variable(field: str) -> str:
 
 
 def settings() -> Settings:
-    """Settings from the current environment (made again only when one of its variables changed)."""
-    return _settings_of(tuple(sorted((k, v) for k, v in os.environ.items() if k in _VARIABLES or k.startswith("MLOPS_"))))
+    """Settings from the process's environment variables (made again only when one of them
+    changed), of the environment the code acts in (:func:`~pipelines.core.environments.acting_in`)."""
+    variables = {k: v for k, v in os.environ.items() if k in _VARIABLES or k.startswith("MLOPS_")}
+    acting = acting_environment()
+    if acting is not None and acting != _own_environment(variables):
+        variables = {k: v for k, v in variables.items() if k not in _OWN_PATHS} | {"MLOPS_ENV": acting}
+    return _settings_of(tuple(sorted(variables.items())))
 
 
 _VARIABLES = {"MLFLOW_TRACKING_URI", "SPARK_REMOTE"}
+_OWN_PATHS = {"MLOPS_LAKE", "MLOPS_REPORTS", "MLOPS_INBOX", "MLOPS_ONLINE_STORE"}   # the process's own environment's
+
+
+def _own_environment(variables: Mapping[str, str]) -> str:
+    own = variables.get("MLOPS_ENV")
+    if own:
+        return own
+    return load_environments(Path(variables.get("MLOPS_INCLUDE") or PROJECT_ROOT / "include")).default
 
 
 @lru_cache(maxsize=16)
 def _settings_of(variables: tuple[tuple[str, str], ...]) -> Settings:
     return Settings.from_env(dict(variables))
+
+
+def child_environment() -> dict[str, str]:
+    """Variables a child process needs to act where this code acts (its environment, that
+    environment's paths): a staging scoring service started by a release from a dev process."""
+    current = settings()
+    return {"MLOPS_ENV": current.env, "MLOPS_LAKE": str(current.lake), "MLOPS_REPORTS": str(current.reports),
+            "MLOPS_INBOX": str(current.inbox), "MLOPS_ONLINE_STORE": str(current.online_store)}

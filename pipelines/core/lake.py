@@ -114,6 +114,21 @@ def _swap_in(staging: Path, target: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def copy_partitions(source: Path, target: Path) -> list[str]:
+    """Copy every ``ds`` partition of table ``source`` into table ``target``, each swapped in whole
+    (a partition of ``target`` not in ``source`` stays); the dates copied."""
+    dates = list_partitions(source)
+    target.mkdir(parents=True, exist_ok=True)
+    for date in dates:
+        staging = target / f"_staging-{uuid.uuid4().hex}"
+        try:
+            shutil.copytree(Lake.partition(source, date), staging)
+            _swap_in(staging, Lake.partition(target, date))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return dates
+
+
 def drop_partition(table: Path, date: dt.date | str) -> bool:
     """Remove one partition if present; returns whether it existed."""
     target = Lake.partition(table, date)

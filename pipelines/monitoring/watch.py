@@ -103,7 +103,7 @@ def _mlflow_monitoring_run(spec, date: dt.date):
     """Start (or resume, on a rerun) the MLflow run that holds the drift report of ``date``."""
     import mlflow
 
-    experiment = tracking.ensure_experiment(f"{spec.name}-monitoring")
+    experiment = tracking.ensure_experiment(spec.experiment("monitoring"))
     found = mlflow.search_runs([experiment], filter_string=f"tags.ds = '{ds(date)}' and tags.kind = 'drift'",
                                max_results=1, output_format="list")
     if found:

@@ -38,7 +38,7 @@ def register_slowed_copy(spec, lake, version: str, delay_ms: float) -> str:
     example = read_partition(lake.features(spec.name), days[-1], list(signature_inputs(ref.uri))).head(5)
     slowed = make_pipeline(FunctionTransformer(slow_identity, kw_args={"delay_s": delay_ms / 1000.0}), model)
     drill = f"v{version} slowed by {delay_ms:.0f} ms"
-    with mlflow.start_run(experiment_id=tracking.ensure_experiment(f"{spec.name}-drills"),
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment(spec.experiment("drills")),
                           run_name=f"drill: {drill}") as run:
         info = tracking.log_sklearn_model(slowed, example, model.predict_proba(example))
     return str(mlflow.register_model(info.model_uri, name, tags={"drill": drill}, await_registration_for=60).version)

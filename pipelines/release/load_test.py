@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.core.config import PROJECT_ROOT
+from pipelines.core.config import PROJECT_ROOT, child_environment
 from pipelines.core.errors import MissingData
 from pipelines.core.lake import list_partitions, read_partition
 from pipelines.core.spec import ServingInput
@@ -148,7 +148,8 @@ def load_test(spec, lake, version: str) -> tuple[LoadResult, bool, str]:
         records = folder / "records.json"
         records.write_text(json.dumps(sample_records(lake, spec, columns)))
         port = free_port()
-        env = {"MLOPS_SERVE_ALIAS": "candidate", "MLOPS_SERVE_STAGING_LOG": str(folder / "requests"),
+        env = {**child_environment(), "MLOPS_SERVE_ALIAS": "candidate",
+               "MLOPS_SERVE_STAGING_LOG": str(folder / "requests"),
                "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT),
                                              os.environ.get("PYTHONPATH", "")])}
         log.info("%s: load test of v%s: staging service on port %d, %d users at %.0f req/s for %d s", spec.name,

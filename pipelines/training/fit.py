@@ -287,7 +287,7 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
     """
     import mlflow
 
-    experiment = tracking.ensure_experiment(f"{spec.name}-training")
+    experiment = tracking.ensure_experiment(spec.experiment("training"))
     if airflow_run_id:
         earlier = resume_challenger(spec, experiment, airflow_run_id, trigger, reason)
         if earlier is not None:

@@ -44,3 +44,22 @@ def promotion_review(spec, evaluation_task_id: str = "evaluate_challenger") -> P
                                  description="Why you approve or reject; recorded on the model version.")},
         doc_md="A person approves or rejects the challenger's promotion (the model card is linked in the body).",
     )
+
+
+def release_review(spec, environment: str, staged_task_id: str = "pass_staging") -> PromotionReview:
+    """The approval of a release into ``environment`` (prod): the approver reads what staging
+    tested, then approves or rejects with a comment. No answer in
+    ``promotion.approval_timeout_hours`` rejects; a rejection skips the release into prod."""
+    staged = f"ti.xcom_pull(task_ids='{staged_task_id}')"
+    return PromotionReview(
+        task_id=f"approve_{environment}",
+        subject=f"Release {spec.name} v{{{{ {staged}['version'] }}}} of staging into {environment}?",
+        body=(f"{{{{ {staged}['name'] }}}} v{{{{ {staged}['version'] }}}} passed staging's tests "
+              f"({{{{ {staged}['tests'] | join(', ') }}}}) in release {{{{ {staged}['release_id'] }}}}. "
+              f"Approving copies the same artifact into {environment}'s registry and makes it its champion."),
+        defaults=ApprovalOperator.REJECT,
+        response_timeout=dt.timedelta(hours=spec.promotion.approval_timeout_hours),
+        params={"comment": Param("", type="string", title="Comment",
+                                 description="Why you approve or reject; recorded on the released version.")},
+        doc_md=f"A person approves or rejects the release into {environment}.",
+    )

@@ -69,7 +69,8 @@ def test_one_set_of_dags_per_spec(dagbag):
 
     specs = discover_specs(ROOT / "include")
     assert specs, "no use-case spec found under include/"
-    expected = {f"{s.name}_{kind}" for s in specs for kind in ("daily", "training", "drift_watch", "ingest", "rollback")}
+    expected = {f"{s.name}_{kind}" for s in specs for kind in ("daily", "training", "drift_watch", "ingest", "rollback",
+                                                                 "release")}
     assert expected <= set(dagbag.dag_ids)
 
 
@@ -243,3 +244,23 @@ def test_the_review_keeps_the_answer_before_acting_on_it(choice):
         "responded_by_user": {"id": "7", "name": "risk"}})
     assert pushed[REVIEW_XCOM] == {"chosen_options": [choice], "params_input": {"comment": "why"},
                                    "responded_by_user": {"id": "7", "name": "risk"}, "responded_at": str(at)}
+
+
+def test_release_graph_tests_in_staging_one_at_a_time_then_asks_before_prod(dagbag):
+    """dev's version into staging, the staging tests in a row (each stops the release when it
+    fails), the pass recorded, a person's approval (rejecting on timeout), then prod."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from pipelines.release.between_environments import STAGING_TESTS
+
+    dag = dagbag.dags["churn_release"]
+    order = ["pick_version", "bring_into_staging", *[f"staging_{t}" for t in STAGING_TESTS], "pass_staging",
+             "approve_prod", "release_into_prod"]
+    for before, after in zip(order, order[1:]):
+        assert before in dag.get_task(after).upstream_task_ids, (before, after)
+    approval = dag.get_task("approve_prod")
+    assert isinstance(approval, ApprovalOperator) and approval.defaults == ["Reject"] and "comment" in approval.params
+    assert dag.schedule is None and set(dag.params) == {"version", "reason"}
+    assert "staging_gate" in dag.doc_md and "deploy_models" in dag.doc_md
+    rollback = dagbag.dags["churn_rollback"]
+    assert rollback.params["environment"] == "dev" and "environment" in rollback.doc_md

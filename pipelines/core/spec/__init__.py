@@ -25,8 +25,9 @@ from pipelines.core.spec.sections import (Aggregate, AttributesGroup, BatchingSp
                                           SimulationSpec, SlicesCheck, SourceSpec, TrainingSpec, WindowAggregatesGroup)
 from pipelines.core.spec.use_case import UseCaseSpec, cross_check
 from pipelines.core.spec.vocabulary import (SPEC_FILE, USE_CASE_NAME, AggregateFn, Approval, CheckKind, CheckMode,
-                                            ColumnType, DriftMethod, FairnessMeasure, FeatureKind, Metric, SearchMethod,
-                                            ServingInput, Snapshots, SourceKind, SpecError, Split, Strategy, TaskType)
+                                            ColumnType, DriftMethod, FairnessMeasure, FeatureKind, Metric, Pattern,
+                                            SearchMethod, ServingInput, Snapshots, SourceKind, SpecError, Split,
+                                            Strategy, TaskType)
 
 __all__ = [
     "Aggregate",
@@ -53,6 +54,7 @@ __all__ = [
     "Metric",
     "MetricCheck",
     "ModelSpec",
+    "Pattern",
     "MonitoringSpec",
     "PromotionCheck",
     "PromotionSpec",

@@ -2,6 +2,7 @@
 one line each, naming the file and the key; and the deeper check of the estimator."""
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import types
@@ -12,14 +13,20 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from pipelines.core.environments import Environment
 from pipelines.core.spec.sections import ModelSpec
 from pipelines.core.spec.use_case import UseCaseSpec
 from pipelines.core.spec.vocabulary import SPEC_FILE, CheckKind, FeatureKind, SpecError, TaskType
 
-
 # ----------------------------------------------------------------- loading
-def load_spec(path: str | Path) -> UseCaseSpec:
-    """Load and check one spec file (or a use-case directory holding ``spec.yaml``).
+FIXED_KEYS = {"name", "environments", "directory", "environment", "registry_prefix", "model.registered_name"}
+
+
+def load_spec(path: str | Path, environment: Environment | None = None,
+              known_environments: list[str] | None = None) -> UseCaseSpec:
+    """Load and check one spec file (or a use-case directory holding ``spec.yaml``), as it is in
+    ``environment`` (default: as written): the spec's named overrides for it applied, the
+    registered model's name behind the environment's registry prefix.
 
     Raises :class:`SpecError` listing every problem found."""
     path = Path(path)
@@ -34,29 +41,80 @@ def load_spec(path: str | Path) -> UseCaseSpec:
         raise SpecError(file, [("", f"not valid YAML: {exc}")]) from None
     if not isinstance(raw, dict):
         raise SpecError(file, [("", "a spec is a mapping of sections (name, sources, features, ...)")])
+    overridden: dict[str, str] = {}
+    if environment is not None:
+        raw, overridden, problems = _in_environment(raw, environment, known_environments or [environment.name])
+        if problems:
+            raise SpecError(file, problems)
     try:
         spec = UseCaseSpec.model_validate({**raw, "directory": path.parent})
     except ValidationError as exc:
-        raise SpecError(file, [problem for error in exc.errors() for problem in _describe(error)]) from None
+        raise SpecError(file, [_overridden_key(problem, overridden) for error in exc.errors()
+                               for problem in _describe(error)]) from None
     return spec
 
 
-def discover_specs(include_dir: str | Path) -> list[UseCaseSpec]:
+def _in_environment(raw: dict, environment: Environment, known: list[str]) -> tuple[dict, dict[str, str], list]:
+    """``raw`` with the overrides of ``environment`` applied (a deep copy), which keys came from
+    an override (key -> where it was written), and the problems of the overrides section."""
+    overrides = raw.get("environments") or {}
+    if not isinstance(overrides, dict):
+        return raw, {}, []   # reported by validation
+    problems = [(f"environments.{name}", f"not an environment; the environments are {', '.join(known)}")
+                for name in overrides if name not in known]
+    mine = overrides.get(environment.name) or {}
+    raw = copy.deepcopy(raw)
+    overridden: dict[str, str] = {}
+    for key, value in (mine.items() if isinstance(mine, dict) else []):
+        where = f"environments.{environment.name}.{key}"
+        if key in FIXED_KEYS or not all(part.isidentifier() for part in str(key).split(".")):
+            problems.append((where, "cannot differ between environments" if key in FIXED_KEYS
+                             else "not a dotted key of the spec (like training.max_rows)"))
+            continue
+        *sections, last = str(key).split(".")
+        target = raw
+        for part in sections:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                problems.append((where, f"{part} is not a section"))
+                break
+        else:
+            target[last] = value
+            overridden[str(key)] = where
+    if isinstance(raw.get("model"), dict) and isinstance(raw["model"].get("registered_name"), str):
+        raw["model"]["registered_name"] = environment.registry_prefix + raw["model"]["registered_name"]
+    raw.update(environment=environment.name, registry_prefix=environment.registry_prefix)
+    return raw, overridden, problems
+
+
+def _overridden_key(problem: tuple[str, str], overridden: dict[str, str]) -> tuple[str, str]:
+    """A problem at a key an environment override wrote, named where the override is written."""
+    key, message = problem
+    for written, where in overridden.items():
+        if key == written or key.startswith(written + ".") or key.startswith(written + "["):
+            return where + key[len(written):], message
+    return problem
+
+
+def discover_specs(include_dir: str | Path, environment: Environment | None = None,
+                   known_environments: list[str] | None = None) -> list[UseCaseSpec]:
     """All specs under ``include_dir`` (one per sub-directory holding ``spec.yaml``), by name.
     Raises on the first broken one: see :func:`discover_specs_and_errors` to keep the rest."""
-    specs, errors = discover_specs_and_errors(include_dir)
+    specs, errors = discover_specs_and_errors(include_dir, environment, known_environments)
     if errors:
         raise errors[0]
     return specs
 
 
-def discover_specs_and_errors(include_dir: str | Path) -> tuple[list[UseCaseSpec], list[SpecError]]:
-    """The specs that load, by name, and the errors of those that do not (a broken spec breaks
-    only its own use case)."""
+def discover_specs_and_errors(include_dir: str | Path, environment: Environment | None = None,
+                              known_environments: list[str] | None = None
+                              ) -> tuple[list[UseCaseSpec], list[SpecError]]:
+    """The specs that load (in ``environment``, see :func:`load_spec`), by name, and the errors of
+    those that do not (a broken spec breaks only its own use case)."""
     specs, errors = [], []
     for path in sorted(Path(include_dir).glob(f"*/{SPEC_FILE}")):
         try:
-            specs.append(load_spec(path))
+            specs.append(load_spec(path, environment, known_environments))
         except SpecError as exc:
             errors.append(exc)
     return sorted(specs, key=lambda s: s.name), errors
@@ -188,14 +246,21 @@ def check_estimator(model: ModelSpec) -> list[tuple[str, str]]:
     return problems
 
 
-def check_spec(path: str | Path) -> list[str]:
+def check_spec(path: str | Path, environments: list[Environment] | None = None) -> list[str]:
     """Every problem of one spec, of its structure and of its estimator, as printable lines
-    (the estimator is checked whenever the ``model`` section itself is well-formed)."""
+    (the estimator is checked whenever the ``model`` section itself is well-formed); with
+    ``environments``, the spec as each of them reads it too (its overrides applied)."""
     path = Path(path)
     path = path / SPEC_FILE if path.is_dir() else path
     problems: list[tuple[str, str]] = []
     try:
         model = load_spec(path).model
+        names = [e.name for e in environments or []]
+        for environment in environments or []:
+            try:
+                load_spec(path, environment, names)
+            except SpecError as exc:
+                problems += [p for p in exc.problems if p not in problems]
     except SpecError as exc:
         problems += exc.problems
         raw = yaml.safe_load(path.read_text()) if path.exists() else None

@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from pipelines.core.spec.vocabulary import (AggregateFn, Approval, CheckKind, CheckMode, ColumnType, DriftMethod,
-                                            FairnessMeasure, FeatureKind, Metric, SearchMethod, ServingInput, Snapshots,
-                                            SourceKind, Split, Strategy, TaskType)
+                                            FairnessMeasure, FeatureKind, Metric, Pattern, SearchMethod, ServingInput,
+                                            Snapshots, SourceKind, Split, Strategy, TaskType)
 
 
 def broken(*problems: tuple[str, str]) -> PydanticCustomError:
@@ -418,8 +418,10 @@ class ServingLimits(_Section):
 
 
 class DeploymentSpec(_Section):
-    """The online scoring service of the use case and how new versions reach its traffic."""
+    """How the use case reaches production (``pattern``), its online scoring service, and how new
+    versions reach its traffic."""
 
+    pattern: Pattern = Pattern.DEPLOY_MODELS
     input: ServingInput = ServingInput.FEATURES
     strategy: Strategy = Strategy.DIRECT
     steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0])   # canary: candidate's share per step

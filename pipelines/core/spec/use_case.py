@@ -6,6 +6,7 @@ import datetime as dt
 import difflib
 import re
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -37,7 +38,15 @@ class UseCaseSpec(_Section):
     deployment: DeploymentSpec = DeploymentSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     simulation: SimulationSpec | None = None
+    # explicit, named differences per environment: {prod: {training.max_rows: 500000}}
+    environments: dict[str, dict[str, Any]] = Field(default_factory=dict)
     directory: Path = Path(".")
+    environment: str = "dev"          # set by the loader: the environment this spec is of
+    registry_prefix: str = ""         # set by the loader: the environment's registry prefix
+
+    def experiment(self, kind: str) -> str:
+        """The MLflow experiment of one kind of run (training, monitoring, drills) in this environment."""
+        return f"{self.registry_prefix}{self.name}-{kind}"
 
     @field_validator("description", "owner", "intended_use", mode="before")
     @classmethod

@@ -186,6 +186,16 @@ class ServingInput(enum.StrEnum):
     ENTITY = "entity"
 
 
+class Pattern(enum.StrEnum):
+    """How a use case moves to production. ``deploy_models``: dev trains; the same artifact is
+    tested in staging and copied into prod's registry (prod never trains). ``deploy_code``: a
+    release is a commit of this code; staging trains, gates and scores with it on staging's data,
+    and prod trains only with a commit staging passed."""
+
+    DEPLOY_MODELS = "deploy_models"
+    DEPLOY_CODE = "deploy_code"
+
+
 class Strategy(enum.StrEnum):
     """How a promoted challenger reaches live traffic.
 
