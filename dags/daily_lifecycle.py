@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, run_day, schedule_window, use_cases
+from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, SPARK_QUEUE, lifecycle_assets, measured, run_day,
+                                  schedule_window, use_cases)
 from mlops_airflow.sensors import LookBackSensor
 
 DOC = """
@@ -72,7 +73,7 @@ def build_daily_lifecycle(spec):
             except DataValidationError as exc:  # retrying the same bad data cannot help
                 raise AirflowFailException(str(exc)) from None
 
-        @task(outlets=[assets.features])
+        @task(outlets=[assets.features], queue=SPARK_QUEUE)
         @measured
         def build_features() -> int:
             """Point-in-time features for the day on Spark."""
@@ -114,7 +115,7 @@ def build_daily_lifecycle(spec):
                 raise AirflowSkipException("no champion yet: train and promote a model first")
             return champion
 
-        @task(outlets=[assets.inference])
+        @task(outlets=[assets.inference], queue=SPARK_QUEUE)
         @measured
         def score_batch(champion: dict, run_id=None) -> int:
             """Score the day's features with the pinned champion version."""
@@ -128,7 +129,7 @@ def build_daily_lifecycle(spec):
             except ModelArtifactsMissing as exc:  # nothing was written; retrying cannot bring files back
                 raise AirflowFailException(str(exc)) from None
 
-        @task(outlets=[assets.drift])
+        @task(outlets=[assets.drift], queue=MODELS_QUEUE)
         @measured
         def monitor_drift(champion: dict, outlet_events=None) -> dict:
             """Evidently drift report and metrics for the day's scoring inputs."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, measured, use_cases
+from mlops_airflow.common import DEFAULT_ARGS, MODELS_QUEUE, SPARK_QUEUE, measured, use_cases
 from pipelines.core.config import settings
 from pipelines.core.environments import load_environments
 
@@ -68,7 +68,7 @@ def build_release(spec, tested: str = "staging", last: str = "prod"):
             from pipelines import releases
             return _refusing(lambda: releases.release_source(use_case, tested, params.get("version") or None))
 
-        @task
+        @task(queue=MODELS_QUEUE)
         @measured
         def bring_into_staging(source: dict, params=None, run_id=None, dag_run=None) -> dict:
             """The version in staging: copied (deploy models) or trained there (deploy code)."""
@@ -77,7 +77,7 @@ def build_release(spec, tested: str = "staging", last: str = "prod"):
                                                              params["reason"]))
 
         def staging_test(test: str):
-            @task(task_id=f"staging_{test}")
+            @task(task_id=f"staging_{test}", queue=SPARK_QUEUE if test == "batch_scoring" else MODELS_QUEUE)
             @measured
             def run_test(staged: dict) -> dict:
                 from pipelines import releases

@@ -5,7 +5,7 @@ import datetime as dt
 
 from airflow.sdk import dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, schedule_window, use_cases
+from mlops_airflow.common import DEFAULT_ARGS, MODELS_QUEUE, lifecycle_assets, measured, schedule_window, use_cases
 
 DOC = """
 ### {name}: roll the candidate out to live traffic ({strategy})
@@ -53,7 +53,7 @@ def build_rollout(spec):
         **schedule_window(spec),
     )
     def rollout():
-        @task
+        @task(queue=MODELS_QUEUE)
         @measured
         def load_test_candidate() -> dict:
             from pipelines import runtime

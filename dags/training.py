@@ -4,7 +4,7 @@ from __future__ import annotations
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, schedule_window, use_cases
+from mlops_airflow.common import DEFAULT_ARGS, MODELS_QUEUE, lifecycle_assets, measured, schedule_window, use_cases
 
 DOC = """
 ### {name}: train, evaluate through the promotion gate, promote
@@ -63,7 +63,7 @@ def build_training(spec):
         **schedule_window(spec),
     )
     def training():
-        @task
+        @task(queue=MODELS_QUEUE)
         @measured
         def train_challenger(params=None, dag_run=None, run_id=None, data_interval_end=None) -> dict:
             """Fit, log and register a challenger; returns its model URI and version."""
@@ -75,7 +75,7 @@ def build_training(spec):
             reason = "scheduled retraining" if scheduled else params.get("reason", "")
             return runtime.train(use_case, as_of, reason, trigger, run_id)
 
-        @task
+        @task(queue=MODELS_QUEUE)
         @measured
         def evaluate_challenger(challenger: dict) -> dict:
             """The promotion gate on the holdout: every check recorded, a model card written."""

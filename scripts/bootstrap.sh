@@ -20,6 +20,17 @@ if ! command -v java >/dev/null 2>&1; then
   fi
 fi
 
+# Redis: the Celery broker of the cluster topology (make stack-up, the cluster tests)
+if [ ! -x /usr/bin/redis-server ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing redis-server with apt-get (the cluster topology's Celery broker)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+  else
+    echo "bootstrap: redis-server not found; the cluster topology needs it (apt-get install redis-server)" >&2
+  fi
+fi
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi

@@ -1,6 +1,6 @@
 """The services of the native stack, as supervisord starts them: PostgreSQL, Spark (standalone
-master and worker in the cluster topology, and the Spark Connect server), MLflow, Airflow and the
-scoring service. ``docker-compose.yaml`` describes the same services for containers; a test
+master and two workers in the cluster topology, and the Spark Connect server), MLflow, Airflow
+(in the cluster topology with Redis and two Celery workers, one per queue) and the scoring service. ``docker-compose.yaml`` describes the same services for containers; a test
 compares every flag and Spark setting they share (``tests/deploy/test_compose.py``)."""
 from __future__ import annotations
 
@@ -8,9 +8,65 @@ import os
 import sys
 from pathlib import Path
 
+from typing import Annotated
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from scripts.supervision import Program
 
 BIN = Path(sys.executable).parent
+SERVICES_ENV = Path(__file__).resolve().parent.parent / "include" / "stack" / "services.env"
+REDIS_SERVER = "/usr/bin/redis-server"   # Debian's redis-server package (scripts/bootstrap.sh installs it)
+SPARK_WORKERS = ("spark-worker", "spark-worker-2")
+# each Celery worker's queues (mlops_airflow.common: SPARK_QUEUE, MODELS_QUEUE; default for the rest)
+CELERY_WORKERS = {"airflow-worker-spark": "default,spark", "airflow-worker-models": "default,models"}
+
+
+class StackError(RuntimeError):
+    """A service failed to start or to become healthy, or a service setting cannot be read; the
+    message names its log or the setting."""
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ServiceSettings(BaseSettings):
+    """The services' shared settings: ``include/stack/services.env`` (docker-compose.yaml reads it
+    too), each overridden by a non-empty environment variable of its name; read and checked by
+    pydantic-settings, so a bad value is one line naming the variable."""
+
+    model_config = SettingsConfigDict(env_file=SERVICES_ENV, case_sensitive=True, env_ignore_empty=True,
+                                      extra="forbid", frozen=True)
+
+    MLOPS_AIRFLOW_PORT: Port
+    MLOPS_MLFLOW_PORT: Port
+    MLOPS_SPARK_CONNECT_PORT: Port
+    MLOPS_SPARK_MASTER_PORT: Port
+    MLOPS_SPARK_UI_PORT: Port
+    MLOPS_POSTGRES_PORT: Port
+    MLOPS_SERVING_PORT: Port
+    MLOPS_REDIS_PORT: Port
+    MLOPS_CELERY_WORKER_CONCURRENCY: int = Field(ge=1)
+    MLOPS_SPARK_WORKER_CORES: int = Field(ge=1)
+    MLOPS_SPARK_SHUFFLE_PARTITIONS: int = Field(ge=1)
+    MLOPS_MLFLOW_WORKERS: int = Field(ge=1)
+    MLOPS_MLFLOW_ALLOWED_HOSTS: str = Field(min_length=1)
+    MLOPS_MODEL_THREADS: int = Field(ge=1)
+    AIRFLOW__CORE__PARALLELISM: int = Field(ge=1)
+    AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL: int = Field(ge=1)
+    MLOPS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT: str = Field(pattern=r"^\d+(ms|s|min|h)?$")
+
+
+def service_settings() -> dict[str, str]:
+    """The shared service settings as the services' environment takes them (text)."""
+    try:
+        values = ServiceSettings()
+    except ValidationError as exc:
+        raise StackError("; ".join(f"{e['loc'][0]}: {e['msg']}, got {e.get('input')!r}" for e in exc.errors())
+                         + f" (from the environment or {SERVICES_ENV})") from None
+    return {name: str(value) for name, value in values.model_dump().items()}
+
 
 
 def env_default(key: str, default: str) -> str:
@@ -23,6 +79,8 @@ def programs(stack) -> list[Program]:
     if stack.on_postgres:
         found.append(Program("postgres", stack.postgres.server_argv(), 10, user=stack.postgres.server_user(),
                              directory="/", stop_signal="INT", environment={"LC_ALL": "C.UTF-8"}))
+    if stack.clustered:
+        found.append(Program("redis", [REDIS_SERVER, str(stack.redis_config)], 15))
     return found + spark_programs(stack) + [mlflow_program(stack)] + airflow_programs(stack)
 
 
@@ -32,16 +90,15 @@ def spark_programs(stack) -> list[Program]:
     spark_class = str(spark_home / "bin" / "spark-class")
     found: list[Program] = []
     if stack.clustered:
-        found += [
-            Program("spark-master", [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                     "--port", str(stack.spark_master_port),
-                                     "--webui-port", str(stack.spark_ui_port)], 20),
-            Program("spark-worker", [spark_class, "org.apache.spark.deploy.worker.Worker", stack.spark_master_url,
-                                     "--host", "127.0.0.1", "--webui-port", str(stack.spark_ui_port + 1),
-                                     "--cores", env_default("MLOPS_SPARK_WORKER_CORES", str(os.cpu_count() or 2)),
-                                     "--memory", env_default("MLOPS_SPARK_WORKER_MEMORY", "4g"),
-                                     "--work-dir", str(stack.home / "spark" / "work")], 30),
-        ]
+        found.append(Program("spark-master", [spark_class, "org.apache.spark.deploy.master.Master", "--host",
+                                              "127.0.0.1", "--port", str(stack.spark_master_port),
+                                              "--webui-port", str(stack.spark_ui_port)], 20))
+        found += [Program(name, [spark_class, "org.apache.spark.deploy.worker.Worker", stack.spark_master_url,
+                                 "--host", "127.0.0.1", "--webui-port", str(stack.spark_ui_port + number),
+                                 "--cores", stack.settings["MLOPS_SPARK_WORKER_CORES"],
+                                 "--memory", env_default("MLOPS_SPARK_WORKER_MEMORY", "4g"),
+                                 "--work-dir", str(stack.home / "spark" / f"work-{number}")], 30)
+                  for number, name in enumerate(SPARK_WORKERS, start=1)]
     master = stack.spark_master_url if stack.clustered else os.environ.get("MLOPS_SPARK_MASTER", "local[2]")
     connect = [
         str(spark_home / "bin" / "spark-submit"),
@@ -75,10 +132,22 @@ def mlflow_program(stack) -> Program:
     ], 50)
 
 
+def celery_workers(stack) -> list[Program]:
+    """Airflow's Celery workers (cluster topology): one per queue, both taking the default queue."""
+    airflow = {"SPARK_REMOTE": stack.spark_remote}
+    return [Program(name, [str(BIN / "airflow"), "celery", "worker", "--queues", queues,
+                           "--concurrency", stack.settings["MLOPS_CELERY_WORKER_CONCURRENCY"],
+                           "--celery-hostname", f"{name}@%h", "--skip-serve-logs"], 75,
+                    environment={**airflow, "MLOPS_WORKER_NAME": name}, stop_wait=60)
+            for name, queues in CELERY_WORKERS.items()]
+
+
 def airflow_programs(stack) -> list[Program]:
-    """Airflow's api-server, scheduler, dag-processor and triggerer, and the scoring service."""
+    """Airflow's api-server, scheduler, dag-processor and triggerer (and the Celery workers of the
+    cluster topology), and the scoring service."""
     airflow = {"SPARK_REMOTE": stack.spark_remote}   # the Spark servers must not see it
-    return [
+    workers = celery_workers(stack) if stack.clustered else []
+    return workers + [
         Program("airflow-api-server", [str(BIN / "airflow"), "api-server", "--port", str(stack.airflow_port)],
                 60, environment=airflow),
         # no log server: the api-server reads task logs from the shared logs folder

@@ -43,66 +43,23 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Callable
 
 import psutil
 from dotenv import dotenv_values
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.core.waiting import wait_until
 from scripts.postgres import LocalPostgres
-from scripts.services import BIN, env_default, programs
+from scripts.services import (BIN, CELERY_WORKERS, SERVICES_ENV, SPARK_WORKERS, ServiceSettings,  # noqa: F401
+                             StackError, env_default, programs, service_settings)
 from scripts.supervision import BACKOFF, EXITED, FATAL, RUNNING, STARTING, Program, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES_ENV = ROOT / "include" / "stack" / "services.env"
 TOPOLOGIES = ("embedded", "cluster")
 METADATA_DBS = ("postgres", "sqlite")
 DEFAULT_HOMES = {"embedded": ".state", "cluster": ".stack"}
 STACK_MARK = "MLOPS_STACK_SERVICE_OF"   # set in every service's environment: finds leftovers on down
-SECRET_KEY = re.compile(r"SECRET|PASSWORD|FERNET|TOKEN|SQL_ALCHEMY_CONN|BACKEND_STORE", re.IGNORECASE)
-
-
-class StackError(RuntimeError):
-    """A service failed to start or to become healthy; the message names its log."""
-
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-class ServiceSettings(BaseSettings):
-    """The services' shared settings: ``include/stack/services.env`` (docker-compose.yaml reads it
-    too), each overridden by a non-empty environment variable of its name; read and checked by
-    pydantic-settings, so a bad value is one line naming the variable."""
-
-    model_config = SettingsConfigDict(env_file=SERVICES_ENV, case_sensitive=True, env_ignore_empty=True,
-                                      extra="forbid", frozen=True)
-
-    MLOPS_AIRFLOW_PORT: Port
-    MLOPS_MLFLOW_PORT: Port
-    MLOPS_SPARK_CONNECT_PORT: Port
-    MLOPS_SPARK_MASTER_PORT: Port
-    MLOPS_SPARK_UI_PORT: Port
-    MLOPS_POSTGRES_PORT: Port
-    MLOPS_SERVING_PORT: Port
-    MLOPS_SPARK_SHUFFLE_PARTITIONS: int = Field(ge=1)
-    MLOPS_MLFLOW_WORKERS: int = Field(ge=1)
-    MLOPS_MLFLOW_ALLOWED_HOSTS: str = Field(min_length=1)
-    MLOPS_MODEL_THREADS: int = Field(ge=1)
-    AIRFLOW__CORE__PARALLELISM: int = Field(ge=1)
-    AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL: int = Field(ge=1)
-    MLOPS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT: str = Field(pattern=r"^\d+(ms|s|min|h)?$")
-
-
-def service_settings() -> dict[str, str]:
-    """The shared service settings as the services' environment takes them (text)."""
-    try:
-        values = ServiceSettings()
-    except ValidationError as exc:
-        raise StackError("; ".join(f"{e['loc'][0]}: {e['msg']}, got {e.get('input')!r}" for e in exc.errors())
-                         + f" (from the environment or {SERVICES_ENV})") from None
-    return {name: str(value) for name, value in values.model_dump().items()}
+SECRET_KEY = re.compile(r"SECRET|PASSWORD|FERNET|TOKEN|SQL_ALCHEMY_CONN|BACKEND_STORE|BROKER_URL", re.IGNORECASE)
 
 
 class Stack:
@@ -111,7 +68,7 @@ class Stack:
     def __init__(self, home: Path | None = None, airflow_port: int | None = None, mlflow_port: int | None = None,
                  spark_port: int | None = None, topology: str | None = None, postgres_port: int | None = None,
                  spark_master_port: int | None = None, spark_ui_port: int | None = None,
-                 metadata_db: str | None = None, serving_port: int | None = None):
+                 metadata_db: str | None = None, serving_port: int | None = None, redis_port: int | None = None):
         env = os.environ
         self.settings = service_settings()
         self.topology = topology or env.get("MLOPS_TOPOLOGY") or "embedded"
@@ -130,6 +87,7 @@ class Stack:
         self.spark_master_port = port(spark_master_port, "MLOPS_SPARK_MASTER_PORT")
         self.spark_ui_port = port(spark_ui_port, "MLOPS_SPARK_UI_PORT")   # the worker's UI takes the next port
         self.serving_port = port(serving_port, "MLOPS_SERVING_PORT")
+        self.redis_port = port(redis_port, "MLOPS_REDIS_PORT")   # Celery's broker (cluster topology)
         self.postgres = LocalPostgres(self.home / "postgres", port(postgres_port, "MLOPS_POSTGRES_PORT"), {
             "idle_in_transaction_session_timeout": self.settings["MLOPS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT"]})
         self.run_dir = self.home / "run"
@@ -219,8 +177,8 @@ class Stack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": env_default("MLOPS_AIRFLOW_EXECUTOR",
-                                                   "mlops_airflow.executors.PreloadingLocalExecutor"),
+            "AIRFLOW__CORE__EXECUTOR": env_default("MLOPS_AIRFLOW_EXECUTOR", "CeleryExecutor" if self.clustered
+                                                   else "mlops_airflow.executors.PreloadingLocalExecutor"),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
@@ -243,7 +201,41 @@ class Stack:
         })
         if self.on_postgres:   # database clients find their passwords here, not on a command line
             env["PGPASSFILE"] = str(self.postgres.pgpass_file())
+        if self.clustered:
+            env.update(self.celery_env())
         return env
+
+    # ----------------------------------------------------------------- Celery (cluster topology)
+    @property
+    def redis_config(self) -> Path:
+        """redis-server's configuration (mode 0600: it holds the broker's password)."""
+        return self.home / "redis" / "redis.conf"
+
+    def _redis_password(self) -> str:
+        path = self.home / "redis" / "password"
+        if not path.exists():
+            _write_private(path, secrets.token_hex(24))
+        return path.read_text().strip()
+
+    def write_redis_config(self) -> Path:
+        folder = self.redis_config.parent
+        _write_private(self.redis_config, "\n".join([
+            f"port {self.redis_port}", "bind 127.0.0.1", "protected-mode yes", f"dir {folder}",
+            f"requirepass {self._redis_password()}", 'save ""', "appendonly no", "daemonize no", ""]))
+        return self.redis_config
+
+    def celery_env(self) -> dict[str, str]:
+        """Airflow's Celery settings: the broker (a private redis-server), results in PostgreSQL
+        (the password from PGPASSFILE), the project's Celery config (workers preload)."""
+        return {
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://:{self._redis_password()}@127.0.0.1:{self.redis_port}/0",
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self.postgres.url("airflow", "postgresql+psycopg2",
+                                                                         password=False),
+            "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "mlops_airflow.celery_config.CELERY_CONFIG",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": self.settings["MLOPS_CELERY_WORKER_CONCURRENCY"],
+            # a task instance's host names the worker that ran it (two workers share this machine)
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "mlops_airflow.hostnames.worker_hostname",
+        }
 
     def public_env(self) -> dict[str, str]:
         """:meth:`env` for people to read: every secret (passwords, keys, URLs with passwords) redacted."""
@@ -282,13 +274,15 @@ class Stack:
             self._wait(timeout, {"postgres": self.postgres.ready})
             self.postgres.create_databases()
         if self.clustered:
-            self._start("spark-master", "spark-worker")
-            self._wait(timeout, {"spark-master": self._spark_workers_alive})
+            self.write_redis_config()
+            self._start("redis", "spark-master", *SPARK_WORKERS)
+            self._wait(timeout, {"spark-master": self._spark_workers_alive, "redis": self._redis_ready})
         self._start("spark-connect", "mlflow")   # both boot while Airflow's database is migrated
         if self.pid("airflow-api-server") is None:
             self.migrate(env)
         # the scheduler first: it imports the heavy libraries once before forking its workers
-        self._start("airflow-scheduler", "airflow-api-server", "airflow-dag-processor", "airflow-triggerer")
+        self._start("airflow-scheduler", "airflow-api-server", "airflow-dag-processor", "airflow-triggerer",
+                    *(CELERY_WORKERS if self.clustered else ()))
         self.wait_healthy(timeout)
         print(f"stack ({self.topology}, metadata on {self.metadata_db}) up in {time.monotonic() - started:.1f}s: "
               f"Airflow {self.airflow_url}, MLflow {self.mlflow_url}, Spark Connect {self.spark_remote}"
@@ -326,9 +320,18 @@ class Stack:
 
     def _spark_workers_alive(self) -> bool:
         try:
-            return self.spark_master_status().get("aliveworkers", 0) > 0
+            return self.spark_master_status().get("aliveworkers", 0) >= len(SPARK_WORKERS)
         except Exception:
             return False
+
+    def _redis_ready(self) -> bool:
+        return _port_open(self.redis_port)
+
+    def celery_workers_ready(self) -> bool:
+        """Every Celery worker answers a ping through the broker."""
+        out = subprocess.run([str(BIN / "celery"), "--app", "airflow.providers.celery.executors.celery_executor.app",
+                              "inspect", "ping", "--timeout", "3"], env=self.env(), capture_output=True, text=True)
+        return all(f"{name}@" in out.stdout for name in CELERY_WORKERS)
 
     def health_checks(self) -> dict[str, Callable[[], bool]]:
         checks = {
@@ -340,6 +343,7 @@ class Stack:
             checks["postgres"] = self.postgres.ready
         if self.clustered:
             checks["spark-master"] = self._spark_workers_alive
+            checks["celery-workers"] = self.celery_workers_ready
         return checks
 
     def wait_healthy(self, timeout: float) -> None:

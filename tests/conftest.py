@@ -152,17 +152,20 @@ def serve_in_thread(app, ready_status: int | None = 200):
     return server, thread, url
 
 
-def free_port(pair: bool = False) -> int:
-    """A free loopback port (with ``pair``, one whose successor is free too)."""
+def free_port(pair: bool = False, span: int = 1) -> int:
+    """A free loopback port (with ``pair``, one whose successor is free too; with ``span``, the
+    ``span - 1`` ports after it as well)."""
+    span = max(span, 2 if pair else 1)
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if not pair:
+        taken = False
+        for after in range(1, span):
+            with socket.socket() as s:
+                taken = taken or s.connect_ex(("127.0.0.1", port + after)) == 0
+        if not taken:
             return port
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port + 1)) != 0:
-                return port
 
 
 def traversable_home(prefix: str) -> Path:

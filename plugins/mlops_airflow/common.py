@@ -12,6 +12,11 @@ from airflow.sdk import Asset
 from pipelines.core.config import settings
 from pipelines.core.spec import SpecError, UseCaseSpec, discover_specs_and_errors
 
+# Celery queues (the cluster topology and docker-compose run a worker for each; the LocalExecutor
+# ignores them): Spark-heavy tasks on one worker, model-heavy ones (fits, gates, load tests) on
+# the other, so a long fit never holds the slots the day's scoring needs.
+SPARK_QUEUE, MODELS_QUEUE = "spark", "models"
+
 DEFAULT_ARGS = {
     "owner": "mlops",
     "retries": 2,

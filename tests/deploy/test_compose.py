@@ -13,7 +13,7 @@ from dotenv import dotenv_values
 ROOT = Path(__file__).resolve().parent.parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 AIRFLOW_SERVICES = {"init", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
-                    "airflow-triggerer", "airflow-worker"}
+                    "airflow-triggerer", "airflow-worker-spark", "airflow-worker-models"}
 
 
 def compose_binary() -> Path:
@@ -77,7 +77,7 @@ def test_no_default_secrets(tmp_path):
 
 def test_topology_services_present(config):
     services = set(config["services"])
-    assert AIRFLOW_SERVICES | {"postgres", "redis", "mlflow", "spark-master", "spark-worker",
+    assert AIRFLOW_SERVICES | {"postgres", "redis", "mlflow", "spark-master", "spark-worker", "spark-worker-2",
                                "spark-connect"} <= services
 
 
@@ -85,7 +85,7 @@ def test_the_scoring_service_reads_what_the_workers_write(config):
     """The scoring service and the Airflow workers see the same lake (online store, request log)
     and the same MLflow; it answers its health check on the published port."""
     services = config["services"]
-    service, worker = services["scoring-service"], services["airflow-worker"]
+    service, worker = services["scoring-service"], services["airflow-worker-spark"]
     for key in ("MLOPS_LAKE", "MLOPS_ONLINE_STORE", "MLFLOW_TRACKING_URI", "MLOPS_HOME"):
         assert service["environment"][key] == worker["environment"][key], key
     mounts = lambda s: {(v["source"], v["target"]) for v in s["volumes"]}  # noqa: E731
@@ -122,7 +122,7 @@ def test_airflow_is_secure_and_distributed(config, env_file):
 
 def test_the_same_code_selected_by_environment(config):
     """Tasks reach Spark, MLflow and the lake through the variables the embedded default uses."""
-    for name in ("airflow-worker", "airflow-scheduler"):
+    for name in ("airflow-worker-spark", "airflow-worker-models", "airflow-scheduler"):
         env = config["services"][name]["environment"]
         assert env["SPARK_REMOTE"] == "sc://spark-connect:15002"
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
@@ -131,10 +131,11 @@ def test_the_same_code_selected_by_environment(config):
     assert "spark://spark-master:7077" in connect
     lake_mounts = {name for name, s in config["services"].items()
                    for v in s.get("volumes", []) if v.get("source") == "lake"}
-    assert {"airflow-worker", "spark-worker", "spark-connect"} <= lake_mounts
+    assert {"airflow-worker-spark", "airflow-worker-models", "spark-worker", "spark-worker-2",
+            "spark-connect"} <= lake_mounts
     inbox_mounts = {name for name, s in config["services"].items()
                     for v in s.get("volumes", []) if v.get("source") == "inbox" and v.get("target") == "/opt/mlops/inbox"}
-    assert {"airflow-triggerer", "airflow-worker"} <= inbox_mounts    # watched by one, landed by the other
+    assert {"airflow-triggerer", "airflow-worker-spark", "airflow-worker-models"} <= inbox_mounts    # watched by one, landed by the other
     assert config["services"]["airflow-triggerer"]["environment"]["MLOPS_INBOX"] == "/opt/mlops/inbox"
 
 
@@ -193,7 +194,8 @@ def test_service_settings_are_the_native_stacks(config):
     settings = {k: v for k, v in dotenv_values(SERVICES_ENV).items()}
     services = config["services"]
     shared = ("MLOPS_SPARK_SHUFFLE_PARTITIONS", "MLOPS_MLFLOW_WORKERS", "MLOPS_MLFLOW_ALLOWED_HOSTS")
-    for name in ("mlflow", "spark-connect", "airflow-api-server", "airflow-scheduler", "airflow-worker"):
+    for name in ("mlflow", "spark-connect", "airflow-api-server", "airflow-scheduler", "airflow-worker-spark",
+                 "airflow-worker-models"):
         env = services[name].get("environment") or {}
         assert {k: env.get(k) for k in shared} == {k: settings[k] for k in shared}, name
     mlflow = " ".join(services["mlflow"]["command"])
@@ -219,11 +221,12 @@ def test_service_settings_are_the_native_stacks(config):
 # What may differ between the native stack (scripts/stack.py) and docker-compose.yaml, and why:
 # where a service listens and how it finds the others (ports, hosts, paths) and the native-only
 # plumbing of one machine. Every other flag and Spark setting must be in both, with one value.
-TOPOLOGY_FLAGS = {"--host", "--port", "--webui-port", "--work-dir", "--backend-store-uri", "--artifacts-destination"}
+TOPOLOGY_FLAGS = {"--host", "--port", "--webui-port", "--work-dir", "--backend-store-uri", "--artifacts-destination",
+                  "--celery-hostname", "--skip-serve-logs"}
 TOPOLOGY_CONFS = {"spark.connect.grpc.binding.address", "spark.connect.grpc.binding.port", "spark.driver.host",
                   "spark.pyspark.python"}
 # sizes: in both, each from its variable, with a default for one machine (native) or a container
-SIZES = {"--workers", "--cores", "--memory", "spark.driver.memory", "spark.executor.memory", "--master"}
+SIZES = {"--workers", "--cores", "--memory", "spark.driver.memory", "spark.executor.memory", "--master", "--concurrency"}
 
 
 def _flags(argv: list[str]) -> dict[str, str]:
@@ -257,7 +260,8 @@ def _value(text: str, settings: dict[str, str]) -> str:
     return re.sub(r"\$?\$\{?([A-Z_]+)\}?", lambda m: settings.get(m.group(1), m.group(0)), text).strip('"')
 
 
-@pytest.mark.parametrize("service", ["spark-master", "spark-worker", "spark-connect", "mlflow", "scoring-service"])
+@pytest.mark.parametrize("service", ["spark-master", "spark-worker", "spark-worker-2", "spark-connect", "mlflow",
+                                     "scoring-service", "airflow-worker-spark", "airflow-worker-models"])
 def test_the_native_stack_and_compose_set_the_same_settings(config, tmp_path, monkeypatch, service):
     from scripts.stack import Stack, service_settings
 
@@ -272,3 +276,28 @@ def test_the_native_stack_and_compose_set_the_same_settings(config, tmp_path, mo
                                      f"{set(theirs) - set(ours)}"
     differ = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k] and k not in SIZES}
     assert not differ, f"{service}: native and compose set these differently: {differ}"
+
+
+def test_the_helm_values_say_what_compose_says(config):
+    """include/stack/helm-values.yaml (the official chart's values for Kubernetes) runs the same
+    executor, Celery configuration, project locations and service addresses as the compose file's
+    Airflow services, and every queue the DAGs use has a worker."""
+    import yaml
+
+    values = yaml.safe_load((ROOT / "include/stack/helm-values.yaml").read_text())
+    worker = config["services"]["airflow-worker-spark"]["environment"]
+    assert values["executor"] == worker["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert values["config"]["celery"]["celery_config_options"] == worker["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"]
+    env = {item["name"]: item["value"] for item in values["env"]}
+    for key in ("MLOPS_HOME", "MLOPS_LAKE", "MLOPS_REPORTS", "MLOPS_INBOX", "MLOPS_ONLINE_STORE",
+                "MLFLOW_TRACKING_URI", "SPARK_REMOTE"):
+        assert env[key] == worker[key], key
+    from pipelines.core.environments import load_environments
+    assert env["MLOPS_ENV"] in load_environments(ROOT / "include").names
+    from mlops_airflow.common import MODELS_QUEUE, SPARK_QUEUE
+    queues = values["workers"]["args"][-1].split("--queues ")[1].split(",")
+    assert {"default", SPARK_QUEUE, MODELS_QUEUE} <= set(queues)
+    compose_queues = {q for name in ("airflow-worker-spark", "airflow-worker-models")
+                      for q in _flags(config["services"][name]["command"])["--queues"].split(",")}
+    assert compose_queues == {"default", SPARK_QUEUE, MODELS_QUEUE}
+    assert values["volumes"][0]["persistentVolumeClaim"] and values["volumeMounts"][0]["mountPath"] == env["MLOPS_HOME"]

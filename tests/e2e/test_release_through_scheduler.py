@@ -41,7 +41,12 @@ def _overrides(spec_file: Path, staging: dict) -> None:
 
 def _release_approved(client, reason: str) -> tuple[str, dict]:
     run_id = client.trigger(DAG, conf={"reason": reason})
-    request = client.wait_for_review(DAG, run_id, "approve_prod")
+    try:
+        request = client.wait_for_review(DAG, run_id, "approve_prod")
+    except RuntimeError:
+        states = _states(client, DAG, run_id)
+        failed = [task for task, state in states.items() if state == "failed"]
+        raise AssertionError(f"{states}\n" + "\n".join(client.task_log(DAG, run_id, t)[-3000:] for t in failed))
     staged = client.xcom(DAG, run_id, "pass_staging")
     assert f"v{staged['version']}" in request["subject"] and "into prod" in request["subject"], request
     assert "gate, batch_scoring, load_test, prod_schema" in request["body"], request

@@ -60,7 +60,7 @@ def cluster(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     stack = Stack(home=home, topology="cluster", airflow_port=free_port(), mlflow_port=free_port(),
                   spark_port=free_port(), postgres_port=free_port(), spark_master_port=free_port(),
-                  spark_ui_port=free_port(pair=True), serving_port=free_port())
+                  spark_ui_port=free_port(span=3), serving_port=free_port(), redis_port=free_port())
     mp.delenv("MLOPS_SPARK_MASTER", raising=False)
     mp.setenv("MLOPS_HOME", str(home))
     mp.setenv("MLOPS_INCLUDE", str(include))
@@ -83,14 +83,48 @@ def cluster(tmp_path_factory):
 def test_spark_jobs_ran_on_the_standalone_master(cluster):
     stack = cluster["stack"]
     master = stack.spark_master_status()
-    assert master["status"] == "ALIVE" and master["aliveworkers"] >= 1
+    assert master["status"] == "ALIVE" and master["aliveworkers"] == 2
     apps = {a["name"]: a for a in master["activeapps"] + master["completedapps"]}
     assert "mlops-spark-connect" in apps, f"applications on the master: {sorted(apps)}"
     app = apps["mlops-spark-connect"]
     assert app["cores"] > 0
-    worker = _json(f"http://127.0.0.1:{stack.spark_ui_port + 1}/json/")
-    executors = [e for e in worker["executors"] if e["appid"] == app["id"]]
-    assert executors, f"no executor of {app['id']} on the worker: {worker['executors']}"
+    for number in (1, 2):   # the application has an executor on each of the two workers
+        worker = _json(f"http://127.0.0.1:{stack.spark_ui_port + number}/json/")
+        executors = [e for e in worker["executors"] if e["appid"] == app["id"]]
+        assert executors, f"no executor of {app['id']} on worker {number}: {worker['executors']}"
+
+
+def test_tasks_ran_on_both_celery_workers_by_queue(cluster):
+    """Airflow's CeleryExecutor with Redis: Spark-heavy tasks went to the spark queue's worker,
+    fits and gates to the models queue's worker, the rest to either (task instances record the
+    worker that ran them)."""
+    stack = cluster["stack"]
+    ran = stack.postgres.query("airflow", "SELECT task_id, queue, hostname FROM task_instance "
+                                          "WHERE dag_id LIKE %s AND state = 'success'", (f"{UC}_%",))
+    workers = {task: set() for task, _, _ in ran}
+    for task, queue, host in ran:
+        workers[task].add(host.split("@")[0])
+        assert (queue, host.split("@")[0]) in {("spark", "airflow-worker-spark"), ("models", "airflow-worker-models"),
+                                               ("default", "airflow-worker-spark"),
+                                               ("default", "airflow-worker-models")}, (task, queue, host)
+    assert workers["build_features"] == {"airflow-worker-spark"} and workers["score_batch"] == {"airflow-worker-spark"}
+    assert workers["train_challenger"] == {"airflow-worker-models"}
+    assert {w for hosts in workers.values() for w in hosts} == {"airflow-worker-spark", "airflow-worker-models"}
+    print("which worker ran which task:", {task: sorted(hosts) for task, hosts in sorted(workers.items())})
+
+
+def test_model_artifacts_go_through_the_mlflow_server(cluster):
+    """MLflow's proxied artifact storage: the experiments' and versions' artifacts are
+    ``mlflow-artifacts:`` URIs the server resolves; no worker needs the artifact folder."""
+    from mlflow import MlflowClient
+
+    stack, spec = cluster["stack"], cluster["spec"]
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    experiment = client.get_experiment_by_name(spec.experiment("training"))
+    assert experiment.artifact_location.startswith("mlflow-artifacts:"), experiment.artifact_location
+    champion = client.get_model_version_by_alias(spec.model.registered_name, "champion")
+    run = client.get_run(champion.run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
 
 
 def test_registry_lives_in_the_mlflow_server_on_postgres(cluster):

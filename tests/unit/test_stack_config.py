@@ -40,11 +40,28 @@ def test_sqlite_is_an_explicit_opt_in(tmp_path, monkeypatch):
         Stack(home=tmp_path, topology="cluster")
 
 
-def test_cluster_adds_spark_standalone(tmp_path):
-    stack = Stack(home=tmp_path, topology="cluster", postgres_port=6543)
-    assert stack.service_names()[:3] == ["postgres", "spark-master", "spark-worker"]
-    connect = next(p for p in stack.programs() if p.name == "spark-connect")
-    assert stack.spark_master_url in connect.command
+def test_cluster_adds_spark_standalone_redis_and_celery_workers(tmp_path):
+    stack = Stack(home=tmp_path, topology="cluster", postgres_port=6543, redis_port=6390)
+    names = stack.service_names()
+    assert names[:5] == ["postgres", "redis", "spark-master", "spark-worker", "spark-worker-2"]
+    assert {"airflow-worker-spark", "airflow-worker-models"} <= set(names)
+    programs = {p.name: p for p in stack.programs()}
+    assert stack.spark_master_url in programs["spark-connect"].command
+    for name, queues in (("airflow-worker-spark", "default,spark"), ("airflow-worker-models", "default,models")):
+        assert f"--queues {queues}" in " ".join(programs[name].command)
+        assert programs[name].environment["MLOPS_WORKER_NAME"] == name
+    env = stack.env()
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] == "mlops_airflow.celery_config.CELERY_CONFIG"
+    assert env["AIRFLOW__CELERY__BROKER_URL"].endswith("@127.0.0.1:6390/0")
+    assert ":" not in env["AIRFLOW__CELERY__RESULT_BACKEND"].split("@")[0].split("//")[1], "no password in the URL"
+    # the broker's password: in a private file and the environment, never on a command line or shown
+    config = stack.write_redis_config()
+    assert oct(config.stat().st_mode & 0o777) == "0o600" and "requirepass" in config.read_text()
+    password = config.read_text().split("requirepass ")[1].split()[0]
+    assert not any(password in " ".join(p.command) for p in stack.programs())
+    assert stack.public_env()["AIRFLOW__CELERY__BROKER_URL"] == "<redacted>"
+    assert "LocalExecutor" in Stack(home=tmp_path / "e", topology="embedded").env()["AIRFLOW__CORE__EXECUTOR"]
 
 
 def test_each_role_has_its_own_private_password(tmp_path):
