@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, SPARK_QUEUE, lifecycle_assets, measured, run_day,
-                                  schedule_window, use_cases)
+from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, SPARK_QUEUE, dag_tags, lifecycle_assets, measured,
+                                  run_day, schedule_window, use_cases)
 from mlops_airflow.sensors import LookBackSensor
 
 DOC = """
@@ -50,7 +50,7 @@ def build_daily_lifecycle(spec):
         catchup=False,
         max_active_runs=2,
         default_args=DEFAULT_ARGS,
-        tags=["mlops", spec.name, "daily"],
+        tags=dag_tags(spec.name, "daily"),
         doc_md=DOC.format(name=spec.name, woken="this use case has no schedule: every ingest wakes it" if not timed
                           else f"not this use case: it runs on its schedule, `{spec.scoring.schedule}`"),
         description=f"{spec.name}: validate, featurize, score and monitor one day",

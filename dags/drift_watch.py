@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, use_cases
+from mlops_airflow.common import DEFAULT_ARGS, dag_tags, lifecycle_assets, measured, use_cases
 from mlops_airflow.operators import RetrainTriggerOperator
 from mlops_airflow.sensors import DriftSensor
 
@@ -34,7 +34,7 @@ def build_drift_watch(spec):
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
-        tags=["mlops", spec.name, "monitoring"],
+        tags=dag_tags(spec.name, "monitoring"),
         doc_md=DOC.format(name=spec.name),
         description=f"{spec.name}: retrain when input drift persists",
         params={"ds": Param("", type="string", title="Date to evaluate (YYYY-MM-DD)",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from airflow.sdk import dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, inbox_asset, lifecycle_assets, measured, use_cases
+from mlops_airflow.common import DEFAULT_ARGS, dag_tags, inbox_asset, lifecycle_assets, measured, use_cases
 
 DOC = """
 ### {name}: ingest
@@ -38,7 +38,7 @@ def build_ingest(spec):
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
-        tags=["mlops", use_case, "ingest"],
+        tags=dag_tags(use_case, "ingest"),
         doc_md=DOC.format(name=use_case, inbox=inbox.watchers[0].trigger.directory, sources=", ".join(spec.sources),
                           woken=woken),
         description=f"{use_case}: land files dropped in the inbox as raw partitions",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, MODELS_QUEUE, SPARK_QUEUE, measured, use_cases
+from mlops_airflow.common import DEFAULT_ARGS, MODELS_QUEUE, SPARK_QUEUE, dag_tags, measured, use_cases
 from pipelines.core.config import settings
 from pipelines.core.environments import load_environments
 
@@ -47,7 +47,7 @@ def build_release(spec, tested: str = "staging", last: str = "prod"):
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
-        tags=["mlops", use_case, "release"],
+        tags=dag_tags(use_case, "release"),
         doc_md=DOC.format(name=use_case, model=spec.model.registered_name, pattern=pattern,
                           staging_step=STEPS[pattern][0], prod_step=STEPS[pattern][1],
                           hours=spec.promotion.approval_timeout_hours),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, lifecycle_assets, measured, use_cases
+from mlops_airflow.common import DEFAULT_ARGS, dag_tags, lifecycle_assets, measured, use_cases
 from pipelines.core.config import settings
 from pipelines.core.environments import load_environments
 
@@ -34,7 +34,7 @@ def build_rollback(spec):
         catchup=False,
         max_active_runs=1,
         default_args={**DEFAULT_ARGS, "retries": 1},
-        tags=["mlops", use_case, "promotion"],
+        tags=dag_tags(use_case, "promotion"),
         doc_md=DOC.format(name=use_case, model=spec.model.registered_name, environments=", ".join(environments)),
         description=f"{use_case}: move @champion back to an earlier champion",
         params={

@@ -5,7 +5,8 @@ import datetime as dt
 
 from airflow.sdk import dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, MODELS_QUEUE, lifecycle_assets, measured, schedule_window, use_cases
+from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, dag_tags, lifecycle_assets, measured, schedule_window,
+                                  use_cases)
 
 DOC = """
 ### {name}: roll the candidate out to live traffic ({strategy})
@@ -44,7 +45,7 @@ def build_rollout(spec):
         catchup=False,
         max_active_runs=1,
         default_args={**DEFAULT_ARGS, "retries": 1},
-        tags=["mlops", use_case, "deployment"],
+        tags=dag_tags(use_case, "deployment"),
         doc_md=DOC.format(name=use_case, strategy=deployment.strategy.value, every=every,
                           users=deployment.load_test.users, rate=deployment.load_test.rate,
                           seconds=deployment.load_test.seconds, window=deployment.window_minutes,

@@ -4,7 +4,8 @@ from __future__ import annotations
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, MODELS_QUEUE, lifecycle_assets, measured, schedule_window, use_cases
+from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, dag_tags, lifecycle_assets, measured, schedule_window,
+                                  use_cases)
 
 DOC = """
 ### {name}: train, evaluate through the promotion gate, promote
@@ -49,7 +50,7 @@ def build_training(spec):
         # ahead of a backfill's daily tasks in the executor's queue: a retraining asked for by drift
         # lands while the backfill runs, and the days after it are scored by the new champion
         default_args={**DEFAULT_ARGS, "priority_weight": 100},
-        tags=["mlops", spec.name, "training"],
+        tags=dag_tags(spec.name, "training"),
         doc_md=doc,
         description=f"{spec.name}: train a challenger and promote it if it passes the gate",
         params={

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.env:
             runtime.environments().get(args.env)   # an unknown name: one line naming the environments
-        with acting_in(args.env):
+        with acting_in(args.env or None):
             return _command(args, runtime)
     except Refusal as exc:
         if args.debug:
@@ -205,6 +205,7 @@ def _command(args: argparse.Namespace, runtime) -> int:
                   file=sys.stderr)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mlops").info("environment %s (lake %s)", settings().env, settings().lake)
     if args.command == "serve":
         for name in args.use_case:
             runtime.spec(name)   # an unknown use case fails here, with the specs found

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import asdict, dataclass
 
 from pipelines.core.errors import Refusal
@@ -109,8 +110,11 @@ def copy_version(source_spec, source: tracking.ModelRef, target_spec, release_id
     copied = c.copy_model_version(f"models:/{source.name}/{source.version}", target_name)
     for key, value in tags.items():
         c.set_model_version_tag(target_name, copied.version, key, value)
-    c.set_model_version_tag(source.name, source.version, f"release.to_{target_spec.environment}",
-                            f"{target_name}/{copied.version} ({release_id})")
+    went = {f"release.to_{target_spec.environment}": f"{target_name}/{copied.version} ({release_id})",
+            **{f"release.to_{target_spec.environment}.{key.removeprefix('release.')}": tags[key]
+               for key in ("release.approved_by", "release.approved_at", "release.approval_comment") if key in tags}}
+    for key, value in went.items():   # who approved, and when, on both sides
+        c.set_model_version_tag(source.name, source.version, key, value)
     log.info("%s: release %s copied %s v%s into %s as v%s", source_spec.name, release_id, source.name,
              source.version, target_spec.environment, copied.version)
     return tracking.ModelRef(target_name, str(copied.version), copied.run_id)
@@ -120,7 +124,13 @@ def release_source(spec, version: str | None) -> tracking.ModelRef:
     """The version of ``spec``'s environment to release: ``version``, or its champion."""
     name = spec.model.registered_name
     if version:
-        return tracking.model_version(name, str(version).lstrip("v"))
+        if not re.fullmatch(r"v?\d{1,9}", str(version)):
+            raise ReleaseRefused(f"{spec.name}: {str(version)[:40]!r} is not a version number (like 7 or v7)")
+        from mlflow.exceptions import MlflowException
+        try:
+            return tracking.model_version(name, str(version).lstrip("v"))
+        except MlflowException:
+            raise ReleaseRefused(f"{spec.name}: {spec.environment} has no version {version} of {name}") from None
     champion = tracking.resolve_champion(name)
     if champion is None:
         raise ReleaseRefused(f"{spec.name}: {spec.environment} has no champion of {name} to release; promote one "

@@ -27,6 +27,12 @@ DEFAULT_ARGS = {
 }
 
 
+def dag_tags(use_case: str, kind: str) -> list[str]:
+    """A DAG's tags: the project, the use case, the kind of DAG, and the environment this
+    deployment runs in (``env:prod``), so the UI shows which one it is."""
+    return ["mlops", use_case, kind, f"env:{settings().env}"]
+
+
 def use_cases() -> list[UseCaseSpec]:
     """Every valid spec under the configured include folder; one set of DAGs is generated per spec.
     A broken spec breaks only its own use case: it is left out here and reported, as one import

@@ -78,6 +78,7 @@ def test_every_dag_has_docs_tags_and_retries(dagbag):
     for dag_id, dag in dagbag.dags.items():
         assert dag.doc_md and len(dag.doc_md) > 100, f"{dag_id} has no doc_md"
         assert "mlops" in dag.tags and len(dag.tags) >= 2, f"{dag_id} tags: {dag.tags}"
+        assert "env:dev" in dag.tags, f"{dag_id} does not show its environment: {dag.tags}"
         for t in dag.tasks:
             assert t.retries >= 1, f"{dag_id}.{t.task_id} has no retries"
 

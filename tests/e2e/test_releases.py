@@ -54,6 +54,14 @@ def set_overrides(spec_file: Path, overrides: dict, **deployment) -> None:
     runtime.forget_specs()
 
 
+@pytest.mark.parametrize("version, refused", [("1; drop table", "is not a version number"),
+                                              ("../../1", "is not a version number"),
+                                              ("99999", "dev has no version 99999 of churn_small_classifier")])
+def test_a_version_that_is_not_one_is_refused_in_one_line(environments, version, refused):
+    with pytest.raises(ReleaseRefused, match=refused):
+        releases.release(UC, "staging", version, "tester", "hostile version")
+
+
 def test_a_staging_test_that_fails_stops_the_release_and_says_why(environments):
     set_overrides(environments, {"staging": {**QUICK_LOAD_TEST, "promotion.floor": 0.999}})
     try:
@@ -98,6 +106,8 @@ def test_dev_champion_is_tested_in_staging_then_approved_into_prod(environments,
     assert prod_tags["release.approval_comment"] == "staging looked right"
     source_tags = c.get_model_version(staged["name"], staged["version"]).tags
     assert source_tags["release.to_prod"].startswith(f"prod.{UC}_classifier/{released['version']}")
+    assert source_tags["release.to_prod.approved_by"] == "risk-review"
+    assert source_tags["release.to_prod.approval_comment"] == "staging looked right"
 
     # prod's daily scoring uses it, in prod's own lake
     with acting_in("prod"):
@@ -106,6 +116,9 @@ def test_dev_champion_is_tested_in_staging_then_approved_into_prod(environments,
         rows = runtime.score(UC, day, champion, "prod-daily")
         scored = read_partition(runtime.lake().inference(UC), day)
     assert rows > 0 and set(scored["model_version"].astype(str)) == {released["version"]}
+    text = releases.environments_text(UC)   # what the demo's summary shows
+    assert f"prod     prod.{UC}_classifier@champion: v{released['version']}, from staging" in text
+    assert "approved by risk-review" in text and f"dev      {UC}_classifier@champion: v{dev['version']}, trained here" in text
 
 
 def test_a_rollback_in_prod_leaves_staging_and_dev_alone(environments):

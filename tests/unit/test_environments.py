@@ -195,6 +195,9 @@ def test_the_cli_refuses_an_unknown_environment_and_training_in_prod(include, ca
     err = capsys.readouterr().err.strip()
     assert err == ("mlops train: churn: prod does not train (deployment.pattern: deploy_models, only dev trains); "
                    "release a dev version: mlops release churn --to prod")
+    for hostile in ("../prod", "prod/../../etc", "PROD", "prod\n", ""):
+        assert cli.main(["--env", hostile, "env"]) in (1, 0 if hostile == "" else 1)
+        assert "is not an environment" in capsys.readouterr().err or hostile == ""
     assert cli.main(["release", "churn", "--to", "dev", "--reason", "x"]) == 1
     assert "nothing is released into dev: it is the first environment" in capsys.readouterr().err
     assert cli.main(["env"]) == 0
