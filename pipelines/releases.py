@@ -108,6 +108,12 @@ def staging_test(use_case: str, test: str, staged: dict) -> dict:
 
 
 def _gate_test(use_case: str, staged: dict) -> tuple[bool, str]:
+    champion = tracking.resolve_alias(staged["name"], tracking.CHAMPION)
+    if champion is not None and champion.version != staged["version"] and champion.run_id == staged["run_id"]:
+        # a release of the artifact this environment already serves (after a rollback elsewhere,
+        # say): the gate passed it before, and a model cannot beat itself by a margin
+        return True, (f"the same artifact (run {staged['run_id']}) as {settings().env}'s champion v{champion.version},"
+                      f" which passed this gate before")
     evaluation = runtime.evaluate(use_case, staged, runtime.resolve_as_of(use_case, None, None))
     return (evaluation["eligible"] or evaluation["already_champion"]), evaluation["reason"]
 

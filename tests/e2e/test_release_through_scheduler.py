@@ -94,8 +94,9 @@ def test_a_release_stops_in_staging_then_an_approved_one_reaches_prod_and_rolls_
         assert staging is not None and _champion("dev") == dev
 
         # 3. a second release, then the rollback DAG acting on prod: prod goes back, staging stays
-        _, second = _release_approved(client, "second release")
+        _, second = _release_approved(client, "second release")   # the same dev artifact, staged again
         assert _champion("prod") == second["version"] != first["version"]
+        staging = _champion("staging")
         run_id = client.trigger(f"{UC}_rollback", conf={"reason": "the second release misbehaved",
                                                           "environment": "prod"})
         run = client.wait_for_run(f"{UC}_rollback", run_id)

@@ -125,6 +125,11 @@ def test_a_rollback_in_prod_leaves_staging_and_dev_alone(environments):
     first_prod = champion_in("prod")
     staging, dev = champion_in("staging"), champion_in("dev")
     assert first_prod is not None, "runs after the release into prod"
+    # the same dev artifact through staging again: the gate does not ask it to beat itself
+    restaged = releases.release(UC, "staging", None, "tester", "the same version again")
+    reason = tracking.client().get_model_version(restaged["name"], restaged["version"]).tags["release.test.gate.reason"]
+    assert f"same artifact (run {restaged['run_id']}) as staging's champion v{staging}" in reason
+    staging = champion_in("staging")
     again = releases.release(UC, "prod", None, "tester", "a second release of the same version", APPROVED)
     assert champion_in("prod") == again["version"] != first_prod
     with acting_in("prod"):
