@@ -52,7 +52,8 @@ def test_embedded_environments_keep_dev_where_state_always_was(include, tmp_path
     prod = Settings.from_env({"MLOPS_HOME": str(home), "MLOPS_INCLUDE": str(include), "MLOPS_ENV": "prod"})
     assert prod.lake == home / "envs" / "prod" / "lake" and prod.online_store == home / "envs" / "prod" / "online"
     assert prod.inbox == home / "envs" / "prod" / "inbox" and prod.environment.approval == "required"
-    assert prod.mlflow_tracking_uri == settings().mlflow_tracking_uri   # one registry, prefixes apart
+    dev = Settings.from_env({"MLOPS_HOME": str(home), "MLOPS_INCLUDE": str(include)})
+    assert prod.mlflow_tracking_uri == dev.mlflow_tracking_uri   # one registry, prefixes apart
 
 
 def test_the_shipped_environments_file_says_what_the_embedded_defaults_say():
