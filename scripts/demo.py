@@ -13,7 +13,7 @@
    candidate: start the scoring service, send it traffic (Locust) and run the rollout DAG step by
    step until the candidate is champion; then a drill (a slowed copy of the champion) that the
    rollout must roll back on its own; print the rollout timeline;
-7. a release (beside the drill, when there is one): staging and prod get a copy of dev's data, the release DAG copies dev's champion
+7. a release: staging and prod get a copy of dev's data, the release DAG copies dev's champion
    into staging, tests it there (gate on staging's data, batch scoring, load test, prod's
    inference schema), asks for approval (the demo approves as ``risk-review``), copies it into
    prod; then prod's daily scoring runs with it, in prod's own lake;
@@ -151,9 +151,8 @@ def drive_rollout(stack: Stack, client: AirflowClient, use_case: str, rounds: in
     raise RuntimeError(f"the rollout of {use_case} did not end within {rounds} runs of {dag_id}")
 
 
-def play_rollouts(stack: Stack, use_case: str, before_drill=lambda: None) -> dict:
-    """The retrained candidate to all traffic, then a drill the rollout must stop (``before_drill``
-    runs between the two); timings."""
+def play_rollouts(stack: Stack, use_case: str) -> dict:
+    """The retrained candidate to all traffic, then a drill the rollout must stop; timings."""
     from pipelines import runtime
     from pipelines.release import rollout
     spec = runtime.spec(use_case)
@@ -171,7 +170,6 @@ def play_rollouts(stack: Stack, use_case: str, before_drill=lambda: None) -> dic
         say(f"  rollout of v{state.candidate}: {phase}")
     else:
         say("no rollout is waiting (no retrained model passed the gate); on to the drill")
-    before_drill()
     say("drill: a copy of the champion slowed by 1.5 s per request; the rollout must roll it back by itself")
     t = time.monotonic()
     drill = runtime.rollout_drill(use_case, 1500, "demo")
@@ -210,7 +208,7 @@ def finish_release(stack: Stack, use_case: str, run_id: str, day: dt.date) -> di
         f"approves the release into prod")
     client.review(dag_id, run_id, "approve_prod", approve=True, comment="staging's gate and load test look right")
     run = client.wait_for_run(dag_id, run_id)
-    timings["release_wait_s"] = time.monotonic() - t
+    timings["release_s"] = time.monotonic() - t
     released = client.xcom(dag_id, run_id, "release_into_prod") or {}
     say(f"  release {run['state']}: prod v{released.get('version')}")
     if run["state"] != "success":
@@ -270,16 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         timings["stack_start_s"] = time.monotonic() - t
         timings.update(play_story(stack, args.use_case, start, first_training, end))
         os.environ["MLFLOW_TRACKING_URI"] = stack.mlflow_url
-        release = []   # the release runs beside the drill (its staging tests, then the approval)
         if spec.deployment.strategy != "direct":
-            timings.update(play_rollouts(stack, args.use_case,
-                                         before_drill=lambda: release.append(start_release(stack, args.use_case))))
-        if not release:
-            release.append(start_release(stack, args.use_case))
-        timings.update(finish_release(stack, args.use_case, release[0], end))
-        if spec.deployment.strategy != "direct":
+            timings.update(play_rollouts(stack, args.use_case))
             print()
             print(runtime.rollout_status(args.use_case, timelines=2))
+        timings.update(finish_release(stack, args.use_case, start_release(stack, args.use_case), end))
         print()
         print(summarize(spec))
         print()
