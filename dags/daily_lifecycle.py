@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, SPARK_QUEUE, dag_tags, lifecycle_assets, measured,
-                                  run_day, schedule_window, use_cases)
+from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, SPARK_QUEUE, alert, dag_tags, fail_at_once,
+                                  lifecycle_assets, measured, run_day, schedule_window, use_cases)
 from mlops_airflow.sensors import LookBackSensor
 
 DOC = """
@@ -31,7 +31,10 @@ the ingest landed.
    training reference; HTML report + MLflow run; updates the drift asset, which
    wakes the `{name}_drift_watch` DAG.
 6. **measure_live_performance**: labels that landed today against the scores of
-   their label date, per model version.
+   their label date, per model version. With `monitoring.performance` in the spec,
+   **decide_performance_retraining** compares the champion's recent label dates with its bound
+   (alerting when it is missed) and **trigger_retraining** starts `{name}_training` with
+   `trigger=performance` (one run a day, none within `monitoring.cooldown_days`).
 
 Every write replaces the date's partition whole: reruns and backfills are idempotent
 (`airflow backfill create --dag-id {name}_daily --from-date ... --to-date ...`).
@@ -61,32 +64,28 @@ def build_daily_lifecycle(spec):
     def daily_lifecycle():
         @task(outlets=[assets.clean])
         @measured
+        @fail_at_once()   # retrying the same bad data cannot help
         def validate_raw(run_id=None) -> dict:
             """Validate every raw source of the day; land it clean or quarantine it."""
-            from airflow.sdk.exceptions import AirflowFailException
-
-            from pipelines import runtime
+            from pipelines import alerts, runtime
             from pipelines.data.validation import DataValidationError
-
             try:
                 return runtime.validate(use_case, run_day(), run_id=run_id)
-            except DataValidationError as exc:  # retrying the same bad data cannot help
-                raise AirflowFailException(str(exc)) from None
+            except DataValidationError as exc:
+                alert(use_case, *alerts.quarantined(use_case, exc.reports))
+                raise
 
         @task(outlets=[assets.features], queue=SPARK_QUEUE)
         @measured
+        @fail_at_once()   # a window checked a moment ago lost a day: not retryable
         def build_features() -> int:
             """Point-in-time features for the day on Spark."""
-            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+            from airflow.sdk.exceptions import AirflowSkipException
 
             from pipelines import runtime
-            from pipelines.features.point_in_time import LookBackIncomplete
 
             ds = run_day()
-            try:
-                rows = runtime.build_features(use_case, ds)
-            except LookBackIncomplete as exc:  # a window checked a moment ago lost a day: not retryable
-                raise AirflowFailException(str(exc)) from None
+            rows = runtime.build_features(use_case, ds)
             if rows == 0:
                 raise AirflowSkipException(f"no history before {ds}: nothing to featurize or score")
             return rows
@@ -100,34 +99,25 @@ def build_daily_lifecycle(spec):
 
         @task
         @measured
+        @fail_at_once()   # a champion promoted once and gone now: loud, and retrying cannot help
         def resolve_champion() -> dict:
             """Pin @champion to a concrete model version for this run."""
-            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+            from airflow.sdk.exceptions import AirflowSkipException
 
             from pipelines import runtime
-            from pipelines.models.tracking import ChampionLost
 
-            try:
-                champion = runtime.resolve_champion(use_case)
-            except ChampionLost as exc:  # promoted once, gone now: loud, and retrying cannot help
-                raise AirflowFailException(str(exc)) from None
+            champion = runtime.resolve_champion(use_case)
             if champion is None:
                 raise AirflowSkipException("no champion yet: train and promote a model first")
             return champion
 
         @task(outlets=[assets.inference], queue=SPARK_QUEUE)
         @measured
+        @fail_at_once()   # nothing was written; retrying cannot bring missing model files back
         def score_batch(champion: dict, run_id=None) -> int:
             """Score the day's features with the pinned champion version."""
-            from airflow.sdk.exceptions import AirflowFailException
-
             from pipelines import runtime
-            from pipelines.models.tracking import ModelArtifactsMissing
-
-            try:
-                return runtime.score(use_case, run_day(), champion, run_id)
-            except ModelArtifactsMissing as exc:  # nothing was written; retrying cannot bring files back
-                raise AirflowFailException(str(exc)) from None
+            return runtime.score(use_case, run_day(), champion, run_id)
 
         @task(outlets=[assets.drift], queue=MODELS_QUEUE)
         @measured
@@ -140,7 +130,7 @@ def build_daily_lifecycle(spec):
                                                  "model_version": summary["model_version"]}
             return summary
 
-        @task
+        @task(trigger_rule="none_failed")
         @measured
         def measure_live_performance() -> int:
             """Quality of earlier scores whose labels landed today."""
@@ -154,9 +144,33 @@ def build_daily_lifecycle(spec):
         champion = resolve_champion()
         validated >> look_back >> features >> champion
         features >> refresh_online_store()
-        score_batch(champion)
+        scored = score_batch(champion)
         monitor_drift(champion)  # compares the same inputs with the reference: runs beside scoring
-        validated >> measure_live_performance()
+        performance = measure_live_performance()
+        validated >> performance
+        if spec.label.date_column is None:   # a snapshot's labels are about its own day: after its scoring
+            scored >> performance
+        if spec.monitoring.performance is not None:
+            from mlops_airflow.operators import retrain_trigger
+
+            @task.short_circuit
+            @measured
+            def decide_performance_retraining() -> dict | None:
+                """Live performance beyond its bound on the policy's label dates: tell people, and
+                request a training (one a day, none within the cooldown)."""
+                from pipelines import alerts, runtime
+                decision = runtime.performance_decision(use_case, run_day())
+                alert(use_case, alerts.performance_low(use_case, decision))
+                print(decision["reason"])
+                if not decision["retrain"]:
+                    return None
+                request = runtime.request_retraining(use_case, decision, trigger="performance")
+                alert(use_case, alerts.retraining(use_case, request))
+                return request
+
+            performance >> decide_performance_retraining() >> retrain_trigger(
+                use_case, "trigger_retraining", "decide_performance_retraining", "performance",
+                "Retraining on live performance")
 
     return daily_lifecycle()
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, dag_tags, lifecycle_assets, measured, use_cases
-from mlops_airflow.operators import RetrainTriggerOperator
+from mlops_airflow.common import DEFAULT_ARGS, alert, dag_tags, lifecycle_assets, measured, use_cases
+from mlops_airflow.operators import retrain_trigger
 from mlops_airflow.sensors import DriftSensor
 
 DOC = """
@@ -49,24 +49,16 @@ def build_drift_watch(spec):
         @measured
         def decide_retraining(decision: dict) -> dict | None:
             """Record a retrain request when the policy says so; otherwise stop here."""
-            from pipelines import runtime
+            from pipelines import alerts, runtime
             if not decision["retrain"]:
                 print(f"no retraining: {decision['reason']}")
                 return None
-            return runtime.request_retraining(use_case, decision)
+            request = runtime.request_retraining(use_case, decision)
+            alert(use_case, alerts.retraining(use_case, {**request, "ds": decision["ds"]}))
+            return request
 
         request = decide_retraining(decision.output)
-        request >> RetrainTriggerOperator(
-            task_id="trigger_retraining",
-            trigger_dag_id=f"{use_case}_training",
-            logical_date=None,  # like a UI trigger: a logical date of "now" would fall past a bounded schedule
-            trigger_run_id="{{ ti.xcom_pull(task_ids='decide_retraining')['run_id'] }}",
-            conf={"reason": "{{ ti.xcom_pull(task_ids='decide_retraining')['reason'] }}",
-                  "trigger": "drift",
-                  "as_of": "{{ ti.xcom_pull(task_ids='decide_retraining')['as_of'] }}"},
-            note="Retraining on drift: {{ ti.xcom_pull(task_ids='decide_retraining')['reason'] }}",
-            skip_when_already_exists=True,
-        )
+        request >> retrain_trigger(use_case, "trigger_retraining", "decide_retraining", "drift", "Retraining on drift")
 
     return drift_watch()
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from airflow.sdk import dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, dag_tags, inbox_asset, lifecycle_assets, measured, use_cases
+from mlops_airflow.common import DEFAULT_ARGS, alert, dag_tags, inbox_asset, lifecycle_assets, measured, use_cases
 
 DOC = """
 ### {name}: ingest
@@ -69,7 +69,9 @@ def build_ingest(spec):
             """Fail the run, naming each refused file and its error, when any was refused."""
             from airflow.sdk.exceptions import AirflowFailException
 
+            from pipelines import alerts
             if result["rejected"]:
+                alert(use_case, *alerts.inbox_refused(use_case, result["rejected"]))
                 raise AirflowFailException(f"{len(result['rejected'])} file(s) refused (each moved to rejected/ with "
                                            "its error beside it):\n" + "\n".join(
                                                f"{path}: {error}" for path, error in result["rejected"].items()))

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, MODELS_QUEUE, SPARK_QUEUE, dag_tags, measured, use_cases
-from pipelines.core.config import settings
-from pipelines.core.environments import load_environments
+from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, SPARK_QUEUE, alert, dag_tags, environment_names,
+                                  fail_at_once, measured, triggered_by, use_cases)
+from pipelines.core.errors import Refusal
 
 DOC = """
 ### {name}: release from dev through staging into prod ({pattern})
@@ -25,6 +25,10 @@ Manual only: trigger it from the UI (fill in the form) or with `mlops release`.
 * **release_into_prod**: {prod_step} Who approved, why and when are tags on
   both versions; prod's daily scoring uses it from its next run.
 """
+
+# any refusal on the way (a test that failed, data staging lacks) stops the release at once
+refused = fail_at_once("release refused: ", (Refusal,))
+
 
 STEPS = {
     "deploy_models": ("copies the version (the same artifact and run) into staging's registry, tagged "
@@ -63,36 +67,42 @@ def build_release(spec, tested: str = "staging", last: str = "prod"):
     def release():
         @task
         @measured
+        @refused
         def pick_version(params=None) -> dict:
             """The dev version to release."""
             from pipelines import releases
-            return _refusing(lambda: releases.release_source(use_case, tested, params.get("version") or None))
+            return releases.release_source(use_case, tested, params.get("version") or None)
 
         @task(queue=MODELS_QUEUE)
         @measured
+        @refused
         def bring_into_staging(source: dict, params=None, run_id=None, dag_run=None) -> dict:
             """The version in staging: copied (deploy models) or trained there (deploy code)."""
             from pipelines import releases
-            return _refusing(lambda: releases.stage_release(use_case, source, run_id, _who(dag_run),
-                                                             params["reason"]))
+            return releases.stage_release(use_case, source, run_id, triggered_by(dag_run), params["reason"])
 
         def staging_test(test: str):
             @task(task_id=f"staging_{test}", queue=SPARK_QUEUE if test == "batch_scoring" else MODELS_QUEUE)
             @measured
+            @refused
             def run_test(staged: dict) -> dict:
                 from pipelines import releases
-                return _refusing(lambda: releases.staging_test(use_case, test, staged))
+                return releases.staging_test(use_case, test, staged)
             return run_test
 
         @task
         @measured
         def pass_staging(staged: dict, results: list[dict]) -> dict:
             """Every staging test passed: record it; the version becomes staging's champion."""
-            from pipelines import releases
-            return releases.pass_staging(use_case, staged, results)
+            from pipelines import alerts, releases, runtime
+            passed = releases.pass_staging(use_case, staged, results)
+            alert(use_case, alerts.approval_waiting(use_case, f"release into {last}", staged["version"], "",
+                                                    runtime.settings().mlflow_tracking_uri, staged["name"]))
+            return passed
 
         @task
         @measured
+        @refused
         def release_into_prod(staged: dict, params=None, run_id=None, dag_run=None, ti=None) -> dict:
             """After approval: the version into prod's registry, prod's champion."""
             from mlops_airflow.review import REVIEW_XCOM
@@ -100,8 +110,8 @@ def build_release(spec, tested: str = "staging", last: str = "prod"):
             from pipelines.release.decision import Review
 
             review = Review.from_hitl(ti.xcom_pull(task_ids=f"approve_{last}", key=REVIEW_XCOM))
-            return _refusing(lambda: releases.release_to_last(use_case, staged, run_id, _who(dag_run),
-                                                               params["reason"], review))
+            return releases.release_to_last(use_case, staged, run_id, triggered_by(dag_run), params["reason"],
+                                            review)
 
         from mlops_airflow.review import release_review
 
@@ -118,22 +128,7 @@ def build_release(spec, tested: str = "staging", last: str = "prod"):
     return release()
 
 
-def _refusing(step):
-    """Run a release step; a refusal fails the task at once, without retries, naming why."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from pipelines.core.errors import Refusal
-    try:
-        return step()
-    except Refusal as exc:
-        raise AirflowFailException(f"release refused: {exc}") from None
-
-
-def _who(dag_run) -> str:
-    return getattr(dag_run, "triggering_user_name", None) or "airflow"
-
-
-_path = load_environments(settings().include).names
+_path = environment_names()
 if len(_path) == 3:   # a first environment, a tested one, and the one that serves
     for _spec in use_cases():
         build_release(_spec, _path[1], _path[2])

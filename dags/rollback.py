@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import DEFAULT_ARGS, dag_tags, lifecycle_assets, measured, use_cases
-from pipelines.core.config import settings
-from pipelines.core.environments import load_environments
+from mlops_airflow.common import (DEFAULT_ARGS, alert, dag_tags, environment_names, environment_param, fail_at_once,
+                                  in_environment, lifecycle_assets, measured, triggered_by, use_cases)
 
 DOC = """
 ### {name}: roll back the champion
@@ -26,7 +25,6 @@ def build_rollback(spec):
     """The rollback DAG of one use case."""
     use_case = spec.name
     assets = lifecycle_assets(use_case)
-    environments = load_environments(settings().include).names
 
     @dag(
         dag_id=f"{use_case}_rollback",
@@ -35,36 +33,29 @@ def build_rollback(spec):
         max_active_runs=1,
         default_args={**DEFAULT_ARGS, "retries": 1},
         tags=dag_tags(use_case, "promotion"),
-        doc_md=DOC.format(name=use_case, model=spec.model.registered_name, environments=", ".join(environments)),
+        doc_md=DOC.format(name=use_case, model=spec.model.registered_name, environments=", ".join(environment_names())),
         description=f"{use_case}: move @champion back to an earlier champion",
         params={
             "reason": Param("", type="string", minLength=3, title="Reason",
                             description="Why the current champion is rolled back (recorded on both versions)."),
             "to_version": Param("", type="string", pattern=r"^(v?\d+)?$", title="Version to roll back to",
                                 description="Empty: the champion before the current one."),
-            "environment": Param(settings().env, type="string", enum=environments, title="Environment",
-                                 description="Whose @champion moves; the other environments are left alone."),
+            "environment": environment_param("Whose @champion moves; the other environments are left alone."),
         },
         start_date=None,
     )
     def rollback():
         @task(outlets=[assets.champion])
         @measured
+        @fail_at_once("rollback refused, @champion unchanged: ")
         def roll_back_champion(params=None, dag_run=None) -> dict:
             """Move @champion back; refuse (without retrying) when it cannot be done as asked."""
-            from airflow.sdk.exceptions import AirflowFailException
-
-            from pipelines import runtime
-            from pipelines.core.environments import acting_in
-            from pipelines.release.rollback import RollbackRefused
-
-            who = getattr(dag_run, "triggering_user_name", None) or "airflow"
-            try:
-                with acting_in(params.get("environment") or None):
-                    return {**runtime.rollback(use_case, params["reason"], who, params.get("to_version") or None),
-                            "environment": runtime.settings().env}
-            except RollbackRefused as exc:
-                raise AirflowFailException(f"rollback refused, @champion unchanged: {exc}") from None
+            from pipelines import alerts, runtime
+            with in_environment(params):
+                done = runtime.rollback(use_case, params["reason"], triggered_by(dag_run),
+                                        params.get("to_version") or None)
+                alert(use_case, alerts.rollback(use_case, done))
+                return {**done, "environment": runtime.settings().env}
 
         roll_back_champion()
 

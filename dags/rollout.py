@@ -5,8 +5,8 @@ import datetime as dt
 
 from airflow.sdk import dag, task
 
-from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, dag_tags, lifecycle_assets, measured, schedule_window,
-                                  use_cases)
+from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, alert, dag_tags, lifecycle_assets, measured,
+                                  schedule_window, use_cases)
 
 DOC = """
 ### {name}: roll the candidate out to live traffic ({strategy})
@@ -57,14 +57,18 @@ def build_rollout(spec):
         @task(queue=MODELS_QUEUE)
         @measured
         def load_test_candidate() -> dict:
-            from pipelines import runtime
-            return runtime.rollout_load_test(use_case)
+            from pipelines import alerts, runtime
+            result = runtime.rollout_load_test(use_case)
+            alert(use_case, alerts.rollout(use_case, result))   # a failed load test rolls the rollout back
+            return result
 
         @task(outlets=[assets.champion])
         @measured
         def judge_rollout() -> dict:
-            from pipelines import runtime
-            return runtime.judge_rollout(use_case)
+            from pipelines import alerts, runtime
+            result = runtime.judge_rollout(use_case)
+            alert(use_case, alerts.rollout(use_case, result))
+            return result
 
         load_test_candidate() >> judge_rollout()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, dag_tags, lifecycle_assets, measured, schedule_window,
-                                  use_cases)
+from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, alert, dag_tags, environment_names, environment_param,
+                                  fail_at_once, in_environment, lifecycle_assets, measured, schedule_window, use_cases)
 
 DOC = """
 ### {name}: train, evaluate through the promotion gate, promote
@@ -24,8 +24,10 @@ DOC = """
   compare-and-set on the champion the gate judged against. The decision and its reasons are
   tags on the model version and in its model card.
 
-Runs on its schedule, by manual trigger (fill in the form: `as_of`, `reason`), and when
-`{name}_drift_watch` detects drift (the reason is in the run's note and conf).
+Runs on its schedule, by manual trigger (fill in the form: `as_of`, `reason`, and the
+`environment` to train in: {environments}), and when
+`{name}_drift_watch` detects drift, or `{name}_daily` finds live performance beyond its bound
+(`monitoring.performance`; the reason is in the run's note and conf).
 """
 
 REVIEW_DOC = """* **passed_gate** skips the review of a challenger the gate rejected.
@@ -40,7 +42,8 @@ def build_training(spec):
     assets = lifecycle_assets(use_case)
     reviewed = spec.promotion.approval == "required"
     doc = DOC.format(name=spec.name, review=REVIEW_DOC.format(hours=spec.promotion.approval_timeout_hours)
-                     if reviewed else "", approved=" and the reviewer approved" if reviewed else "")
+                     if reviewed else "", approved=" and the reviewer approved" if reviewed else "",
+                     environments=", ".join(environment_names()))
 
     @dag(
         dag_id=f"{spec.name}_training",
@@ -58,42 +61,56 @@ def build_training(spec):
                            description="Use labels that landed before this date. Empty: the newest labels."),
             "reason": Param("manual retraining", type="string", title="Reason",
                             description="Why this model is trained; recorded on the MLflow run and model version."),
-            "trigger": Param("manual", type="string", enum=["manual", "drift", "schedule"], title="Trigger",
-                             description="What started the run (set to 'drift' by the drift watch)."),
+            "trigger": Param("manual", type="string", enum=["manual", "drift", "performance", "schedule"],
+                             title="Trigger", description="What started the run (set to 'drift' by the drift "
+                                                          "watch, 'performance' by the daily DAG)."),
+            "environment": environment_param("Where to train, on that environment's data and registry. Prod "
+                                             "never trains a deploy-models use case, and trains a deploy-code "
+                                             "one only with code staging passed."),
         },
         **schedule_window(spec),
     )
     def training():
         @task(queue=MODELS_QUEUE)
         @measured
+        @fail_at_once("training refused: ")
         def train_challenger(params=None, dag_run=None, run_id=None, data_interval_end=None) -> dict:
             """Fit, log and register a challenger; returns its model URI and version."""
             from pipelines import runtime
             scheduled = dag_run.run_type == "scheduled"
-            as_of = runtime.resolve_as_of(use_case, params.get("as_of") or None,
-                                          data_interval_end.date() if scheduled and data_interval_end else None)
-            trigger = "schedule" if scheduled else params.get("trigger", "manual")
-            reason = "scheduled retraining" if scheduled else params.get("reason", "")
-            return runtime.train(use_case, as_of, reason, trigger, run_id)
+            with in_environment(params):
+                runtime.require_may_train(use_case)   # before anything else (prod of deploy models never trains)
+                as_of = runtime.resolve_as_of(use_case, params.get("as_of") or None,
+                                              data_interval_end.date() if scheduled and data_interval_end else None)
+                trigger = "schedule" if scheduled else params.get("trigger", "manual")
+                reason = "scheduled retraining" if scheduled else params.get("reason", "")
+                return runtime.train(use_case, as_of, reason, trigger, run_id)
 
         @task(queue=MODELS_QUEUE)
         @measured
-        def evaluate_challenger(challenger: dict) -> dict:
+        def evaluate_challenger(challenger: dict, params=None) -> dict:
             """The promotion gate on the holdout: every check recorded, a model card written."""
             from pipelines import runtime
-            return runtime.evaluate(use_case, challenger, challenger["as_of"])
+            with in_environment(params):
+                return runtime.evaluate(use_case, challenger, challenger["as_of"])
 
         @task(outlets=[assets.champion], trigger_rule="none_failed" if reviewed else "all_success")
         @measured
-        def promote_if_better(evaluation: dict, ti=None) -> dict:
+        def promote_if_better(evaluation: dict, params=None, ti=None) -> dict:
             """Move @champion to the challenger if the gate passed (and the reviewer approved)."""
-            from pipelines import runtime
+            from pipelines import alerts, runtime
             review = None
             if reviewed:
                 from mlops_airflow.review import REVIEW_XCOM
 
                 review = ti.xcom_pull(task_ids="review_challenger", key=REVIEW_XCOM)
-            return runtime.decide(use_case, evaluation, review)
+            with in_environment(params):
+                decision = runtime.decide(use_case, evaluation, review)
+                the_spec = runtime.spec(use_case)
+                alert(use_case, alerts.gate_decision(use_case, decision, evaluation.get("as_of", ""),
+                                                     runtime.settings().mlflow_tracking_uri,
+                                                     the_spec.model.registered_name))
+            return decision
 
         evaluation = evaluate_challenger(train_challenger())
         decision = promote_if_better(evaluation)
@@ -102,7 +119,13 @@ def build_training(spec):
 
             @task.short_circuit(ignore_downstream_trigger_rules=False)
             def passed_gate(evaluation: dict) -> bool:
-                """Ask a reviewer only about a challenger the gate let through."""
+                """Ask a reviewer only about a challenger the gate let through (and tell them)."""
+                from pipelines import alerts, runtime
+                if evaluation["eligible"]:
+                    version = (evaluation["challenger"] or {}).get("version")
+                    alert(use_case, alerts.approval_waiting(use_case, "promotion", version, evaluation.get("as_of", ""),
+                                                            runtime.settings().mlflow_tracking_uri,
+                                                            spec.model.registered_name))
                 return bool(evaluation["eligible"])
 
             # a rejection skips `approved` only; promote_if_better then records the rejection

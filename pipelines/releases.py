@@ -17,7 +17,7 @@ import re
 
 from pipelines import runtime
 from pipelines.core.config import settings
-from pipelines.core.environments import acting_in
+from pipelines.core.environments import EnvironmentsError, acting_in
 from pipelines.core.lake import copy_partitions, list_partitions
 from pipelines.core.spec import Pattern
 from pipelines.models import tracking
@@ -46,6 +46,12 @@ def copy_data(use_case: str, source: str, target: str) -> dict:
     """Copy the use case's validated data and features from environment ``source`` into ``target``
     (``mlops env copy-data``): how a staging or prod environment without its own feeds gets data
     to test on (the demo's, or a first setup's); each partition swapped in whole."""
+    envs = runtime.environments()
+    for field, name in (("--from", source), ("--to", target)):
+        try:
+            envs.get(name)
+        except EnvironmentsError as exc:
+            raise EnvironmentsError(f"{field}: {exc}") from None
     the_spec = runtime.spec(use_case)
     with acting_in(source):
         source_lake = runtime.lake()
@@ -87,9 +93,8 @@ def stage_release(use_case: str, source: dict, release_id: str, requested_by: st
         else:
             staged = tracking.ModelRef.from_xcom(runtime.train(use_case, runtime.resolve_as_of(use_case, None, None),
                                                        f"release {release_id}: {reason}", "release", release_id))
-            for key, value in between_environments.release_tags(target_spec, staged, release_id, requested_by,
-                                                                 reason, None).items():
-                tracking.client().set_model_version_tag(staged.name, staged.version, key, value)
+            tracking.tag_version(staged.name, staged.version, between_environments.release_tags(
+                target_spec, staged, release_id, requested_by, reason, None))
     return {**staged.as_xcom(), "environment": target, "release_id": release_id}
 
 
@@ -190,9 +195,8 @@ def _train_released_code(use_case: str, release_id: str, requested_by: str, reas
     trained = tracking.ModelRef.from_xcom(runtime.train(use_case, runtime.resolve_as_of(use_case, None, None),
                                                 f"release {release_id}: {reason}", "release", release_id))
     the_spec = runtime.spec(use_case)
-    for key, value in between_environments.release_tags(the_spec, trained, release_id, requested_by, reason,
-                                                         review).items():
-        tracking.client().set_model_version_tag(trained.name, trained.version, key, value)
+    tracking.tag_version(trained.name, trained.version, between_environments.release_tags(
+        the_spec, trained, release_id, requested_by, reason, review))
     evaluation = runtime.evaluate(use_case, trained.as_xcom(), runtime.resolve_as_of(use_case, None, None))
     if not (evaluation["eligible"] or evaluation["already_champion"]):
         raise ReleaseRefused(f"{use_case}: {the_spec.environment}'s training of release {release_id} failed the "

@@ -28,6 +28,7 @@ from pipelines.data.validation import validate_day
 from pipelines.features.online_store import refresh, store_path
 from pipelines.features.point_in_time import build_features as build_feature_partition, require_complete_look_back
 from pipelines.models import tracking
+from pipelines.monitoring.performance import performance_decision as decide_on_performance
 from pipelines.monitoring.watch import (DRIFT_SUMMARY, RetrainDecision, live_performance as measure_live_performance,
                                         monitor_drift as monitor_day, record_retrain_request as store_retrain_request,
                                         retrain_decision as decide_retraining)
@@ -156,14 +157,26 @@ def resolve_as_of(use_case: str, requested: str | None, scheduled_for: dt.date |
     return min(wanted, latest)
 
 
-def request_retraining(use_case: str, decision: dict) -> dict:
-    """Record a drift-triggered retrain request; returns the training run's conf and run id."""
+def request_retraining(use_case: str, decision: dict, trigger: str = "drift") -> dict:
+    """Record a retrain request of drift or live performance (it starts the cooldown of both);
+    returns the training run's conf and run id (one per trigger and day)."""
 
-    fields = {k: decision[k] for k in ("retrain", "reason", "ds", "drift_share", "model_version")}
+    fields = {k: decision.get(k) for k in ("retrain", "reason", "ds", "drift_share", "model_version")}
     store_retrain_request(spec(use_case), lake(), RetrainDecision(**fields))
-    as_of = _date(decision["ds"]) + dt.timedelta(days=1)   # the drift day's labels have landed
-    return {"reason": decision["reason"], "trigger": "drift", "as_of": as_of.isoformat(),
-            "run_id": f"drift__{decision['ds']}"}
+    as_of = _date(decision["ds"]) + dt.timedelta(days=1)   # the day's labels have landed
+    return {"reason": decision["reason"], "trigger": trigger, "as_of": as_of.isoformat(),
+            "run_id": f"{trigger}__{decision['ds']}", "ds": decision["ds"]}
+
+
+def performance_decision(use_case: str, date: str | dt.date) -> dict | None:
+    """Whether the champion's live performance calls for retraining on ``date``
+    (``monitoring.performance``; None when the spec has no such policy)."""
+    the_spec = spec(use_case)
+    if the_spec.monitoring.performance is None:
+        return None
+    tracking.require_tracking_server()
+    champion = tracking.resolve_champion(the_spec.model.registered_name)
+    return asdict(decide_on_performance(the_spec, lake(), _date(date), champion))
 
 
 def training_lock(use_case: str, timeout: float = 3600.0):

@@ -74,6 +74,7 @@ class AirflowClient:
         self.monitor_api = client.MonitorApi(self.api)
         self.errors_api = client.ImportErrorApi(self.api)
         self.xcom_api = client.XComApi(self.api)
+        self.tasks_api = client.TaskApi(self.api)
 
     # ----------------------------------------------------------------- health
     def health(self) -> dict:
@@ -102,6 +103,11 @@ class AirflowClient:
         wait_for(parsed, timeout, what=f"DAGs {dag_ids} parsed")
         for dag_id in dag_ids:
             self.dags_api.patch_dag(dag_id, self._client.DAGPatchBody(is_paused=False))
+
+    def wait_for_task(self, dag_id: str, task_id: str, timeout: float = 180) -> None:
+        """Wait until the DAG, as last parsed, has ``task_id`` (a spec change reshaped it)."""
+        wait_for(lambda: task_id in {t.task_id for t in self.tasks_api.get_tasks(dag_id).tasks}, timeout,
+                 interval=2, what=f"{dag_id} to have the task {task_id}")
 
     def trigger(self, dag_id: str, conf: dict | None = None, logical_date: str | None = None,
                 run_id: str | None = None) -> str:
@@ -151,9 +157,8 @@ class AirflowClient:
             for try_number in range(1, (task.get("try_number") or 1) + 1):
                 log = self.tis_api.get_log(dag_id, run_id, task_id, try_number, full_content=True)
                 lines.append(f"--- {task_id} try {try_number}")
-                for entry in log.content or []:
-                    entry = _plain(entry) if hasattr(entry, "model_dump") else entry
-                    lines.append(entry.get("event", str(entry)) if isinstance(entry, dict) else str(entry))
+                for entry in getattr(log.content, "actual_instance", log.content) or []:   # any-of: unwrapped
+                    lines.append(_log_line(_plain(entry) if hasattr(entry, "model_dump") else entry))
         except Exception as error:   # a diagnostic: never hides the failure it is attached to
             lines.append(f"(log of {task_id} unavailable: {error})")
         return "\n".join(lines[-tail:])
@@ -191,7 +196,11 @@ class AirflowClient:
             except NotFoundException:
                 detail = None
             if detail is not None and not detail.get("response_received"):
-                return detail
+                # answered only once the task waits (deferred): an answer given while it is still
+                # deferring can be lost to the scheduler's handling of the pause
+                task = next((t for t in self.task_instances(dag_id, run_id) if t["task_id"] == task_id), {})
+                if task.get("state") == "awaiting_input":
+                    return detail
             run = self.run(dag_id, run_id)
             if run["state"] in TERMINAL:
                 raise RuntimeError(f"{dag_id} {run_id} ended ({run['state']}) without asking for a review")
@@ -249,3 +258,8 @@ class AirflowClient:
 def _slept(seconds: float) -> bool:
     time.sleep(seconds)
     return True
+
+
+def _log_line(entry) -> str:
+    """A log entry as text: a structured entry's event, a plain one as it is."""
+    return str(entry.get("event", entry)) if isinstance(entry, dict) else str(entry)

@@ -17,8 +17,9 @@
    into staging, tests it there (gate on staging's data, batch scoring, load test, prod's
    inference schema), asks for approval (the demo approves as ``risk-review``), copies it into
    prod; then prod's daily scoring runs with it, in prod's own lake;
-8. print the summary (each environment's champion and where it came from), stop the services,
-   leave the state in place.
+8. print the summary (each environment's champion and where it came from) and the alerts the
+   story sent (drift retraining, gate decisions, rollout steps, the drill's rollback, the
+   release's approval; the local mailbox received them), stop the services, leave the state in place.
 
     python -m scripts.demo            # fresh state under $MLOPS_HOME (default .state/)
     python -m scripts.demo --keep     # keep earlier state (reruns are idempotent)
@@ -38,7 +39,7 @@ import time
 from scripts.airflow_api import TERMINAL, AirflowClient, logical_day, wait_for
 from scripts.stack import ROOT, STACK_MARK, Stack
 
-STATE_DIRS = ("lake", "mlflow", "airflow", "reports", "logs", "run", "postgres", "spark", "envs")
+STATE_DIRS = ("lake", "mlflow", "airflow", "reports", "logs", "run", "postgres", "spark", "envs", "alerts")
 
 
 def say(message: str) -> None:
@@ -277,10 +278,22 @@ def main(argv: list[str] | None = None) -> int:
         print(summarize(spec))
         print()
         print(releases.environments_text(args.use_case))
+        print()
+        print(alerts_text(stack))
     finally:
         say("stopping the stack")
         stack.down()
     return report(stack, timings, time.monotonic() - started)
+
+
+def alerts_text(stack: Stack) -> str:
+    """What the demo told people: every alert the local mailbox received (the shipped spec's
+    ``mlops_alerts`` channel), oldest first."""
+    from scripts.services import mailbox_folder, mailbox_messages
+
+    messages = mailbox_messages(stack)
+    return "\n".join([f"Alerts sent: {len(messages)} (each a mail in {mailbox_folder(stack)})",
+                      *(f"  {m['date'].datetime:%H:%M:%S}  {m['subject']}" for m in messages)])
 
 
 def report(stack: Stack, timings: dict, total: float) -> int:

@@ -4,10 +4,10 @@ master and two workers in the cluster topology, and the Spark Connect server), M
 compares every flag and Spark setting they share (``tests/deploy/test_compose.py``)."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
-
 from typing import Annotated
 
 from pydantic import Field, ValidationError
@@ -21,6 +21,8 @@ REDIS_SERVER = "/usr/bin/redis-server"   # Debian's redis-server package (script
 SPARK_WORKERS = ("spark-worker", "spark-worker-2")
 # each Celery worker's queues (mlops_airflow.common: SPARK_QUEUE, MODELS_QUEUE; default for the rest)
 CELERY_WORKERS = {"airflow-worker-spark": "default,spark", "airflow-worker-models": "default,models"}
+MAILBOX_MESSAGE_BYTES = 1 << 20     # the local mailbox refuses a larger message (SMTP SIZE)
+ALERTS_CONNECTION = "mlops_alerts"   # the alert channel of the shipped specs (an Airflow connection)
 
 
 class StackError(RuntimeError):
@@ -47,6 +49,7 @@ class ServiceSettings(BaseSettings):
     MLOPS_POSTGRES_PORT: Port
     MLOPS_SERVING_PORT: Port
     MLOPS_REDIS_PORT: Port
+    MLOPS_ALERTS_SMTP_PORT: Port
     MLOPS_CELERY_WORKER_CONCURRENCY: int = Field(ge=1)
     MLOPS_SPARK_WORKER_CORES: int = Field(ge=1)
     MLOPS_SPARK_SHUFFLE_PARTITIONS: int = Field(ge=1)
@@ -81,7 +84,30 @@ def programs(stack) -> list[Program]:
                              directory="/", stop_signal="INT", environment={"LC_ALL": "C.UTF-8"}))
     if stack.clustered:
         found.append(Program("redis", [REDIS_SERVER, str(stack.redis_config)], 15))
-    return found + spark_programs(stack) + [mlflow_program(stack)] + airflow_programs(stack)
+    return found + [alerts_mailbox(stack)] + spark_programs(stack) + [mlflow_program(stack)] + airflow_programs(stack)
+
+
+def mailbox_folder(stack) -> Path:
+    """The Maildir the local alerts mailbox keeps every message in."""
+    return stack.home / "alerts"
+
+
+def alerts_mailbox(stack) -> Program:
+    """A local SMTP receiver (aiosmtpd) keeping every alert as a file in a Maildir under the
+    stack's home: where the ``mlops_alerts`` channel of the shipped specs delivers until a team
+    points that connection at its own mail server, Slack or Teams."""
+    return Program("alerts-mailbox", [sys.executable, "-m", "aiosmtpd", "--nosetuid", "--listen",
+                                      f"127.0.0.1:{stack.alerts_port}", "--size", str(MAILBOX_MESSAGE_BYTES),
+                                      "--class", "aiosmtpd.handlers.Mailbox",
+                                      str(mailbox_folder(stack))], 12)
+
+
+def alerts_connection(stack) -> dict[str, str]:
+    """``mlops_alerts`` as an Airflow connection (Apprise type) to the local mailbox; a team's own
+    ``AIRFLOW_CONN_MLOPS_ALERTS`` (or a secrets backend's, named in the specs) replaces it."""
+    url = f"mailto://127.0.0.1:{stack.alerts_port}?from=mlops@localhost&to=team@localhost&mode=insecure"
+    return {f"AIRFLOW_CONN_{ALERTS_CONNECTION.upper()}": json.dumps(
+        {"conn_type": "apprise", "extra": {"config": [{"path": url}]}})}
 
 
 def spark_programs(stack) -> list[Program]:
@@ -162,3 +188,17 @@ def airflow_programs(stack) -> list[Program]:
                                     "--port", str(stack.serving_port),
                                     "--workers", env_default("SCORING_WORKERS", "1")], 100),
     ]
+
+
+def mailbox_messages(stack) -> list:
+    """The messages the local alerts mailbox received, oldest first (``email.message.EmailMessage``)."""
+    import mailbox
+    from email import message_from_bytes
+    from email.policy import default
+
+    folder = mailbox_folder(stack)
+    if not (folder / "new").is_dir():
+        return []
+    box = mailbox.Maildir(folder, create=False)
+    found = [message_from_bytes(box.get_bytes(key), policy=default) for key in box.keys()]
+    return sorted(found, key=lambda m: (m["date"].datetime if m["date"] else 0, m["message-id"] or ""))

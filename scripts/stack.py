@@ -51,7 +51,7 @@ from dotenv import dotenv_values
 from pipelines.core.waiting import wait_until
 from scripts.postgres import LocalPostgres
 from scripts.services import (BIN, CELERY_WORKERS, SERVICES_ENV, SPARK_WORKERS, ServiceSettings,  # noqa: F401
-                             StackError, env_default, programs, service_settings)
+                              StackError, alerts_connection, env_default, programs, service_settings)
 from scripts.supervision import BACKOFF, EXITED, FATAL, RUNNING, STARTING, Program, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +59,8 @@ TOPOLOGIES = ("embedded", "cluster")
 METADATA_DBS = ("postgres", "sqlite")
 DEFAULT_HOMES = {"embedded": ".state", "cluster": ".stack"}
 STACK_MARK = "MLOPS_STACK_SERVICE_OF"   # set in every service's environment: finds leftovers on down
-SECRET_KEY = re.compile(r"SECRET|PASSWORD|FERNET|TOKEN|SQL_ALCHEMY_CONN|BACKEND_STORE|BROKER_URL", re.IGNORECASE)
+SECRET_KEY = re.compile(r"SECRET|PASSWORD|FERNET|TOKEN|SQL_ALCHEMY_CONN|BACKEND_STORE|BROKER_URL|AIRFLOW_CONN_",
+                        re.IGNORECASE)
 
 
 class Stack:
@@ -68,7 +69,8 @@ class Stack:
     def __init__(self, home: Path | None = None, airflow_port: int | None = None, mlflow_port: int | None = None,
                  spark_port: int | None = None, topology: str | None = None, postgres_port: int | None = None,
                  spark_master_port: int | None = None, spark_ui_port: int | None = None,
-                 metadata_db: str | None = None, serving_port: int | None = None, redis_port: int | None = None):
+                 metadata_db: str | None = None, serving_port: int | None = None, redis_port: int | None = None,
+                 alerts_port: int | None = None):
         env = os.environ
         self.settings = service_settings()
         self.topology = topology or env.get("MLOPS_TOPOLOGY") or "embedded"
@@ -88,6 +90,7 @@ class Stack:
         self.spark_ui_port = port(spark_ui_port, "MLOPS_SPARK_UI_PORT")   # the worker's UI takes the next port
         self.serving_port = port(serving_port, "MLOPS_SERVING_PORT")
         self.redis_port = port(redis_port, "MLOPS_REDIS_PORT")   # Celery's broker (cluster topology)
+        self.alerts_port = port(alerts_port, "MLOPS_ALERTS_SMTP_PORT")   # the local alerts mailbox
         self.postgres = LocalPostgres(self.home / "postgres", port(postgres_port, "MLOPS_POSTGRES_PORT"), {
             "idle_in_transaction_session_timeout": self.settings["MLOPS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT"]})
         self.run_dir = self.home / "run"
@@ -203,7 +206,7 @@ class Stack:
             env["PGPASSFILE"] = str(self.postgres.pgpass_file())
         if self.clustered:
             env.update(self.celery_env())
-        return env
+        return {**alerts_connection(self), **env}   # a team's own alerts connection wins
 
     # ----------------------------------------------------------------- Celery (cluster topology)
     @property
@@ -277,7 +280,7 @@ class Stack:
             self.write_redis_config()
             self._start("redis", "spark-master", *SPARK_WORKERS)
             self._wait(timeout, {"spark-master": self._spark_workers_alive, "redis": self._redis_ready})
-        self._start("spark-connect", "mlflow")   # both boot while Airflow's database is migrated
+        self._start("alerts-mailbox", "spark-connect", "mlflow")   # these boot while Airflow's database is migrated
         if self.pid("airflow-api-server") is None:
             self.migrate(env)
         # the scheduler first: it imports the heavy libraries once before forking its workers
@@ -338,6 +341,7 @@ class Stack:
             "spark-connect": lambda: _port_open(self.spark_port),
             "mlflow": lambda: _http_ok(f"{self.mlflow_url}/health"),
             "airflow": lambda: _airflow_healthy(self.airflow_url),
+            "alerts-mailbox": lambda: _port_open(self.alerts_port),
         }
         if self.on_postgres:
             checks["postgres"] = self.postgres.ready

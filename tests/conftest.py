@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
+import json
 import os
 import shutil
 import socket
@@ -369,6 +370,8 @@ STORY_SHIPPED_UC = "breast_cancer"   # a shipped use case on real data, fed thro
 STORY_REVIEWED_UC = "breast_cancer_reviewed"   # the same data, with promotions a person approves
 STORY_CANARY_UC = "breast_cancer_canary"       # the same data, promotions rolled out to live traffic
 STORY_START, STORY_FIRST_TRAINING, STORY_BROKEN = dt.date(2026, 1, 1), dt.date(2026, 1, 16), dt.date(2026, 1, 23)
+# every story use case alerts the stack's own mailbox (SMTP) and a webhook the story starts
+STORY_ALERTS = {"channels": [{"connection": "mlops_alerts"}, {"connection": "story_webhook"}]}
 
 
 def reviewed_spec_dict() -> dict:
@@ -379,6 +382,7 @@ def reviewed_spec_dict() -> dict:
     raw["model"].update(registered_name=f"{STORY_REVIEWED_UC}_model", cv_folds=2,
                         search_space={"max_leaf_nodes": [7]})
     raw["promotion"].update(min_improvement=0.0, approval="required", approval_timeout_hours=1)
+    raw["alerts"] = STORY_ALERTS
     return raw
 
 
@@ -392,6 +396,7 @@ def canary_spec_dict() -> dict:
     raw["deployment"] = {"strategy": "canary", "steps": [0.0, 0.5, 1.0], "window_minutes": 0, "min_requests": 30,
                          "budgets": {"max_p99_ms": 2000, "min_agreement": 0.8},
                          "load_test": {"users": 2, "rate": 10, "seconds": 6, "max_p99_ms": 1000}}
+    raw["alerts"] = STORY_ALERTS
     return raw
 
 
@@ -400,6 +405,8 @@ def story(tmp_path_factory):
     """One real-scheduler story for every test that needs Airflow itself (e2e and fault suite):
     the embedded stack in its own home and ports, a small use case played through it; a shipped
     use case beside it, untouched until its test drops files into its inbox."""
+    from pytest_httpserver import HTTPServer
+
     from pipelines import runtime
     from pipelines.core.lake import read_partition, replace_partition
     from scripts.demo import play_story
@@ -411,15 +418,23 @@ def story(tmp_path_factory):
     # sensitive policy, so the sensor fires and retrains within the few scored days of this test
     spec["monitoring"].update({"drift_share_threshold": 0.1, "column_threshold": 0.1, "consecutive_days": 1,
                                "cooldown_days": 30})
+    spec["alerts"] = STORY_ALERTS
     include = home / "include"
     write_spec(include, spec)
     shutil.copytree(ROOT / "include" / STORY_SHIPPED_UC, include / STORY_SHIPPED_UC)
+    shipped = include / STORY_SHIPPED_UC / "spec.yaml"   # as shipped, telling the story's receivers
+    shipped.write_text(yaml.safe_dump({**yaml.safe_load(shipped.read_text()), "alerts": STORY_ALERTS}, sort_keys=False))
     write_spec(include, reviewed_spec_dict(), expectations=ROOT / "include" / STORY_SHIPPED_UC / "expectations.yaml")
     write_spec(include, canary_spec_dict(), expectations=ROOT / "include" / STORY_SHIPPED_UC / "expectations.yaml")
     end = STORY_START + dt.timedelta(days=spec["simulation"]["days"] - 1)
     mp = pytest.MonkeyPatch()
     stack = Stack(home=home, airflow_port=free_port(), mlflow_port=free_port(), spark_port=free_port(),
-                  postgres_port=free_port())
+                  postgres_port=free_port(), alerts_port=free_port())
+    webhook = HTTPServer(host="127.0.0.1", port=free_port())   # a team's chat hook, as Apprise posts to it
+    webhook.expect_request("/hooks/story", method="POST").respond_with_data("ok")
+    webhook.start()
+    stack.save_defaults({"AIRFLOW_CONN_STORY_WEBHOOK": json.dumps({"conn_type": "apprise", "extra": {
+        "config": [{"path": webhook.url_for("/hooks/story").replace("http://", "json://")}]}})})
     mp.setenv("MLOPS_HOME", str(home))
     mp.setenv("MLOPS_INCLUDE", str(include))
     mp.setenv("MLOPS_SCHEDULE_END", end.isoformat())
@@ -439,15 +454,23 @@ def story(tmp_path_factory):
 
         client = AirflowClient(stack.airflow_url, "admin", stack.admin_password())
         story = {"stack": stack, "client": client, "timings": timings, "end": end, "env": env,
-                 "spec": runtime.spec(STORY_UC)}
+                 "spec": runtime.spec(STORY_UC), "webhook": webhook}
         mp.undo()   # the stack keeps running; tests enter its environment with `in_story`
         runtime.forget_specs()
         yield story
     finally:
         stack.down()
+        webhook.stop()
         mp.undo()
         runtime.forget_specs()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def story_alerts(story, event: str, use_case: str = STORY_UC) -> list[dict]:
+    """The alerts of ``event`` (an AlertEvent value) of ``use_case`` the story's webhook received,
+    as Apprise posted them (title, message, type), in order."""
+    posted = [json.loads(request.get_data()) for request, _ in list(story["webhook"].log)]
+    return [p for p in posted if f"use case: {use_case} |" in p["message"] and f"| event: {event}" in p["message"]]
 
 
 @pytest.fixture()

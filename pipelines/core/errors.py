@@ -16,6 +16,11 @@ class Refusal(Exception):
     """An expected refusal; ``str(exc)`` is the whole message a person needs."""
 
 
+class FinalRefusal(Refusal):
+    """A refusal that retrying the same step cannot change (bad data, a lost champion, a release a
+    test refused): an Airflow task fails at once on it, without spending its retries."""
+
+
 class MissingData(Refusal, FileNotFoundError):
     """A step needs data an earlier step writes (clean partitions, features, labels, a store)."""
 

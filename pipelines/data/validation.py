@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines.core.errors import Refusal
+from pipelines.core.errors import FinalRefusal
 from pipelines.core.lake import (Lake, drop_partition, ds, partition_files, partition_rows, read_files,
                                  replace_partition, write_json)
 from pipelines.core.spec import SourceKind
@@ -40,7 +40,7 @@ PANDAS_TYPES = {
 }
 
 
-class DataValidationError(Refusal, RuntimeError):
+class DataValidationError(FinalRefusal, RuntimeError):
     """A raw partition broke one or more rules; the message names each column and rule."""
 
     def __init__(self, message: str, reports: list["SourceReport"]):

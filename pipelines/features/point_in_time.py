@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from pipelines.core.errors import MissingData, Refusal
+from pipelines.core.errors import FinalRefusal, MissingData
 from pipelines.core.lake import Lake, ds, list_partitions, partition_rows
 from pipelines.core.spark import column, table_exists
 from pipelines.core.spec import FeatureKind, SourceKind
@@ -173,7 +173,7 @@ class LookBackGap:
         return f"{self.source} {self.ds} ({self.state})"
 
 
-class LookBackIncomplete(Refusal, RuntimeError):
+class LookBackIncomplete(FinalRefusal, RuntimeError):
     """Features for a date would be computed from an incomplete look-back window."""
 
     def __init__(self, message: str, gaps: list[LookBackGap]):

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipelines.core.errors import Refusal
+from pipelines.core.errors import FinalRefusal
 from pipelines.core.spec import TaskType
 from pipelines.models import tracking
 
 NAN = float("nan")
 
 
-class TrainingRefused(Refusal, ValueError):
+class TrainingRefused(FinalRefusal, ValueError):
     """The labelled rows cannot train a model of the spec's task (one class, unknown classes)."""
 
 

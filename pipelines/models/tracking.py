@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipelines.core.config import PROJECT_ROOT, Settings, settings as current_settings
-from pipelines.core.errors import Refusal
+from pipelines.core.errors import FinalRefusal, Refusal
 from pipelines.core.waiting import wait_until
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,11 @@ class TrackingUnavailable(Refusal, RuntimeError):
     """The MLflow tracking server does not answer; the message names its URI."""
 
 
-class ChampionLost(Refusal, RuntimeError):
+class ChampionLost(FinalRefusal, RuntimeError):
     """A champion was promoted once, but the alias no longer resolves to a usable version."""
 
 
-class ModelArtifactsMissing(Refusal, RuntimeError):
+class ModelArtifactsMissing(FinalRefusal, RuntimeError):
     """A registered version's model files cannot be loaded; the message names model, version and path."""
 
 
@@ -262,16 +262,33 @@ def _filter_value(value: str) -> str | None:
     return None if "'" in value or "\\" in value else f"'{value}'"
 
 
-def version_registered_by(name: str, airflow_run_id: str) -> ModelRef | None:
-    """The newest version of ``name`` that a training of this Airflow run registered, if any."""
-    quoted = _filter_value(airflow_run_id)
+def versions_tagged(name: str, tag: str, value: str) -> list:
+    """The versions of ``name`` whose ``tag`` is ``value`` (none for a value no filter can quote)."""
+    quoted = _filter_value(value)
     if quoted is None:
-        return None
-    found = client().search_model_versions(f"name = '{name}' and tags.{AIRFLOW_RUN_TAG} = {quoted}")
+        return []
+    return list(client().search_model_versions(f"name = '{name}' and tags.`{tag}` = {quoted}"))
+
+
+def newest_version_tagged(name: str, tag: str, value: str) -> ModelRef | None:
+    """The newest version of ``name`` whose ``tag`` is ``value``, if any."""
+    found = versions_tagged(name, tag, value)
     if not found:
         return None
     newest = max(found, key=lambda mv: int(mv.version))
     return ModelRef(name=name, version=str(newest.version), run_id=newest.run_id)
+
+
+def tag_version(name: str, version: str, tags: dict) -> None:
+    """Set each of ``tags`` on a model version (values cut to what MLflow keeps)."""
+    c = client()
+    for key, value in tags.items():
+        c.set_model_version_tag(name, version, key, tag_text(value))
+
+
+def version_registered_by(name: str, airflow_run_id: str) -> ModelRef | None:
+    """The newest version of ``name`` that a training of this Airflow run registered, if any."""
+    return newest_version_tagged(name, AIRFLOW_RUN_TAG, airflow_run_id)
 
 
 def model_logged_by(experiment_id: str, airflow_run_id: str) -> tuple[str, str] | None:

@@ -21,7 +21,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass
 
-from pipelines.core.errors import Refusal
+from pipelines.core.errors import FinalRefusal
 from pipelines.core.lake import Lake, list_partitions, partition_files
 from pipelines.models import tracking
 from pipelines.release.decision import Review
@@ -32,7 +32,7 @@ STAGING_TESTS = ("gate", "batch_scoring", "load_test", "prod_schema")
 PASSED, FAILED = "passed", "failed"
 
 
-class ReleaseRefused(Refusal, RuntimeError):
+class ReleaseRefused(FinalRefusal, RuntimeError):
     """A release cannot go on: a staging test failed, no approval, a version staging did not pass."""
 
 
@@ -84,14 +84,7 @@ def release_tags(source_spec, source: tracking.ModelRef, release_id: str, reques
 
 def version_of_release(name: str, release_id: str) -> tracking.ModelRef | None:
     """The version of ``name`` an earlier try of this release made (a retry reuses it)."""
-    quoted = tracking._filter_value(release_id)
-    if quoted is None:
-        return None
-    found = tracking.client().search_model_versions(f"name = '{name}' and tags.`release.id` = {quoted}")
-    if not found:
-        return None
-    newest = max(found, key=lambda mv: int(mv.version))
-    return tracking.ModelRef(name, str(newest.version), newest.run_id)
+    return tracking.newest_version_tagged(name, "release.id", release_id)
 
 
 # ----------------------------------------------------------------- deploy models: the copies
@@ -105,16 +98,13 @@ def copy_version(source_spec, source: tracking.ModelRef, target_spec, release_id
         log.info("%s: release %s already copied %s v%s to %s v%s", source_spec.name, release_id, source.name,
                  source.version, target_name, existing.version)
         return existing
-    c = tracking.client()
     tags = release_tags(source_spec, source, release_id, requested_by, reason, review)
-    copied = c.copy_model_version(f"models:/{source.name}/{source.version}", target_name)
-    for key, value in tags.items():
-        c.set_model_version_tag(target_name, copied.version, key, value)
+    copied = tracking.client().copy_model_version(f"models:/{source.name}/{source.version}", target_name)
+    tracking.tag_version(target_name, copied.version, tags)
     went = {f"release.to_{target_spec.environment}": f"{target_name}/{copied.version} ({release_id})",
             **{f"release.to_{target_spec.environment}.{key.removeprefix('release.')}": tags[key]
                for key in ("release.approved_by", "release.approved_at", "release.approval_comment") if key in tags}}
-    for key, value in went.items():   # who approved, and when, on both sides
-        c.set_model_version_tag(source.name, source.version, key, value)
+    tracking.tag_version(source.name, source.version, went)   # who approved, and when, on both sides
     log.info("%s: release %s copied %s v%s into %s as v%s", source_spec.name, release_id, source.name,
              source.version, target_spec.environment, copied.version)
     return tracking.ModelRef(target_name, str(copied.version), copied.run_id)
@@ -164,9 +154,7 @@ def make_champion(spec, version: tracking.ModelRef, reason: str) -> str | None:
         return before.version
     at = now()
     tracking.move_champion(version.name, version.version, before.version if before else None, at)
-    tracking.client().set_model_version_tag(version.name, version.version, "promotion.decision", "promoted")
-    tracking.client().set_model_version_tag(version.name, version.version, "promotion.reason",
-                                            tracking.tag_text(reason))
+    tracking.tag_version(version.name, version.version, {"promotion.decision": "promoted", "promotion.reason": reason})
     log.info("%s: %s @champion -> v%s (was %s)", spec.name, spec.environment, version.version,
              f"v{before.version}" if before else "none")
     return before.version if before else None
@@ -174,14 +162,11 @@ def make_champion(spec, version: tracking.ModelRef, reason: str) -> str | None:
 
 # ----------------------------------------------------------------- staging's tests
 def record_staging_test(staged: tracking.ModelRef, test: StagingTest) -> StagingTest:
-    c = tracking.client()
-    c.set_model_version_tag(staged.name, staged.version, f"release.test.{test.name}", PASSED if test.passed else FAILED)
-    c.set_model_version_tag(staged.name, staged.version, f"release.test.{test.name}.reason",
-                            tracking.tag_text(test.reason))
+    tags = {f"release.test.{test.name}": PASSED if test.passed else FAILED,
+            f"release.test.{test.name}.reason": test.reason}
     if not test.passed:
-        c.set_model_version_tag(staged.name, staged.version, "release.staging", FAILED)
-        c.set_model_version_tag(staged.name, staged.version, "release.staging_reason",
-                                tracking.tag_text(f"{test.name}: {test.reason}"))
+        tags.update({"release.staging": FAILED, "release.staging_reason": f"{test.name}: {test.reason}"})
+    tracking.tag_version(staged.name, staged.version, tags)
     log.info("staging test %s of %s v%s: %s: %s", test.name, staged.name, staged.version,
              PASSED if test.passed else "FAILED", test.reason)
     return test
@@ -192,9 +177,8 @@ def mark_staging_passed(staged: tracking.ModelRef, tests: list[dict]) -> None:
     missing = [n for n in STAGING_TESTS if n not in names]
     if missing:
         raise ReleaseRefused(f"{staged.name} v{staged.version}: staging tests not passed: {', '.join(missing)}")
-    c = tracking.client()
-    c.set_model_version_tag(staged.name, staged.version, "release.staging", PASSED)
-    c.set_model_version_tag(staged.name, staged.version, "release.staging_reason", f"{', '.join(names)} passed")
+    tracking.tag_version(staged.name, staged.version,
+                         {"release.staging": PASSED, "release.staging_reason": f"{', '.join(names)} passed"})
 
 
 def inference_schema_problem(staging_lake: Lake, prod_lake: Lake, use_case: str) -> str | None:
@@ -222,10 +206,11 @@ def inference_schema_problem(staging_lake: Lake, prod_lake: Lake, use_case: str)
 
 # ----------------------------------------------------------------- deploy code
 def passed_code_versions(staging_spec) -> set[str]:
-    """Code versions staging trained a version with that passed every staging test."""
+    """Code versions staging trained a version with that passed every staging test. A copy that
+    passed (deploy models) does not count: its code trained elsewhere, on other data."""
     name = staging_spec.model.registered_name
-    found = tracking.client().search_model_versions(f"name = '{name}' and tags.`release.staging` = '{PASSED}'")
-    return {(mv.tags or {}).get("release.code_version", "") for mv in found} - {""}
+    return {tags.get("release.code_version", "") for mv in tracking.versions_tagged(name, "release.staging", PASSED)
+            if (tags := mv.tags or {}).get("release.origin") == f"{name}/{mv.version}"} - {""}
 
 
 def require_code_passed(spec, staging_spec, code_version: str) -> None:

@@ -146,14 +146,12 @@ def evaluate_challenger(spark, spec, lake: Lake, challenger: dict, as_of: dt.dat
                   verdicts, evaluated_at)
     primary = verdicts[0].results[0]   # the promotion metric's rule: both models' values, computed once
     challenger_value, champion_value = primary.value, primary.champion_value
-    c = tracking.client()
     tags = {"gate.decision": "passed" if decision.eligible else "failed", "gate.reason": decision.reason,
             "gate.failing": ",".join(decision.failing) or "none", "gate.warnings": ",".join(decision.warnings) or "none",
             "gate.evaluated_at": evaluated_at, "gate.champion_version": champion_ref.version if champion_ref else "none",
             **{f"gate.check.{v.name}": ("passed" if v.passed else ("failed" if v.enforced else "warned"))
                for v in verdicts}}
-    for key, value in tags.items():
-        c.set_model_version_tag(name, challenger_ref.version, key, tracking.tag_text(value))
+    tracking.tag_version(name, challenger_ref.version, tags)
     # the gate's results beside the training run's own artifacts
     mlflow.log_table(pd.DataFrame(gate.result_rows(verdicts)), "gate/checks.json", run_id=challenger_ref.run_id)
     model_card.log_calibration_plot(task, y, holdout, challenger_ref)
@@ -198,13 +196,11 @@ def promote_if_better(spec, evaluation: Evaluation, review: Review | None = None
     _log_decision(spec, outcome, reason, challenger_ref, champion_ref)
     metric = evaluation.metric
     tags = _decision_tags(evaluation, outcome, reason, champion_ref, decided_at, review)
-    c = tracking.client()
-    for key, value in tags.items():
-        c.set_model_version_tag(name, challenger_ref.version, key, tracking.tag_text(value))
+    tracking.tag_version(name, challenger_ref.version, tags)
     card = model_card.publish(spec, challenger_ref, evaluation, decision=(outcome, reason, review))
     if outcome == "conflict":
         raise PromotionConflict(reason)
-    value = evaluation.challenger_value
+    value, c = evaluation.challenger_value, tracking.client()
     c.log_metric(challenger_ref.run_id, f"promotion_challenger_{metric}", value if value is not None else -1.0)
     if evaluation.champion_value is not None:
         c.log_metric(challenger_ref.run_id, f"promotion_champion_{metric}", evaluation.champion_value)

@@ -168,9 +168,9 @@ def load_test(spec, lake, version: str) -> tuple[LoadResult, bool, str]:
                        "load_test_p99_ms": result.p99_ms, "load_test_error_rate": result.error_rate}.items():
         if value == value:   # NaN when nothing was answered
             c.log_metric(ref.run_id, key, value)
-    for key, value in {"gate.load_test.decision": "passed" if passed else "failed", "gate.load_test.reason": reason,
-                       "gate.load_test.rps": f"{result.rps:.1f}", "gate.load_test.p99_ms": f"{result.p99_ms:.0f}",
-                       "gate.load_test.error_rate": f"{result.error_rate:.4f}"}.items():
-        c.set_model_version_tag(name, version, key, tracking.tag_text(value))
+    tracking.tag_version(name, version, {
+        "gate.load_test.decision": "passed" if passed else "failed", "gate.load_test.reason": reason,
+        "gate.load_test.rps": f"{result.rps:.1f}", "gate.load_test.p99_ms": f"{result.p99_ms:.0f}",
+        "gate.load_test.error_rate": f"{result.error_rate:.4f}"})
     log.info("%s: load test of v%s %s: %s", spec.name, version, "passed" if passed else "FAILED", reason)
     return result, passed, reason

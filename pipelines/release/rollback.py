@@ -16,13 +16,13 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from pipelines.core.errors import Refusal
+from pipelines.core.errors import FinalRefusal
 from pipelines.models import tracking
 
 log = logging.getLogger(__name__)
 
 
-class RollbackRefused(Refusal, ValueError):
+class RollbackRefused(FinalRefusal, ValueError):
     """The rollback cannot happen as asked; the alias did not move."""
 
 
@@ -90,11 +90,9 @@ def roll_back(spec, reason: str, requested_by: str, to: str | None = None) -> Ro
                               f"from v{current.version} was prepared; nothing changed, run it again")
     at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     tracking.move_champion(name, target, current.version, at)
-    c = tracking.client()
-    for key, value in {"rollback.from": current.version, "rollback.reason": reason,
-                       "rollback.requested_by": requested_by, "rollback.at": at}.items():
-        c.set_model_version_tag(name, target, key, value)
-    c.set_model_version_tag(name, current.version, "champion.rolled_back", f"{at} by {requested_by}: {reason}")
+    tracking.tag_version(name, target, {"rollback.from": current.version, "rollback.reason": reason,
+                                        "rollback.requested_by": requested_by, "rollback.at": at})
+    tracking.tag_version(name, current.version, {"champion.rolled_back": f"{at} by {requested_by}: {reason}"})
     done = Rollback(spec.name, name, current.version, target, reason, requested_by, at)
     log.info("%s: ROLLBACK champion v%s -> v%s by %s: %s", spec.name, current.version, target, requested_by, reason)
     return done
@@ -116,10 +114,8 @@ def _restore_lost_champion(spec, name: str, reason: str, requested_by: str, targ
         raise RollbackRefused("an alias was set while the restore was prepared; nothing changed, run it again")
     at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     tracking.move_champion(name, target, None, at)
-    c = tracking.client()
-    for key, value in {"rollback.from": f"lost v{lost}", "rollback.reason": reason,
-                       "rollback.requested_by": requested_by, "rollback.at": at}.items():
-        c.set_model_version_tag(name, target, key, value)
+    tracking.tag_version(name, target, {"rollback.from": f"lost v{lost}", "rollback.reason": reason,
+                                        "rollback.requested_by": requested_by, "rollback.at": at})
     log.warning("%s: @champion was lost (v%s); restored to v%s by %s: %s", spec.name, lost, target, requested_by,
                 reason)
     return Rollback(spec.name, name, f"lost v{lost}", target, reason, requested_by, at)

@@ -323,8 +323,8 @@ def load_test_candidate(spec, lake) -> dict:
         return {"tested": False, "reason": f"v{state.candidate} passed its load test already"}
     result, passed, reason = load_test(spec, lake, state.candidate)
     if not passed:
-        _end(spec, lake, state, ROLLED_BACK, f"load test: {reason}", "rollout DAG")
-        return {"tested": True, "passed": False, "reason": reason, **asdict(result)}
+        ended = _end(spec, lake, state, ROLLED_BACK, f"load test: {reason}", "rollout DAG")
+        return {"tested": True, "passed": False, "reason": reason, **asdict(result), "state": asdict(ended)}
     at = now_utc().isoformat()
     if state.strategy == "ab":   # the test period starts with the traffic
         state = replace(state, ends_at=(now_utc() + dt.timedelta(hours=spec.deployment.ab_hours)).isoformat())

@@ -5,11 +5,14 @@ Cheap to import: reads the use-case specs (YAML) and environment only; nothing h
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, Param
 
 from pipelines.core.config import settings
+from pipelines.core.environments import load_environments
+from pipelines.core.errors import FinalRefusal
 from pipelines.core.spec import SpecError, UseCaseSpec, discover_specs_and_errors
 
 # Celery queues (the cluster topology and docker-compose run a worker for each; the LocalExecutor
@@ -17,8 +20,18 @@ from pipelines.core.spec import SpecError, UseCaseSpec, discover_specs_and_error
 # the other, so a long fit never holds the slots the day's scoring needs.
 SPARK_QUEUE, MODELS_QUEUE = "spark", "models"
 
+def _alert_task_failed(context) -> None:
+    """A task failed for good: tell the use case's alert channels (never raises)."""
+    try:
+        from mlops_airflow.alerts import task_failed
+        task_failed(context)
+    except Exception:   # noqa: BLE001 - an alert that cannot be sent changes nothing about the task
+        logging.getLogger(__name__).warning("the failure alert was not sent", exc_info=True)
+
+
 DEFAULT_ARGS = {
     "owner": "mlops",
+    "on_failure_callback": _alert_task_failed,
     "retries": 2,
     # doubled on each try (a cleared run's tries count too), never past the cap
     "retry_delay": dt.timedelta(seconds=settings().retry_delay_s),
@@ -149,3 +162,57 @@ def measured(step):
             get_current_context()["ti"].xcom_push(WORK_SECONDS_KEY, round(time.perf_counter() - started, 3))
 
     return run
+
+
+def environment_names() -> list[str]:
+    """The declared environments, in release order (``include/environments.yaml``)."""
+    return load_environments(settings().include).names
+
+
+def environment_param(description: str) -> Param:
+    """A form field naming the environment a run acts on: this deployment's by default, any
+    declared one by choice; nothing else passes the form."""
+    return Param(settings().env, type="string", enum=environment_names(), title="Environment",
+                 description=description)
+
+
+def in_environment(params):
+    """Act, for a ``with`` block, in the environment a run's form names (settings, specs, lake and
+    registry names follow it); this deployment's own when the form has none."""
+    from pipelines.core.environments import acting_in
+    return acting_in((params or {}).get("environment") or None)
+
+
+def alert(use_case: str, *alerts) -> None:
+    """Tell the use case's alert channels (``pipelines.alerts`` builders; None skipped), from a
+    task, with links to its run. Never raises: a channel never fails the task it reports on."""
+    try:
+        from airflow.sdk import get_current_context
+
+        from mlops_airflow.alerts import send
+        send(use_case, [a for a in alerts if a is not None], get_current_context())
+    except Exception:   # noqa: BLE001
+        logging.getLogger(__name__).warning("%s: alerts not sent", use_case, exc_info=True)
+
+
+def triggered_by(dag_run) -> str:
+    """Who started a DAG run: the signed-in user who triggered it, else ``airflow`` (a schedule, an asset)."""
+    return getattr(dag_run, "triggering_user_name", None) or "airflow"
+
+
+def fail_at_once(prefix: str = "", refusals: tuple[type[Exception], ...] = (FinalRefusal,)):
+    """Decorate a task function: a refusal that retrying cannot change fails the task at once,
+    without spending its retries, with the refusal's one line (after ``prefix``) as the reason."""
+    import functools
+
+    def decorate(step):
+        @functools.wraps(step)
+        def run(*args, **kwargs):
+            from airflow.sdk.exceptions import AirflowFailException
+            try:
+                return step(*args, **kwargs)
+            except refusals as exc:
+                raise AirflowFailException(f"{prefix}{exc}") from None
+        return run
+
+    return decorate

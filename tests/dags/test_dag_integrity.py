@@ -1,8 +1,10 @@
 """DAG integrity: every DAG file imports cleanly, fast, without heavy modules; house rules hold."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +267,65 @@ def test_release_graph_tests_in_staging_one_at_a_time_then_asks_before_prod(dagb
     assert "staging_gate" in dag.doc_md and "deploy_models" in dag.doc_md
     rollback = dagbag.dags["churn_rollback"]
     assert rollback.params["environment"] == "dev" and "environment" in rollback.doc_md
+
+
+@pytest.mark.parametrize("raised, fails_at_once", [
+    ("pipelines.release.rollback:RollbackRefused", True),         # the same request again cannot help
+    ("pipelines.release.between_environments:ReleaseRefused", True),
+    ("pipelines.core.errors:MissingData", False),                 # a late file may land before the retry
+    ("builtins:OSError", False),                                  # a bug or an outage keeps its retries
+])
+def test_a_refusal_retrying_cannot_change_fails_the_task_at_once(raised, fails_at_once):
+    import importlib
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_airflow.common import fail_at_once
+
+    module, name = raised.split(":")
+    kind = getattr(importlib.import_module(module), name)
+
+    @fail_at_once("training refused: ")
+    def step(params=None):
+        raise kind("churn: prod does not train")
+
+    assert "params" in inspect.signature(step).parameters   # Airflow still sees what the task asks for
+    with pytest.raises(AirflowFailException if fails_at_once else kind) as caught:
+        step()
+    if fails_at_once:
+        assert str(caught.value) == "training refused: churn: prod does not train"
+        assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_training_and_rollback_act_in_the_environment_their_form_names(dagbag):
+    for dag_id in ("churn_training", "churn_rollback"):
+        param = dagbag.dags[dag_id].params.get_param("environment")
+        assert param.value == "dev" and param.schema["enum"] == ["dev", "staging", "prod"], dag_id
+    assert "dev, staging, prod" in dagbag.dags["churn_training"].doc_md
+
+
+def test_live_performance_retraining_only_where_the_spec_asks_for_it(dagbag, tmp_path, monkeypatch):
+    """Without `monitoring.performance` the daily DAG ends at measuring; with it, a decision that
+    alerts and requests, and the trigger of the training DAG with `trigger=performance`. A
+    snapshot use case (labels about their own day) measures after the day's scoring."""
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    plain = dagbag.dags["churn_daily"]
+    assert "decide_performance_retraining" not in plain.task_ids
+    assert plain.get_task("measure_live_performance").upstream_task_ids == {"validate_raw"}
+    raw = yaml.safe_load((ROOT / "include/churn/spec.yaml").read_text())
+    raw["monitoring"]["performance"] = {"max_drop": 0.05}
+    (tmp_path / "churn").mkdir()
+    (tmp_path / "churn" / "spec.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "churn" / "expectations.yaml").write_text((ROOT / "include/churn/expectations.yaml").read_text())
+    shutil.copytree(ROOT / "include" / "breast_cancer", tmp_path / "breast_cancer")
+    monkeypatch.setenv("MLOPS_INCLUDE", str(tmp_path))
+    bag = DagBag(str(ROOT / "dags"))
+    dag = bag.dags["churn_daily"]
+    assert dag.get_task("decide_performance_retraining").upstream_task_ids == {"measure_live_performance"}
+    trigger = dag.get_task("trigger_retraining")
+    assert trigger.upstream_task_ids == {"decide_performance_retraining"} and trigger.trigger_dag_id == "churn_training"
+    assert trigger.conf["trigger"] == "performance" and trigger.skip_when_already_exists
+    snapshot = bag.dags["breast_cancer_daily"].get_task("measure_live_performance")
+    assert snapshot.upstream_task_ids == {"validate_raw", "score_batch"} and snapshot.trigger_rule == "none_failed"

@@ -78,7 +78,7 @@ def test_no_default_secrets(tmp_path):
 def test_topology_services_present(config):
     services = set(config["services"])
     assert AIRFLOW_SERVICES | {"postgres", "redis", "mlflow", "spark-master", "spark-worker", "spark-worker-2",
-                               "spark-connect"} <= services
+                               "spark-connect", "alerts-mailbox"} <= services
 
 
 def test_the_scoring_service_reads_what_the_workers_write(config):
@@ -222,7 +222,7 @@ def test_service_settings_are_the_native_stacks(config):
 # where a service listens and how it finds the others (ports, hosts, paths) and the native-only
 # plumbing of one machine. Every other flag and Spark setting must be in both, with one value.
 TOPOLOGY_FLAGS = {"--host", "--port", "--webui-port", "--work-dir", "--backend-store-uri", "--artifacts-destination",
-                  "--celery-hostname", "--skip-serve-logs"}
+                  "--celery-hostname", "--skip-serve-logs", "--listen"}
 TOPOLOGY_CONFS = {"spark.connect.grpc.binding.address", "spark.connect.grpc.binding.port", "spark.driver.host",
                   "spark.pyspark.python"}
 # sizes: in both, each from its variable, with a default for one machine (native) or a container
@@ -261,7 +261,8 @@ def _value(text: str, settings: dict[str, str]) -> str:
 
 
 @pytest.mark.parametrize("service", ["spark-master", "spark-worker", "spark-worker-2", "spark-connect", "mlflow",
-                                     "scoring-service", "airflow-worker-spark", "airflow-worker-models"])
+                                     "scoring-service", "airflow-worker-spark", "airflow-worker-models",
+                                     "alerts-mailbox"])
 def test_the_native_stack_and_compose_set_the_same_settings(config, tmp_path, monkeypatch, service):
     from scripts.stack import Stack, service_settings
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import STORY_REVIEWED_UC as UC, land_breast_cancer
+from tests.conftest import STORY_REVIEWED_UC as UC, land_breast_cancer, story_alerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 
@@ -68,3 +68,10 @@ def test_a_reviewer_approves_one_challenger_and_rejects_the_next(story, tmp_path
     card = Path(c.get_model_version(name, second).description.split("Model card: ")[1].split(" ")[0])
     text = card.read_text()
     assert "Decision: rejected" in text and "wait for next month" in text and "<img" in text
+    # the reviewer was told each time, and the rejection was told too
+    waiting = [a["title"] for a in story_alerts(story, "approval_waiting", UC)]
+    assert [t.split("] ")[1] for t in waiting] == [f"{DAY + dt.timedelta(days=1)} promotion: {name} v{v} waits for "
+                                                   f"your approval" for v in (first, second)], waiting
+    rejected = story_alerts(story, "gate_rejected", UC)
+    assert len(rejected) == 1 and f"challenger v{second} rejected" in rejected[0]["title"], rejected
+    assert "rejected by admin (wait for next month's data)" in rejected[0]["message"]

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import STORY_SHIPPED_UC as UC
+from tests.conftest import STORY_SHIPPED_UC as UC, story_alerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 
@@ -96,3 +96,52 @@ def test_dropped_snapshots_land_wake_the_daily_dag_and_get_scored(story, tmp_pat
     scored = read_partition(lake.inference(UC), SECOND)
     assert len(scored) == rows and set(scored["model_version"].astype(str)) == {str(champion.version)}
     assert list_partitions(lake.inference(UC)) == [SECOND.isoformat()]
+
+    # 5. people heard of the refused file once, with its error (and of the ingest task that failed)
+    told = story_alerts(story, "inbox_refused", UC)
+    assert [a["title"] for a in told] == [f"[{UC} dev] inbox file refused: broken.csv"], told
+    assert "are not columns of source patients" in told[0]["message"]
+    assert len([a for a in story_alerts(story, "task_failed", UC) if ".report_rejected failed" in a["title"]]) == 1
+
+
+def test_live_performance_beyond_its_bound_requests_a_training_through_the_scheduler(story):
+    """The snapshot scored above, judged against a bound it cannot meet (a Brier score of 0: a
+    ceiling no model reaches): a daily run for its date measures it, tells people, and starts
+    the training DAG with trigger=performance and the measured values as its reason."""
+    import yaml
+
+    from pipelines import runtime
+    from pipelines.models import tracking
+
+    client, daily, training = story["client"], f"{UC}_daily", f"{UC}_training"
+    spec_file = runtime.spec(UC).directory / "spec.yaml"
+    original = spec_file.read_text()
+    raw = yaml.safe_load(original)
+    raw["monitoring"].update(cooldown_days=0, performance={"metric": "brier", "floor": 0.0, "min_labels": 50,
+                                                          "consecutive_days": 1})
+    champion = tracking.resolve_alias(runtime.spec(UC).model.registered_name, tracking.CHAMPION)
+    try:
+        spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        runtime.forget_specs()
+        client.wait_for_task(daily, "decide_performance_retraining")
+        run_id = client.trigger(daily, conf={"ds": SECOND.isoformat()})
+        run = client.wait_for_run(daily, run_id)
+        states = {t["task_id"]: t["state"] for t in client.task_instances(daily, run_id)}
+        assert run["state"] == "success" and states["trigger_retraining"] == "success", states
+        request = client.xcom(daily, run_id, "decide_performance_retraining")
+        assert request["run_id"] == f"performance__{SECOND}" and request["trigger"] == "performance"
+        retraining = client.wait_for_run(training, request["run_id"])
+        assert retraining["state"] == "success" and retraining["conf"]["trigger"] == "performance"
+        reason = retraining["conf"]["reason"]
+        assert reason.startswith(f"live brier of champion v{champion.version} (batch scores) beyond its ceiling "
+                                 f"0.0000 on 1 consecutive label dates: ") and f"on {SECOND} (" in reason, reason
+        assert retraining["note"].startswith("Retraining on live performance: live brier")
+        trained = tracking.newest_version_tagged(runtime.spec(UC).model.registered_name, "trigger", "performance")
+        assert trained is not None and trained.version != champion.version
+        low = story_alerts(story, "performance_low", UC)
+        assert len(low) == 1 and f"{SECOND} live brier of v{champion.version} beyond its bound 0" in low[0]["title"]
+        asked = [a for a in story_alerts(story, "retraining", UC) if "(performance)" in a["title"]]
+        assert len(asked) == 1 and f"training run: performance__{SECOND}" in asked[0]["message"]
+    finally:
+        spec_file.write_text(original)
+        runtime.forget_specs()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import STORY_UC as UC
+from tests.conftest import STORY_UC as UC, story_alerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 
@@ -82,7 +82,7 @@ def test_a_release_stops_in_staging_then_an_approved_one_reaches_prod_and_rolls_
         # 2. approved: dev's champion, tested in staging, copied into prod (the story's small, drifted
         # holdout puts the champion near its floor: staging's floor is a named override here)
         _overrides(spec_file, {**QUICK_LOAD_TEST, "promotion.floor": 0.5})
-        _, first = _release_approved(client, "first release")
+        first_run, first = _release_approved(client, "first release")
         c = tracking.client()
         tags = c.get_model_version(first["name"], first["version"]).tags
         dev_name = runtime.spec(UC).model.registered_name
@@ -94,7 +94,7 @@ def test_a_release_stops_in_staging_then_an_approved_one_reaches_prod_and_rolls_
         assert staging is not None and _champion("dev") == dev
 
         # 3. a second release, then the rollback DAG acting on prod: prod goes back, staging stays
-        _, second = _release_approved(client, "second release")   # the same dev artifact, staged again
+        second_run, second = _release_approved(client, "second release")   # the same dev artifact, staged again
         assert _champion("prod") == second["version"] != first["version"]
         staging = _champion("staging")
         run_id = client.trigger(f"{UC}_rollback", conf={"reason": "the second release misbehaved",
@@ -105,6 +105,60 @@ def test_a_release_stops_in_staging_then_an_approved_one_reaches_prod_and_rolls_
         assert rolled["environment"] == "prod" and rolled["to_version"] == first["version"]
         assert _champion("prod") == first["version"]
         assert _champion("staging") == staging and _champion("dev") == dev
+
+        # 4. who was told: the failed staging test, each approval asked for, prod's rollback
+        stopped = [a for a in story_alerts(story, "task_failed") if f"{DAG}.staging_gate failed" in a["title"]]
+        assert len(stopped) == 1 and "floor 0.999" in stopped[0]["message"], stopped
+        waiting = [a["title"] for a in story_alerts(story, "approval_waiting")]
+        staged = [client.xcom(DAG, run, "pass_staging")["version"] for run in (first_run, second_run)]
+        assert waiting == [f"[{UC} dev] release into prod: staging.{dev_name} v{v} waits for your approval"
+                           for v in staged], waiting
+        rolled = [a["title"] for a in story_alerts(story, "rollback") if a["title"].startswith(f"[{UC} prod]")]
+        assert rolled == [f"[{UC} prod] prod.{dev_name} @champion rolled back v{second['version']} -> "
+                          f"v{first['version']}"], rolled
+    finally:
+        spec_file.write_text(original)
+        runtime.forget_specs()
+
+
+def _pattern(spec_file: Path, pattern: str) -> None:
+    from pipelines import runtime
+    raw = yaml.safe_load(spec_file.read_text())
+    raw.setdefault("deployment", {})["pattern"] = pattern
+    spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    runtime.forget_specs()
+
+
+def test_prod_refuses_through_the_scheduler_a_training_its_pattern_forbids(story):
+    """The training DAG asked to train in prod: refused at once (no retry) for deploy models, and for
+    deploy code whose commit staging never trained and passed (the copies staging passed above
+    carry this commit as their origin's code version: they do not count)."""
+    from pipelines import runtime
+    from pipelines.models import tracking
+    client, training = story["client"], f"{UC}_training"
+    client.wait_for_dags([training])
+    spec_file = Path(runtime.spec(UC).directory) / "spec.yaml"
+    original, prod_before = spec_file.read_text(), _champion("prod")
+    code = tracking.code_version_tags()["code_version"]
+    committed = not code.endswith("+dirty") and code != "unknown"
+    refusals = {"deploy_models": "prod does not train (deployment.pattern: deploy_models, only dev trains)",
+                "deploy_code": f"code {code[:12]} has not passed staging" if committed
+                else "prod trains only a committed release"}
+    try:
+        for pattern, refusal in refusals.items():
+            _pattern(spec_file, pattern)
+            run_id = client.trigger(training, conf={"environment": "prod", "reason": f"prod trains? ({pattern})"})
+            run = client.wait_for_run(training, run_id)
+            tasks = {t["task_id"]: t for t in client.task_instances(training, run_id)}
+            log = client.task_log(training, run_id, "train_challenger")
+            assert run["state"] == "failed" and tasks["train_challenger"]["state"] == "failed", (pattern, log)
+            assert tasks["train_challenger"]["try_number"] == 1, "a refusal spends no retries"
+            assert tasks["evaluate_challenger"]["state"] == "upstream_failed"
+            # the reason, as the failed task's alert carries it (the task's exception)
+            told = [a for a in story_alerts(story, "task_failed") if f"{training}.train_challenger" in a["title"]
+                    and f"error: training refused: {UC}: " in a["message"] and refusal in a["message"]]
+            assert len(told) == 1, (pattern, story_alerts(story, "task_failed"), log)
+        assert _champion("prod") == prod_before
     finally:
         spec_file.write_text(original)
         runtime.forget_specs()

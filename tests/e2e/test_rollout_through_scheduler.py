@@ -10,7 +10,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from tests.conftest import STORY_CANARY_UC as UC, land_breast_cancer, serving_headers
+from tests.conftest import STORY_CANARY_UC as UC, land_breast_cancer, serving_headers, story_alerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 
@@ -120,3 +120,6 @@ def test_a_canary_reaches_all_traffic_and_an_injected_slow_model_is_rolled_back(
     status = runtime.rollout_status(UC, timelines=2)
     assert "rolled_back" in status and "load test:" in status and status.count("timeline of") == 2, status
     assert f"timeline of {state.id}" in status and "completed" in status
+    told = [a["title"].removeprefix(f"[{UC} dev] ") for a in story_alerts(story, "rollout", UC)]
+    assert told == [f"rollout of v{second['version']} advanced to 50%", f"rollout of v{second['version']} advanced "
+                    f"to 100%", f"rollout of v{second['version']} completed", f"rollout of v{slow} rolled back"], told

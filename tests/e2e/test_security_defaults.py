@@ -73,10 +73,13 @@ def test_no_secret_on_any_command_line(story):
 
 
 def test_what_the_services_write_is_not_world_readable(story):
-    """Files the stack's services wrote (task logs, MLflow's artifacts) are closed to other users."""
+    """Files the stack's services wrote (task logs, MLflow's artifacts, the alerts mailbox's mails)
+    are closed to other users."""
     stack = story["stack"]
     written = [p for p in (stack.airflow_home / "logs").rglob("*.log")][:50]
     written += [p for p in (stack.home / "mlflow" / "artifacts").rglob("*") if p.is_file()][:50]
-    assert written, "the story wrote files"
+    alerts = [p for p in (stack.home / "alerts").rglob("*") if p.is_file()][:20]   # the local mailbox's mails
+    assert written and alerts, "the story wrote files and sent alerts"
+    written += alerts
     for path in written:
         assert stat.S_IMODE(path.stat().st_mode) & 0o007 == 0, f"{path} is world-readable"

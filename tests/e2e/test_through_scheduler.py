@@ -13,7 +13,7 @@ import pytest
 
 from scripts.airflow_api import logical_day
 from tests.conftest import (STORY_BROKEN as BROKEN, STORY_FIRST_TRAINING as FIRST_TRAINING, STORY_START as START,
-                            STORY_UC as UC)
+                            STORY_UC as UC, story_alerts)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 
@@ -41,6 +41,29 @@ def test_broken_day_wrote_nothing_downstream(story):
     assert ds in list_partitions(lake.quarantine(UC, "transactions"))
     for table in (lake.clean(UC, "transactions"), lake.features(UC), lake.inference(UC)):
         assert ds not in list_partitions(table)
+
+
+def test_people_were_told_of_the_broken_day_and_each_retraining_once(story):
+    """Every story use case alerts the stack's mailbox and a webhook: the broken day is one
+    quarantine message and one failed-task message in each; each drift retraining one message."""
+    from scripts.services import mailbox_messages
+
+    day = BROKEN.isoformat()
+    quarantined = story_alerts(story, "quarantined")
+    assert len(quarantined) == 1, quarantined
+    assert quarantined[0]["title"].startswith(f"[{UC} dev] {day} raw transactions quarantined: ")
+    message = quarantined[0]["message"]
+    assert "column 'customer_id'" in message and "quarantined partition: " in message
+    failed = [a for a in story_alerts(story, "task_failed") if f"{UC}_daily.validate_raw failed" in a["title"]]
+    assert len(failed) == 1 and day in failed[0]["title"] and "Airflow task: http://127.0.0.1:" in failed[0]["message"]
+    drift_runs = [r for r in story["client"].runs(f"{UC}_training") if r["dag_run_id"].startswith("drift__")]
+    retraining = story_alerts(story, "retraining")
+    assert sorted(a["message"].split("training run: ")[1].split()[0] for a in retraining) == \
+        sorted(r["dag_run_id"] for r in drift_runs)
+    mails = [m for m in mailbox_messages(story["stack"]) if m["subject"].startswith(f"[{UC} dev]")]
+    assert [m["subject"] for m in mails].count(quarantined[0]["title"]) == 1
+    assert {a["title"] for a in quarantined + failed + retraining} <= {m["subject"] for m in mails}
+    assert all(m.get_content_type() == "text/plain" for m in mails)
 
 
 def test_registry_holds_champion_and_drift_retraining(story):
@@ -126,6 +149,9 @@ def test_rollback_through_the_dag_changes_what_the_next_run_scores_with(story):
         assert (done["from_version"], done["to_version"]) == (newer, original.version)
         assert done["requested_by"] == "admin" and done["reason"] == "alerts since the newer model"
         assert tracking.resolve_alias(name, tracking.CHAMPION).version == original.version
+        told = [a for a in story_alerts(story, "rollback")
+                if f"rolled back v{newer} -> v{original.version}" in a["title"]]
+        assert len(told) == 1 and "by: admin" in told[0]["message"] and "reason: alerts since" in told[0]["message"]
         assert c.get_model_version(name, newer).tags["champion.rolled_back"].endswith(
             "by admin: alerts since the newer model")
 

@@ -60,7 +60,8 @@ def cluster(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     stack = Stack(home=home, topology="cluster", airflow_port=free_port(), mlflow_port=free_port(),
                   spark_port=free_port(), postgres_port=free_port(), spark_master_port=free_port(),
-                  spark_ui_port=free_port(span=3), serving_port=free_port(), redis_port=free_port())
+                  spark_ui_port=free_port(span=3), serving_port=free_port(), redis_port=free_port(),
+                  alerts_port=free_port())
     mp.delenv("MLOPS_SPARK_MASTER", raising=False)
     mp.setenv("MLOPS_HOME", str(home))
     mp.setenv("MLOPS_INCLUDE", str(include))

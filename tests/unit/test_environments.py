@@ -201,6 +201,17 @@ def test_the_cli_refuses_an_unknown_environment_and_training_in_prod(include, ca
         assert "is not an environment" in capsys.readouterr().err or hostile == ""
     assert cli.main(["release", "churn", "--to", "dev", "--reason", "x"]) == 1
     assert "nothing is released into dev: it is the first environment" in capsys.readouterr().err
+    for hostile in ("../x", "prod/../../etc", "/etc", "prod\n<script>"):   # each refused before anything runs
+        assert cli.main(["release", "churn", "--to", hostile, "--reason", "<script>alert(1)</script>"]) == 1
+        assert capsys.readouterr().err.strip() == (f"mlops release: {hostile!r} is not an environment; "
+                                                   "the environments are dev, staging, prod")
+        for argv, field in ((["--from", hostile, "--to", "prod"], "--from"),
+                            (["--from", "dev", "--to", hostile], "--to")):
+            assert cli.main(["env", "copy-data", "churn", *argv]) == 1
+            assert capsys.readouterr().err.strip() == (f"mlops env: {field}: {hostile!r} is not an environment; "
+                                                       "the environments are dev, staging, prod")
+    assert cli.main(["release", "churn", "--to", "dev", "--reason", "x"]) == 1
+    assert "nothing is released into dev: it is the first environment" in capsys.readouterr().err
     assert cli.main(["env"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["environment"] == "dev" and shown["release_path"] == "dev -> staging -> prod"

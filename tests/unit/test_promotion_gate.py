@@ -7,8 +7,8 @@ import pytest
 
 from pipelines.core.spec import (CalibrationCheck, FairnessCheck, LatencyCheck, Metric, MetricCheck, SchemaCheck,
                                  SlicesCheck, TaskType)
-from pipelines.models.tasks import ModelTask
 from pipelines.features import slices
+from pipelines.models.tasks import ModelTask
 from pipelines.release import gate
 from pipelines.release.decision import Evaluation, Review, decide_final
 

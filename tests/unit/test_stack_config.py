@@ -24,10 +24,27 @@ def test_embedded_default_keeps_metadata_on_postgres(tmp_path):
         f"postgresql+psycopg2://airflow:{creds['airflow']}@127.0.0.1:6543/airflow")
     assert stack.mlflow_backend_url() == f"postgresql+psycopg2://mlflow:{creds['mlflow']}@127.0.0.1:6543/mlflow"
     assert env["SPARK_REMOTE"] == f"sc://127.0.0.1:{stack.spark_port}"
-    assert stack.service_names() == ["postgres", "spark-connect", "mlflow", "airflow-api-server",
+    assert stack.service_names() == ["postgres", "alerts-mailbox", "spark-connect", "mlflow", "airflow-api-server",
                                      "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
                                      "scoring-service"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "mlops_airflow.executors.PreloadingLocalExecutor"
+
+
+def test_alerts_go_to_the_local_mailbox_until_a_team_names_its_own(tmp_path, monkeypatch):
+    """The shipped specs' ``mlops_alerts`` channel: the stack's own SMTP mailbox (a Maildir under
+    its home, messages bounded) unless the environment already holds that connection; either
+    way the connection is a secret to `stack env`."""
+    monkeypatch.delenv("AIRFLOW_CONN_MLOPS_ALERTS", raising=False)
+    stack = Stack(home=tmp_path, alerts_port=2526)
+    mailbox = {p.name: p for p in stack.programs()}["alerts-mailbox"].command
+    assert mailbox[-1] == str(tmp_path / "alerts") and "127.0.0.1:2526" in mailbox
+    assert mailbox[mailbox.index("--size") + 1] == str(1 << 20)
+    ours = json.loads(stack.env()["AIRFLOW_CONN_MLOPS_ALERTS"])
+    assert ours["conn_type"] == "apprise" and ours["extra"]["config"][0]["path"].startswith("mailto://127.0.0.1:2526?")
+    assert stack.public_env()["AIRFLOW_CONN_MLOPS_ALERTS"] == "<redacted>"
+    theirs = json.dumps({"conn_type": "apprise", "extra": {"config": [{"path": "slack://T0/B0/secret"}]}})
+    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_ALERTS", theirs)
+    assert stack.env()["AIRFLOW_CONN_MLOPS_ALERTS"] == theirs
 
 
 def test_sqlite_is_an_explicit_opt_in(tmp_path, monkeypatch):
@@ -43,7 +60,7 @@ def test_sqlite_is_an_explicit_opt_in(tmp_path, monkeypatch):
 def test_cluster_adds_spark_standalone_redis_and_celery_workers(tmp_path):
     stack = Stack(home=tmp_path, topology="cluster", postgres_port=6543, redis_port=6390)
     names = stack.service_names()
-    assert names[:5] == ["postgres", "redis", "spark-master", "spark-worker", "spark-worker-2"]
+    assert names[:6] == ["postgres", "redis", "alerts-mailbox", "spark-master", "spark-worker", "spark-worker-2"]
     assert {"airflow-worker-spark", "airflow-worker-models"} <= set(names)
     programs = {p.name: p for p in stack.programs()}
     assert stack.spark_master_url in programs["spark-connect"].command

@@ -15,8 +15,10 @@ Loading needs only PyYAML and pydantic, so DAG files can read specs while parsin
 check of the estimator and its parameters imports scikit-learn: :func:`check_estimator`, run
 by ``mlops check`` and before any training.
 """
+from pipelines.core.spec.alerts import AlertChannel, AlertEvent, AlertsSpec
 from pipelines.core.spec.loading import (check_estimator, check_spec, discover_specs, discover_specs_and_errors,
                                          estimator_class, load_spec)
+from pipelines.core.spec.performance import PerformanceSpec
 from pipelines.core.spec.sections import (Aggregate, AttributesGroup, BatchingSpec, CalibrationCheck,
                                           CircuitBreakerSpec, CsvFormat, DeploymentSpec, FairnessCheck, FeatureGroup,
                                           FeaturesSpec, LabelSpec, LatencyCheck, LoadTestSpec, MetricCheck, ModelSpec,
@@ -30,6 +32,9 @@ from pipelines.core.spec.vocabulary import (SPEC_FILE, USE_CASE_NAME, AggregateF
                                             Strategy, TaskType)
 
 __all__ = [
+    "AlertChannel",
+    "AlertEvent",
+    "AlertsSpec",
     "Aggregate",
     "AggregateFn",
     "Approval",
@@ -56,6 +61,7 @@ __all__ = [
     "ModelSpec",
     "Pattern",
     "MonitoringSpec",
+    "PerformanceSpec",
     "PromotionCheck",
     "PromotionSpec",
     "RecencyGroup",

@@ -5,20 +5,13 @@ import codecs
 import datetime as dt
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from pipelines.core.spec.base import _Section, broken
+from pipelines.core.spec.performance import PerformanceSpec
 from pipelines.core.spec.vocabulary import (AggregateFn, Approval, CheckKind, CheckMode, ColumnType, DriftMethod,
                                             FairnessMeasure, FeatureKind, Metric, Pattern, SearchMethod, ServingInput,
                                             Snapshots, SourceKind, Split, Strategy, TaskType)
-
-
-def broken(*problems: tuple[str, str]) -> PydanticCustomError:
-    """A section's own rules, broken: each ``(at, message)`` is reported at the section's key
-    followed by ``at`` (empty: the section itself), one line each, with the spec's other problems."""
-    return PydanticCustomError("spec_rules", "{message}", {"message": "; ".join(m for _, m in problems),
-                                                           "problems": list(problems)})
-
 
 PRESETS = {"@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly"}
 
@@ -39,9 +32,6 @@ def _schedule_problems(value: str | None) -> list[tuple[str, str]]:
 
 
 # ----------------------------------------------------------------- sections
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
-
 
 class CsvFormat(_Section):
     """How a source's CSV files are written. ``delimiter`` none: sniffed from each file's first
@@ -452,7 +442,8 @@ class MonitoringSpec(_Section):
     method: DriftMethod | None = None             # Evidently stat test for every column (None: its defaults)
     column_threshold: float | None = Field(None, gt=0)   # that test's per-column threshold
     consecutive_days: int = Field(1, ge=1)
-    cooldown_days: int = Field(7, ge=0)
+    cooldown_days: int = Field(7, ge=0)        # between two retrainings, whether drift or performance asked
+    performance: PerformanceSpec | None = None  # retraining on measured live performance (off without it)
 
     @model_validator(mode="after")
     def _threshold_of_a_method(self):

@@ -10,10 +10,11 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.core.spec.sections import (broken, AttributesGroup, CalibrationCheck, DeploymentSpec, FairnessCheck,
+from pipelines.core.spec.alerts import AlertsSpec
+from pipelines.core.spec.sections import (AttributesGroup, CalibrationCheck, DeploymentSpec, FairnessCheck,
                                           FeaturesSpec, LabelSpec, ModelSpec, MonitoringSpec, PromotionSpec,
                                           RecencyGroup, ScoringSpec, SimulationSpec, SourceSpec, TrainingSpec,
-                                          WindowAggregatesGroup, _Section)
+                                          WindowAggregatesGroup, _Section, broken)
 from pipelines.core.spec.vocabulary import (SPEC_FILE, AggregateFn, ColumnType, FairnessMeasure, Metric, SourceKind,
                                             SpecError, TaskType)
 
@@ -37,6 +38,7 @@ class UseCaseSpec(_Section):
     scoring: ScoringSpec = ScoringSpec()
     deployment: DeploymentSpec = DeploymentSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    alerts: AlertsSpec = AlertsSpec()
     simulation: SimulationSpec | None = None
     # explicit, named differences per environment: {prod: {training.max_rows: 500000}}
     environments: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -122,11 +124,12 @@ def cross_check(spec: UseCaseSpec) -> list[tuple[str, str]]:
     _check_features(spec, refs)
     _check_label(spec, refs)
     problems = refs.problems
-    metric = spec.promotion.metric
-    if spec.model.task not in metric.tasks:
-        fits = sorted(m.value for m in Metric if spec.model.task in m.tasks)
-        problems.append(("promotion.metric", f"{metric.value} does not fit a {spec.model.task.value} task; "
-                                             f"use one of {fits}"))
+    performance = spec.monitoring.performance
+    for key, metric in (("promotion.metric", spec.promotion.metric),
+                        ("monitoring.performance.metric", performance and performance.metric)):
+        if metric is not None and spec.model.task not in metric.tasks:
+            fits = sorted(m.value for m in Metric if spec.model.task in m.tasks)
+            problems.append((key, f"{metric.value} does not fit a {spec.model.task.value} task; use one of {fits}"))
     problems += _check_gate(spec)
     return problems
 

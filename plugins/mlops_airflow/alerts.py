@@ -1,0 +1,81 @@
+"""Alerts through Airflow's notifiers: each of a spec's alert channels is an Airflow connection
+of the Apprise type, and each message goes out through the provider's ``AppriseNotifier``.
+
+A channel that fails (no such connection, a receiver that is down, a bad URL) is logged as a
+warning and never fails, retries or slows down the task it reports on beyond the notifier's
+own timeouts. Messages are plain text, sent with ``notify`` (never rendered as a template).
+Imported inside tasks and callbacks only.
+"""
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+log = logging.getLogger(__name__)
+
+
+def send(use_case: str, alerts, context=None) -> int:
+    """Send each alert (``pipelines.alerts.Alert``; None entries skipped) through every channel
+    its event is routed to in the use case's spec, with links to this run; how many went out."""
+    from pipelines import runtime
+    from pipelines.alerts import one_line, render
+
+    spec, sent = runtime.spec(use_case), 0
+    for alert in alerts:
+        connections = spec.alerts.connections_for(alert.event) if alert is not None else []
+        if not connections:
+            continue
+        title, body = render(alert.with_links(*run_links(context)), spec.environment)
+        for connection in connections:
+            try:
+                _notifier(connection, title, body, alert.severity).notify(context or {})
+                sent += 1
+            except Exception as exc:   # noqa: BLE001 - a channel never fails the task it reports on
+                log.warning("alert %s of %s not sent through connection %r: %s", alert.event.value, use_case,
+                            connection, one_line(exc, 300))
+    if sent:
+        log.info("%s: %d alert message(s) handed to their channels", use_case, sent)
+    return sent
+
+
+def _notifier(connection: str, title: str, body: str, severity: str):
+    from airflow.providers.apprise.notifications.apprise import AppriseNotifier
+    from apprise import NotifyFormat, NotifyType
+
+    return AppriseNotifier(title=title, body=body, notify_type=NotifyType(severity), body_format=NotifyFormat.TEXT,
+                           apprise_conn_id=connection)
+
+
+def run_links(context) -> list[tuple[str, str]]:
+    """Links to the Airflow run and task the alert comes from (none outside a task)."""
+    ti = (context or {}).get("ti")
+    if ti is None:
+        return []
+    from airflow.configuration import conf
+
+    base = conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
+    return [("Airflow run", f"{base}/dags/{quote(ti.dag_id)}/runs/{quote(ti.run_id, safe='')}"),
+            ("Airflow task", ti.log_url)]
+
+
+def run_day(context) -> str:
+    """The date a run is about: its ``ds`` form field, or its logical date."""
+    context = context or {}
+    params = context.get("params") or {}
+    return str(params.get("ds") or context.get("ds") or "")
+
+
+def task_failed(context) -> None:
+    """``on_failure_callback`` of every lifecycle task: a task that failed for good (retries spent)
+    alerts the channels of its use case, named by the DAG's ``<use case>_`` prefix."""
+    from pipelines import alerts, runtime
+
+    ti = context.get("ti")
+    if ti is None:
+        return
+    owners = [name for name in runtime.use_case_names() if ti.dag_id.startswith(f"{name}_")]
+    if not owners:
+        return
+    use_case = max(owners, key=len)   # churn_v2_daily is churn_v2's, not churn's
+    send(use_case, [alerts.task_failed(use_case, ti.dag_id, ti.task_id, run_day(context), context.get("exception"),
+                                       ti.try_number)], context)
