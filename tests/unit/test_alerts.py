@@ -180,10 +180,13 @@ def _connection(monkeypatch, conn_id: str, *urls: str) -> None:
 
 
 def _spec_with_channels(monkeypatch, *channels):
+    """The shipped churn spec (whatever include folder the session points at), routed to ``channels``."""
     from pipelines import runtime
-    spec = runtime.spec("churn")
-    routed = spec.model_copy(update={"alerts": AlertsSpec(channels=list(channels))})
-    monkeypatch.setattr(runtime, "spec", lambda name: routed if name == "churn" else spec)
+    from pipelines.core.spec import load_spec
+    from tests.conftest import CHURN
+
+    routed = load_spec(CHURN / "spec.yaml").model_copy(update={"alerts": AlertsSpec(channels=list(channels))})
+    monkeypatch.setattr(runtime, "spec", lambda name: routed)
     return routed
 
 
