@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, SPARK_QUEUE, alert, dag_tags, fail_at_once,
-                                  lifecycle_assets, measured, run_day, schedule_window, use_cases)
+from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, SPARK_QUEUE, alert, dag_tags, daily_deadline,
+                                  fail_at_once, lifecycle_assets, measured, run_day, schedule_window, use_cases)
 from mlops_airflow.sensors import LookBackSensor
 
 DOC = """
@@ -38,6 +38,9 @@ the ingest landed.
 
 Every write replaces the date's partition whole: reruns and backfills are idempotent
 (`airflow backfill create --dag-id {name}_daily --from-date ... --to-date ...`).
+
+Deadline: {deadline}. Every task's OpenLineage events name the partitions and model versions it
+read and wrote.
 """
 
 def build_daily_lifecycle(spec):
@@ -55,10 +58,15 @@ def build_daily_lifecycle(spec):
         default_args=DEFAULT_ARGS,
         tags=dag_tags(spec.name, "daily"),
         doc_md=DOC.format(name=spec.name, woken="this use case has no schedule: every ingest wakes it" if not timed
-                          else f"not this use case: it runs on its schedule, `{spec.scoring.schedule}`"),
+                          else f"not this use case: it runs on its schedule, `{spec.scoring.schedule}`",
+                          deadline=f"a scheduled run not finished by {spec.scoring.deadline} UTC alerts "
+                                   f"`deadline_missed` (`scoring.deadline`)" if spec.scoring.deadline else
+                                   "none (`scoring.deadline` sets a time of day by which each scheduled run "
+                                   "must have finished)"),
         description=f"{spec.name}: validate, featurize, score and monitor one day",
         params={"ds": Param("", type="string", title="Date to run for (YYYY-MM-DD)", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
                             description="Empty: the run's logical date, or the newest date the waking ingest landed.")},
+        deadline=daily_deadline(spec),
         **schedule_window(spec, timed),
     )
     def daily_lifecycle():

@@ -118,6 +118,19 @@ def performance_low(use_case: str, decision: dict | None) -> Alert | None:
                  (f"reason: {decision.get('reason', '')}", *judged), severity=Severity.FAILURE)
 
 
+def deadline_missed(use_case: str, dag_run: dict, deadline: str, deadline_time: object) -> Alert | None:
+    """A day's run still going at its deadline (``scoring.deadline``), from what Airflow's deadline
+    callback holds of the run; None for a backfill (days re-run after the fact, on purpose)."""
+    run_type = dag_run.get("run_type")
+    if run_type == "backfill":
+        return None
+    return Alert(use_case, AlertEvent.DEADLINE_MISSED, f"daily run not finished by its deadline, {deadline} UTC",
+                 str((dag_run.get("conf") or {}).get("ds") or dag_run.get("logical_date") or "")[:10],
+                 (f"run: {dag_run.get('dag_run_id', '')} ({run_type})", f"state: {dag_run.get('state', '')}",
+                  f"started: {dag_run.get('start_date') or 'not yet'}", f"deadline: {deadline_time}"),
+                 severity=Severity.WARNING)
+
+
 def gate_decision(use_case: str, decision: dict, day: str, tracking_uri: str | None, model: str) -> Alert | None:
     """A promotion decision (``runtime.decide``): not promoted, with the gate's failing checks or
     the reviewer's no; promoted; or rolling out. None while it waits for a reviewer."""

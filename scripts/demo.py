@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         print(releases.environments_text(args.use_case))
         print()
         print(alerts_text(stack))
+        print()
+        print(lineage_text(stack, args.use_case))
     finally:
         say("stopping the stack")
         stack.down()
@@ -294,6 +296,23 @@ def alerts_text(stack: Stack) -> str:
     messages = mailbox_messages(stack)
     return "\n".join([f"Alerts sent: {len(messages)} (each a mail in {mailbox_folder(stack)})",
                       *(f"  {m['date'].datetime:%H:%M:%S}  {m['subject']}" for m in messages)])
+
+
+def lineage_text(stack: Stack, use_case: str) -> str:
+    """Where the newest scores of dev came from, walked back through the tasks' OpenLineage events."""
+    from pipelines import runtime
+    from pipelines.core.lake import Lake, list_partitions
+    from scripts.lineage import completed, describe, walk_back
+    from scripts.services import lineage_file
+
+    lake, events = runtime.lake(), completed(lineage_file(stack))
+    scored = list_partitions(lake.inference(use_case))
+    if not scored:
+        return f"Lineage: {len(events)} task events; nothing scored"
+    newest = Lake.partition(lake.inference(use_case), scored[-1]).absolute()
+    chain = walk_back(events, "file", str(newest))
+    return "\n".join([f"Lineage of {newest.relative_to(lake.root.absolute())} ({len(events)} task events in "
+                      f"{lineage_file(stack)}):", *describe(chain, lake.root.absolute())])
 
 
 def report(stack: Stack, timings: dict, total: float) -> int:

@@ -110,6 +110,31 @@ def alerts_connection(stack) -> dict[str, str]:
         {"conn_type": "apprise", "extra": {"config": [{"path": url}]}})}
 
 
+def lineage_file(stack) -> Path:
+    """Where the stack's tasks append their OpenLineage events, one JSON document per line."""
+    return stack.home / "lineage" / "events.jsonl"
+
+
+def lineage_settings(stack) -> dict[str, str]:
+    """OpenLineage for every task: the project's extractor, and a file transport into the stack's
+    home unless the team configured a transport of its own (``OPENLINEAGE_URL`` for HTTP,
+    ``AIRFLOW__OPENLINEAGE__TRANSPORT`` or ``OPENLINEAGE_CONFIG``)."""
+    found = {"AIRFLOW__OPENLINEAGE__EXTRACTORS": "mlops_airflow.lineage.TaskLineageExtractor",
+             "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",   # no fork of a task holding Spark's gRPC channel
+             "AIRFLOW__OPENLINEAGE__NAMESPACE": env_default("MLOPS_LINEAGE_NAMESPACE", "mlops")}
+    if not any(os.environ.get(key) for key in ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG",
+                                               "AIRFLOW__OPENLINEAGE__TRANSPORT")):
+        lineage_file(stack).parent.mkdir(parents=True, exist_ok=True)
+        found["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps(
+            {"type": "file", "log_file_path": str(lineage_file(stack)), "append": True})
+    return found
+
+
+def observability_defaults(stack) -> dict[str, str]:
+    """The stack's alerts connection and lineage transport, which a team's own settings replace."""
+    return {**alerts_connection(stack), **lineage_settings(stack)}
+
+
 def spark_programs(stack) -> list[Program]:
     """The standalone master and worker (cluster topology only), and the Spark Connect server."""
     spark_home = Path(__import__("pyspark").__file__).parent

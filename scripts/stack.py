@@ -51,7 +51,7 @@ from dotenv import dotenv_values
 from pipelines.core.waiting import wait_until
 from scripts.postgres import LocalPostgres
 from scripts.services import (BIN, CELERY_WORKERS, SERVICES_ENV, SPARK_WORKERS, ServiceSettings,  # noqa: F401
-                              StackError, alerts_connection, env_default, programs, service_settings)
+                              StackError, env_default, observability_defaults, programs, service_settings)
 from scripts.supervision import BACKOFF, EXITED, FATAL, RUNNING, STARTING, Program, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,7 +206,7 @@ class Stack:
             env["PGPASSFILE"] = str(self.postgres.pgpass_file())
         if self.clustered:
             env.update(self.celery_env())
-        return {**alerts_connection(self), **env}   # a team's own alerts connection wins
+        return {**observability_defaults(self), **env}   # a team's own alerts and lineage settings win
 
     # ----------------------------------------------------------------- Celery (cluster topology)
     @property

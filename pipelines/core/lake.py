@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from pipelines.core import lineage
+
 ARROW_TYPES = {
     "string": pa.string(),
     "timestamp": pa.timestamp("us"),
@@ -100,6 +102,7 @@ def replace_partition(table: Path, date: dt.date | str, data: pd.DataFrame | pa.
         _swap_in(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    lineage.wrote(lineage.partition(table, date))
     return target
 
 
@@ -145,6 +148,7 @@ def partition_files(table: Path, date: dt.date | str) -> list[str]:
     path = Lake.partition(table, date)
     if not path.exists():
         raise FileNotFoundError(f"no partition {path}")
+    lineage.read(lineage.partition(table, date))
     return sorted(str(p) for p in path.glob("*.parquet"))
 
 
@@ -165,6 +169,7 @@ def read_table(table: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """A whole (small) table as pandas, with ``ds`` as a string column. Empty frame if absent."""
     if not table.exists() or not list_partitions(table):
         return pd.DataFrame(columns=(columns or []) + ["ds"])
+    lineage.read(lineage.table(table))
     frame = pq.read_table(table, columns=columns + ["ds"] if columns else None,
                           partitioning=pads.partitioning(pa.schema([("ds", pa.string())]), flavor="hive"))
     return frame.to_pandas()

@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
+from pipelines.core import lineage
 from pipelines.core.errors import FinalRefusal
 from pipelines.core.lake import (Lake, drop_partition, ds, partition_files, partition_rows, read_files,
                                  replace_partition, write_json)
@@ -246,6 +247,7 @@ class PartitionValidator:
             shutil.copy2(path, qdir / Path(path).name)
         report.quarantined_to = str(qdir)
         write_json(qdir / "validation.json", asdict(report))
+        lineage.wrote(lineage.partition(self.lake.quarantine(self.spec.name, report.source), date))
 
 
 def _quiet_progress_bars(context) -> None:

@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from pipelines.core import lineage
 from pipelines.core.errors import FinalRefusal, MissingData
 from pipelines.core.lake import Lake, ds, list_partitions, partition_rows
 from pipelines.core.spark import column, table_exists
@@ -68,10 +69,13 @@ def _read_source(spark, lake: Lake, spec, source: str, date: dt.date, lookback: 
     frame = spark.read.parquet(str(path))
     if spec.source(source).kind == SourceKind.SNAPSHOT:
         known = [p for p in list_partitions(path) if p <= ds(date)]
+        lineage.read(*(lineage.partition(path, day) for day in known[-1:]))
         return frame.where(F.col("ds") == (known[-1] if known else ""))
     cond = F.col("ds") < ds(date)
     if lookback is not None:
         cond = cond & (F.col("ds") >= ds(date - dt.timedelta(days=lookback)))
+    first = ds(date - dt.timedelta(days=lookback)) if lookback is not None else ""
+    lineage.read(*(lineage.partition(path, day) for day in list_partitions(path) if first <= day < ds(date)))
     ts = spec.source(source).timestamp
     midnight = dt.datetime.combine(date, dt.time())
     return frame.where(cond).where(column(ts) < F.lit(midnight))
@@ -254,5 +258,6 @@ def build_features(spark, spec, lake: Lake, date: dt.date) -> int:
     require_complete_look_back(spec, lake, date)
     compute_features(spark, spec, lake, date).write.mode("overwrite").partitionBy("ds").parquet(str(table))
     rows = partition_rows(table, date)
+    lineage.wrote(lineage.partition(table, date))
     log.info("%s: wrote %d feature rows for %s", spec.name, rows, date)
     return rows

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from pipelines.core import lineage
 from pipelines.core.config import PROJECT_ROOT, Settings, settings as current_settings
 from pipelines.core.errors import FinalRefusal, Refusal
 from pipelines.core.waiting import wait_until
@@ -330,6 +331,22 @@ class ModelRef:
     def from_xcom(cls, value: dict) -> "ModelRef":
         return cls(name=value["name"], version=str(value["version"]), run_id=value["run_id"])
 
+    def as_dataset(self) -> lineage.Dataset:
+        """This version as a lineage dataset of the configured registry (its URI without credentials)."""
+        return lineage.model_version(registry_name(current_settings().mlflow_tracking_uri),
+                                     self.name, self.version, self.run_id)
+
+
+def registry_name(uri: str) -> str:
+    """A tracking URI fit to be shown: a user and password in it are left out."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+
 
 def resolve_alias(name: str, alias: str = CHAMPION) -> ModelRef | None:
     """The version an alias points at now, or None if the model or alias does not exist."""
@@ -350,14 +367,15 @@ def model_version(name: str, version: str) -> ModelRef:
 
 
 def load_model(ref: ModelRef):
-    """The scikit-learn model of a registered version; :class:`ModelArtifactsMissing` names the
-    model, the version and the artifact location when its files cannot be loaded."""
+    """The scikit-learn model of a registered version (recorded as read, for lineage);
+    :class:`ModelArtifactsMissing` names the model, the version and the artifact location when its
+    files cannot be loaded."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     configure()
     try:
-        return mlflow.sklearn.load_model(ref.uri)
+        model = mlflow.sklearn.load_model(ref.uri)
     except (MlflowException, OSError) as exc:
         try:
             source = client().get_model_version(ref.name, ref.version).source
@@ -365,6 +383,8 @@ def load_model(ref: ModelRef):
             source = "unknown (the version is not in the registry)"
         raise ModelArtifactsMissing(f"cannot load {ref.name} v{ref.version} ({ref.uri}, run {ref.run_id}): its "
                                     f"artifacts at {source} are missing or unreadable: {exc}") from None
+    lineage.read(ref.as_dataset())
+    return model
 
 
 def move_champion(name: str, version: str, replaced: str | None, at: str) -> None:

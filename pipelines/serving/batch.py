@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pandas as pd
 
+from pipelines.core import lineage
 from pipelines.core.errors import MissingData
 from pipelines.core.lake import Lake, ds, partition_rows
 from pipelines.core.spark import column, table_exists
@@ -91,5 +92,7 @@ def score_partition(spark, spec, lake: Lake, date: dt.date, model_ref: dict, run
     table = lake.inference(spec.name)
     scored.write.mode("overwrite").partitionBy("ds").parquet(str(table))
     rows = partition_rows(table, date)
+    lineage.read(lineage.partition(features, date))   # the model version: by load_model
+    lineage.wrote(lineage.partition(table, date))
     log.info("%s: scored %d rows for %s with %s", spec.name, rows, ds(date), ref.uri)
     return rows

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipelines.core import lineage
 from pipelines.core.config import settings
 from pipelines.core.errors import MissingData, NotEnoughData
 from pipelines.core.lake import Lake, ds
@@ -153,6 +154,7 @@ def labelled_features(spark, spec, lake: Lake, start: dt.date, end: dt.date, as_
     if missing:
         log.warning("%s: %d label date(s) without labelled features (skipped): %s", spec.name, len(missing), missing)
     frame = frame.sort_values(["ds", spec.entity], kind="stable").reset_index(drop=True)
+    lineage.read(lineage.table(labels_path), *(lineage.partition(features_path, day) for day in frame["ds"].unique()))
     frame.attrs["labels_missing"] = int(unlabelled)   # counted in the training run's metrics
     return frame
 
@@ -328,6 +330,7 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
         mlflow.log_metrics({f"seconds_{name}": value for name, value in phases.seconds.items()})
     log.info("%s: training took %s", spec.name, phases)
     ref = tracking.ModelRef(spec.model.registered_name, str(version), run.info.run_id)
+    lineage.wrote(ref.as_dataset())
     log.info("%s: registered %s (run %s) with alias challenger", spec.name, ref.uri, ref.run_id)
     return challenger_xcom(ref, as_of, finite_or_none(metrics))
 

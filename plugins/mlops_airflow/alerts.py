@@ -51,9 +51,7 @@ def run_links(context) -> list[tuple[str, str]]:
     ti = (context or {}).get("ti")
     if ti is None:
         return []
-    from airflow.configuration import conf
-
-    base = conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
+    base = _airflow_base()
     return [("Airflow run", f"{base}/dags/{quote(ti.dag_id)}/runs/{quote(ti.run_id, safe='')}"),
             ("Airflow task", ti.log_url)]
 
@@ -79,3 +77,32 @@ def task_failed(context) -> None:
     use_case = max(owners, key=len)   # churn_v2_daily is churn_v2's, not churn's
     send(use_case, [alerts.task_failed(use_case, ti.dag_id, ti.task_id, run_day(context), context.get("exception"),
                                        ti.try_number)], context)
+
+
+def deadline_missed(use_case: str, deadline: str, context: dict | None = None) -> None:
+    """The daily DAG's deadline callback (``scoring.deadline``; Airflow runs it on an executor when a
+    run has not finished by then): alerts the use case's channels, except for a backfill's runs."""
+    from pipelines import alerts
+
+    context = context or {}
+    run, due = context.get("dag_run") or {}, (context.get("deadline") or {}).get("deadline_time")
+    alert = alerts.deadline_missed(use_case, run, deadline, due)
+    if alert is None:
+        log.info("%s: run %s past its deadline %s; not alerted (%s)", use_case, run.get("dag_run_id"), deadline,
+                 run.get("run_type"))
+        return
+    send(use_case, [alert.with_links(*dag_run_links(run))])
+
+
+def dag_run_links(run: dict) -> list[tuple[str, str]]:
+    """The Airflow UI's page of a run (as Airflow's API describes the run)."""
+    if not run.get("dag_id") or not run.get("dag_run_id"):
+        return []
+    base = _airflow_base()
+    return [("Airflow run", f"{base}/dags/{quote(run['dag_id'])}/runs/{quote(run['dag_run_id'], safe='')}")]
+
+
+def _airflow_base() -> str:
+    from airflow.configuration import conf
+
+    return conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")

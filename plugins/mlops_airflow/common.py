@@ -68,6 +68,21 @@ def schedule_window(spec: UseCaseSpec, timed: bool = True) -> dict:
     return window
 
 
+def daily_deadline(spec: UseCaseSpec):
+    """The daily DAG's deadline (``scoring.deadline``) as an Airflow deadline alert, or None: each
+    run's deadline is its logical date (the schedule's start) plus the wait up to that time of day;
+    a run still going then runs ``mlops_airflow.alerts.deadline_missed`` on an executor."""
+    wait = spec.scoring.deadline_after_start()
+    if wait is None:
+        return None
+    from airflow.sdk.definitions.callback import SyncCallback
+    from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
+
+    return DeadlineAlert(reference=DeadlineReference.DAGRUN_LOGICAL_DATE, interval=wait,
+                         callback=SyncCallback("mlops_airflow.alerts.deadline_missed",
+                                               kwargs={"use_case": spec.name, "deadline": spec.scoring.deadline}))
+
+
 @dataclass(frozen=True)
 class LifecycleAssets:
     """The data products a use case's DAGs produce and consume."""
@@ -147,7 +162,7 @@ WORK_SECONDS_KEY = "work_seconds"
 def measured(step):
     """Decorate a task function: time its own work and push it as the ``work_seconds`` XCom,
     so a task's total time in Airflow can be split into work and overhead
-    (``bench/bench_task_overhead.py`` reads both)."""
+    (``bench/bench_task_overhead.py`` reads both); its lineage record starts empty."""
     import functools
     import time
 
@@ -155,6 +170,9 @@ def measured(step):
     def run(*args, **kwargs):
         from airflow.sdk import get_current_context
 
+        from pipelines.core import lineage
+
+        lineage.forget()   # what this task reads and writes goes into its OpenLineage events
         started = time.perf_counter()
         try:
             return step(*args, **kwargs)

@@ -329,3 +329,33 @@ def test_live_performance_retraining_only_where_the_spec_asks_for_it(dagbag, tmp
     assert trigger.conf["trigger"] == "performance" and trigger.skip_when_already_exists
     snapshot = bag.dags["breast_cancer_daily"].get_task("measure_live_performance")
     assert snapshot.upstream_task_ids == {"validate_raw", "score_batch"} and snapshot.trigger_rule == "none_failed"
+
+
+def test_the_daily_dag_carries_the_specs_deadline_as_an_airflow_deadline_alert(dagbag, tmp_path, monkeypatch):
+    """`scoring.deadline: "06:30"` on a daily schedule: each run's deadline is its logical date plus
+    6 h 30 min, and a miss calls the project's alert callback on an executor; it survives the
+    serialization the scheduler reads. The shipped churn spec asks for 06:00."""
+    import datetime as dt
+
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.callback import SyncCallback
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    [shipped] = dagbag.dags["churn_daily"].deadline
+    assert shipped.interval == dt.timedelta(hours=6)
+    assert not dagbag.dags["wine_daily"].deadline
+    raw = yaml.safe_load((ROOT / "include/churn/spec.yaml").read_text())
+    raw["scoring"] = {"schedule": "15 1 * * *", "deadline": "06:30"}
+    (tmp_path / "churn").mkdir()
+    (tmp_path / "churn" / "spec.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "churn" / "expectations.yaml").write_text((ROOT / "include/churn/expectations.yaml").read_text())
+    monkeypatch.setenv("MLOPS_INCLUDE", str(tmp_path))
+    dag = DagBag(str(ROOT / "dags")).dags["churn_daily"]
+    [alert] = dag.deadline
+    assert alert.interval == dt.timedelta(hours=5, minutes=15)   # from the 01:15 start to 06:30
+    assert isinstance(alert.callback, SyncCallback)
+    assert alert.callback.path == "mlops_airflow.alerts.deadline_missed"
+    assert alert.callback.kwargs == {"use_case": "churn", "deadline": "06:30"}
+    assert DagSerialization.to_dict(dag)["dag"]["deadline"]
+    assert "deadline" in dag.doc_md

@@ -302,3 +302,24 @@ def test_the_helm_values_say_what_compose_says(config):
                       for q in _flags(config["services"][name]["command"])["--queues"].split(",")}
     assert compose_queues == {"default", SPARK_QUEUE, MODELS_QUEUE}
     assert values["volumes"][0]["persistentVolumeClaim"] and values["volumeMounts"][0]["mountPath"] == env["MLOPS_HOME"]
+
+
+def test_compose_sends_lineage_as_the_native_stack_does(config, tmp_path, monkeypatch):
+    """Both topologies hand every task's events to the project's extractor, in a thread, through a
+    file transport by default (compose: on the lake's volume, from .env)."""
+    import json
+
+    from scripts.services import lineage_settings
+
+    for key in ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG", "AIRFLOW__OPENLINEAGE__TRANSPORT"):
+        monkeypatch.delenv(key, raising=False)
+    native = lineage_settings(type("Stack", (), {"home": tmp_path})())
+    composed = config["services"]["airflow-scheduler"]["environment"]
+    for key in ("AIRFLOW__OPENLINEAGE__EXTRACTORS", "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD",
+                "AIRFLOW__OPENLINEAGE__NAMESPACE"):
+        assert str(composed[key]) == native[key], key
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    transport = json.loads(example["AIRFLOW__OPENLINEAGE__TRANSPORT"])
+    assert transport["type"] == json.loads(native["AIRFLOW__OPENLINEAGE__TRANSPORT"])["type"] == "file"
+    assert transport["log_file_path"].startswith(composed["MLOPS_LAKE"] + "/")

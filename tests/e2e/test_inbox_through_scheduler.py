@@ -107,10 +107,14 @@ def test_dropped_snapshots_land_wake_the_daily_dag_and_get_scored(story, tmp_pat
 def test_live_performance_beyond_its_bound_requests_a_training_through_the_scheduler(story):
     """The snapshot scored above, judged against a bound it cannot meet (a Brier score of 0: a
     ceiling no model reaches): a daily run for its date measures it, tells people, and starts
-    the training DAG with trigger=performance and the measured values as its reason."""
+    the training DAG with trigger=performance and the measured values as its reason.
+
+    The same spec sets a deadline a minute after each run's logical date (the run's date, long
+    past): Airflow's deadline alert fires while the run goes on, and people are told once."""
     import yaml
 
     from pipelines import runtime
+    from pipelines.core.waiting import wait_until
     from pipelines.models import tracking
 
     client, daily, training = story["client"], f"{UC}_daily", f"{UC}_training"
@@ -119,12 +123,13 @@ def test_live_performance_beyond_its_bound_requests_a_training_through_the_sched
     raw = yaml.safe_load(original)
     raw["monitoring"].update(cooldown_days=0, performance={"metric": "brier", "floor": 0.0, "min_labels": 50,
                                                           "consecutive_days": 1})
+    raw["scoring"] = {"schedule": "@daily", "deadline": "00:01"}   # a minute after a run's logical date
     champion = tracking.resolve_alias(runtime.spec(UC).model.registered_name, tracking.CHAMPION)
     try:
         spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
         runtime.forget_specs()
         client.wait_for_task(daily, "decide_performance_retraining")
-        run_id = client.trigger(daily, conf={"ds": SECOND.isoformat()})
+        run_id = client.trigger(daily, conf={"ds": SECOND.isoformat()}, logical_date=f"{SECOND}T00:00:00+00:00")
         run = client.wait_for_run(daily, run_id)
         states = {t["task_id"]: t["state"] for t in client.task_instances(daily, run_id)}
         assert run["state"] == "success" and states["trigger_retraining"] == "success", states
@@ -142,6 +147,10 @@ def test_live_performance_beyond_its_bound_requests_a_training_through_the_sched
         assert len(low) == 1 and f"{SECOND} live brier of v{champion.version} beyond its bound 0" in low[0]["title"]
         asked = [a for a in story_alerts(story, "retraining", UC) if "(performance)" in a["title"]]
         assert len(asked) == 1 and f"training run: performance__{SECOND}" in asked[0]["message"]
+        late = wait_until(lambda: [a for a in story_alerts(story, "deadline_missed", UC) if run_id in a["message"]],
+                          timeout=60, what="the deadline_missed alert of the late run")
+        assert len(late) == 1 and late[0]["title"].endswith("daily run not finished by its deadline, 00:01 UTC")
+        assert f"run: {run_id} (manual)" in late[0]["message"] and late[0]["type"] == "warning"
     finally:
         spec_file.write_text(original)
         runtime.forget_specs()

@@ -105,6 +105,57 @@ def test_inference_rows_per_scored_day(story):
         assert rows["customer_id"].is_unique and rows["model_version"].nunique() == 1
 
 
+def _lineage_events(story) -> list[dict]:
+    """The COMPLETE events the story's tasks sent through the stack's OpenLineage file transport."""
+    import json
+
+    from scripts.services import lineage_file
+
+    lines = lineage_file(story["stack"]).read_text().splitlines()
+    return [event for event in map(json.loads, lines) if event["eventType"] == "COMPLETE"]
+
+
+def _names(datasets: list[dict], kind: str) -> list[str]:
+    return [d["name"] for d in datasets if d["facets"]["datasetType"]["datasetType"] == kind]
+
+
+def test_lineage_chains_raw_clean_features_model_and_inference_of_one_day(story):
+    """OpenLineage events of the story's tasks: the scores of the last scored day come from a model
+    version and that day's features; the version from feature partitions; each features partition
+    from clean partitions, each validated from its raw partition: one chain, found by walking back."""
+    from pipelines import runtime
+    from pipelines.core.lake import Lake
+    from pipelines.models import tracking
+
+    lake, events = runtime.lake(), _lineage_events(story)
+    producer = {(d["namespace"], d["name"]): event for event in events for d in event["outputs"]}
+    day = BROKEN - dt.timedelta(days=1)
+    inference = str(Lake.partition(lake.inference(UC), day).absolute())
+    scoring = producer[("file", inference)]
+    assert scoring["job"]["name"] == f"{UC}_daily.score_batch", scoring["job"]
+    models = [d for d in scoring["inputs"] if d["facets"]["datasetType"]["datasetType"] == "MODEL"]
+    assert len(models) == 1, scoring["inputs"]
+    tags = {t["key"]: t["value"] for t in models[0]["facets"]["tags"]["tags"]}
+    assert models[0]["name"] == f"{tags['name']}/{tags['version']}" and "@" not in models[0]["namespace"]
+    assert tracking.client().get_model_version(tags["name"], tags["version"]).run_id == tags["run_id"]
+    features_of_day = str(Lake.partition(lake.features(UC), day).absolute())
+    assert features_of_day in _names(scoring["inputs"], "PARTITION")
+
+    training = producer[(models[0]["namespace"], models[0]["name"])]
+    assert training["job"]["name"] == f"{UC}_training.train_challenger"
+    trained_on = _names(training["inputs"], "PARTITION")
+    assert trained_on and all(name.startswith(str(lake.features(UC).absolute())) for name in trained_on)
+    for features in (trained_on[-1], features_of_day):   # model <- features and inference <- features
+        building = producer[("file", features)]
+        assert building["job"]["name"] == f"{UC}_daily.build_features"
+        clean = _names(building["inputs"], "PARTITION")
+        assert clean and all(c.split("/ds=")[1] < features.split("/ds=")[1] for c in clean)   # strictly before
+        validation = producer[("file", clean[-1])]
+        assert validation["job"]["name"] == f"{UC}_daily.validate_raw"
+        raw = str(Lake.partition(lake.raw(UC, clean[-1].split("/")[-2]), clean[-1].split("/ds=")[1]).absolute())
+        assert raw in _names(validation["inputs"], "PARTITION")
+
+
 def test_backfill_rerun_is_idempotent(story):
     """Re-running a scored day through Airflow replaces its partitions: same rows, no duplicates."""
     from pipelines import runtime

@@ -258,3 +258,45 @@ def test_a_failed_task_alerts_its_own_use_case(monkeypatch):
     assert alert.day == "2026-01-24" and "error: boom" in alert.details
     airflow_alerts.task_failed({"ti": SimpleNamespace(dag_id="other_daily", task_id="t", try_number=1)})
     assert len(sent) == 1
+
+
+# ----------------------------------------------------------------- deadlines
+DUE = "2026-01-24T06:00:00Z"
+RUN = {"dag_id": "churn_daily", "dag_run_id": "scheduled__2026-01-24T00:00:00+00:00", "run_type": "scheduled",
+       "logical_date": "2026-01-24T00:00:00Z", "queued_at": "2026-01-24T00:00:02.5Z", "state": "running",
+       "start_date": "2026-01-24T00:00:03Z"}
+
+
+@pytest.mark.parametrize("name, run, alerted", [
+    ("scheduled, late", RUN, True),
+    ("scheduled, created after its deadline (the scheduler was down)", {**RUN, "queued_at": "2026-01-24T09:00:00Z"},
+     True),
+    ("backfill", {**RUN, "run_type": "backfill", "queued_at": "2026-03-01T10:00:00Z"}, False),
+    ("manual", {**RUN, "run_type": "manual"}, True),
+    ("asset-woken", {**RUN, "run_type": "asset_triggered"}, True),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_missed_deadline_alerts_unless_a_backfill_re_ran_the_day(name, run, alerted):
+    alert = alerts.deadline_missed("churn", run, "06:00", DUE)
+    assert (alert is not None) is alerted, name
+    if alerted:
+        title, body = alerts.render(alert, "prod")
+        assert title == "[churn prod] 2026-01-24 daily run not finished by its deadline, 06:00 UTC"
+        assert f"run: {run['dag_run_id']} ({run['run_type']})" in body and "state: running" in body
+        assert f"deadline: {DUE}" in body and alert.event == AlertEvent.DEADLINE_MISSED
+
+
+def test_the_deadline_callback_tells_the_channels_once_with_a_link_to_the_run(monkeypatch, webhook):
+    """What Airflow's executor calls when a run misses its deadline (the context as the scheduler
+    builds it): one message at the webhook, linking the run; a backfill's miss sends nothing."""
+    from mlops_airflow.alerts import deadline_missed
+
+    _connection(monkeypatch, "team_hook", webhook.url_for("/hooks/mlops").replace("http://", "json://"))
+    _spec_with_channels(monkeypatch, {"connection": "team_hook", "events": ["deadline_missed"]})
+    context = {"dag_run": RUN, "deadline": {"id": "0192", "deadline_time": DUE}}
+    deadline_missed(use_case="churn", deadline="06:00", context=context)
+    deadline_missed(use_case="churn", deadline="06:00",
+                    context={**context, "dag_run": {**RUN, "run_type": "backfill"}})
+    posted = [json.loads(request.get_data()) for request, _ in webhook.log]
+    assert [p["title"] for p in posted] == ["[churn dev] 2026-01-24 daily run not finished by its deadline, 06:00 UTC"]
+    assert "/dags/churn_daily/runs/scheduled__2026-01-24T00%3A00%3A00%2B00%3A00" in posted[0]["message"]
+    assert posted[0]["type"] == "warning"

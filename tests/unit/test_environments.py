@@ -104,12 +104,12 @@ def test_acting_in_another_environment_leaves_the_process_own_paths_behind(inclu
 
 
 def test_a_spec_is_the_same_in_every_environment_but_its_named_overrides(include):
-    edit_spec(include, environments={"prod": {"training.max_rows": 500000, "scoring.schedule": "@hourly"}})
+    edit_spec(include, environments={"prod": {"training.max_rows": 500000, "scoring.schedule": "30 1 * * *"}})
     envs = load_environments(include)
     dev = load_spec(include / "churn", envs.get("dev"), envs.names)
     prod = load_spec(include / "churn", envs.get("prod"), envs.names)
     assert dev.training.max_rows == 200000 and prod.training.max_rows == 500000
-    assert prod.scoring.schedule == "@hourly" and dev.scoring.schedule == "@daily"
+    assert prod.scoring.schedule == "30 1 * * *" and dev.scoring.schedule == "@daily"
     assert dev.model.registered_name == "churn_classifier" and prod.model.registered_name == "prod.churn_classifier"
     assert prod.experiment("training") == "prod.churn-training" and dev.experiment("training") == "churn-training"
     assert prod.environment == "prod" and prod.deployment.pattern is Pattern.DEPLOY_MODELS

@@ -1,6 +1,7 @@
 """Spec loading: the real spec loads; every kind of mistake gives one readable line naming the
 file and the key (and a likely fix where there is one)."""
 import copy
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,35 @@ def test_every_column_type_has_a_storage_type():
     from pipelines.core.spec import ColumnType
 
     assert {t.value for t in ColumnType} == set(ARROW_TYPES)
+
+
+@pytest.mark.parametrize("scoring, wait", [
+    ({"schedule": "@daily", "deadline": "06:00"}, dt.timedelta(hours=6)),
+    ({"schedule": "30 2 * * *", "deadline": "06:00"}, dt.timedelta(hours=3, minutes=30)),
+    ({"schedule": "0 22 * * *", "deadline": "01:15"}, dt.timedelta(hours=3, minutes=15)),   # the next morning
+    ({"schedule": "0 6 * * *", "deadline": "06:00"}, dt.timedelta(days=1)),
+    ({"schedule": "@daily"}, None),
+])
+def test_a_deadline_is_a_wait_from_the_schedules_start(scoring, wait):
+    from pipelines.core.spec import ScoringSpec
+
+    assert ScoringSpec(**scoring).deadline_after_start() == wait
+
+
+@pytest.mark.parametrize("scoring, problem", [
+    ({"deadline": "6am"}, "scoring.deadline"),
+    ({"deadline": "24:00"}, "scoring.deadline"),
+    ({"schedule": None, "deadline": "06:00"}, "needs a schedule that runs once a day"),
+    ({"schedule": "@hourly", "deadline": "06:00"}, "needs a schedule that runs once a day"),
+    ({"schedule": "0 */2 * * *", "deadline": "06:00"}, "needs a schedule that runs once a day"),
+    ({"schedule": "0 6 * * 1", "deadline": "07:00"}, "needs a schedule that runs once a day"),
+])
+def test_a_deadline_needs_a_time_of_day_and_a_daily_schedule(tmp_path, scoring, problem):
+    from pipelines.core.spec import load_spec
+
+    raw = copy.deepcopy(CHURN)
+    raw["scoring"] = scoring
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError) as err:
+        load_spec(tmp_path / "spec.yaml")
+    assert problem in str(err.value) and "scoring.deadline" in str(err.value)

@@ -36,6 +36,7 @@ class AlertEvent(enum.StrEnum):
     ROLLOUT = "rollout"                       # a rollout advanced, completed or was rolled back
     ROLLBACK = "rollback"                     # @champion was moved back
     PERFORMANCE_LOW = "performance_low"       # live performance under its bound
+    DEADLINE_MISSED = "deadline_missed"       # a scheduled day's run had not finished by scoring.deadline
 
 
 class AlertChannel(_Section):

@@ -345,13 +345,46 @@ class PromotionSpec(_Section):
 
 
 class ScoringSpec(_Section):
+    """When the daily run runs, and (``deadline``, ``HH:MM`` UTC) by when each scheduled day's run
+    must have finished: a run still going then alerts ``deadline_missed``."""
+
     schedule: str | None = "@daily"   # null: on demand (a manual run) and on each ingest through the inbox
+    deadline: str | None = Field(None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 
     @model_validator(mode="after")
     def _valid_schedule(self):
-        if problems := _schedule_problems(self.schedule):
+        problems = _schedule_problems(self.schedule)
+        if self.deadline and not problems and (self.schedule is None or not daily_time(self.schedule)):
+            problems.append(("deadline", f"needs a schedule that runs once a day at a fixed time, not "
+                                         f"{self.schedule!r} (e.g. '@daily' or '30 2 * * *')"))
+        if problems:
             raise broken(*problems)
         return self
+
+    def deadline_after_start(self) -> dt.timedelta | None:
+        """How long after its scheduled start (its logical date) a day's run must have finished:
+        from the schedule's time of day to ``deadline``, the next day's when it comes earlier."""
+        start = daily_time(self.schedule) if self.deadline and self.schedule else None
+        if start is None:
+            return None
+        hours, minutes = map(int, self.deadline.split(":"))
+        wait = dt.timedelta(hours=hours, minutes=minutes) - dt.timedelta(hours=start.hour, minutes=start.minute)
+        return wait if wait > dt.timedelta(0) else wait + dt.timedelta(days=1)
+
+
+def daily_time(schedule: str) -> dt.time | None:
+    """The time of day a once-a-day schedule starts its runs (None: not once a day at a fixed time)."""
+    if schedule == "@daily":
+        return dt.time()
+    if schedule.startswith("@") or not valid_schedule(schedule):
+        return None
+    fields = schedule.split()
+    if len(fields) != 5:
+        return None
+    minute, hour, day, month, weekday = fields
+    if not (minute.isdigit() and hour.isdigit()) or (day, month, weekday) != ("*", "*", "*"):
+        return None
+    return dt.time(int(hour), int(minute))
 
 
 class RolloutBudgets(_Section):
