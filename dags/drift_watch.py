@@ -54,7 +54,7 @@ def build_drift_watch(spec):
                 print(f"no retraining: {decision['reason']}")
                 return None
             request = runtime.request_retraining(use_case, decision)
-            alert(use_case, alerts.retraining(use_case, {**request, "ds": decision["ds"]}))
+            alert(use_case, alerts.retraining(use_case, request))
             return request
 
         request = decide_retraining(decision.output)

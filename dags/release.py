@@ -94,10 +94,10 @@ def build_release(spec, tested: str = "staging", last: str = "prod"):
         @measured
         def pass_staging(staged: dict, results: list[dict]) -> dict:
             """Every staging test passed: record it; the version becomes staging's champion."""
-            from pipelines import alerts, releases, runtime
+            from pipelines import alerts, releases
             passed = releases.pass_staging(use_case, staged, results)
             alert(use_case, alerts.approval_waiting(use_case, f"release into {last}", staged["version"], "",
-                                                    runtime.settings().mlflow_tracking_uri, staged["name"]))
+                                                    staged["name"]))
             return passed
 
         @task

@@ -106,10 +106,8 @@ def build_training(spec):
                 review = ti.xcom_pull(task_ids="review_challenger", key=REVIEW_XCOM)
             with in_environment(params):
                 decision = runtime.decide(use_case, evaluation, review)
-                the_spec = runtime.spec(use_case)
                 alert(use_case, alerts.gate_decision(use_case, decision, evaluation.get("as_of", ""),
-                                                     runtime.settings().mlflow_tracking_uri,
-                                                     the_spec.model.registered_name))
+                                                     runtime.spec(use_case).model.registered_name))
             return decision
 
         evaluation = evaluate_challenger(train_challenger())
@@ -120,11 +118,10 @@ def build_training(spec):
             @task.short_circuit(ignore_downstream_trigger_rules=False)
             def passed_gate(evaluation: dict) -> bool:
                 """Ask a reviewer only about a challenger the gate let through (and tell them)."""
-                from pipelines import alerts, runtime
+                from pipelines import alerts
                 if evaluation["eligible"]:
                     version = (evaluation["challenger"] or {}).get("version")
                     alert(use_case, alerts.approval_waiting(use_case, "promotion", version, evaluation.get("as_of", ""),
-                                                            runtime.settings().mlflow_tracking_uri,
                                                             spec.model.registered_name))
                 return bool(evaluation["eligible"])
 

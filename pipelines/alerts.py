@@ -36,6 +36,7 @@ class Alert:
     details: tuple[str, ...] = ()                  # one line each: the columns, checks, values, reasons
     links: tuple[tuple[str, str], ...] = field(default=())   # (what, URL or path)
     severity: str = Severity.INFO
+    model: tuple[str, str] | None = None           # (registered name, version) it is about: linked in MLflow
 
     def with_links(self, *links: tuple[str, str]) -> "Alert":
         return replace(self, links=self.links + tuple(link for link in links if link[1]))
@@ -47,9 +48,10 @@ def one_line(text: object, limit: int = LINE_LIMIT) -> str:
     return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
-def render(alert: Alert, environment: str) -> tuple[str, str]:
+def render(alert: Alert, environment: str, tracking_uri: str | None = None) -> tuple[str, str]:
     """(title, body) of an alert: the title names the use case, environment, date and what
-    happened; the body adds the details and the links."""
+    happened; the body adds the details and the links (the model version's MLflow page first,
+    when the tracking server has a UI)."""
     day = f" {alert.day}" if alert.day else ""
     title = one_line(f"[{alert.use_case} {environment}]{day} {alert.headline}", TITLE_LIMIT)
     facts = f"use case: {alert.use_case} | environment: {environment} | event: {alert.event.value}" + (
@@ -59,8 +61,10 @@ def render(alert: Alert, environment: str) -> tuple[str, str]:
     lines += [f"- {one_line(d)}" for d in shown]
     if len(alert.details) > len(shown):
         lines.append(f"- … and {len(alert.details) - len(shown)} more")
-    if alert.links:
-        lines += ["", *(f"{one_line(what, 60)}: {one_line(where, 1000)}" for what, where in alert.links)]
+    links = [(what, where) for what, where in (
+        (model_version_link(tracking_uri, *alert.model),) if alert.model else ()) + alert.links if where]
+    if links:
+        lines += ["", *(f"{one_line(what, 60)}: {one_line(where, 1000)}" for what, where in links)]
     return title, "\n".join(lines)
 
 
@@ -131,7 +135,7 @@ def deadline_missed(use_case: str, dag_run: dict, deadline: str, deadline_time: 
                  severity=Severity.WARNING)
 
 
-def gate_decision(use_case: str, decision: dict, day: str, tracking_uri: str | None, model: str) -> Alert | None:
+def gate_decision(use_case: str, decision: dict, day: str, model: str) -> Alert | None:
     """A promotion decision (``runtime.decide``): not promoted, with the gate's failing checks or
     the reviewer's no; promoted; or rolling out. None while it waits for a reviewer."""
     if decision.get("outcome") not in GATE_OUTCOMES:
@@ -145,16 +149,13 @@ def gate_decision(use_case: str, decision: dict, day: str, tracking_uri: str | N
                f"champion before: v{decision.get('champion_version')}" if decision.get("champion_version")
                else "no champion before")
     return Alert(use_case, event, f"challenger v{version} {verb}", day, details,
-                 (model_version_link(tracking_uri, model, version), ("model card", decision.get("card") or "")),
-                 severity)
+                 (("model card", decision.get("card") or ""),), severity, (model, str(version)))
 
 
-def approval_waiting(use_case: str, what: str, version: object, day: str, tracking_uri: str | None,
-                     model: str) -> Alert:
+def approval_waiting(use_case: str, what: str, version: object, day: str, model: str) -> Alert:
     """A promotion or a release (``what``) of ``model`` v``version`` waits for a person's answer."""
     return Alert(use_case, AlertEvent.APPROVAL_WAITING, f"{what}: {model} v{version} waits for your approval", day,
-                 ("answer in Airflow: the task's page, or Browse > Required Actions",),
-                 (model_version_link(tracking_uri, model, version),))
+                 ("answer in Airflow: the task's page, or Browse > Required Actions",), model=(model, str(version)))
 
 
 ROLLOUT_ACTIONS = {"advance": "advanced", "complete": "completed", "report": "completed",
@@ -184,7 +185,9 @@ def rollback(use_case: str, done: dict) -> Alert:
     return Alert(use_case, AlertEvent.ROLLBACK,
                  f"{done.get('model')} @champion rolled back v{done.get('from_version')} -> v{done.get('to_version')}",
                  "", (f"reason: {done.get('reason', '')}", f"by: {done.get('requested_by', '')}",
-                      f"at: {done.get('at', '')}"), severity=Severity.WARNING)
+                      f"at: {done.get('at', '')}"), severity=Severity.WARNING,
+                 model=(str(done["model"]), str(done["to_version"])) if done.get("model") and done.get("to_version")
+                 else None)
 
 
 def _number(value) -> str:

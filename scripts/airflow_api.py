@@ -261,5 +261,11 @@ def _slept(seconds: float) -> bool:
 
 
 def _log_line(entry) -> str:
-    """A log entry as text: a structured entry's event, a plain one as it is."""
-    return str(entry.get("event", entry)) if isinstance(entry, dict) else str(entry)
+    """A log entry as text: a structured entry's event, with the type and message of the exception
+    it carries (structlog's ``exception``, or ``error_detail``); a plain one as it is."""
+    if not isinstance(entry, dict):
+        return str(entry)
+    raised = entry.get("exception") or entry.get("error_detail")
+    errors = [f"{e.get('exc_type', '')}: {e.get('exc_value', '')}" for e in raised or []
+              if isinstance(e, dict) and e.get("exc_type")] if isinstance(raised, list) else []
+    return " | ".join([str(entry.get("event", entry)), *errors])

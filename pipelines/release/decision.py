@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from pipelines.core.spec import Approval
+from pipelines.core.bounds import Bound
+from pipelines.core.spec import Approval, Metric
 
 
 @dataclass(frozen=True)
@@ -68,32 +69,33 @@ class PromotionDecision:
     champion_version: str | None
 
 
-def decide_promotion(metric: str, challenger: float, champion: float | None, floor: float | None,
-                     min_improvement: float, champion_version: str | None = None,
-                     higher_is_better: bool = True) -> PromotionDecision:
+def decide_promotion(metric: Metric | str, challenger: float, champion: float | None, floor: float | None,
+                     min_improvement: float, champion_version: str | None = None) -> PromotionDecision:
     """Pure promotion rule: see the module docstring. For a lower-is-better metric (RMSE, Brier)
-    the floor is a ceiling and the gain is the decrease."""
-    def done(ok: bool, why: str) -> PromotionDecision:
-        return PromotionDecision(ok, why, metric, challenger, champion, champion_version)
+    the floor is a ceiling and the gain is the decrease (the metric knows its direction)."""
+    metric = Metric(metric)
 
-    sign = 1.0 if higher_is_better else -1.0
+    def done(ok: bool, why: str) -> PromotionDecision:
+        return PromotionDecision(ok, why, metric.value, challenger, champion, champion_version)
+
     if challenger is None or not math.isfinite(challenger):
-        return done(False, f"challenger {metric} is undefined (NaN) on the holdout")
-    bound = "floor" if higher_is_better else "ceiling"
-    if floor is not None and sign * (challenger - floor) < 0:
-        where = "below the floor" if higher_is_better else "above the ceiling"
-        return done(False, f"challenger {metric} {challenger:.4f} is {where} {floor:.4f}")
-    passes = f"passes the {bound} {floor:.4f}" if floor is not None else f"is defined (no {bound} set)"
+        return done(False, f"challenger {metric.value} is undefined (NaN) on the holdout")
+    bound = Bound(metric, floor) if floor is not None else None
+    if bound is not None and not bound.holds(challenger):
+        where = "below the floor" if bound.kind == "floor" else "above the ceiling"
+        return done(False, f"challenger {metric.value} {challenger:.4f} is {where} {floor:.4f}")
+    kind = Bound(metric, 0.0).kind
+    passes = f"passes the {kind} {floor:.4f}" if floor is not None else f"is defined (no {kind} set)"
     if champion_version is None:
-        return done(True, f"first model: {metric} {challenger:.4f} {passes}")
+        return done(True, f"first model: {metric.value} {challenger:.4f} {passes}")
     if champion is None or not math.isfinite(champion):
-        return done(True, f"champion v{champion_version} {metric} is undefined on the holdout; "
+        return done(True, f"champion v{champion_version} {metric.value} is undefined on the holdout; "
                           f"challenger {challenger:.4f} {passes}")
-    gain = sign * (challenger - champion)
+    gain = metric.gain(challenger, champion)
     if gain >= min_improvement:
-        return done(True, f"challenger {metric} {challenger:.4f} beats champion v{champion_version} "
+        return done(True, f"challenger {metric.value} {challenger:.4f} beats champion v{champion_version} "
                           f"{champion:.4f} by {gain:+.4f} (margin {min_improvement:.4f})")
-    return done(False, f"challenger {metric} {challenger:.4f} does not beat champion v{champion_version} "
+    return done(False, f"challenger {metric.value} {challenger:.4f} does not beat champion v{champion_version} "
                        f"{champion:.4f} by the margin {min_improvement:.4f} (gain {gain:+.4f})")
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.core.bounds import Bound
 from pipelines.core.spec import (CalibrationCheck, CheckKind, CheckMode, FairnessCheck, FairnessMeasure, LatencyCheck,
                                  MetricCheck, SchemaCheck, SlicesCheck, TaskType)
 from pipelines.features.slices import groups_of
@@ -138,9 +139,8 @@ def metric_check(check: MetricCheck, task, holdout: Holdout) -> CheckVerdict:
     champion = (task.metrics(holdout.y, holdout.champion).get(metric.value, float("nan"))
                 if holdout.champion is not None else None)
     compare = check.min_improvement is not None and holdout.champion_version is not None
-    decision = decide_promotion(metric.value, value, champion if compare else None, check.floor,
-                                check.min_improvement or 0.0, holdout.champion_version if compare else None,
-                                higher_is_better=metric.higher_is_better)
+    decision = decide_promotion(metric, value, champion if compare else None, check.floor,
+                                check.min_improvement or 0.0, holdout.champion_version if compare else None)
     reason = decision.reason
     if holdout.champion_version is not None and not compare:   # judged on its own, not as a first model
         reason = reason.removeprefix("first model: ")
@@ -158,7 +158,6 @@ def slices_check(check: SlicesCheck, task, holdout: Holdout, default_metric) -> 
     """Per slice of each column: the challenger may fall below the champion by at most
     ``max_regression`` (or, with no champion, below ``floor`` when set)."""
     metric = check.metric or default_metric
-    sign = 1.0 if metric.higher_is_better else -1.0
     results: list[CheckResult] = []
     row = lambda subject, status, detail, **kw: CheckResult(check.name, kind_of(check), _mode(check),  # noqa: E731
                                                             subject, status, detail=detail, **kw)
@@ -183,16 +182,17 @@ def slices_check(check: SlicesCheck, task, holdout: Holdout, default_metric) -> 
                 results.append(row(subject, FAILED, f"{subject}: challenger {metric.value} is undefined (NaN) on "
                                                     f"{count} rows", threshold=check.max_regression, **common))
             elif theirs is not None and _finite(theirs):
-                regression = sign * (theirs - mine)
+                regression = metric.gain(theirs, mine)   # how much better the champion is
                 ok = regression <= check.max_regression
                 results.append(row(subject, PASSED if ok else FAILED,
                                    f"{subject}: {metric.value} {mine:.4f} vs champion v{holdout.champion_version} "
                                    f"{theirs:.4f} (regression {regression:+.4f}, at most {check.max_regression:.4f})",
                                    threshold=check.max_regression, **common))
             elif check.floor is not None and theirs is None:
-                ok = sign * (mine - check.floor) >= 0
+                ok = Bound(metric, check.floor).holds(mine)
                 results.append(row(subject, PASSED if ok else FAILED,
-                                   f"{subject}: {metric.value} {mine:.4f} against the floor {check.floor:.4f}",
+                                   f"{subject}: {metric.value} {mine:.4f} against the "
+                                   f"{Bound(metric, check.floor).kind} {check.floor:.4f}",
                                    threshold=check.floor, **common))
             else:
                 why = "champion undefined on it" if theirs is not None else "no champion to compare"

@@ -375,7 +375,7 @@ def ab_outcome(spec, lake, state: RolloutState) -> tuple[str, str]:
         return CHAMPION_ARM, (f"A/B test ended without labelled answers for both arms "
                               f"({ {arm: n for arm, (_, n) in results.items()} }); champion kept")
     (cand, n_cand), (champ, n_champ) = known[CANDIDATE_ARM], known[CHAMPION_ARM]
-    better = cand > champ if metric.higher_is_better else cand < champ
+    better = metric.gain(cand, champ) > 0
     summary = (f"A/B {metric.value}: candidate v{state.candidate} {cand:.4f} on {n_cand} labelled answers, champion "
                f"v{state.champion} {champ:.4f} on {n_champ}")
     return (CANDIDATE_ARM, summary + "; the candidate wins") if better else (CHAMPION_ARM, summary + "; champion kept")

@@ -19,13 +19,15 @@ def send(use_case: str, alerts, context=None) -> int:
     its event is routed to in the use case's spec, with links to this run; how many went out."""
     from pipelines import runtime
     from pipelines.alerts import one_line, render
+    from pipelines.models.tracking import registry_name
 
     spec, sent = runtime.spec(use_case), 0
+    registry = registry_name(runtime.settings().mlflow_tracking_uri)   # its UI links each model version
     for alert in alerts:
         connections = spec.alerts.connections_for(alert.event) if alert is not None else []
         if not connections:
             continue
-        title, body = render(alert.with_links(*run_links(context)), spec.environment)
+        title, body = render(alert.with_links(*run_links(context)), spec.environment, registry)
         for connection in connections:
             try:
                 _notifier(connection, title, body, alert.severity).notify(context or {})

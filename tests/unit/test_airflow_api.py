@@ -44,3 +44,18 @@ def test_logical_day_of_a_run(run, day):
     from scripts.airflow_api import logical_day
 
     assert logical_day(run) == day
+
+
+@pytest.mark.parametrize("entry, line", [
+    ("plain text", "plain text"),
+    ({"event": "Task failed", "exception": [{"exc_type": "ChampionLost", "exc_value": "v3 is gone", "frames": []}]},
+     "Task failed | ChampionLost: v3 is gone"),
+    ({"event": "Task failed", "error_detail": [{"exc_type": "KeyError", "exc_value": "'x'"},
+                                               {"exc_type": "RuntimeError", "exc_value": "wrapped"}]},
+     "Task failed | KeyError: 'x' | RuntimeError: wrapped"),
+    ({"event": "Done.", "exception": "not a list"}, "Done."),
+])
+def test_a_failure_log_line_carries_the_exception_text(entry, line):
+    from scripts.airflow_api import _log_line
+
+    assert _log_line(entry) == line

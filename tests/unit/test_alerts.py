@@ -42,7 +42,7 @@ CASES = [
     ("gate", lambda: alerts.gate_decision("churn", {
         "outcome": "rejected", "reason": "gate failed: roc_auc 0.71 < floor 0.75", "metric": "roc_auc",
         "challenger_value": 0.7104, "champion_value": 0.8123, "champion_version": "3", "challenger_version": "5",
-        "failing": ["roc_auc", "slices"], "card": "/reports/churn/model_card_v5.html"}, "2026-01-22", MLFLOW,
+        "failing": ["roc_auc", "slices"], "card": "/reports/churn/model_card_v5.html"}, "2026-01-22",
         "churn_classifier"),
      AlertEvent.GATE_REJECTED, "[churn dev] 2026-01-22 challenger v5 rejected",
      ["failing checks: roc_auc, slices", "roc_auc: challenger 0.7104, champion 0.8123", "champion before: v3",
@@ -51,10 +51,10 @@ CASES = [
     ("promoted", lambda: alerts.gate_decision("churn", {"outcome": "rolling_out", "reason": "gate passed",
                                                         "challenger_version": "6", "metric": "roc_auc",
                                                         "challenger_value": 0.9, "champion_version": "3"},
-                                              "2026-01-23", None, "churn_classifier"),
+                                              "2026-01-23", "churn_classifier"),
      AlertEvent.PROMOTED, "[churn dev] 2026-01-23 challenger v6 passed the gate: rolling out",
      ["reason: gate passed", "champion before: v3", "failing checks: none"]),
-    ("approval", lambda: alerts.approval_waiting("churn", "promotion", "6", "2026-01-23", MLFLOW, "churn_classifier"),
+    ("approval", lambda: alerts.approval_waiting("churn", "promotion", "6", "2026-01-23", "churn_classifier"),
      AlertEvent.APPROVAL_WAITING, "[churn dev] 2026-01-23 promotion: churn_classifier v6 waits for your approval",
      ["Browse > Required Actions"]),
     ("rollout", lambda: alerts.rollout("churn", {"action": "advance", "reason": "step within budget",
@@ -66,7 +66,7 @@ CASES = [
      AlertEvent.ROLLOUT, "[churn dev] rollout of v? rolled back", ["reason: p99 480 ms > 250"]),
     ("rollback", lambda: alerts.rollback("churn", {"model": "churn_classifier", "from_version": "6", "to_version": "3",
                                                    "reason": "drill", "requested_by": "admin", "at": "2026-01-24"}),
-     AlertEvent.ROLLBACK, "[churn dev] churn_classifier @champion rolled back v6 -> v3", ["by: admin"]),
+     AlertEvent.ROLLBACK, "[churn dev] churn_classifier @champion rolled back v6 -> v3", ["by: admin", f"MLflow version: {MLFLOW}/#/models/churn_classifier/versions/3"]),
     ("task failed", lambda: alerts.task_failed("churn", "churn_daily", "score_batch", "2026-01-24",
                                                "ModelArtifactsMissing: v3's files are gone", 3),
      AlertEvent.TASK_FAILED, "[churn dev] 2026-01-24 churn_daily.score_batch failed",
@@ -78,7 +78,7 @@ CASES = [
 def test_each_event_says_what_happened_where_and_when(name, build, event, title, in_body):
     alert = build()
     assert alert.event is event
-    shown_title, body = alerts.render(alert, "dev")
+    shown_title, body = alerts.render(alert, "dev", MLFLOW)
     assert shown_title == title
     assert f"use case: churn | environment: dev | event: {event.value}" in body
     for text in in_body:
@@ -88,7 +88,7 @@ def test_each_event_says_what_happened_where_and_when(name, build, event, title,
 def test_nothing_to_say_when_nothing_moved():
     assert alerts.rollout("churn", {"action": "wait", "reason": "window not over", "state": {}}) is None
     assert alerts.rollout("churn", {"tested": True, "passed": True, "reason": "ok"}) is None
-    assert alerts.gate_decision("churn", {"outcome": "awaiting_approval"}, "", MLFLOW, "m") is None
+    assert alerts.gate_decision("churn", {"outcome": "awaiting_approval"}, "", "m") is None
     assert alerts.quarantined("churn", [_report(True)]) == []
 
 
@@ -105,6 +105,10 @@ def test_hostile_text_stays_one_line_of_text():
 
 def test_links_only_where_there_is_a_page():
     assert alerts.model_version_link("sqlite:///x.db", "m", "3") == ("MLflow version", "")
+    approval = alerts.approval_waiting("churn", "promotion", "6", "", "m")
+    assert "MLflow version" not in alerts.render(approval, "dev", "sqlite:///x.db")[1]
+    assert "MLflow version" not in alerts.render(approval, "dev")[1]
+    assert f"MLflow version: {MLFLOW}/#/models/m/versions/6" in alerts.render(approval, "dev", MLFLOW)[1]
     assert alerts.model_version_link(MLFLOW + "/", "a b/c", "3")[1] == f"{MLFLOW}/#/models/a%20b%2Fc/versions/3"
     alert = alerts.rollback("churn", {"model": "m"}).with_links(("Airflow run", ""), ("Airflow task", "http://a/t"))
     assert alert.links == (("Airflow task", "http://a/t"),)
@@ -200,7 +204,7 @@ def test_an_alert_reaches_an_smtp_server_and_a_webhook_once_each(monkeypatch, sm
                         {"connection": "team_hook", "events": ["gate_rejected"]})
     rejected = alerts.gate_decision("churn", {"outcome": "rejected", "reason": "gate failed: <b>roc_auc</b>",
                                               "challenger_version": "5", "metric": "roc_auc"}, "2026-01-22",
-                                    MLFLOW, "churn_classifier")
+                                    "churn_classifier")
     quarantine = alerts.quarantined("churn", [_report(False, [RuleFailure("not null", "id", "2 rows")])])
     assert send("churn", [rejected, *quarantine, None]) == 3
     assert [m["subject"] for m in smtp_inbox.messages] == ["[churn dev] 2026-01-22 challenger v5 rejected",

@@ -178,3 +178,40 @@ def test_an_empty_variable_keeps_the_shared_value(monkeypatch):
     from dotenv import dotenv_values
 
     assert service_settings()["MLOPS_SPARK_SHUFFLE_PARTITIONS"] == dotenv_values(SERVICES_ENV)["MLOPS_SPARK_SHUFFLE_PARTITIONS"]
+
+
+def test_the_mailbox_keeps_a_message_and_refuses_one_over_its_size(tmp_path):
+    """The stack's own mailbox command, started for real: an alert lands as a file in its Maildir;
+    a 2 MB message is refused (552) and leaves nothing behind."""
+    import smtplib
+    import subprocess
+    from email.message import EmailMessage
+
+    from pipelines.core.waiting import wait_until
+    from tests.conftest import free_port
+
+    stack = Stack(home=tmp_path, alerts_port=free_port())
+    command = {p.name: p for p in stack.programs()}["alerts-mailbox"].command
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def connect():
+            return smtplib.SMTP("127.0.0.1", stack.alerts_port, timeout=5)
+
+        smtp = wait_until(connect, timeout=30, interval=0.2, retry_on=(OSError,), what="the mailbox to listen")
+
+        def message(body: str) -> EmailMessage:
+            mail = EmailMessage()
+            mail["From"], mail["To"], mail["Subject"] = "mlops@localhost", "team@localhost", "[churn dev] test"
+            mail.set_content(body)
+            return mail
+
+        with smtp:
+            smtp.send_message(message("a small alert"))
+            with pytest.raises(smtplib.SMTPException) as refused:
+                smtp.send_message(message("x" * (2 << 20)))
+        assert "552" in str(refused.value) or getattr(refused.value, "smtp_code", None) == 552
+        kept = list((tmp_path / "alerts" / "new").iterdir())
+        assert len(kept) == 1 and "a small alert" in kept[0].read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -76,21 +76,20 @@ def test_promotion_rule(challenger, champion, version, promote, why):
     (0.13, 0.12, "3", False, "does not beat"),          # worse
 ])
 def test_promotion_rule_for_lower_is_better_metric(challenger, champion, version, promote, why):
-    d = decide_promotion("brier", challenger, champion, floor=0.25, min_improvement=0.01, champion_version=version,
-                         higher_is_better=False)
+    d = decide_promotion("brier", challenger, champion, floor=0.25, min_improvement=0.01, champion_version=version)
     assert d.promote is promote and why in d.reason
 
 
-@pytest.mark.parametrize("metric,higher,challenger,champion,version,promote,why", [
-    ("rmse", False, 40.0, None, None, True, "first model: rmse 40.0000 is defined (no ceiling set)"),
-    ("rmse", False, 38.0, 40.0, "2", True, "beats champion v2 40.0000 by +2.0000"),
-    ("rmse", False, 41.0, 40.0, "2", False, "does not beat"),
-    ("f1_macro", True, 0.9, None, None, True, "no floor set"),
-    ("f1_macro", True, float("nan"), None, None, False, "NaN"),
+@pytest.mark.parametrize("metric,challenger,champion,version,promote,why", [
+    ("rmse", 40.0, None, None, True, "first model: rmse 40.0000 is defined (no ceiling set)"),
+    ("rmse", 38.0, 40.0, "2", True, "beats champion v2 40.0000 by +2.0000"),
+    ("rmse", 41.0, 40.0, "2", False, "does not beat"),
+    ("f1_macro", 0.9, None, None, True, "no floor set"),
+    ("f1_macro", float("nan"), None, None, False, "NaN"),
 ])
-def test_promotion_rule_without_a_floor(metric, higher, challenger, champion, version, promote, why):
+def test_promotion_rule_without_a_floor(metric, challenger, champion, version, promote, why):
     d = decide_promotion(metric, challenger, champion, floor=None, min_improvement=1.0 if metric == "rmse" else 0.01,
-                         champion_version=version, higher_is_better=higher)
+                         champion_version=version)
     assert d.promote is promote and why in d.reason
 
 

@@ -59,6 +59,10 @@ class Metric(enum.StrEnum):
     def higher_is_better(self) -> bool:
         return self not in {Metric.BRIER, Metric.LOG_LOSS, Metric.RMSE, Metric.MAE}
 
+    def gain(self, value: float, reference: float) -> float:
+        """How much better ``value`` is than ``reference`` in this metric's direction (negative: worse)."""
+        return value - reference if self.higher_is_better else reference - value
+
     @property
     def tasks(self) -> set[TaskType]:
         return _METRIC_TASKS[self]
