@@ -15,6 +15,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from pipelines.core.waiting import wait_until
 
+ANSWER_AFTER_S = 3.0   # how long a task waits for input before the scripted reviewer answers
 TERMINAL = {"success", "failed"}
 
 
@@ -216,29 +217,31 @@ class AirflowClient:
 
         An answer given within a second of the question can be lost: the scheduler may handle the
         task's pause only after the answer queued it again, count that as the task changing state
-        externally and retry it, and the retry asks again. A retry that asks again gets the same
-        answer, as a reviewer would give it."""
+        externally and retry it, and the retry asks again. So the answer is given once the task has
+        waited ``ANSWER_AFTER_S`` seconds (a person never answers sooner); a retry that asks again
+        gets the same answer, as a reviewer would give it."""
         from airflow_client.client.exceptions import NotFoundException
 
         body = self._client.UpdateHITLDetailPayload(chosen_options=["Approve" if approve else "Reject"],
                                                     params_input={"comment": comment})
+        waiting_since: dict[int, float] = {}   # per try: when it was first seen waiting for input
 
         def answered():
             task = next(t for t in self.task_instances(dag_id, run_id) if t["task_id"] == task_id)
             if task["state"] in ("success", "skipped", "failed", "upstream_failed"):
                 return task
             if task["state"] == "awaiting_input":
+                since = waiting_since.setdefault(task.get("try_number") or 0, time.monotonic())
                 try:
                     detail = _plain(self.tis_api.get_hitl_detail(dag_id, run_id, task_id, -1))
                 except NotFoundException:
                     return None
-                if not detail.get("response_received"):
+                if time.monotonic() - since >= ANSWER_AFTER_S and not detail.get("response_received"):
                     self.tis_api.update_hitl_detail(dag_id, run_id, task_id, -1, body)
             self.check_healthy()
             return None
 
-        self.tis_api.update_hitl_detail(dag_id, run_id, task_id, -1, body)
-        return wait_for(answered, timeout, interval=2, what=f"{dag_id} {run_id} {task_id} acting on the review")
+        return wait_for(answered, timeout, interval=1, what=f"{dag_id} {run_id} {task_id} acting on the review")
 
     def active_runs(self, dag_ids: list[str]) -> list[tuple[str, str]]:
         return [(d, r["dag_run_id"]) for d in dag_ids for r in self.runs(d) if r["state"] not in TERMINAL]
