@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 
 from mlops_airflow.common import (DEFAULT_ARGS, MODELS_QUEUE, alert, dag_tags, lifecycle_assets, measured,
-                                  schedule_window, use_cases)
+                                  schedule_window, triggered_by, use_cases)
 
 DOC = """
 ### {name}: roll the candidate out to live traffic ({strategy})
@@ -27,7 +27,9 @@ and on a manual trigger, this DAG:
 
 The state is the `rollout.state` tag on `{model}` (the service follows it within seconds); the
 history is the `rollouts` monitoring table. `mlops rollout status {name}` prints both;
-`mlops rollout stop {name} --reason ...` rolls back by hand.
+`mlops rollout stop {name} --reason ...` rolls back by hand; so does a manual run of this DAG with
+**stop_reason** filled in (the control room's "Stop the rollout" button): no load test, no
+judging, the candidate back to 0% with the reason and who asked.
 """
 
 
@@ -51,28 +53,43 @@ def build_rollout(spec):
                           seconds=deployment.load_test.seconds, window=deployment.window_minutes,
                           min_requests=deployment.min_requests, steps=steps, model=spec.model.registered_name),
         description=f"{use_case}: move a candidate version to live traffic ({deployment.strategy.value})",
+        params={"stop_reason": Param("", type="string", maxLength=500, title="Stop the rollout: reason",
+                                     description="Filled in: roll the running rollout back to 0% now (the champion "
+                                                 "keeps all traffic). Empty: judge the step as scheduled.")},
         **schedule_window(spec),
     )
     def rollout():
         @task(queue=MODELS_QUEUE)
         @measured
-        def load_test_candidate() -> dict:
+        def load_test_candidate(params=None) -> dict:
             from pipelines import alerts, runtime
+            if (params or {}).get("stop_reason"):
+                return {"tested": False, "reason": "the rollout is being stopped"}
             result = runtime.rollout_load_test(use_case)
             alert(use_case, alerts.rollout(use_case, result))   # a failed load test rolls the rollout back
             return result
 
         @task(outlets=[assets.champion])
         @measured
-        def judge_rollout() -> dict:
+        def judge_rollout(params=None, dag_run=None) -> dict:
             from pipelines import alerts, runtime
-            result = runtime.judge_rollout(use_case)
+            stop = (params or {}).get("stop_reason")
+            result = stop_rollout(use_case, stop, triggered_by(dag_run)) if stop else runtime.judge_rollout(use_case)
             alert(use_case, alerts.rollout(use_case, result))
             return result
 
         load_test_candidate() >> judge_rollout()
 
     return rollout()
+
+
+def stop_rollout(use_case: str, reason: str, by: str) -> dict:
+    """Roll the running rollout back by hand, as the judging step reports a move."""
+    from pipelines import runtime
+    stopped = runtime.end_rollout(use_case, reason, by)
+    if stopped.get("action") == "none":
+        return stopped
+    return {"action": "roll_back", "reason": f"stopped by {by}: {reason}", "state": stopped}
 
 
 for _spec in use_cases():

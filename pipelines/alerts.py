@@ -9,8 +9,12 @@ template: a message shows ``{{ conf }}`` or ``<script>`` as the characters they 
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from urllib.parse import quote
 
 from pipelines.core.spec import AlertEvent
@@ -192,3 +196,59 @@ def rollback(use_case: str, done: dict) -> Alert:
 
 def _number(value) -> str:
     return "none" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+# ----------------------------------------------------------------- the alert log (the control room's list)
+ALERT_LOG = "alerts.jsonl"
+ALERT_LOG_READ_BYTES = 1 << 20   # the newest alerts are read from the log's last MiB only
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """One alert as it was raised: when, its event, its title, how many channels took it."""
+
+    at: str
+    event: str
+    severity: str
+    title: str
+    sent: int
+
+
+def alert_log(reports: Path, use_case: str) -> Path:
+    """Every alert a use case raised, one JSON document a line, under its reports folder."""
+    return Path(reports) / use_case / ALERT_LOG
+
+
+def record(reports: Path, alert: Alert, title: str, sent: int, at: dt.datetime | None = None) -> None:
+    """Append one alert to its use case's log (a single write of one line: a reader sees a
+    whole line or none)."""
+    path = alert_log(reports, alert.use_case)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    when = (at or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
+    line = json.dumps(asdict(AlertRecord(when, alert.event.value, alert.severity, one_line(title, TITLE_LIMIT),
+                                         sent))) + "\n"
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+    try:
+        os.write(descriptor, line.encode())
+    finally:
+        os.close(descriptor)
+
+
+def recent_alerts(reports: Path, use_case: str, limit: int = 20) -> list[AlertRecord]:
+    """The newest ``limit`` alerts of a use case, newest first; a line that is not a whole record
+    (half-written, edited by hand) is skipped."""
+    path = alert_log(reports, use_case)
+    if not path.is_file() or path.is_symlink():
+        return []
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - ALERT_LOG_READ_BYTES))
+        lines = handle.read().decode(errors="replace").splitlines()
+    found = []
+    for line in reversed(lines):
+        try:
+            found.append(AlertRecord(**json.loads(line)))
+        except (ValueError, TypeError):
+            continue
+        if len(found) == limit:
+            break
+    return found

@@ -31,6 +31,17 @@ if [ ! -x /usr/bin/redis-server ]; then
   fi
 fi
 
+# Chromium: the control room's browser tests drive Debian's chromium through Playwright
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing chromium with apt-get (the control room's browser tests)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+  else
+    echo "bootstrap: chromium not found; the control room's browser tests need it (apt-get install chromium)" >&2
+  fi
+fi
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi

@@ -322,8 +322,8 @@ def report(stack: Stack, timings: dict, total: float) -> int:
     print("Timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items() if isinstance(v, float)))
     print(f"Demo wall time: {total:.0f}s ({total / 60:.1f} min)")
     explore = "make stack-up" if stack.clustered else "make ui"
-    print(f"Explore the state: {explore}   (Airflow http://127.0.0.1:{stack.airflow_port}, "
-          f"MLflow http://127.0.0.1:{stack.mlflow_port})")
+    print(f"Explore the state: {explore}   (Airflow http://127.0.0.1:{stack.airflow_port}, the control room "
+          f"http://127.0.0.1:{stack.airflow_port}/plugin/control-room, MLflow http://127.0.0.1:{stack.mlflow_port})")
     failed = {name: states["failed"] for name, states in (timings.get("runs") or {}).items() if states.get("failed")}
     if failed:   # the demo passes only when every run of the story did
         print(f"FAILED runs: {failed}; see their task logs there")

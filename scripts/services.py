@@ -22,6 +22,8 @@ SPARK_WORKERS = ("spark-worker", "spark-worker-2")
 # each Celery worker's queues (mlops_airflow.common: SPARK_QUEUE, MODELS_QUEUE; default for the rest)
 CELERY_WORKERS = {"airflow-worker-spark": "default,spark", "airflow-worker-models": "default,models"}
 MAILBOX_MESSAGE_BYTES = 1 << 20     # the local mailbox refuses a larger message (SMTP SIZE)
+# the users of Airflow's simple auth manager and their roles: viewer reads every page, triggers nothing
+AIRFLOW_USERS = {"admin": "admin", "viewer": "viewer"}
 ALERTS_CONNECTION = "mlops_alerts"   # the alert channel of the shipped specs (an Airflow connection)
 
 

@@ -50,8 +50,9 @@ from dotenv import dotenv_values
 
 from pipelines.core.waiting import wait_until
 from scripts.postgres import LocalPostgres
-from scripts.services import (BIN, CELERY_WORKERS, SERVICES_ENV, SPARK_WORKERS, ServiceSettings,  # noqa: F401
-                              StackError, env_default, observability_defaults, programs, service_settings)
+from scripts.services import (AIRFLOW_USERS, BIN, CELERY_WORKERS, SERVICES_ENV, SPARK_WORKERS,  # noqa: F401
+                              ServiceSettings, StackError, env_default, observability_defaults, programs,
+                              service_settings)
 from scripts.supervision import BACKOFF, EXITED, FATAL, RUNNING, STARTING, Program, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,7 +185,7 @@ class Stack:
                                                    else "mlops_airflow.executors.PreloadingLocalExecutor"),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in AIRFLOW_USERS.items()),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.password_file),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.airflow_db_url(),
             "AIRFLOW__API__HOST": "127.0.0.1",
@@ -270,7 +271,7 @@ class Stack:
             (self.home / "spark" / "work").mkdir(parents=True, exist_ok=True)
         if self.on_postgres:
             self.postgres.initialise()
-        self._admin_password()
+        self.admin_password()
         self.supervisor.ensure_started(self.programs(), server_env)
         if self.on_postgres:
             self._start("postgres")
@@ -416,15 +417,17 @@ class Stack:
     def pid(self, name: str) -> int | None:
         return self.status().get(name)
 
-    def _admin_password(self) -> str:
-        """The ``admin`` user's password, generated once into a file only its owner can read."""
-        if not self.password_file.exists():
-            _write_private(self.password_file, json.dumps({"admin": secrets.token_urlsafe(18)}) + "\n")
-        return json.loads(self.password_file.read_text())["admin"]
+    def user_password(self, user: str = "admin") -> str:
+        """Password of a user of Airflow's simple auth manager (``AIRFLOW_USERS``), each generated
+        once into a file only its owner can read."""
+        known = json.loads(self.password_file.read_text()) if self.password_file.exists() else {}
+        if any(name not in known for name in AIRFLOW_USERS):
+            known = {name: known.get(name) or secrets.token_urlsafe(18) for name in AIRFLOW_USERS}
+            _write_private(self.password_file, json.dumps(known) + "\n")
+        return known[user]
 
     def admin_password(self) -> str:
-        """Password of the ``admin`` user of Airflow's simple auth manager."""
-        return self._admin_password()
+        return self.user_password("admin")
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -474,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack()
     if args.command in ("up", "serve"):
         stack.serve() if args.command == "serve" else stack.up()
-        print(f"Airflow UI: {stack.airflow_url} (user admin, password in {stack.password_file})")
+        print(f"Airflow UI: {stack.airflow_url} (users admin and viewer, passwords in {stack.password_file})")
+        print(f"Control room: {stack.airflow_url}/plugin/control-room (inside Airflow's UI)")
         print(f"MLflow UI:  {stack.mlflow_url}")
         if args.command == "serve":
             print(f"Scoring:    {stack.serving_url}/docs")

@@ -490,6 +490,28 @@ def in_story(story, monkeypatch):
 
 
 
+@contextlib.contextmanager
+def newer_champion(name: str):
+    """A copy of ``name``'s @champion registered and made champion after it (as promotions record
+    it), for a rollback to undo; @champion is back on the original afterwards. Yields (original
+    version, newer version)."""
+    import mlflow
+
+    from pipelines.models import tracking
+
+    original = tracking.resolve_alias(name, tracking.CHAMPION).version
+    c = tracking.client()
+    tracking.configure()
+    newer = str(mlflow.register_model(c.get_model_version(name, original).source, name).version)
+    for version in (original, newer):
+        tracking.move_champion(name, version, None, dt.datetime.now(dt.timezone.utc).isoformat())
+    try:
+        yield original, newer
+    finally:
+        c.set_registered_model_alias(name, tracking.CHAMPION, original)
+        tracking.record_champion(name, original)
+
+
 def land_breast_cancer(use_case: str, folder: Path, day: dt.date) -> None:
     """scikit-learn's breast cancer table as ``use_case``'s snapshot of ``day``: ingested, validated,
     its features built (a story use case fed through the CLI path)."""

@@ -170,9 +170,23 @@ def read_table(table: Path, columns: list[str] | None = None) -> pd.DataFrame:
     if not table.exists() or not list_partitions(table):
         return pd.DataFrame(columns=(columns or []) + ["ds"])
     lineage.read(lineage.table(table))
-    frame = pq.read_table(table, columns=columns + ["ds"] if columns else None,
-                          partitioning=pads.partitioning(pa.schema([("ds", pa.string())]), flavor="hive"))
+    try:
+        frame = pq.read_table(table, columns=columns + ["ds"] if columns else None,
+                              partitioning=pads.partitioning(pa.schema([("ds", pa.string())]), flavor="hive"))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        frame = _read_evolved(table, columns)   # a column all-null in one partition, text in another
     return frame.to_pandas()
+
+
+def _read_evolved(table: Path, columns: list[str] | None) -> pa.Table:
+    """A table whose partitions' schemas differ, partition by partition, their types widened to fit."""
+    pieces = []
+    for date in list_partitions(table):
+        files = [str(p) for p in sorted(Lake.partition(table, date).glob("*.parquet"))]
+        piece = pq.ParquetDataset(files, partitioning=None).read()
+        pieces.append(piece.append_column("ds", pa.array([date] * piece.num_rows, pa.string())))
+    frame = pa.concat_tables(pieces, promote_options="permissive")
+    return frame.select([c for c in columns if c in frame.column_names] + ["ds"]) if columns else frame
 
 
 def partition_rows(table: Path, date: dt.date | str) -> int:

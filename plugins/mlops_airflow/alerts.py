@@ -24,17 +24,20 @@ def send(use_case: str, alerts, context=None) -> int:
     spec, sent = runtime.spec(use_case), 0
     registry = registry_name(runtime.settings().mlflow_tracking_uri)   # its UI links each model version
     for alert in alerts:
-        connections = spec.alerts.connections_for(alert.event) if alert is not None else []
-        if not connections:
+        if alert is None:
             continue
+        connections = spec.alerts.connections_for(alert.event)
         title, body = render(alert.with_links(*run_links(context)), spec.environment, registry)
+        taken = 0
         for connection in connections:
             try:
                 _notifier(connection, title, body, alert.severity).notify(context or {})
-                sent += 1
+                taken += 1
             except Exception as exc:   # noqa: BLE001 - a channel never fails the task it reports on
                 log.warning("alert %s of %s not sent through connection %r: %s", alert.event.value, use_case,
                             connection, one_line(exc, 300))
+        _log_alert(alert, title, taken)
+        sent += taken
     if sent:
         log.info("%s: %d alert message(s) handed to their channels", use_case, sent)
     return sent
@@ -108,3 +111,15 @@ def _airflow_base() -> str:
     from airflow.configuration import conf
 
     return conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
+
+
+def _log_alert(alert, title: str, taken: int) -> None:
+    """Keep the alert in its use case's alert log (the control room's list); never raises."""
+    from pipelines import runtime
+    from pipelines.alerts import record
+
+    try:
+        record(runtime.settings().reports, alert, title, taken)
+    except OSError as exc:
+        log.warning("alert %s of %s not kept in the alert log: %s", alert.event.value, alert.use_case, exc)
+

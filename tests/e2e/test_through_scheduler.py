@@ -13,7 +13,7 @@ import pytest
 
 from scripts.airflow_api import logical_day
 from tests.conftest import (STORY_BROKEN as BROKEN, STORY_FIRST_TRAINING as FIRST_TRAINING, STORY_START as START,
-                            STORY_UC as UC, story_alerts)
+                            STORY_UC as UC, newer_champion, story_alerts)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("in_story")]
 
@@ -180,37 +180,25 @@ def test_rollback_through_the_dag_changes_what_the_next_run_scores_with(story):
     """A newer champion is rolled back from the UI's form (here: the API): the alias moves back,
     who asked and why are on the versions, and a manual daily run for a date (the `ds` param)
     scores with the rolled-back-to version."""
-    import mlflow
-
     from pipelines import runtime
     from pipelines.core.lake import read_partition
     from pipelines.models import tracking
 
     client, name = story["client"], story["spec"].model.registered_name
-    original = tracking.resolve_alias(name, tracking.CHAMPION)
-    c = tracking.client()
-    tracking.configure()
-    newer = str(mlflow.register_model(c.get_model_version(name, original.version).source, name).version)
-    for version in (original.version, newer):   # promoted in this order, as promotions record it
-        tracking.move_champion(name, version, None, dt.datetime.now(dt.timezone.utc).isoformat())
-    try:
+    with newer_champion(name) as (original, newer):
         run_id = client.trigger(f"{UC}_rollback", conf={"reason": "alerts since the newer model"})
         assert client.wait_for_run(f"{UC}_rollback", run_id)["state"] == "success"
         done = client.xcom(f"{UC}_rollback", run_id, "roll_back_champion")
-        assert (done["from_version"], done["to_version"]) == (newer, original.version)
+        assert (done["from_version"], done["to_version"]) == (newer, original)
         assert done["requested_by"] == "admin" and done["reason"] == "alerts since the newer model"
-        assert tracking.resolve_alias(name, tracking.CHAMPION).version == original.version
-        told = [a for a in story_alerts(story, "rollback")
-                if f"rolled back v{newer} -> v{original.version}" in a["title"]]
+        assert tracking.resolve_alias(name, tracking.CHAMPION).version == original
+        told = [a for a in story_alerts(story, "rollback") if f"rolled back v{newer} -> v{original}" in a["title"]]
         assert len(told) == 1 and "by: admin" in told[0]["message"] and "reason: alerts since" in told[0]["message"]
-        assert c.get_model_version(name, newer).tags["champion.rolled_back"].endswith(
+        assert tracking.client().get_model_version(name, newer).tags["champion.rolled_back"].endswith(
             "by admin: alerts since the newer model")
 
         day = BROKEN - dt.timedelta(days=1)
         daily = client.trigger(f"{UC}_daily", conf={"ds": day.isoformat()})
         assert client.wait_for_run(f"{UC}_daily", daily)["state"] == "success"
         scored = read_partition(runtime.lake().inference(UC), day)
-        assert set(scored["run_id"]) == {daily} and set(scored["model_version"]) == {original.version}
-    finally:
-        c.set_registered_model_alias(name, tracking.CHAMPION, original.version)
-        tracking.record_champion(name, original.version)
+        assert set(scored["run_id"]) == {daily} and set(scored["model_version"]) == {original}

@@ -19,6 +19,13 @@ from pipelines.data.validation import RuleFailure, SourceReport
 MLFLOW = "http://127.0.0.1:5000"
 
 
+@pytest.fixture(autouse=True)
+def own_reports(tmp_path, monkeypatch):
+    """Every alert sent here is kept in this test's own alert log."""
+    monkeypatch.setenv("MLOPS_REPORTS", str(tmp_path / "reports"))
+    return tmp_path / "reports"
+
+
 # ----------------------------------------------------------------- the messages
 def _report(success: bool, failures=()) -> SourceReport:
     return SourceReport("transactions", "2026-01-20", 812, success, list(failures),
@@ -194,7 +201,7 @@ def _spec_with_channels(monkeypatch, *channels):
     return routed
 
 
-def test_an_alert_reaches_an_smtp_server_and_a_webhook_once_each(monkeypatch, smtp_inbox, webhook):
+def test_an_alert_reaches_an_smtp_server_and_a_webhook_once_each(monkeypatch, smtp_inbox, webhook, own_reports):
     from mlops_airflow.alerts import send
 
     _connection(monkeypatch, "team_mail", f"mailto://127.0.0.1:{smtp_inbox.port}?from=mlops@example.org"
@@ -215,6 +222,10 @@ def test_an_alert_reaches_an_smtp_server_and_a_webhook_once_each(monkeypatch, sm
     posted = [json.loads(request.get_data()) for request, _ in webhook.log]
     assert len(posted) == 1 and posted[0]["title"] == "[churn dev] 2026-01-22 challenger v5 rejected"
     assert posted[0]["type"] == "warning" and "failing checks: none" in posted[0]["message"]
+    kept = alerts.recent_alerts(own_reports, "churn")        # the control room's list, newest first
+    assert [(a.event, a.title, a.sent) for a in kept] == [
+        ("quarantined", "[churn dev] 2026-01-20 raw transactions quarantined: 1 rule(s) failed", 1),
+        ("gate_rejected", "[churn dev] 2026-01-22 challenger v5 rejected", 2)]
 
 
 def test_a_channel_that_is_down_or_missing_changes_nothing(monkeypatch, caplog):

@@ -1,0 +1,1 @@
+"""The control room: a FastAPI app inside Airflow's api-server (see app.py)."""
