@@ -68,7 +68,8 @@ class Visit:
         return self.page
 
     def cells(self, table: str, column: int) -> list[str]:
-        return [c.strip() for c in self.page.locator(f"table#{table} tbody tr td:nth-child({column})").all_inner_texts()]
+        cells = self.page.locator(f"table#{table} tbody tr td:nth-child({column})")
+        return [c.strip() for c in cells.all_inner_texts()]
 
 
 @pytest.fixture()
@@ -99,6 +100,10 @@ def test_every_page_of_every_use_case_loads_inside_airflows_ui_with_no_console_e
             shown = admin.open(f"/{use_case}/versions/{champion.version}", shot=f"{use_case}-version")
             shown.frame_locator("iframe#card").locator("h1").first.wait_for()
             assert f"v{champion.version}" in shown.frame_locator("iframe#card").locator("h1").first.inner_text()
+    page = admin.open(f"/{STORY_UC}?env=staging", shot=f"{STORY_UC}-staging")   # another environment's registry
+    assert page.inner_text("header nav.environments a.current") == "staging"
+    assert all(a.endswith("?env=staging") for a in page.locator("nav.tabs a, .actions form").evaluate_all(
+        "found => found.map(e => e.getAttribute('href') || e.getAttribute('action'))"))
     page = admin.open(f"/{STORY_UC}/monitoring")      # an Evidently report, sandboxed, runs its own scripts
     page.locator("table#drift a").first.click()
     page.wait_for_load_state("networkidle")
@@ -206,7 +211,8 @@ def test_nothing_is_shown_without_signing_in(story, path):
 @pytest.mark.parametrize("path", [
     "/no_such_use_case", f"/{STORY_UC}/versions/99999", f"/{STORY_UC}/versions/1%2F..%2F..%2Fstack.env/card",
     f"/{STORY_UC}/versions/..%2F1/card", f"/{STORY_UC}/monitoring/drift/..%2F..%2Fairflow%2Fadmin-password.json",
-    f"/{STORY_UC}/monitoring/drift/2026-01-99", "/..%2F..%2Fetc%2Fpasswd",
+    f"/{STORY_UC}/monitoring/drift/2026-01-99", "/..%2F..%2Fetc%2Fpasswd", f"/{STORY_UC}?env=..%2Fprod",
+    f"/{STORY_UC}/data?env=PROD",
 ])
 def test_no_path_reaches_outside_the_use_cases_reports(story, path):
     answer = _get(story, path, _token(story))
@@ -237,7 +243,8 @@ def test_an_action_posted_from_another_site_or_with_hostile_fields_is_refused(st
     own = {**auth, "Origin": story["stack"].airflow_url}
     before = story["client"].runs(f"{STORY_UC}_rollback")
     assert httpx.post(url, headers=auth, data={"reason": "no origin"}).status_code == 403
-    assert httpx.post(url, headers={**auth, "Origin": "http://evil.example"}, data={"reason": "csrf"}).status_code == 403
+    evil = {**auth, "Origin": "http://evil.example"}
+    assert httpx.post(url, headers=evil, data={"reason": "csrf"}).status_code == 403
     assert httpx.post(url, headers=own, data={"reason": "x" * 100_000}).status_code == 422
     assert httpx.post(url, headers=own, data={"reason": "ok reason", "to_version": "../1"}).status_code == 422
     assert httpx.post(url.replace("rollback", "drop-tables"), headers=own, data={"reason": "abc"}).status_code == 404
@@ -253,4 +260,5 @@ def test_hostile_text_in_the_alert_log_is_shown_as_text(story):
     alerts.record(reports, alerts.Alert(STORY_UC, AlertEvent.TASK_FAILED, hostile), hostile, 0)
     page = _get(story, f"/{STORY_UC}", _token(story)).text
     assert "<script>alert(" not in page and "<img src=x" not in page
-    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt; {{ 7*7 }} Infinity" in page
+    assert ("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt; {{ 7*7 }} Infinity"
+            in page)

@@ -101,13 +101,43 @@ def use_case_spec(use_case: str, visitor: Visitor):
     return runtime.spec(use_case)
 
 
+def chosen_environment(request: Request) -> str | None:
+    """The environment a page shows (``?env=``; this deployment's own when absent); 404 naming the
+    environments for one that is not declared."""
+    from pipelines import runtime
+
+    env, names = request.query_params.get("env", ""), runtime.environments().names
+    if env and env not in names:
+        raise HTTPException(404, f"no environment {env[:40]!r}; the environments are {', '.join(names)}")
+    return env or None
+
+
+def own_environment() -> str:
+    """The deployment's own environment (the api-server's), whatever a page acts in."""
+    from pipelines import runtime
+    from pipelines.core.environments import acting_in
+
+    with acting_in(None):
+        return runtime.settings().env
+
+
+def acting(request: Request):
+    """Act in the page's environment for a ``with`` block: settings, specs, lake, reports and
+    registry names follow it."""
+    from pipelines.core.environments import acting_in
+
+    return acting_in(chosen_environment(request))
+
+
 def page(request: Request, template: str, visitor: Visitor, spec=None, notice: str = "", **values) -> HTMLResponse:
     from pipelines import runtime
 
+    chosen = chosen_environment(request)
     response = templates.TemplateResponse(request, template, {
         "prefix": PREFIX, "pages": PAGES, "user": visitor.name, "spec": spec,
         "use_cases": readable_use_cases(visitor), "environment": runtime.settings().env,
-        "notice": notice, **values})
+        "environments": runtime.environments().names, "query": f"?env={chosen}" if chosen else "",
+        "path": request.url.path, "notice": notice, **values})
     response.headers["Content-Security-Policy"] = PAGE_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"
@@ -128,20 +158,23 @@ def overview_page(request: Request, use_case: str, visitor: Visitor, notice: str
     from pipelines import runtime
     from pipelines.control_room import state
 
-    spec = use_case_spec(use_case, visitor)
-    settings = runtime.settings()
-    return page(request, "overview.html", visitor, spec, notice, active="overview",
-                view=state.overview(spec, runtime.lake(), settings.env, settings.reports),
-                daily=airflow_runs(request, visitor, f"{use_case}_daily", 1),
-                actions=available_actions(spec))
+    with acting(request):
+        spec = use_case_spec(use_case, visitor)
+        settings = runtime.settings()
+        return page(request, "overview.html", visitor, spec, notice, active="overview",
+                    view=state.overview(spec, runtime.lake(), settings.env, settings.reports),
+                    daily=airflow_runs(request, visitor, f"{use_case}_daily", 1),
+                    actions=available_actions(spec, chosen_environment(request)))
 
 
 @app.get("/{use_case}/versions", response_class=HTMLResponse)
 def versions(request: Request, use_case: str, visitor: SignedIn):
     from pipelines.report import champion_history
 
-    spec = use_case_spec(use_case, visitor)
-    return page(request, "versions.html", visitor, spec, active="versions", versions=champion_history(spec)[::-1])
+    with acting(request):
+        spec = use_case_spec(use_case, visitor)
+        return page(request, "versions.html", visitor, spec, active="versions",
+                    versions=champion_history(spec)[::-1])
 
 
 @app.get("/{use_case}/versions/{version}", response_class=HTMLResponse)
@@ -150,24 +183,26 @@ def version(request: Request, use_case: str, version: str, visitor: SignedIn):
     from pipelines.control_room import state
     from pipelines.report import champion_history
 
-    spec = use_case_spec(use_case, visitor)
-    row = next((r for r in champion_history(spec) if r["version"] == version), None)
-    if row is None:
-        raise HTTPException(404, f"{spec.model.registered_name} has no version {version!r}")
-    checks = state.gate_checks(spec, runtime.lake(), version)
-    return page(request, "version.html", visitor, spec, active="versions", row=row,
-                checks=checks.to_dict("records"), card=state.model_card(spec, version) is not None)
+    with acting(request):
+        spec = use_case_spec(use_case, visitor)
+        row = next((r for r in champion_history(spec) if r["version"] == version), None)
+        if row is None:
+            raise HTTPException(404, f"{spec.model.registered_name} has no version {version!r}")
+        checks = state.gate_checks(spec, runtime.lake(), version)
+        return page(request, "version.html", visitor, spec, active="versions", row=row,
+                    checks=checks.to_dict("records"), card=state.model_card(spec, version) is not None)
 
 
 @app.get("/{use_case}/versions/{version}/card")
-def card(use_case: str, version: str, visitor: SignedIn):
+def card(request: Request, use_case: str, version: str, visitor: SignedIn):
     from pipelines.control_room import state
 
-    spec = use_case_spec(use_case, visitor)
-    path = state.model_card(spec, version) if version.isdigit() else None
-    if path is None:
-        raise HTTPException(404, f"version {version!r} of {use_case} has no model card")
-    return report_file(path, CARD_POLICY)
+    with acting(request):
+        spec = use_case_spec(use_case, visitor)
+        path = state.model_card(spec, version) if version.isdigit() else None
+        if path is None:
+            raise HTTPException(404, f"version {version!r} of {use_case} has no model card")
+        return report_file(path, CARD_POLICY)
 
 
 @app.get("/{use_case}/monitoring", response_class=HTMLResponse)
@@ -175,24 +210,27 @@ def monitoring(request: Request, use_case: str, visitor: SignedIn):
     from pipelines import runtime
     from pipelines.control_room import charts, state
 
-    spec = use_case_spec(use_case, visitor)
-    view = state.monitoring(spec, runtime.lake())
-    return page(request, "monitoring.html", visitor, spec, active="monitoring", view=view,
-                charts={"drift": charts.drift_share(view.drift), "columns": charts.column_drift_map(view.column_drift),
-                        "performance": charts.live_performance(view.performance, view.metric),
-                        "traffic": charts.traffic(view.traffic)})
+    with acting(request):
+        spec = use_case_spec(use_case, visitor)
+        view = state.monitoring(spec, runtime.lake())
+        return page(request, "monitoring.html", visitor, spec, active="monitoring", view=view,
+                    charts={"drift": charts.drift_share(view.drift),
+                            "columns": charts.column_drift_map(view.column_drift),
+                            "performance": charts.live_performance(view.performance, view.metric),
+                            "traffic": charts.traffic(view.traffic)})
 
 
 @app.get("/{use_case}/monitoring/drift/{day}")
-def drift_report(use_case: str, day: str, visitor: SignedIn):
+def drift_report(request: Request, use_case: str, day: str, visitor: SignedIn):
     from pipelines import runtime
 
-    use_case_spec(use_case, visitor)
-    folder = (Path(runtime.settings().reports) / use_case / "drift").resolve()
-    path = folder / f"{day}.html"
-    if not _is_date(day) or path.is_symlink() or not path.is_file() or path.resolve().parent != folder:
-        raise HTTPException(404, f"no drift report of {use_case} for {day!r}")
-    return report_file(path, REPORT_POLICY)
+    with acting(request):
+        use_case_spec(use_case, visitor)
+        folder = (Path(runtime.settings().reports) / use_case / "drift").resolve()
+        path = folder / f"{day}.html"
+        if not _is_date(day) or path.is_symlink() or not path.is_file() or path.resolve().parent != folder:
+            raise HTTPException(404, f"no drift report of {use_case} for {day!r}")
+        return report_file(path, REPORT_POLICY)
 
 
 @app.get("/{use_case}/data", response_class=HTMLResponse)
@@ -200,9 +238,10 @@ def data(request: Request, use_case: str, visitor: SignedIn):
     from pipelines import runtime
     from pipelines.control_room import state
 
-    spec = use_case_spec(use_case, visitor)
-    return page(request, "data.html", visitor, spec, active="data",
-                view=state.data_view(spec, runtime.lake(), runtime.settings().inbox))
+    with acting(request):
+        spec = use_case_spec(use_case, visitor)
+        return page(request, "data.html", visitor, spec, active="data",
+                    view=state.data_view(spec, runtime.lake(), runtime.settings().inbox))
 
 
 def report_file(path: Path, policy: str) -> Response:
@@ -226,19 +265,22 @@ class Action:
     fields: tuple[str, ...]     # the form fields besides the reason
 
 
-def available_actions(spec) -> dict[str, Action]:
+def available_actions(spec, environment: str | None) -> dict[str, Action]:
+    """The actions of a use case's page; in another environment than the deployment's own, those
+    whose DAG acts in the environment its form names (training, rollback)."""
     found = {"train": Action("train", "Train a challenger", f"{spec.name}_training", ()),
              "rollback": Action("rollback", "Roll back @champion", f"{spec.name}_rollback", ("to_version",))}
-    if spec.deployment.strategy != "direct":
+    if spec.deployment.strategy != "direct" and environment in (None, own_environment()):   # acts in its own
         found["stop-rollout"] = Action("stop-rollout", "Stop the rollout", f"{spec.name}_rollout", ())
     return found
 
 
-def run_conf(action: Action, reason: str, to_version: str) -> dict:
+def run_conf(action: Action, reason: str, to_version: str, environment: str | None) -> dict:
+    chosen = {"environment": environment} if environment else {}   # the DAG's form: its own by default
     if action.name == "train":
-        return {"reason": reason, "trigger": "manual"}
+        return {"reason": reason, "trigger": "manual", **chosen}
     if action.name == "rollback":
-        return {"reason": reason, "to_version": to_version}
+        return {"reason": reason, "to_version": to_version, **chosen}
     return {"stop_reason": reason}
 
 
@@ -246,15 +288,18 @@ def run_conf(action: Action, reason: str, to_version: str) -> dict:
 def act(request: Request, use_case: str, name: str, visitor: SignedIn,
         reason: Annotated[str, Form(min_length=3, max_length=REASON_LIMIT)],
         to_version: Annotated[str, Form(pattern=r"^(v?\d{1,9})?$")] = ""):
-    same_origin(request)
-    spec = use_case_spec(use_case, visitor)
-    action = available_actions(spec).get(name)
-    if action is None:
-        raise HTTPException(404, f"{use_case} has no action {name!r}")
     from pipelines.alerts import one_line
 
+    same_origin(request)
+    environment = chosen_environment(request)
+    with acting(request):
+        spec = use_case_spec(use_case, visitor)
+    action = available_actions(spec, environment).get(name)
+    if action is None:
+        raise HTTPException(404, f"{use_case} has no action {name!r}")
+    conf = run_conf(action, one_line(reason, REASON_LIMIT), to_version, environment)
     answer = airflow_api(request, visitor, "POST", f"/dags/{action.dag_id}/dagRuns",
-                         {"logical_date": None, "conf": run_conf(action, one_line(reason, REASON_LIMIT), to_version)})
+                         {"logical_date": None, "conf": conf})
     if answer.status_code >= 400:
         notice = f"{action.title}: Airflow refused ({answer.status_code}): {_detail(answer)}"
     else:
