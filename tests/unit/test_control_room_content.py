@@ -156,3 +156,21 @@ def test_every_page_template_escapes_what_it_shows():
     marked = re.compile(r"\{\{[^}]*\|\s*safe[^}]*\}\}")
     safe = [(t.name, m) for t in folder.glob("*.html") for m in marked.findall(t.read_text())]
     assert safe and all(name == "monitoring.html" and "charts." in m for name, m in safe)
+
+
+def test_the_plugin_builds_its_web_app_only_when_the_api_server_is_asked():
+    """Airflow loads plugins in every process (the scheduler, each task's process): the plugin file
+    imports no FastAPI, templates or pandas; the app is built on the api-server's first request."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys, airflow.plugins_manager; before = {'fastapi', 'pandas', 'matplotlib'} & set(sys.modules); "
+            "import control_room as c; p = c.ControlRoomPlugin; "
+            "assert p.fastapi_apps[0]['url_prefix'] == '/control-room' == p.external_views[0]['href'][:-1]; "
+            "print(sorted(({'fastapi', 'pandas', 'matplotlib'} & set(sys.modules)) - before))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "plugins")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

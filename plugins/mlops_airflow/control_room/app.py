@@ -20,10 +20,11 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from mlops_airflow.control_room import PREFIX
+
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-PREFIX = "/control-room"
 PAGES = (("overview", "Overview"), ("versions", "Model versions"), ("monitoring", "Monitoring"), ("data", "Data"))
 # no script at all; styles inline (matplotlib's SVG); frames and forms only to this server
 PAGE_POLICY = ("default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-src 'self'; "
