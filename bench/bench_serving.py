@@ -31,7 +31,7 @@ BIN = Path(sys.executable).parent
 ENTITY_DAY = "2026-01-31"
 
 
-def prepare(home: Path, entities: int) -> tuple[dict, list[dict]]:
+def prepare(home: Path, entities: int, served_by: str) -> tuple[dict, list[dict]]:
     """A throwaway deployment: the churn spec in entity mode, a champion, an online store."""
     import yaml
 
@@ -51,7 +51,8 @@ def prepare(home: Path, entities: int) -> tuple[dict, list[dict]]:
     from pipelines import runtime
     from pipelines.core.lake import replace_partition
     from pipelines.features.point_in_time import feature_columns
-    from pipelines.models import tracking
+    from pipelines.models import compiled, tracking
+    from pipelines.models.tasks import ModelTask
 
     spec = runtime.spec("churn")
     cols = feature_columns(spec)
@@ -61,7 +62,10 @@ def prepare(home: Path, entities: int) -> tuple[dict, list[dict]]:
 
     with mlflow.start_run(experiment_id=tracking.ensure_experiment("churn-training")) as run:
         info = tracking.log_sklearn_model(model, train.head(5), model.predict_proba(train.head(5)))
-    version = tracking.register_challenger(spec.model.registered_name, info.model_uri, run.info.run_id, {})
+        tags = compiled.log_compilation(compiled.compile_checked(model, synthetic.frame(5000), ModelTask.of(spec)))
+        if served_by == compiled.SKLEARN:   # the service as it was before compiling
+            mlflow.set_tags(tags := tags | {compiled.RUNTIME_TAG: compiled.SKLEARN, compiled.REASON_TAG: "bench"})
+    version = tracking.register_challenger(spec.model.registered_name, info.model_uri, run.info.run_id, tags)
     tracking.move_champion(spec.model.registered_name, version, None, dt.datetime.now(dt.timezone.utc).isoformat())
     features = synthetic.frame(entities)
     features.insert(0, spec.entity, [f"C{i:06d}" for i in range(entities)])
@@ -109,12 +113,14 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--workers", type=int, default=1, help="server worker processes of each service")
     parser.add_argument("--entities", type=int, default=10_000)
+    parser.add_argument("--runtime", choices=["onnxruntime", "scikit-learn"], default="onnxruntime",
+                        help="what serves the version: its compiled model, or its scikit-learn pipeline")
     args = parser.parse_args()
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        env, rows = prepare(home, args.entities)
+        env, rows = prepare(home, args.entities, args.runtime)
         records = home / "records.json"
         records.write_text(json.dumps(rows))
         from pipelines.release.load_test import free_port, start_process, stop_process
@@ -145,7 +151,7 @@ def main() -> None:
     print(f"throughput ours / mlflow models serve: {throughput:.2f}x; p99 mlflow / ours: {p99:.2f}x "
           f"({args.rate:.0f} req/s offered for {args.seconds} s, {args.workers} worker(s) each)")
     command = (f".venv/bin/python -m bench.bench_serving --seconds {args.seconds} --rate {args.rate:.0f} "
-               f"--users {args.users} --workers {args.workers}")
+               f"--users {args.users} --workers {args.workers} --runtime {args.runtime}")
     row = (f"| {dt.date.today()} | {os.cpu_count()} cores, {platform.machine()} | {args.rate:.0f} req/s, "
            f"{args.seconds} s | {mine['rps']:.0f} req/s, p50 {mine['p50']:.0f} ms, p99 {mine['p99']:.0f} ms, "
            f"{mine['failures']} failed; in shadow mode {shadowed['rps']:.0f} req/s, p99 {shadowed['p99']:.0f} ms "

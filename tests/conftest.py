@@ -526,3 +526,23 @@ def land_breast_cancer(use_case: str, folder: Path, day: dt.date) -> None:
 def days(start: str, n: int) -> list[dt.date]:
     first = dt.date.fromisoformat(start)
     return [first + dt.timedelta(days=i) for i in range(n)]
+
+
+def assert_scored_compiled_as_scikit_learn(spec, task, challenger: dict, day: dt.date, table) -> None:
+    """The version was compiled at registration, and the inference table (scored with the compiled
+    graph) holds scikit-learn's outputs for ``day``'s features: within the tolerance, same labels."""
+    from pipelines import runtime
+    from pipelines.core.lake import read_partition
+    from pipelines.features.point_in_time import feature_columns
+    from pipelines.models import compiled, tracking
+
+    ref = tracking.ModelRef.from_xcom(challenger)
+    tags = tracking.client().get_model_version(ref.name, ref.version).tags
+    assert tags[compiled.RUNTIME_TAG] == compiled.ONNX, tags.get(compiled.REASON_TAG)
+    assert int(tags[compiled.ROWS_TAG]) > 0 and float(tags[compiled.DIFF_TAG]) <= compiled.TOLERANCE * 1000
+    assert compiled.runtime_of(compiled.load_for_inference(ref)) == compiled.ONNX
+    features = read_partition(runtime.lake().features(spec.name), day).set_index(spec.entity)
+    scored = table.set_index(spec.entity).loc[features.index, list(task.output_columns)]
+    expected = task.outputs(tracking.load_model(ref), features[feature_columns(spec).all])
+    verdict = compiled.judge(expected.reset_index(drop=True), scored.reset_index(drop=True))
+    assert verdict.compiled, verdict.reason

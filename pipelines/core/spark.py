@@ -116,8 +116,11 @@ def get_spark(settings: Settings, app_name: str = "mlops"):
     """A Spark session for ``settings``: Spark Connect if configured, else a classic master."""
     from pyspark.sql import SparkSession
 
+    started = time.perf_counter()
     if settings.spark_remote:
-        return _connect(settings, app_name)
+        spark = _connect(settings, app_name)
+        log.info("Spark session ready in %.1f s (attached to Spark Connect)", time.perf_counter() - started)
+        return spark
     else:
         log.info("starting Spark session on master %s", settings.spark_master)
         # Python workers must see the same packages (sklearn for scoring UDFs) as the driver;
@@ -136,6 +139,8 @@ def get_spark(settings: Settings, app_name: str = "mlops"):
         spark = builder.getOrCreate()
         spark.sparkContext.setLogLevel("WARN")
     _configure(spark)
+    log.info("Spark session ready in %.1f s (started on %s; SPARK_REMOTE=sc://... attaches to a running "
+             "server instead)", time.perf_counter() - started, settings.spark_master)
     return spark
 
 

@@ -26,7 +26,7 @@ from pipelines.core.lake import (Lake, ds, list_partitions, partition_files, rea
                                  replace_partition)
 from pipelines.data.labels import encode_labels
 from pipelines.features.point_in_time import feature_columns
-from pipelines.models import tracking
+from pipelines.models import compiled, tracking
 from pipelines.models.tasks import ModelTask, finite_or_none
 from pipelines.monitoring.drift_stats import ColumnDrift, column_drift_over_files, sample_files, scalable
 
@@ -130,7 +130,7 @@ def monitor_drift(spec, lake: Lake, reports_dir: Path, date: dt.date, champion: 
     reference = tracking.load_reference_sample(champion["run_id"])
     if len(reference) > spec.monitoring.reference_sample_rows:
         reference = reference.sample(n=spec.monitoring.reference_sample_rows, random_state=0)
-    model = tracking.load_model(tracking.ModelRef.from_xcom(champion))
+    model = compiled.load_for_inference(tracking.ModelRef.from_xcom(champion))   # as it serves
     output = OUTPUT_PREFIX + task.monitored_output
     current, reference = (with_model_output(f, model, task, cols.all) for f in (current, reference))
     numeric, categorical = list(cols.numeric), list(cols.categorical)

@@ -68,8 +68,8 @@ CHECKS = {   # a check's kind -> its verdict from the check and the inputs
     CheckKind.SLICES: lambda check, g: gate.slices_check(check, g.task, g.holdout, g.spec.promotion.metric),
     CheckKind.FAIRNESS: lambda check, g: gate.fairness_check(check, g.task, g.holdout, g.spec.promotion.metric),
     CheckKind.CALIBRATION: lambda check, g: gate.calibration_check(check, g.task, g.holdout),
-    CheckKind.LATENCY: lambda check, g: gate.latency_check(check, gate.measure_latency(g.challenger.uri, g.holdout.X,
-                                                                                       check)),
+    CheckKind.LATENCY: lambda check, g: gate.latency_check(
+        check, gate.measure_latency(g.challenger, g.task, g.holdout.X, check)),
     CheckKind.SCHEMA: _schema_verdict,
 }
 

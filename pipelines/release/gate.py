@@ -12,7 +12,7 @@ one :class:`CheckVerdict`:
 * ``enforce`` checks that fail block the promotion, ``warn`` checks are recorded only.
 
 :func:`decide_gate` turns the verdicts into the gate's decision, naming each failing check.
-Everything here is pure except :func:`measure_latency` (it loads and times the served model).
+Everything here is pure except :func:`measure_latency` (it loads and times the model as it will serve).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pipelines.core.bounds import Bound
 from pipelines.core.spec import (CalibrationCheck, CheckKind, CheckMode, FairnessCheck, FairnessMeasure, LatencyCheck,
                                  MetricCheck, SchemaCheck, SlicesCheck, TaskType)
 from pipelines.features.slices import groups_of
-from pipelines.models import tracking
+from pipelines.models import compiled, tracking
 from pipelines.release.decision import decide_promotion
 
 PASSED, FAILED, NOT_JUDGED, INFO = "passed", "failed", "not_judged", "info"
@@ -325,6 +325,7 @@ class Latency:
     size_mb: float
     single_p99_rounds_ms: tuple[float, ...] = ()
     batch_p99_rounds_ms: tuple[float, ...] = ()
+    runtime: str = ""   # what served: onnxruntime or scikit-learn
 
 
 def best_round(rounds: list[np.ndarray]) -> tuple[float, float, tuple[float, ...]]:
@@ -334,31 +335,42 @@ def best_round(rounds: list[np.ndarray]) -> tuple[float, float, tuple[float, ...
     return float(np.percentile(rounds[best], 50)), p99s[best], tuple(round(v, 3) for v in p99s)
 
 
-def measure_latency(model_uri: str, X: pd.DataFrame, check: LatencyCheck) -> Latency:
-    """Load ``model_uri`` as it will be served (MLflow pyfunc, with its signature enforced) and time
-    ``repeats`` single-row and ``max(5, repeats // 10)`` batch predictions in each of ``rounds``
-    rounds (after one warm-up each); the best round counts (see :class:`LatencyCheck`)."""
-
+def measure_latency(ref, task, X: pd.DataFrame, check: LatencyCheck) -> Latency:
+    """Load version ``ref`` as the scoring service will serve it (compiled when its check passed, see
+    :func:`pipelines.models.compiled.load_for_inference`) and time the service's path, records
+    checked against the signature and scored, for ``repeats`` single rows and ``max(5, repeats // 10)``
+    batches in each of ``rounds`` rounds (after one warm-up each); the best round counts (see
+    :class:`LatencyCheck`). The size is the served files': the graph when compiled, else the
+    logged model's directory."""
     import mlflow
 
-    tracking.configure()
-    local = mlflow.artifacts.download_artifacts(model_uri)
-    size = sum(p.stat().st_size for p in Path(local).rglob("*") if p.is_file())
-    model = mlflow.pyfunc.load_model(local)
-    rows = X.sample(n=check.batch_rows, replace=len(X) < check.batch_rows, random_state=0).reset_index(drop=True)
+    from pipelines.models.signature import signature_inputs
+    from pipelines.serving.records import check_records, score_records
 
-    def timings(frame: pd.DataFrame, times: int) -> np.ndarray:
-        model.predict(frame)
+    tracking.configure()
+    model = compiled.load_for_inference(ref)
+    if isinstance(model, compiled.CompiledModel):
+        size = len(model.graph)
+    else:
+        local = mlflow.artifacts.download_artifacts(ref.uri)
+        size = sum(p.stat().st_size for p in Path(local).rglob("*") if p.is_file())
+    inputs = signature_inputs(ref.uri) or {c: "string" if X[c].dtype == object else "double" for c in X.columns}
+    rows = X.sample(n=check.batch_rows, replace=len(X) < check.batch_rows, random_state=0).reset_index(drop=True)
+    records = rows[list(inputs)].astype(object).where(rows[list(inputs)].notna(), None).to_dict("records")
+
+    def timings(batch: list[dict], times: int) -> np.ndarray:
+        score_records(task, model, inputs, check_records(batch, inputs))
         spent = []
         for _ in range(times):
             start = time.perf_counter()
-            model.predict(frame)
+            score_records(task, model, inputs, check_records(batch, inputs))
             spent.append((time.perf_counter() - start) * 1000)
         return np.asarray(spent)
 
-    single = best_round([timings(rows.head(1), check.repeats) for _ in range(check.rounds)])
-    batch = best_round([timings(rows, max(5, check.repeats // 10)) for _ in range(check.rounds)])
-    return Latency(single[0], single[1], batch[0], batch[1], len(rows), size / 1e6, single[2], batch[2])
+    single = best_round([timings(records[:1], check.repeats) for _ in range(check.rounds)])
+    batch = best_round([timings(records, max(5, check.repeats // 10)) for _ in range(check.rounds)])
+    return Latency(single[0], single[1], batch[0], batch[1], len(rows), size / 1e6, single[2], batch[2],
+                   compiled.runtime_of(model))
 
 
 def latency_check(check: LatencyCheck, measured: Latency) -> CheckVerdict:
@@ -374,6 +386,9 @@ def latency_check(check: LatencyCheck, measured: Latency) -> CheckVerdict:
                            (f"batch_{measured.batch_rows}_p50_ms", measured.batch_p50_ms)):
         results.append(CheckResult(check.name, kind_of(check), _mode(check), subject, INFO, value, None, None, None,
                                    f"{subject} {_fmt(value)}"))
+    if measured.runtime:
+        results.append(CheckResult(check.name, kind_of(check), _mode(check), "runtime", INFO, None, None, None, None,
+                                   f"measured on {measured.runtime}, as the version will serve"))
     if measured.single_p99_rounds_ms:
         results.append(CheckResult(check.name, kind_of(check), _mode(check), "p99_ms_of_each_round", INFO, None, None,
                                    None, None, f"single-row p99 per round {list(measured.single_p99_rounds_ms)}, "

@@ -2,7 +2,8 @@
 
 The model version is resolved before scoring (``@champion`` -> a concrete version) and
 passed in, so a run scores with exactly one version even if the alias moves meanwhile.
-The fitted pipeline is shipped to the executors once, inside a pandas UDF over the feature
+The version's compiled model (or its scikit-learn pipeline, see :mod:`pipelines.models.compiled`)
+is shipped to the executors once, inside a pandas UDF over the feature
 columns only (the entity and ``ds`` never leave the JVM), and each Arrow batch is scored
 in-process. The day's partition is replaced whole.
 """
@@ -19,7 +20,7 @@ from pipelines.core.errors import MissingData
 from pipelines.core.lake import Lake, ds, partition_rows
 from pipelines.core.spark import column, table_exists
 from pipelines.features.point_in_time import feature_columns
-from pipelines.models import tracking
+from pipelines.models import compiled, tracking
 from pipelines.models.tasks import ModelTask
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def score_partition(spark, spec, lake: Lake, date: dt.date, model_ref: dict, run
     if not table_exists(features) or partition_rows(features, date) == 0:
         raise MissingData(f"{spec.name}: no features for {ds(date)} at {features}; build them first")
     ref = tracking.ModelRef.from_xcom(model_ref)
-    model = tracking.load_model(ref)
+    model = compiled.load_for_inference(ref)
     cols = feature_columns(spec)
     constants = {"entity": spec.entity, "model_name": ref.name, "model_version": ref.version,
                  "model_run_id": ref.run_id, "run_id": run_id,
@@ -94,5 +95,5 @@ def score_partition(spark, spec, lake: Lake, date: dt.date, model_ref: dict, run
     rows = partition_rows(table, date)
     lineage.read(lineage.partition(features, date))   # the model version: by load_model
     lineage.wrote(lineage.partition(table, date))
-    log.info("%s: scored %d rows for %s with %s", spec.name, rows, ds(date), ref.uri)
+    log.info("%s: scored %d rows for %s with %s on %s", spec.name, rows, ds(date), ref.uri, compiled.runtime_of(model))
     return rows

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pipelines.core.spec import Strategy
-from pipelines.models import tracking
+from pipelines.models import compiled, tracking
 from pipelines.models.rollout_state import STATE_TAG, RolloutState
 from pipelines.models.signature import signature_inputs
 from pipelines.models.tasks import ModelTask
@@ -205,7 +205,7 @@ class ModelServer:
 
         try:
             ref = tracking.model_version(self.spec.model.registered_name, version)
-            model = tracking.load_model(ref)
+            model = compiled.load_for_inference(ref)
             inputs = signature_inputs(ref.uri)
             if not inputs:
                 raise ValueError(f"{ref.uri} has no signature; the service cannot check records against it")

@@ -41,6 +41,7 @@ from pipelines.core.config import settings
 from pipelines.core.errors import MissingData
 from pipelines.core.spec import ServingInput
 from pipelines.features.online_store import lookup, store_path
+from pipelines.models import compiled
 from pipelines.models.rollout_state import CANDIDATE_ARM, CHAMPION_ARM, arm_of
 from pipelines.serving.guard import BodyTooLarge, Guard, KeyRing, allowed_hosts, auth_enabled, key_file
 from pipelines.serving.model_server import Answer, ModelServer, NotReady
@@ -173,7 +174,8 @@ def readiness(endpoint: UseCaseEndpoint) -> dict:
     server = endpoint.server
     current, candidate, state = server.current, server.candidate, server.rollout
     found = {"ready": server.ready, "model": endpoint.spec.model.registered_name,
-             "version": current.ref.version if current else None, "error": public(server.last_error),
+             "version": current.ref.version if current else None,
+             "runtime": compiled.runtime_of(current.model) if current else None, "error": public(server.last_error),
              **({"model_process": "not answering; being replaced"} if server.stalled else {}),
              "circuit_open": bool(current and current.breaker.open)}
     if state is not None:

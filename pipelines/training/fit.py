@@ -26,7 +26,7 @@ from pipelines.core.spark import column, table_exists
 from pipelines.core.spec import SPEC_FILE, Snapshots, SpecError, Split, TaskType, check_estimator, estimator_class
 from pipelines.data.labels import encode_label_column
 from pipelines.features.point_in_time import feature_columns
-from pipelines.models import tracking
+from pipelines.models import compiled, tracking
 from pipelines.models.tasks import ModelTask, finite_or_none
 from pipelines.training.explanations import explain, log_explanations
 from pipelines.training.search import log_trials, search
@@ -317,6 +317,8 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
             task.log_plots(holdout[target].to_numpy(), holdout_outputs)
         with phases("explain"):
             explain_challenger(spec, model, holdout[cols.all], task)
+        with phases("compile"):
+            compiled_tags = compile_for_serving(spec, model, holdout[cols.all], task)
         with phases("model"):
             reference = drift_reference(spec, train)
             tracking.log_reference_sample(reference)
@@ -326,7 +328,7 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
             mlflow.set_tag(tracking.LOGGED_MODEL_TAG, info.model_uri)   # a retry registers this model, fits nothing
             version = tracking.register_challenger(
                 spec.model.registered_name, info.model_uri, run.info.run_id,
-                version_tags(spec, as_of, trigger, reason, metrics, airflow_run_id))
+                version_tags(spec, as_of, trigger, reason, metrics, airflow_run_id) | compiled_tags)
         mlflow.log_metrics({f"seconds_{name}": value for name, value in phases.seconds.items()})
     log.info("%s: training took %s", spec.name, phases)
     ref = tracking.ModelRef(spec.model.registered_name, str(version), run.info.run_id)
@@ -399,6 +401,18 @@ class PhaseTimer:
         return f"{total:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()) + ")"
 
 
+def compile_for_serving(spec, model, X: pd.DataFrame, task: ModelTask) -> dict[str, str]:
+    """The fitted pipeline compiled to ONNX and checked on the holdout ``X`` (see
+    :mod:`pipelines.models.compiled`), logged into the active run; the tags telling what will serve."""
+    outcome = compiled.compile_checked(model, X, task)
+    if outcome.compiled:
+        log.info("%s: compiled to ONNX; outputs equal scikit-learn's on %d holdout rows (largest difference %.2g)",
+                 spec.name, outcome.rows_checked, outcome.max_abs_diff)
+    else:
+        log.warning("%s: not compiled, scikit-learn will serve it: %s", spec.name, outcome.reason)
+    return compiled.log_compilation(outcome)
+
+
 def explain_challenger(spec, model, X: pd.DataFrame, task: ModelTask) -> None:
     """SHAP plots and importances into the active run (see pipelines.training.explanations). A model SHAP
     cannot explain is still trained: the run says why it has no explanations."""
@@ -445,7 +459,7 @@ def resume_challenger(spec, experiment_id: str, airflow_run_id: str, trigger: st
         run_id, model_uri = logged
         run = tracking.client().get_run(run_id)
         tags = version_tags(spec, run.data.tags.get("as_of", ""), trigger, reason, _holdout_metrics(run),
-                            airflow_run_id)
+                            airflow_run_id) | {k: v for k, v in run.data.tags.items() if k.startswith("compiled.")}
         ref = tracking.ModelRef(name, tracking.register_challenger(name, model_uri, run_id, tags), run_id)
         log.info("%s: Airflow run %s logged its model in run %s before failing; registered it as %s",
                  spec.name, airflow_run_id, run_id, ref.uri)

@@ -8,6 +8,8 @@ import pytest
 from pipelines import runtime
 from pipelines.core.lake import list_partitions, read_partition, read_table
 from pipelines.models import tracking
+from pipelines.models.tasks import ModelTask
+from tests.conftest import assert_scored_compiled_as_scikit_learn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 UC = "churn_small"
@@ -94,6 +96,8 @@ def test_inference_table_rows(played, small_spec):
     assert rows["score"].between(0, 1).all() and set(rows["run_id"]) == {f"run-{day}"}
     features = read_partition(lake.features(UC), day)
     assert set(rows["customer_id"]) == set(features["customer_id"])
+    # the churn spec's pipeline (quantile bins, text columns) was compiled and scored as scikit-learn does
+    assert_scored_compiled_as_scikit_learn(small_spec, ModelTask.of(small_spec), played["champion"], day, rows)
 
 
 def test_monitoring_tables_and_reports(played, small_spec, state_home):

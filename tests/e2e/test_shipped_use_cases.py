@@ -11,7 +11,7 @@ import shutil
 import pytest
 import yaml
 
-from tests.conftest import ROOT, include_folder
+from tests.conftest import ROOT, assert_scored_compiled_as_scikit_learn, include_folder
 
 AS_OF = dt.date(2026, 1, 1)
 # (use case, source, metric, the worst holdout value accepted, the plots its training run logs)
@@ -100,6 +100,7 @@ def test_shipped_use_case_end_to_end(state_home, spark, mlflow_server, shipped_i
         task = ModelTask.of(spec)
         table = read_partition(runtime.lake().inference(uc), AS_OF)
         assert set(task.output_columns) <= set(table.columns) and table[spec.entity].is_unique
+        assert_scored_compiled_as_scikit_learn(spec, task, challenger, AS_OF, table)
         drift = _cli("monitor", uc, AS_OF.isoformat())
         assert drift["output_column"] == task.monitored_output and drift["output_drift"] is False
         assert drift["drift_share"] == 0.0, drift      # the champion's own training data has not drifted
@@ -113,3 +114,4 @@ def test_shipped_use_case_end_to_end(state_home, spark, mlflow_server, shipped_i
         assert (weak < value) if direction else (weak > value), (weak, value)
         assert second["promotion"]["promoted"] is False and "does not beat" in second["promotion"]["reason"]
         assert tracking.resolve_alias(spec.model.registered_name, tracking.CHAMPION).version == challenger["version"]
+

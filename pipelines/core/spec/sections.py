@@ -296,8 +296,9 @@ class CalibrationCheck(_Check):
 
 
 class LatencyCheck(_Check):
-    """The model as it will be served (the registered version through MLflow's pyfunc): p50/p99 of
-    single-row and ``batch_rows``-row predictions over ``repeats`` calls, and its size on disk. The
+    """The model as it will be served (compiled when it passed its check, through the service's
+    record checks): p50/p99 of single-row and ``batch_rows``-row predictions over ``repeats``
+    calls, and the size of the served files. The
     calls are made in ``rounds`` rounds and the best round counts: a pause of the machine the
     gate runs on is not the model's latency, while a slow model is slow in every round."""
 
