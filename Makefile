@@ -43,7 +43,7 @@ compose-env: venv  ## .env with fresh secrets for docker-compose.yaml
 bench: venv  ## every stage against its peer at the small sizes (under 15 minutes); rows in docs/benchmarks.md
 	$(PY) -m bench.suite --size small
 
-bench-large: venv  ## the same at the 10M sizes
+bench-large: venv  ## the same at the 10M sizes, and the scale curve to 50M rows (local[2] and standalone)
 	$(PY) -m bench.suite --size large
 
 zoo: venv  ## 37 real tables through the user's path (init .. monitor) against plain scikit-learn; rows in docs/benchmarks.md

@@ -44,6 +44,7 @@ def training_frame(spec, rows: int):
     frame = synthetic.frame(rows)
     first = frame[synthetic.columns.numeric[0]]
     frame[spec.label.target] = (first + synthetic.rng.normal(0, 5, rows) > 25).astype(int)
+    frame[spec.entity] = [f"C{i:06d}" for i in range(rows)]   # one row per entity (the folds group by entity)
     frame["ds"] = (pd.Timestamp("2026-01-01") + pd.to_timedelta(np.arange(rows) % 30, unit="D")).strftime("%Y-%m-%d")
     return frame
 

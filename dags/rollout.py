@@ -74,22 +74,14 @@ def build_rollout(spec):
         def judge_rollout(params=None, dag_run=None) -> dict:
             from pipelines import alerts, runtime
             stop = (params or {}).get("stop_reason")
-            result = stop_rollout(use_case, stop, triggered_by(dag_run)) if stop else runtime.judge_rollout(use_case)
+            result = runtime.stop_rollout(use_case, stop, triggered_by(dag_run)) if stop else \
+                runtime.judge_rollout(use_case)
             alert(use_case, alerts.rollout(use_case, result))
             return result
 
         load_test_candidate() >> judge_rollout()
 
     return rollout()
-
-
-def stop_rollout(use_case: str, reason: str, by: str) -> dict:
-    """Roll the running rollout back by hand, as the judging step reports a move."""
-    from pipelines import runtime
-    stopped = runtime.end_rollout(use_case, reason, by)
-    if stopped.get("action") == "none":
-        return stopped
-    return {"action": "roll_back", "reason": f"stopped by {by}: {reason}", "state": stopped}
 
 
 for _spec in use_cases():

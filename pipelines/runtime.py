@@ -260,6 +260,15 @@ def end_rollout(use_case: str, reason: str, requested_by: str) -> dict:
     return asdict(rollout.apply(the_spec, lake(), state, rollout.Judgement("roll_back", reason), requested_by))
 
 
+def stop_rollout(use_case: str, reason: str, requested_by: str) -> dict:
+    """:func:`end_rollout`, reported as the rollout DAG's judging step reports a move (a manual
+    run of ``<uc>_rollout`` with a ``stop_reason``: the control room's "Stop the rollout")."""
+    stopped = end_rollout(use_case, reason, requested_by)
+    if stopped.get("action") == "none":
+        return stopped
+    return {"action": "roll_back", "reason": f"stopped by {requested_by}: {reason}", "state": stopped}
+
+
 def rollout_status(use_case: str, timelines: int = 1) -> str:
     return rollout.status_text(spec(use_case), lake(), timelines)
 

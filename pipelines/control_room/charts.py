@@ -4,33 +4,28 @@ and returns one ``<svg>`` document ('' when there is nothing to draw)."""
 from __future__ import annotations
 
 import io
-import threading
 
 import pandas as pd
 
 from pipelines.control_room.state import DriftDay, TrafficDay
 
 WIDTH, HEIGHT = 7.5, 2.8           # inches at 96 dpi in the page
-_DRAWING = threading.Lock()        # pyplot's state is global: one figure at a time
 
 
 def _svg(draw) -> str:
+    """A chart drawn by ``draw(figure, axes)`` as SVG text: a figure of its own, not pyplot's
+    global state, so pages drawn at once do not share one."""
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    matplotlib.rcParams["svg.fonttype"] = "none"   # text stays text (searchable, readable by tests)
-    matplotlib.rcParams["svg.hashsalt"] = "control-room"   # the same chart gives the same ids
-    with _DRAWING:
-        figure, axes = plt.subplots(figsize=(WIDTH, HEIGHT), dpi=96)
-        try:
-            draw(figure, axes)
-            figure.tight_layout()
-            out = io.StringIO()
-            figure.savefig(out, format="svg")
-        finally:
-            plt.close(figure)
+    with matplotlib.rc_context({"svg.fonttype": "none",              # text stays text (searchable, readable by tests)
+                                "svg.hashsalt": "control-room"}):    # the same chart gives the same ids
+        figure = Figure(figsize=(WIDTH, HEIGHT), dpi=96)
+        axes = figure.subplots()
+        draw(figure, axes)
+        figure.tight_layout()
+        out = io.StringIO()
+        figure.savefig(out, format="svg")
     text = out.getvalue()
     return text[text.index("<svg"):]
 

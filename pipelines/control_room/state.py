@@ -16,6 +16,7 @@ import pandas as pd
 from pipelines.alerts import AlertRecord, recent_alerts
 from pipelines.core.lake import Lake, list_partitions, read_table
 from pipelines.data.inbox import REJECTED, inbox_folder
+from pipelines.data.validation import RuleFailure
 from pipelines.models.rollout_state import read_state
 from pipelines.monitoring.watch import DRIFT_COLUMNS, DRIFT_SUMMARY, PERFORMANCE
 from pipelines.release.evaluation import PROMOTION_CHECKS
@@ -233,9 +234,8 @@ def quarantine_reason(lake: Lake, use_case: str, source: str, day: str) -> str:
     try:
         report = json.loads(attempts[-1].read_text())
         failures = report.get("failures") or []
-        return "; ".join(f"{f.get('column') or 'table'}: {f.get('rule')}: {f.get('detail')}" for f in failures) \
-            or "quarantined"
-    except (OSError, ValueError, AttributeError):
+        return "; ".join(str(RuleFailure(**f)) for f in failures) or "quarantined"
+    except (OSError, ValueError, AttributeError, TypeError):
         return f"quarantined (its report {attempts[-1].name} cannot be read)"
 
 

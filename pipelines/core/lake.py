@@ -182,8 +182,7 @@ def _read_evolved(table: Path, columns: list[str] | None) -> pa.Table:
     """A table whose partitions' schemas differ, partition by partition, their types widened to fit."""
     pieces = []
     for date in list_partitions(table):
-        files = [str(p) for p in sorted(Lake.partition(table, date).glob("*.parquet"))]
-        piece = pq.ParquetDataset(files, partitioning=None).read()
+        piece = read_files(sorted(str(p) for p in Lake.partition(table, date).glob("*.parquet")))
         pieces.append(piece.append_column("ds", pa.array([date] * piece.num_rows, pa.string())))
     frame = pa.concat_tables(pieces, promote_options="permissive")
     return frame.select([c for c in columns if c in frame.column_names] + ["ds"]) if columns else frame

@@ -91,16 +91,14 @@ class ModelTask:
             values = model.predict(X) if len(X) else np.empty(0)
             return pd.DataFrame({"prediction": np.asarray(values, dtype="float64")}, index=X.index)
         proba = self.probabilities(model, X)
-        out = pd.DataFrame(index=X.index)
-        if self.kind is TaskType.BINARY:
-            out["score"] = proba[:, 1]
-            out["predicted_label"] = (out["score"] >= self.threshold).astype("int32")
-            return out
-        out["score"] = proba.max(axis=1)
-        out["predicted_label"] = np.asarray(self.classes, dtype="int32")[proba.argmax(axis=1)]
-        for i, c in enumerate(self.classes):
-            out[f"proba_{c}"] = proba[:, i]
-        return out
+        if self.kind is TaskType.BINARY:   # one frame made at once: a column at a time cost ~1 ms per call
+            score = proba[:, 1]
+            return pd.DataFrame({"score": score, "predicted_label": (score >= self.threshold).astype("int32")},
+                                index=X.index)
+        columns = {"score": proba.max(axis=1),
+                   "predicted_label": np.asarray(self.classes, dtype="int32")[proba.argmax(axis=1)]}
+        columns.update({f"proba_{c}": proba[:, i] for i, c in enumerate(self.classes)})
+        return pd.DataFrame(columns, index=X.index)
 
     def probabilities(self, model, X: pd.DataFrame) -> np.ndarray:
         """Class probabilities in the order of ``classes`` (0 for a class the model never saw)."""

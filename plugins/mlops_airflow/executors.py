@@ -38,7 +38,7 @@ DEFAULT_PRELOAD = (
     "pandas", "pyarrow.parquet", "yaml", "sklearn.ensemble", "sklearn.model_selection", "sklearn.metrics",
     "mlflow", "mlflow.sklearn", "skops.io", "pyspark.sql.connect.session", "great_expectations",
     "great_expectations.expectations", "evidently", "evidently.presets", "plotly.offline", "plotly.graph_objects",
-    "matplotlib.pyplot", "apprise",
+    "matplotlib.pyplot", "apprise", "skl2onnx", "onnxruntime",
 )
 
 

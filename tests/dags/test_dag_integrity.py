@@ -231,23 +231,18 @@ def test_a_rollout_dag_only_for_use_cases_with_a_rollout_strategy(dagbag, tmp_pa
 def test_a_manual_rollout_run_with_a_stop_reason_rolls_the_candidate_back(dagbag, monkeypatch):
     """The control room's "Stop the rollout": the rollout DAG's form takes a reason; its run rolls
     the running rollout back (reported and alerted as a roll-back) instead of judging it."""
-    import importlib.util
-
     from pipelines import alerts, runtime
 
     assert dagbag.dags["churn_rollout"].params["stop_reason"] == ""
-    loader = importlib.util.spec_from_file_location("rollout_dag_under_test", ROOT / "dags" / "rollout.py")
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
     asked = []
     monkeypatch.setattr(runtime, "end_rollout", lambda uc, reason, by: asked.append((uc, reason, by)) or {
         "candidate": "3", "champion": "2", "share": 0.0, "phase": "rolled_back"})
-    stopped = module.stop_rollout("churn", "p99 too high", "ops")
+    stopped = runtime.stop_rollout("churn", "p99 too high", "ops")
     assert asked == [("churn", "p99 too high", "ops")]
     assert stopped["action"] == "roll_back" and stopped["reason"] == "stopped by ops: p99 too high"
     assert alerts.rollout("churn", stopped).headline == "rollout of v3 rolled back"
     monkeypatch.setattr(runtime, "end_rollout", lambda uc, reason, by: {"action": "none", "reason": "no rollout"})
-    assert module.stop_rollout("churn", "x", "ops")["action"] == "none"
+    assert runtime.stop_rollout("churn", "x", "ops")["action"] == "none"
 
 
 @pytest.mark.parametrize("choice", ["Approve", "Reject"])

@@ -45,7 +45,7 @@ def test_each_sources_day_is_clean_quarantined_with_its_rules_or_missing(lake, t
     view = state.data_view(SPEC, lake, tmp_path / "inbox")
     assert view.days == ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]
     assert view.status["2026-01-02"]["transactions"] == state.SourceDay(
-        "quarantined", "customer_id: expect_column_values_to_not_be_null: 5 rows <script>")
+        "quarantined", "column 'customer_id': expect_column_values_to_not_be_null failed: 5 rows <script>")
     assert view.status["2026-01-02"]["customers"].status == "clean"
     assert {cell.status for cell in view.status["2026-01-03"].values()} == {"missing"}
 

@@ -105,12 +105,19 @@ def use_case_spec(use_case: str, visitor: Visitor):
 def chosen_environment(request: Request) -> str | None:
     """The environment a page shows (``?env=``; this deployment's own when absent); 404 naming the
     environments for one that is not declared."""
+    return _environments_of(request)[0]
+
+
+def _environments_of(request: Request) -> tuple[str | None, list[str]]:
+    """(the page's environment, every declared one), read once per request (kept on ``request.state``)."""
     from pipelines import runtime
 
-    env, names = request.query_params.get("env", ""), runtime.environments().names
-    if env and env not in names:
-        raise HTTPException(404, f"no environment {env[:40]!r}; the environments are {', '.join(names)}")
-    return env or None
+    if not hasattr(request.state, "environments"):
+        env, names = request.query_params.get("env", ""), list(runtime.environments().names)
+        if env and env not in names:
+            raise HTTPException(404, f"no environment {env[:40]!r}; the environments are {', '.join(names)}")
+        request.state.environments = (env or None, names)
+    return request.state.environments
 
 
 def own_environment() -> str:
@@ -133,11 +140,11 @@ def acting(request: Request):
 def page(request: Request, template: str, visitor: Visitor, spec=None, notice: str = "", **values) -> HTMLResponse:
     from pipelines import runtime
 
-    chosen = chosen_environment(request)
+    chosen, names = _environments_of(request)
     response = templates.TemplateResponse(request, template, {
         "prefix": PREFIX, "pages": PAGES, "user": visitor.name, "spec": spec,
         "use_cases": readable_use_cases(visitor), "environment": runtime.settings().env,
-        "environments": runtime.environments().names, "query": f"?env={chosen}" if chosen else "",
+        "environments": names, "query": f"?env={chosen}" if chosen else "",
         "path": request.url.path, "notice": notice, **values})
     response.headers["Content-Security-Policy"] = PAGE_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
