@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pipelines.core.config import settings
 from pipelines.core.lake import Lake, list_partitions, read_table
-from pipelines.models import tracking
+from pipelines.models import compiled, tracking
 from pipelines.monitoring.watch import DRIFT_SUMMARY, PERFORMANCE, RETRAIN_REQUESTS
 from pipelines.release.decision import short_reason
 from pipelines.release.model_card import card_folder
@@ -31,6 +31,7 @@ def champion_history(spec) -> list[dict]:
             "decision": tags.get("promotion.decision", "not evaluated"),
             "reason": tags.get("promotion.reason", ""),
             "run_id": mv.run_id,
+            "runtime": _runtime_text(tags),
             "gate": tags.get("gate.decision", ""),
             "gate_failing": tags.get("gate.failing", "none"),
             "gate_warnings": tags.get("gate.warnings", "none"),
@@ -45,6 +46,15 @@ def champion_history(spec) -> list[dict]:
             if tags.get("rollback.at") else "",
         })
     return rows
+
+
+def _runtime_text(tags: dict) -> str:
+    """What serves a version, as its tags say: the runtime, with where its bins are or why it is not compiled."""
+    runtime = tags.get(compiled.RUNTIME_TAG, "")
+    if not runtime:
+        return "not recorded (registered before compiled inference)"
+    detail = tags.get(compiled.REASON_TAG) or (f"quantile bins {tags[compiled.BINS_TAG]}" if tags.get(compiled.BINS_TAG) else "")
+    return f"{runtime}: {detail}" if detail else runtime
 
 
 def summarize(spec, lake: Lake | None = None) -> str:

@@ -26,7 +26,7 @@ import functools
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,9 @@ RUNTIME_TAG = "compiled.runtime"        # on the training run and the version: w
 REASON_TAG = "compiled.reason"          # why it is not compiled (empty when it is)
 DIFF_TAG = "compiled.max_abs_diff"      # the largest difference of an output on the holdout
 ROWS_TAG = "compiled.rows_checked"      # how many holdout rows the check compared
+BINS_TAG = "compiled.bins"              # quantile bins: "folded" into the trees, "in the feed", or ""
+TAGS = (RUNTIME_TAG, REASON_TAG, DIFF_TAG, ROWS_TAG, BINS_TAG)   # what a copied or resumed version carries over
+FOLDED, IN_FEED = "folded", "in the feed"
 ONNX, SKLEARN = "onnxruntime", "scikit-learn"
 ARTIFACT_DIR = "compiled"               # in the training run: model.onnx and plan.json
 # scores and probabilities: absolute; regression predictions: relative to the largest one (a
@@ -66,6 +69,7 @@ class FeedPlan:
     categorical: tuple[str, ...]
     categorical_fill: tuple[str, ...]
     classes: tuple[int, ...] | None                    # a classifier's classes_; None for a regressor
+    binned: bool = False                               # the pipeline has quantile bins (folded when no edges)
 
     @property
     def input_names(self) -> list[str]:
@@ -85,7 +89,8 @@ class FeedPlan:
         edges = raw["bin_edges"]
         return cls(tuple(raw["numeric"]), tuple(float(v) for v in raw["numeric_fill"]),
                    None if edges is None else tuple(tuple(e) for e in edges), tuple(raw["categorical"]),
-                   tuple(raw["categorical_fill"]), None if raw["classes"] is None else tuple(raw["classes"]))
+                   tuple(raw["categorical_fill"]), None if raw["classes"] is None else tuple(raw["classes"]),
+                   bool(raw.get("binned", edges is not None)))
 
     def feed(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
         """The graph's inputs for the rows of ``X`` (a column each, as the graph names them)."""
@@ -149,14 +154,22 @@ class CompiledModel:
 
 
 # ------------------------------------------------------------------ compiling
-def compile_pipeline(model) -> CompiledModel:
+def compile_pipeline(model, fold: bool = True) -> CompiledModel:
     """``model`` (a pipeline of :func:`pipelines.training.fit.make_pipeline`'s shape) compiled;
-    :class:`NotCompilable` naming what stops it."""
-    plan, graph_pipeline = _split(model)
+    :class:`NotCompilable` naming what stops it. ``fold``: quantile bins folded into the trees'
+    thresholds where the estimator allows (fast, float32), else computed in the feed (exact)."""
+    plan, graph_pipeline = _split(model, fold)
     return CompiledModel(_convert(graph_pipeline, plan), plan)
 
 
-def _split(model) -> tuple[FeedPlan, object]:
+def bins_of(model: CompiledModel, fold: bool) -> str:
+    """Where a compiled model's quantile bins are: :data:`FOLDED`, :data:`IN_FEED`, or "" (none)."""
+    if model.plan.bin_edges is not None:
+        return IN_FEED
+    return FOLDED if fold and model.plan.binned else ""
+
+
+def _split(model, fold: bool = True) -> tuple[FeedPlan, object]:
     """The feed plan, and a copy of the pipeline without the steps the plan does (the graph's part)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
@@ -182,13 +195,14 @@ def _split(model) -> tuple[FeedPlan, object]:
     columns.transformers_ = kept
     (numeric, fill, edges), (categorical, texts) = parts.get("numeric", ([], [], None)), parts.get("categorical", ([], []))
     numeric_first = [name for name, step, _ in kept if step != "drop"][:1] == ["numeric"]
-    if edges is not None and numeric_first and fold_bins(graph.steps[1][1], edges):
+    binned = edges is not None
+    if binned and fold and numeric_first and fold_bins(graph.steps[1][1], edges):
         edges = None   # the trees now compare the numbers themselves
     classes = getattr(graph.steps[1][1], "classes_", None)
     if classes is not None and not all(float(c).is_integer() for c in classes):
         raise NotCompilable(f"classes {list(classes)[:5]} are not integer codes")
     plan = FeedPlan(tuple(numeric), tuple(float(v) for v in fill), edges, tuple(categorical), tuple(texts),
-                    None if classes is None else tuple(int(c) for c in classes))
+                    None if classes is None else tuple(int(c) for c in classes), binned)
     return plan, graph
 
 
@@ -307,6 +321,7 @@ class Compilation:
     max_abs_diff: float | None      # over every output column on the rows checked
     rows_checked: int
     model: CompiledModel | None = None
+    bins: str = ""                  # FOLDED, IN_FEED or "" (see bins_of)
 
     @property
     def compiled(self) -> bool:
@@ -314,20 +329,33 @@ class Compilation:
 
     def tags(self) -> dict[str, str]:
         diff = "" if self.max_abs_diff is None else f"{self.max_abs_diff:.3g}"
-        return {RUNTIME_TAG: self.runtime, REASON_TAG: self.reason[:500], DIFF_TAG: diff,
-                ROWS_TAG: str(self.rows_checked)}
+        from pipelines.models.tracking import tag_text
+
+        return {RUNTIME_TAG: self.runtime, REASON_TAG: tag_text(self.reason), DIFF_TAG: diff,
+                ROWS_TAG: str(self.rows_checked), BINS_TAG: self.bins}
 
 
-def compile_checked(model, X: pd.DataFrame, task) -> Compilation:
-    """``model`` compiled and its outputs on ``X`` compared with scikit-learn's (the task's output
-    columns: scores and probabilities within :data:`TOLERANCE`, predictions within it relative to
-    the largest of them, labels identical). Never raises: a failure is a :data:`SKLEARN` outcome naming it."""
+def compile_checked(model, X: pd.DataFrame, task, expected: pd.DataFrame | None = None) -> Compilation:
+    """``model`` compiled and its outputs on ``X`` compared with scikit-learn's ``expected`` (the
+    task's output columns on ``X``, computed when not given: scores and probabilities within
+    :data:`TOLERANCE`, predictions within it relative to the largest of them, labels identical).
+
+    Quantile bins are first folded into the trees (fast). The graph compares in float32, so a number
+    within float32 rounding of a bin edge can take the other branch; when the folded model fails
+    the check, it is compiled again with the bins computed in the feed (exact integers) and checked
+    again. Never raises: a failure is a :data:`SKLEARN` outcome naming it."""
+    outcome = None
     try:
-        compiled = compile_pipeline(model)
-        expected, got = task.outputs(model, X), task.outputs(compiled, X)
+        expected = task.outputs(model, X) if expected is None else expected
+        for fold in (True, False):
+            compiled = compile_pipeline(model, fold)
+            outcome = replace(judge(expected, task.outputs(compiled, X), compiled), bins=bins_of(compiled, fold))
+            if outcome.compiled or outcome.bins != FOLDED:
+                return outcome
+            log.info("bins folded into the trees: %s; compiling again with the bins in the feed", outcome.reason)
     except Exception as exc:   # noqa: BLE001 - whatever stops compiling, scikit-learn serves
-        return Compilation(SKLEARN, f"{type(exc).__name__}: {exc}"[:500], None, 0)
-    return judge(expected, got, compiled)
+        return Compilation(SKLEARN, f"{type(exc).__name__}: {exc}", None, 0)
+    return outcome
 
 
 def judge(expected: pd.DataFrame, got: pd.DataFrame, compiled: CompiledModel | None = None) -> Compilation:
@@ -388,6 +416,7 @@ def load_for_inference(ref):
     if tags.get(RUNTIME_TAG) == ONNX:
         try:
             compiled = load_compiled(ref.run_id)
+            compiled.session()   # a half-written graph fails here, not at the first request
             lineage.read(ref.as_dataset())
             return compiled
         except Exception as exc:   # noqa: BLE001 - the scikit-learn flavour serves the same outputs

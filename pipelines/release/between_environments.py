@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 from pipelines.core.errors import FinalRefusal
 from pipelines.core.lake import Lake, list_partitions, partition_files
-from pipelines.models import tracking
+from pipelines.models import compiled, tracking
 from pipelines.release.decision import Review
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ def release_tags(source_spec, source: tracking.ModelRef, release_id: str, reques
     tags = {**provenance(source.name, source.version), "release.id": release_id,
             "release.from_env": source_spec.environment, "release.from": f"{source.name}/{source.version}",
             "release.requested_by": requested_by, "release.reason": tracking.tag_text(reason), "release.at": now()}
+    run_tags = tracking.client().get_run(source.run_id).data.tags if source.run_id else {}
+    tags.update({key: run_tags[key] for key in compiled.TAGS if key in run_tags})   # the copy serves as its run says
     if review is not None:
         tags.update({"release.approved_by": review.by or "nobody (timed out)", "release.approved_at": review.at or "",
                      "release.approval_comment": tracking.tag_text(review.comment)})

@@ -318,7 +318,7 @@ def train_challenger(spark, spec, lake: Lake, as_of: dt.date, reason: str = "sch
         with phases("explain"):
             explain_challenger(spec, model, holdout[cols.all], task)
         with phases("compile"):
-            compiled_tags = compile_for_serving(spec, model, holdout[cols.all], task)
+            compiled_tags = compile_for_serving(spec, model, holdout[cols.all], task, holdout_outputs)
         with phases("model"):
             reference = drift_reference(spec, train)
             tracking.log_reference_sample(reference)
@@ -401,13 +401,15 @@ class PhaseTimer:
         return f"{total:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()) + ")"
 
 
-def compile_for_serving(spec, model, X: pd.DataFrame, task: ModelTask) -> dict[str, str]:
-    """The fitted pipeline compiled to ONNX and checked on the holdout ``X`` (see
-    :mod:`pipelines.models.compiled`), logged into the active run; the tags telling what will serve."""
-    outcome = compiled.compile_checked(model, X, task)
+def compile_for_serving(spec, model, X: pd.DataFrame, task: ModelTask, expected: pd.DataFrame) -> dict[str, str]:
+    """The fitted pipeline compiled to ONNX and checked on the holdout ``X`` against scikit-learn's
+    outputs ``expected`` (see :mod:`pipelines.models.compiled`), logged into the active run; the
+    tags telling what will serve."""
+    outcome = compiled.compile_checked(model, X, task, expected)
     if outcome.compiled:
-        log.info("%s: compiled to ONNX; outputs equal scikit-learn's on %d holdout rows (largest difference %.2g)",
-                 spec.name, outcome.rows_checked, outcome.max_abs_diff)
+        log.info("%s: compiled to ONNX%s; outputs equal scikit-learn's on %d holdout rows (largest difference %.2g)",
+                 spec.name, f" (quantile bins {outcome.bins})" if outcome.bins else "", outcome.rows_checked,
+                 outcome.max_abs_diff)
     else:
         log.warning("%s: not compiled, scikit-learn will serve it: %s", spec.name, outcome.reason)
     return compiled.log_compilation(outcome)
@@ -459,7 +461,7 @@ def resume_challenger(spec, experiment_id: str, airflow_run_id: str, trigger: st
         run_id, model_uri = logged
         run = tracking.client().get_run(run_id)
         tags = version_tags(spec, run.data.tags.get("as_of", ""), trigger, reason, _holdout_metrics(run),
-                            airflow_run_id) | {k: v for k, v in run.data.tags.items() if k.startswith("compiled.")}
+                            airflow_run_id) | {k: v for k, v in run.data.tags.items() if k in compiled.TAGS}
         ref = tracking.ModelRef(name, tracking.register_challenger(name, model_uri, run_id, tags), run_id)
         log.info("%s: Airflow run %s logged its model in run %s before failing; registered it as %s",
                  spec.name, airflow_run_id, run_id, ref.uri)

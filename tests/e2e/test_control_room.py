@@ -100,6 +100,8 @@ def test_every_page_of_every_use_case_loads_inside_airflows_ui_with_no_console_e
             shown = admin.open(f"/{use_case}/versions/{champion.version}", shot=f"{use_case}-version")
             shown.frame_locator("iframe#card").locator("h1").first.wait_for()
             assert f"v{champion.version}" in shown.frame_locator("iframe#card").locator("h1").first.inner_text()
+            served_by = tracking.client().get_run(champion.run_id).data.tags["compiled.runtime"]
+            assert shown.inner_text("#runtime").startswith(served_by)
     page = admin.open(f"/{STORY_UC}?env=staging", shot=f"{STORY_UC}-staging")   # another environment's registry
     assert page.inner_text("header nav.environments a.current") == "staging"
     assert all(a.endswith("?env=staging") for a in page.locator("nav.tabs a, .actions form").evaluate_all(

@@ -87,6 +87,7 @@ def test_dev_champion_is_tested_in_staging_then_approved_into_prod(environments,
     assert tags["release.run_id"] == dev["run_id"] == staged["run_id"]   # the same artifact, the same run
     assert tags["release.data_digest"] == run_tags["training_data_digest"]
     assert tags["release.code_version"] == run_tags["code_version"]
+    assert tags["compiled.runtime"] == run_tags["compiled.runtime"] != ""   # the copy says what serves it
     assert all(tags[f"release.test.{t}"] == "passed" for t in staged["tests"])
     with acting_in("staging"):   # staging scored its own newest partition with the staged version
         newest = list_partitions(runtime.lake().features(UC))[-1]
@@ -102,6 +103,8 @@ def test_dev_champion_is_tested_in_staging_then_approved_into_prod(environments,
     prod_tags = c.get_model_version(released["name"], released["version"]).tags
     assert prod_tags["release.origin"] == tags["release.origin"] and prod_tags["release.run_id"] == dev["run_id"]
     assert prod_tags["release.from"] == f"{staged['name']}/{staged['version']}"
+    assert {k: v for k, v in prod_tags.items() if k.startswith("compiled.")} == \
+        {k: v for k, v in run_tags.items() if k.startswith("compiled.")}
     assert prod_tags["release.approved_by"] == "risk-review"
     assert prod_tags["release.approval_comment"] == "staging looked right"
     source_tags = c.get_model_version(staged["name"], staged["version"]).tags

@@ -86,6 +86,35 @@ def test_the_feed_plan_survives_its_json_and_names_the_graph_inputs(fitted):
                if hasattr(step, "steps")) == bool(spec.training.recency_half_life_days)
 
 
+def test_numbers_a_float32_rounding_from_a_bin_edge_are_compiled_with_the_bins_in_the_feed():
+    """Numbers just below a quantile bin's edge round in float32 onto the edge, so the folded trees
+    send them the other way than scikit-learn. The check sees it, and the model is compiled again
+    with the bins computed in the feed, which answers exactly."""
+    spec = load_spec(ROOT / "include" / "churn")
+    assert spec.training.recency_half_life_days, "the churn spec's pipeline has quantile bins"
+    task = ModelTask.of(spec)
+    cols = feature_columns(spec)
+    train = rows(spec, 3000, seed=0)
+    model = make_pipeline(spec).fit(train, labels(task, train, cols.numeric[1], seed=0))
+    binner = next(dict(step.steps)["bins"] for name, step, _ in model.steps[0][1].transformers_ if name == "numeric")
+    holdout, rng = rows(spec, 2000, seed=1), np.random.default_rng(4)
+    for j, column in enumerate(cols.numeric):   # every number just below one of its column's inner edges
+        below = np.nextafter(binner.bin_edges_[j][1:-1], -np.inf)
+        holdout[column] = rng.choice(below, len(holdout))
+
+    expected = task.outputs(model, holdout)
+    folded = compiled.compile_pipeline(model, fold=True)
+    assert folded.plan.bin_edges is None
+    assert not compiled.judge(expected, task.outputs(folded, holdout)).compiled   # float32 bites here
+    outcome = compiled.compile_checked(model, holdout, task, expected)
+    assert outcome.compiled and outcome.bins == compiled.IN_FEED, outcome.reason
+    assert outcome.model.plan.bin_edges is not None and outcome.max_abs_diff <= compiled.TOLERANCE
+    assert outcome.tags()[compiled.BINS_TAG] == compiled.IN_FEED
+    assert compiled.FeedPlan.from_json(outcome.model.plan.to_json()) == outcome.model.plan
+    # on ordinary rows the bins stay folded
+    assert compiled.compile_checked(model, rows(spec, 500, seed=5), task).bins == compiled.FOLDED
+
+
 def test_bins_stay_in_the_feed_when_they_cannot_be_folded():
     """Quantile bins before an estimator other than gradient boosting are computed in numpy."""
     from sklearn.compose import ColumnTransformer
@@ -199,30 +228,50 @@ def test_a_version_serves_compiled_when_its_check_passed_and_scikit_learn_otherw
     model = make_pipeline(spec).fit(train, labels(task, train, feature_columns(spec).numeric[1], seed=0))
     experiment = tracking.ensure_experiment("compiled")
     refs = {}
-    for case, outcome in (("compiled", compiled.compile_checked(model, train, task)),
-                          ("refused", compiled.Compilation(compiled.SKLEARN, "outputs differ", 0.1, 10)),
-                          ("files gone", compiled.compile_checked(model, train, task))):
+    cases = ("compiled", "refused", "files gone", "half-written graph", "plan not JSON")
+    for case in cases:
+        outcome = (compiled.Compilation(compiled.SKLEARN, "outputs differ", 0.1, 10) if case == "refused"
+                   else compiled.compile_checked(model, train, task))
         with mlflow.start_run(experiment_id=experiment) as run:
             info = tracking.log_sklearn_model(model, train.head(5), model.predict_proba(train.head(5)))
             tags = compiled.log_compilation(outcome)
         refs[case] = tracking.ModelRef("m", tracking.register_challenger("m", info.model_uri, run.info.run_id, tags),
                                        run.info.run_id)
-    artifacts = urlparse(mlflow.get_run(refs["files gone"].run_id).info.artifact_uri).path
-    shutil.rmtree(Path(artifacts) / compiled.ARTIFACT_DIR)
+    def files(case: str) -> Path:
+        return Path(urlparse(mlflow.get_run(refs[case].run_id).info.artifact_uri).path) / compiled.ARTIFACT_DIR
+
+    shutil.rmtree(files("files gone"))
+    graph = (files("half-written graph") / "model.onnx").read_bytes()
+    (files("half-written graph") / "model.onnx").write_bytes(graph[: len(graph) // 2])
+    (files("plan not JSON") / "plan.json").write_text('{"numeric": ["<script>alert(1)</script>"')
 
     loaded = {case: compiled.load_for_inference(ref) for case, ref in refs.items()}
     assert {case: compiled.runtime_of(m) for case, m in loaded.items()} == {
-        "compiled": compiled.ONNX, "refused": compiled.SKLEARN, "files gone": compiled.SKLEARN}
+        case: compiled.ONNX if case == "compiled" else compiled.SKLEARN for case in cases}
     version = tracking.client().get_model_version("m", refs["refused"].version)
     assert version.tags[compiled.RUNTIME_TAG] == compiled.SKLEARN and version.tags[compiled.REASON_TAG] == "outputs differ"
     inputs = {c: "string" if c in feature_columns(spec).categorical else "double" for c in feature_columns(spec).all}
     records = rows(spec, 50, seed=3).astype(object).where(lambda f: f.notna(), None).to_dict("records")
     answers = {case: pd.DataFrame(score_records(task, m, inputs, records)) for case, m in loaded.items()}
     assert compiled.judge(answers["refused"], answers["compiled"]).compiled
-    pd.testing.assert_frame_equal(answers["refused"], answers["files gone"])
+    for case in cases[2:]:
+        pd.testing.assert_frame_equal(answers["refused"], answers[case])
 
     measured = gate.measure_latency(refs["compiled"], task, train, LatencyCheck(name="l", kind="latency", repeats=5,
                                                                                  rounds=1, batch_rows=100))
     assert measured.runtime == compiled.ONNX and measured.size_mb == pytest.approx(len(loaded["compiled"].graph) / 1e6)
     verdict = gate.latency_check(LatencyCheck(name="l", kind="latency"), measured)
     assert any(r.subject == "runtime" and "onnxruntime" in r.detail for r in verdict.results)
+
+
+@pytest.mark.parametrize("tags, shown", [
+    ({"compiled.runtime": "onnxruntime", "compiled.reason": "", "compiled.bins": ""}, "onnxruntime"),
+    ({"compiled.runtime": "onnxruntime", "compiled.reason": "", "compiled.bins": "in the feed"},
+     "onnxruntime: quantile bins in the feed"),
+    ({"compiled.runtime": "scikit-learn", "compiled.reason": "outputs differ"}, "scikit-learn: outputs differ"),
+    ({}, "not recorded (registered before compiled inference)"),
+])
+def test_a_versions_page_says_what_serves_it(tags, shown):
+    from pipelines.report import _runtime_text
+
+    assert _runtime_text(tags) == shown
