@@ -10,6 +10,7 @@ partition is removed, and :class:`DataValidationError` names every failed column
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -92,45 +93,114 @@ def load_rules(spec) -> dict[str, list[dict[str, Any]]]:
     return rules
 
 
-def build_suite(spec, source: str, rules: dict[str, list[dict[str, Any]]]):
-    """The GX expectation suite for one source: spec-derived rules, then the file's rules."""
+def build_suite(spec, source: str, rules: dict[str, list[dict[str, Any]]], part: str = "all"):
+    """The GX expectation suite for one source: spec-derived rules, then the file's rules. ``part``:
+    every rule (``all``), only those judged row by row (``rows``), or only the others (``whole``);
+    see :func:`judged_row_by_row`."""
     import great_expectations as gx
+
+    suite = gx.ExpectationSuite(name=f"{spec.name}.{source}" + ("" if part == "all" else f".{part}"))
+    for expectation in source_expectations(spec, source, rules):
+        if part == "all" or judged_row_by_row(expectation) == (part == "rows"):
+            suite.add_expectation(expectation)
+    return suite
+
+
+def source_expectations(spec, source: str, rules: dict[str, list[dict[str, Any]]]) -> list:
+    """The expectations of one source, new objects on every call: spec-derived, then the file's."""
     import great_expectations.expectations as gxe
 
     src = spec.source(source)
-    suite = gx.ExpectationSuite(name=f"{spec.name}.{source}")
-    suite.add_expectation(gxe.ExpectTableColumnsToMatchSet(column_set=list(src.columns), exact_match=True))
-    for column, kind in src.columns.items():
-        suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=PANDAS_TYPES[kind]))
+    found = [gxe.ExpectTableColumnsToMatchSet(column_set=list(src.columns), exact_match=True)]
+    found += [gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=PANDAS_TYPES[kind])
+              for column, kind in src.columns.items()]
     # a source that always delivers has at least min_rows rows a day; map rules pass on empty data
-    suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(min_value=src.min_rows))
-    for column in src.key:
-        suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column))
-    if len(src.key) == 1:
-        suite.add_expectation(gxe.ExpectColumnValuesToBeUnique(column=src.key[0]))
-    else:
-        suite.add_expectation(gxe.ExpectCompoundColumnsToBeUnique(column_list=list(src.key)))
+    found.append(gxe.ExpectTableRowCountToBeBetween(min_value=src.min_rows))
+    found += [gxe.ExpectColumnValuesToNotBeNull(column=column) for column in src.key]
+    found.append(gxe.ExpectColumnValuesToBeUnique(column=src.key[0]) if len(src.key) == 1
+                 else gxe.ExpectCompoundColumnsToBeUnique(column_list=list(src.key)))
     for rule in rules.get(source, []):
         try:
             cls = getattr(gxe, rule["type"])
         except AttributeError:
             raise ValueError(f"{spec.expectations_path}: {source}: unknown expectation {rule['type']!r}") from None
-        suite.add_expectation(cls(**rule.get("kwargs", {})))
-    return suite
+        found.append(cls(**rule.get("kwargs", {})))
+    return found
+
+
+# Rules on a partition's schema: each slice of it has the same columns and types
+SCHEMA_RULES = {"expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list",
+                "expect_column_to_exist", "expect_table_column_count_to_equal",
+                "expect_table_column_count_to_be_between"}
+# Map rules that still compare rows with each other
+ACROSS_ROWS = {"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"}
+CHUNK_ROWS = 2_000_000   # a partition above this is checked in slices (see PartitionValidator.check_table)
+
+
+def judged_row_by_row(expectation) -> bool:
+    """Whether an expectation's outcome on a table is the sum of its outcomes on slices of it:
+    a rule on the schema, or a map rule (each row judged alone) that allows no unexpected row
+    (``mostly`` below 1 is a share of the whole table, and uniqueness compares rows)."""
+    from great_expectations.expectations.expectation import (ColumnMapExpectation, ColumnPairMapExpectation,
+                                                             MulticolumnMapExpectation)
+
+    kind = expectation.expectation_type
+    if kind in SCHEMA_RULES:
+        return True
+    row_map = isinstance(expectation, (ColumnMapExpectation, ColumnPairMapExpectation, MulticolumnMapExpectation))
+    return row_map and kind not in ACROSS_ROWS and (getattr(expectation, "mostly", 1) or 1) >= 1
+
+
+def _columns_of(expectation) -> list[str]:
+    """The columns an expectation reads (none for a rule on the whole table, such as its row count)."""
+    named = [getattr(expectation, key, None) for key in ("column", "column_A", "column_B")]
+    return [c for c in named if isinstance(c, str)] + list(getattr(expectation, "column_list", None) or [])
+
+
+def _rule_text(cfg) -> str:
+    kwargs = {k: v for k, v in cfg.kwargs.items() if k not in {"batch_id", "column", "result_format"}}
+    return cfg.type + (f"({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else "")
+
+
+def _expectation_key(kind: str, kwargs: dict) -> str:
+    return kind + json.dumps({k: v for k, v in kwargs.items() if k not in {"batch_id", "result_format"}},
+                             sort_keys=True, default=str)
+
+
+def _rule_key(result) -> str:
+    return _expectation_key(result.expectation_config.type, result.expectation_config.kwargs)
+
+
+def _merge_slices(results: list) -> RuleFailure:
+    """One failure from the results of a row-by-row rule on each slice of a partition (in order):
+    the unexpected rows add up, and the examples are the first ones, as on the whole partition."""
+    failed = [r for r in results if not r.success]
+    counted = [r.result or {} for r in results if "unexpected_count" in (r.result or {})]
+    if not counted or len(counted) != len(results):
+        return _describe(failed[0])
+    unexpected = sum(res["unexpected_count"] for res in counted)
+    rows = sum(res.get("element_count") or 0 for res in counted)
+    sample = [v for res in counted for v in (res.get("partial_unexpected_list") or [])][:3]
+    cfg = failed[0].expectation_config
+    return RuleFailure(_rule_text(cfg), cfg.kwargs.get("column"), _unexpected_text(unexpected, rows, sample))
+
+
+def _unexpected_text(unexpected: int, rows, sample: list) -> str:
+    detail = f"{unexpected} of {rows} rows unexpected"
+    if sample:   # plain values (numpy scalars print as np.int64(0))
+        detail += f", e.g. {[v.item() if hasattr(v, 'item') else v for v in sample[:3]]}"
+    return detail
 
 
 def _describe(result) -> RuleFailure:
     """Turn one failed GX result into a sentence naming the column and the rule."""
     cfg = result.expectation_config
-    kwargs = {k: v for k, v in cfg.kwargs.items() if k not in {"batch_id", "column", "result_format"}}
-    rule = cfg.type + (f"({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else "")
+    rule = _rule_text(cfg)
     column = cfg.kwargs.get("column")
     res = result.result or {}
     if "unexpected_count" in res:
-        sample = res.get("partial_unexpected_list") or []
-        detail = f"{res['unexpected_count']} of {res.get('element_count')} rows unexpected"
-        if sample:   # plain values (numpy scalars print as np.int64(0))
-            detail += f", e.g. {[v.item() if hasattr(v, 'item') else v for v in sample[:3]]}"
+        detail = _unexpected_text(res["unexpected_count"], res.get("element_count"),
+                                  res.get("partial_unexpected_list") or [])
     elif cfg.type == "expect_table_columns_to_match_set":
         mismatch = (res.get("details") or {}).get("mismatched") or {}
         parts = [f"{k} columns {v}" for k, v in mismatch.items()]
@@ -163,14 +233,20 @@ def _skip_batch_fingerprints() -> None:
 
 
 class PartitionValidator:
-    """Validates raw partitions of one use case; holds one ephemeral GX context."""
+    """Validates raw partitions of one use case; holds one ephemeral GX context.
 
-    def __init__(self, spec, lake: Lake):
+    A partition of more than ``chunk_rows`` rows is checked in slices, so its pandas copy never
+    exists whole: the rules judged row by row run on each slice and their unexpected rows add up;
+    the others (row counts, unique keys, aggregates, ``mostly``) run once on a frame of only the
+    columns they read. The failures are those of checking the partition whole."""
+
+    def __init__(self, spec, lake: Lake, chunk_rows: int = CHUNK_ROWS):
         import great_expectations as gx
 
         self.spec = spec
         self.lake = lake
         self.rules = load_rules(spec)
+        self.chunk_rows = chunk_rows
         self.context = gx.get_context(mode="ephemeral")
         _quiet_progress_bars(self.context)
         _skip_batch_fingerprints()
@@ -180,13 +256,43 @@ class PartitionValidator:
         for source in spec.sources:
             asset = datasource.add_dataframe_asset(name=source)
             self._batches[source] = asset.add_batch_definition_whole_dataframe(f"{source}_partition")
-            self._suites[source] = self.context.suites.add(build_suite(spec, source, self.rules))
+            for part in ("all", "rows", "whole"):
+                self._suites[source, part] = self.context.suites.add(build_suite(spec, source, self.rules, part))
 
     def check(self, source: str, frame: pd.DataFrame) -> list[RuleFailure]:
-        """Failures of ``frame`` against the source's suite (empty when it passes)."""
+        """Failures of ``frame`` against the source's suite (empty when it passes), in the suite's order."""
+        return self._failures(source, {}, {_rule_key(r): r for r in self._results(source, "all", frame)})
+
+    def check_table(self, source: str, table) -> list[RuleFailure]:
+        """Failures of the Arrow ``table`` against the source's suite: whole, or in slices when it
+        has more than ``chunk_rows`` rows (see the class's doc)."""
+        if table.num_rows <= self.chunk_rows:
+            return self.check(source, frame_for_checks(table))
+        sliced: dict[str, list] = {}
+        for start in range(0, table.num_rows, self.chunk_rows):
+            for result in self._results(source, "rows", frame_for_checks(table.slice(start, self.chunk_rows))):
+                sliced.setdefault(_rule_key(result), []).append(result)
+        whole_suite = self._suites[source, "whole"]
+        read = {c for e in whole_suite.expectations for c in _columns_of(e)} & set(table.column_names)
+        columns = [c for c in table.column_names if c in read] or table.column_names[:1]
+        whole = {_rule_key(r): r for r in self._results(source, "whole", frame_for_checks(table.select(columns)))}
+        return self._failures(source, sliced, whole)
+
+    def _failures(self, source: str, sliced: dict[str, list], whole: dict) -> list[RuleFailure]:
+        """The failed rules, in the order of the source's suite, from the results of each rule on
+        slices (``sliced``) or on the whole partition (``whole``), keyed by :func:`_rule_key`."""
+        failures = []
+        for expectation in self._suites[source, "all"].expectations:
+            key = _expectation_key(expectation.expectation_type, expectation.configuration.kwargs)
+            if key in sliced and not all(r.success for r in sliced[key]):
+                failures.append(_merge_slices(sliced[key]))
+            elif key in whole and not whole[key].success:
+                failures.append(_describe(whole[key]))
+        return failures
+
+    def _results(self, source: str, part: str, frame: pd.DataFrame) -> list:
         batch = self._batches[source].get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(self._suites[source])
-        return [_describe(r) for r in result.results if not r.success]
+        return batch.validate(self._suites[source, part]).results
 
     def validate(self, source: str, date: dt.date | str, attempt: str,
                  allow_empty_redelivery: bool = False) -> SourceReport:
@@ -216,7 +322,7 @@ class PartitionValidator:
             self._quarantine(report, date, attempt, files=files)
             drop_partition(clean, date)
             return report
-        failures = self.check(source, frame_for_checks(table))
+        failures = self.check_table(source, table)
         kept = partition_rows(clean, date)
         limit = self.spec.source(source).max_shrink
         shrinks = (not failures and kept > 0 and not allow_empty_redelivery

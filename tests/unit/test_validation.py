@@ -108,3 +108,78 @@ def test_nullable_pandas_types_pass_the_type_rule(kind, values, dtype):
     assert batch.validate(gxe.ExpectColumnValuesToBeInTypeList(column="c", type_list=PANDAS_TYPES[kind])).success
     wrong = "double" if kind != "double" else "int"
     assert not batch.validate(gxe.ExpectColumnValuesToBeInTypeList(column="c", type_list=PANDAS_TYPES[wrong])).success
+
+
+def _delivery(lake, spec, source: str, mutate=None):
+    """The day's raw delivery of ``source`` as Arrow, broken by ``mutate`` (a frame to a frame)."""
+    import pyarrow as pa
+
+    frame = read_partition(lake.raw(spec.name, source), DAY)
+    return pa.Table.from_pandas(mutate(frame) if mutate else frame, preserve_index=False)
+
+
+def _set(column, rows, value):
+    def mutate(f):
+        f[column] = f[column].astype(object)
+        f.loc[f.index[rows], column] = value
+        return f
+    return mutate
+
+
+def _duplicate_ids(f):
+    f.loc[f.index[-1], "transaction_id"] = f["transaction_id"].iloc[0]   # the first and last slices: one key
+    return f
+
+
+MORE_RULES = [{"type": "ExpectColumnValuesToNotBeNull", "kwargs": {"column": "amount", "mostly": 0.99}},
+              {"type": "ExpectColumnMeanToBeBetween", "kwargs": {"column": "amount", "min_value": 0, "max_value": 1}},
+              {"type": "ExpectColumnValuesToMatchRegex", "kwargs": {"column": "channel", "regex": "^[a-z]+$"}}]
+
+
+@pytest.mark.parametrize("source, mutate", [
+    ("transactions", None),
+    ("transactions", _set("category", [0, 40, -1], "weapons")),          # unknown category in three slices
+    ("transactions", _set("transaction_id", [3, -2], None)),             # null keys in two slices
+    ("transactions", _duplicate_ids),                                    # a key repeated across slices
+    ("transactions", _set("amount", list(range(0, 170, 9)), None)),      # nulls over `mostly`'s share
+    ("transactions", lambda f: f.drop(columns=["channel"])),             # a missing column
+    ("transactions", _set("channel", [5], "<script>Web</script>")),
+    ("customers", _set("segment", [1, -1], "platinum")),
+], ids=["good", "categories", "null keys", "repeated key", "mostly", "missing column", "regex", "customers"])
+def test_a_partition_checked_in_slices_fails_as_it_does_whole(lake, small_spec, monkeypatch, source, mutate):
+    """A partition above the validator's slice size is checked a slice at a time (its pandas copy
+    never exists whole): row rules add up over the slices, the rest (unique keys, `mostly`, means,
+    row counts) see every row. The failures are the same, word for word, as checking it whole."""
+    from pipelines.data import validation
+
+    rules = validation.load_rules(small_spec)
+    monkeypatch.setattr(validation, "load_rules", lambda spec: {**rules, "transactions": rules["transactions"] +
+                                                                MORE_RULES})
+    table = _delivery(lake, small_spec, source, mutate)
+    chunk = max(1, table.num_rows // 5)
+    assert table.num_rows > 2 * chunk   # three slices at least
+    whole = validation.PartitionValidator(small_spec, lake).check(source, validation.frame_for_checks(table))
+    sliced = validation.PartitionValidator(small_spec, lake, chunk_rows=chunk).check_table(source, table)
+    assert [str(f) for f in sliced] == [str(f) for f in whole]
+    assert any("expect_column_mean_to_be_between" in str(f) for f in whole) == (source == "transactions")
+    if mutate is not None:
+        assert len(whole) > (source == "transactions")   # the breakage itself is found, beside the mean
+
+
+@pytest.mark.parametrize("rule, row_by_row", [
+    ({"type": "ExpectColumnValuesToBeInSet", "kwargs": {"column": "c", "value_set": [1]}}, True),
+    ({"type": "ExpectColumnValuesToBeInSet", "kwargs": {"column": "c", "value_set": [1], "mostly": 0.9}}, False),
+    ({"type": "ExpectColumnValuesToBeUnique", "kwargs": {"column": "c"}}, False),
+    ({"type": "ExpectCompoundColumnsToBeUnique", "kwargs": {"column_list": ["c", "d"]}}, False),
+    ({"type": "ExpectSelectColumnValuesToBeUniqueWithinRecord", "kwargs": {"column_list": ["c", "d"]}}, True),
+    ({"type": "ExpectColumnPairValuesToBeEqual", "kwargs": {"column_A": "c", "column_B": "d"}}, True),
+    ({"type": "ExpectTableColumnsToMatchSet", "kwargs": {"column_set": ["c"]}}, True),
+    ({"type": "ExpectTableRowCountToBeBetween", "kwargs": {"min_value": 1}}, False),
+    ({"type": "ExpectColumnMeanToBeBetween", "kwargs": {"column": "c", "min_value": 1}}, False),
+])
+def test_which_rules_add_up_over_slices(rule, row_by_row):
+    import great_expectations.expectations as gxe
+
+    from pipelines.data.validation import judged_row_by_row
+
+    assert judged_row_by_row(getattr(gxe, rule["type"])(**rule["kwargs"])) is row_by_row
