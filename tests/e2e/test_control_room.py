@@ -153,7 +153,6 @@ def test_the_pages_show_the_numbers_of_the_lake_and_the_registry(admin, story):
 
 def test_a_rollback_from_the_page_moves_the_alias_through_the_rollback_dag(admin, story):
     from pipelines.models import tracking
-    from scripts.airflow_api import wait_for
 
     name = story["spec"].model.registered_name
     with newer_champion(name) as (original, newer):
@@ -165,7 +164,10 @@ def test_a_rollback_from_the_page_moves_the_alias_through_the_rollback_dag(admin
         notice = page.inner_text(".notice")
         assert notice.startswith(f"Roll back @champion: {STORY_UC}_rollback run manual__"), notice
         page.screenshot(path=str(ARTIFACTS / "rollback-queued.png"), full_page=True)
-        wait_for(lambda: tracking.resolve_alias(name, tracking.CHAMPION).version == original, 300)
+        run_id = notice.split(" run ", 1)[1].split(" queued", 1)[0]
+        # the run's end, not the alias's move: the run tags the versions after it moves the alias
+        assert story["client"].wait_for_run(f"{STORY_UC}_rollback", run_id, 300)["state"] == "success"
+        assert tracking.resolve_alias(name, tracking.CHAMPION).version == original
         assert tracking.client().get_model_version(name, newer).tags["champion.rolled_back"].endswith(
             f"by admin: complaints since v{newer}")
         page = admin.open(f"/{STORY_UC}")
@@ -264,3 +266,26 @@ def test_hostile_text_in_the_alert_log_is_shown_as_text(story):
     assert "<script>alert(" not in page and "<img src=x" not in page
     assert ("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt; {{ 7*7 }} Infinity"
             in page)
+
+
+def test_hostile_text_in_a_versions_tags_is_shown_as_text(story):
+    """``compiled.reason`` can carry a team's column name: the version page shows it as text."""
+    from pipelines.models import compiled, tracking
+
+    name = story["spec"].model.registered_name
+    version = tracking.resolve_alias(name, tracking.CHAMPION).version
+    hostile = "NotCompilable: column '<script>alert(1)</script><img src=x onerror=alert(1)>{{ 7*7 }}' Infinity"
+    before = tracking.client().get_model_version(name, version).tags
+    saved = {tag: before.get(tag) for tag in (compiled.RUNTIME_TAG, compiled.REASON_TAG)}
+    tracking.tag_version(name, version, {compiled.RUNTIME_TAG: "scikit-learn", compiled.REASON_TAG: hostile})
+    try:
+        page = _get(story, f"/{STORY_UC}/versions/{version}", _token(story)).text
+    finally:
+        for tag, value in saved.items():
+            if value is None:
+                tracking.client().delete_model_version_tag(name, version, tag)
+            else:
+                tracking.tag_version(name, version, {tag: value})
+    assert "<script>alert(" not in page and "<img src=x" not in page
+    assert ("scikit-learn: NotCompilable: column &#39;&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x "
+            "onerror=alert(1)&gt;{{ 7*7 }}&#39; Infinity") in page
