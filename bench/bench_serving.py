@@ -7,9 +7,11 @@ throwaway MLflow store), one uvicorn worker each by default. Locust (headless) s
 requests at ``--rate`` requests/s for ``--seconds``: to ours by entity id (features looked up in the
 online store, as in ``deployment.input: entity``), to MLflow's ``/invocations`` with the same
 entity's feature row in the body. Then ours again with a shadow rollout running (a second
-version scores every request in batches, not waited for): the shadow's cost on p99. Prints
-throughput, p50/p99 and failures of each, and the ratios; appends a dated row to
-docs/benchmarks.md. Timings only; no pass/fail.
+version scores every request in batches, not waited for): the shadow's cost on p99. Last, the
+floor: an empty FastAPI handler (``bench/empty_service.py``) under the same load, which is what
+the measurement itself costs on a machine shared with the load generator. Prints throughput,
+p50/p99 and failures of each, and the ratios; appends a dated row to docs/benchmarks.md. Timings
+only; no pass/fail.
 """
 from __future__ import annotations
 
@@ -125,7 +127,7 @@ def main() -> None:
         records.write_text(json.dumps(rows))
         from pipelines.release.load_test import free_port, start_process, stop_process
 
-        ours_port, peer_port = free_port(), free_port()
+        ours_port, peer_port, floor_port = free_port(), free_port(), free_port()
         ours = start_process([sys.executable, "-m", "pipelines.cli", "serve", "churn", "--port", str(ours_port),
                       "--workers", str(args.workers)], env, f"http://127.0.0.1:{ours_port}/readyz", home / "ours.log")
         peer = start_process([str(BIN / "mlflow"), "models", "serve", "-m", "models:/churn_classifier@champion",
@@ -139,6 +141,13 @@ def main() -> None:
         finally:
             for process in (ours, peer):
                 stop_process(process)
+        floor = start_process([str(BIN / "uvicorn"), "bench.empty_service:app", "--port", str(floor_port),
+                               "--workers", str(args.workers), "--no-access-log"], env,
+                              f"http://127.0.0.1:{floor_port}/readyz", home / "floor.log")
+        try:
+            results["floor"] = load("ours", f"http://127.0.0.1:{floor_port}", records, args, home, env)
+        finally:
+            stop_process(floor)
     mine, peer_stats = results["ours"], results["mlflow"]
     throughput = mine["rps"] / peer_stats["rps"]
     p99 = peer_stats["p99"] / mine["p99"] if mine["p99"] else float("nan")
@@ -148,6 +157,9 @@ def main() -> None:
         print(f"{name:11s} {r['rps']:7.1f} req/s  p50 {r['p50']:5.0f} ms  p99 {r['p99']:5.0f} ms  "
               f"{r['failures']} failed of {r['requests']}")
     print(f"shadow mode (the candidate scores every request, not waited for): p99 {shadow_cost:+.0%}")
+    floor = results["floor"]
+    print(f"the floor (an empty handler under the same load): p50 {floor['p50']:.0f} ms, p99 {floor['p99']:.0f} ms; "
+          f"ours adds p50 {mine['p50'] - floor['p50']:+.0f} ms, p99 {mine['p99'] - floor['p99']:+.0f} ms")
     print(f"throughput ours / mlflow models serve: {throughput:.2f}x; p99 mlflow / ours: {p99:.2f}x "
           f"({args.rate:.0f} req/s offered for {args.seconds} s, {args.workers} worker(s) each)")
     command = (f".venv/bin/python -m bench.bench_serving --seconds {args.seconds} --rate {args.rate:.0f} "
@@ -155,7 +167,8 @@ def main() -> None:
     row = (f"| {dt.date.today()} | {os.cpu_count()} cores, {platform.machine()} | {args.rate:.0f} req/s, "
            f"{args.seconds} s | {mine['rps']:.0f} req/s, p50 {mine['p50']:.0f} ms, p99 {mine['p99']:.0f} ms, "
            f"{mine['failures']} failed; in shadow mode {shadowed['rps']:.0f} req/s, p99 {shadowed['p99']:.0f} ms "
-           f"({shadow_cost:+.0%}) | {peer_stats['rps']:.0f} req/s, p50 {peer_stats['p50']:.0f} ms, "
+           f"({shadow_cost:+.0%}); an empty handler in the same run: p50 {floor['p50']:.0f} ms, "
+           f"p99 {floor['p99']:.0f} ms | {peer_stats['rps']:.0f} req/s, p50 {peer_stats['p50']:.0f} ms, "
            f"p99 {peer_stats['p99']:.0f} ms, {peer_stats['failures']} failed | {throughput:.2f}x | {p99:.2f}x | "
            f"`{command}` | {time.monotonic() - started:.0f} s |")
     append_row(SECTION, row, INTRO)

@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -92,11 +93,14 @@ class FeedPlan:
                    tuple(raw["categorical_fill"]), None if raw["classes"] is None else tuple(raw["classes"]),
                    bool(raw.get("binned", edges is not None)))
 
-    def feed(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
-        """The graph's inputs for the rows of ``X`` (a column each, as the graph names them)."""
+    def feed(self, X: pd.DataFrame | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph's inputs for the rows of ``X`` (a column each, as the graph names them). ``X``
+        is a frame, or its columns as arrays (numbers as float64 with NaN, text as objects with
+        None): the scoring service's few records, for which making a frame cost more than the graph."""
         feed = {}
         if self.numeric:   # a row per column: each is contiguous while it is filled, binned and fed
-            numbers = X[list(self.numeric)].to_numpy(dtype="float64", na_value=np.nan).T.copy()
+            numbers = (X[list(self.numeric)].to_numpy(dtype="float64", na_value=np.nan).T.copy()
+                       if isinstance(X, pd.DataFrame) else np.array([X[c] for c in self.numeric], dtype="float64"))
             for j, fill in enumerate(self.numeric_fill):
                 row = numbers[j]
                 row[np.isnan(row)] = fill
@@ -104,7 +108,7 @@ class FeedPlan:
                     row = np.searchsorted(self.edge_arrays[j], row, side="right")
                 feed[f"n{j}"] = row.astype("float32").reshape(-1, 1)
         for j, (name, fill) in enumerate(zip(self.categorical, self.categorical_fill)):
-            values = X[name].to_numpy(dtype=object)
+            values = X[name].to_numpy(dtype=object) if isinstance(X, pd.DataFrame) else np.asarray(X[name], dtype=object)
             values = np.where(np.equal(values, None), NONE_TEXT, np.where(pd.isna(values), fill, values))
             values = values.astype(str).astype(object)
             feed[f"c{j}"] = values.reshape(-1, 1)

@@ -87,23 +87,27 @@ class ModelTask:
 
     def outputs(self, model, X: pd.DataFrame) -> pd.DataFrame:
         """The model's outputs for ``X`` as the inference table's output columns (same index)."""
+        return pd.DataFrame(self.output_arrays(model, X, len(X)), index=X.index)   # one frame made at once
+
+    def output_arrays(self, model, X, rows: int) -> dict[str, np.ndarray]:
+        """The output columns for ``rows`` rows of ``X``: a frame, or for a compiled model the
+        columns themselves (:meth:`pipelines.models.compiled.FeedPlan.feed`)."""
         if self.kind is TaskType.REGRESSION:
-            values = model.predict(X) if len(X) else np.empty(0)
-            return pd.DataFrame({"prediction": np.asarray(values, dtype="float64")}, index=X.index)
-        proba = self.probabilities(model, X)
-        if self.kind is TaskType.BINARY:   # one frame made at once: a column at a time cost ~1 ms per call
+            return {"prediction": np.asarray(model.predict(X) if rows else np.empty(0), dtype="float64")}
+        proba = self.probabilities(model, X, rows)
+        if self.kind is TaskType.BINARY:
             score = proba[:, 1]
-            return pd.DataFrame({"score": score, "predicted_label": (score >= self.threshold).astype("int32")},
-                                index=X.index)
+            return {"score": score, "predicted_label": (score >= self.threshold).astype("int32")}
         columns = {"score": proba.max(axis=1),
                    "predicted_label": np.asarray(self.classes, dtype="int32")[proba.argmax(axis=1)]}
         columns.update({f"proba_{c}": proba[:, i] for i, c in enumerate(self.classes)})
-        return pd.DataFrame(columns, index=X.index)
+        return columns
 
-    def probabilities(self, model, X: pd.DataFrame) -> np.ndarray:
+    def probabilities(self, model, X, rows: int | None = None) -> np.ndarray:
         """Class probabilities in the order of ``classes`` (0 for a class the model never saw)."""
-        proba = np.zeros((len(X), len(self.classes)))
-        if len(X):
+        rows = len(X) if rows is None else rows
+        proba = np.zeros((rows, len(self.classes)))
+        if rows:
             fitted = model.predict_proba(X)
             position = {int(c): i for i, c in enumerate(self.classes)}
             for j, c in enumerate(model.classes_):

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from pipelines.models.compiled import CompiledModel
+
 TYPES = {"double": float, "float": float, "long": int, "integer": int, "string": str, "boolean": bool}
 
 
@@ -89,9 +91,9 @@ def encodable(text: str) -> bool:
         return False
 
 
-def records_frame(records: list[dict], inputs: dict[str, str]) -> pd.DataFrame:
-    """Checked records as a frame of the signature's columns, typed straight from the values (a
-    number column is float64 with NaN for a missing value; text stays object with None)."""
+def records_columns(records: list[dict], inputs: dict[str, str]) -> dict[str, np.ndarray]:
+    """Checked records as the signature's columns, typed straight from the values (a number
+    column is float64 with NaN for a missing value; text stays object with None)."""
     columns = {}
     for column, kind in inputs.items():
         values = [r[column] for r in records]
@@ -99,7 +101,12 @@ def records_frame(records: list[dict], inputs: dict[str, str]) -> pd.DataFrame:
             columns[column] = np.array([np.nan if v is None else v for v in values], dtype="float64")
         else:
             columns[column] = np.array(values, dtype=object)
-    return pd.DataFrame(columns)
+    return columns
+
+
+def records_frame(records: list[dict], inputs: dict[str, str]) -> pd.DataFrame:
+    """Checked records as a frame of the signature's columns (typed as :func:`records_columns`)."""
+    return pd.DataFrame(records_columns(records, inputs))
 
 
 def calm_garbage_collector() -> None:
@@ -125,8 +132,17 @@ def one_openmp_thread() -> None:
 
 def score_records(task, model, inputs: dict[str, str], records: list[dict]) -> list[dict]:
     """A model's outputs for checked records, as JSON-ready dicts: in the service's process or
-    in its model process (:mod:`pipelines.serving.model_process`)."""
+    in its model process (:mod:`pipelines.serving.model_process`). A compiled model is fed the
+    records' columns (no frame made: a frame and its outputs' frame were 0.8 ms of a 1 ms call)."""
+    if isinstance(model, CompiledModel):
+        return json_rows(task.output_arrays(model, records_columns(records, inputs), len(records)))
     return to_json_rows(task.outputs(model, records_frame(records, inputs)))
+
+
+def json_rows(columns: dict[str, np.ndarray]) -> list[dict]:
+    """Output columns as rows of plain JSON values."""
+    names = list(columns)
+    return [dict(zip(names, row)) for row in zip(*(np.asarray(values).tolist() for values in columns.values()))]
 
 
 def to_json_rows(outputs: pd.DataFrame) -> list[dict]:

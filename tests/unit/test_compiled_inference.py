@@ -72,6 +72,30 @@ def test_every_shipped_use_case_compiles_and_answers_as_scikit_learn(fitted):
     pd.testing.assert_frame_equal(task.outputs(travelled, fresh), task.outputs(outcome.model, fresh))
 
 
+def test_records_are_scored_without_a_frame_as_with_one(fitted):
+    """The service's records reach a compiled model as columns, not a frame: the same answers,
+    value for value and type for type, as through a frame (numbers sent as whole numbers too)."""
+    from pipelines.serving.records import records_frame, score_records, to_json_rows
+
+    spec, task, model = fitted
+    outcome = compiled.compile_checked(model, rows(spec, 500, seed=1), task)
+    assert outcome.compiled, outcome.reason
+    cols = feature_columns(spec)
+    fresh = rows(spec, 200, seed=2, categories=("a", "zzz", "missing", ""))
+    fresh.iloc[-1] = None
+    fresh[cols.numeric[-1]] = fresh[cols.numeric[-1]].round()
+    inputs = {c: "string" if c in cols.categorical else "double" for c in cols.all} | {cols.numeric[-1]: "long"}
+    records = fresh.astype(object).where(fresh.notna(), None).to_dict("records")
+    for c in (r for r in records if r[cols.numeric[-1]] is not None):
+        c[cols.numeric[-1]] = int(c[cols.numeric[-1]])
+    for batch in (records, records[:1], records[-1:]):
+        through_a_frame = to_json_rows(task.outputs(outcome.model, records_frame(batch, inputs)))
+        answered = score_records(task, outcome.model, inputs, batch)
+        assert answered == through_a_frame
+        assert [type(v) for v in answered[0].values()] == [type(v) for v in through_a_frame[0].values()]
+    assert len(answered) == 1 and set(answered[0]) == set(task.output_columns)
+
+
 def test_the_feed_plan_survives_its_json_and_names_the_graph_inputs(fitted):
     spec, _, model = fitted
     plan = compiled.compile_pipeline(model).plan
