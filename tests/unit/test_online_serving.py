@@ -5,6 +5,7 @@ import sqlite3
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.core.lake import Lake, replace_partition
@@ -91,10 +92,57 @@ def test_the_request_log_writes_whole_files_per_day_and_keeps_rows_when_writing_
     alone = pd.read_parquet(tmp_path / "online" / "ds=2026-01-01")   # all-null columns keep their types
     assert str(alone["label"].dtype) == "Int64" and str(alone["error"].dtype) in ("string", "object")
     log.add([{"id": "d", "score": 0.4, "label": 1, "error": None, "ds": "2026-01-03"}])
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(pq, "write_table", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     assert log.flush() == 0
     monkeypatch.undo()
     assert log.flush() == 1 and (tmp_path / "online" / "ds=2026-01-03").exists()
+
+
+def test_the_request_log_writes_rows_straight_to_arrow_as_it_wrote_them_through_a_frame(tmp_path, small_spec,
+                                                                                        monkeypatch):
+    """After the first flush the log builds its tables from the rows in the first one's schema:
+    the files read back as the frame's way wrote them, dtypes and pandas' metadata included; rows
+    that do not fit the schema (a new column, text in a number column) still take the frame's way."""
+    from pipelines.serving.request_log import log_types
+
+    types = log_types(small_spec)
+    now = pd.Timestamp("2026-01-02 10:00:00")
+
+    def row(i: int, **changes) -> dict:
+        value = {"float64": float(i) / 3, "string": f"<script>{i}</script>" if i % 2 else None, "Int64": i % 2,
+                 "bool": bool(i % 2), "datetime64[ns]": now}
+        return {**{c: value[kind] for c, kind in types.items()}, "ds": "2026-01-02", **changes}
+
+    log = RequestLog(tmp_path / "online", types=types)
+    first = [row(i) for i in range(5)]
+    later = [row(i) for i in range(5, 40)] + [row(40, error=None, predicted_label=None)]
+    log.add(first)
+    assert log.flush() == 5 and log._schema is not None
+    through_a_frame, frame = [], RequestLog.frame
+    monkeypatch.setattr(RequestLog, "frame", lambda self, rows: through_a_frame.append(len(rows)) or frame(self, rows))
+    log.add(later)
+    assert log.flush() == len(later) and through_a_frame == []
+    monkeypatch.undo()
+    by_frame = RequestLog(tmp_path / "by_frame", types=types)
+    by_frame.add(first + later)
+    by_frame._keys = frozenset()   # never the schema's way: every flush through a frame
+    assert by_frame.flush() == len(first) + len(later)
+    day = "ds=2026-01-02"
+    files = sorted((tmp_path / "online" / day).glob("*.parquet"), key=lambda p: len(pq.read_table(p)))
+    assert pq.read_schema(files[-1]).equals(pq.read_schema(next((tmp_path / "by_frame" / day).glob("*"))),
+                                            check_metadata=True)
+    ours = pd.concat([pd.read_parquet(files[0]), pd.read_parquet(files[1])], ignore_index=True)
+    pd.testing.assert_frame_equal(ours, pd.read_parquet(tmp_path / "by_frame" / day))
+
+    numeric = next(c for c, kind in types.items() if kind == "float64")
+    monkeypatch.setattr(RequestLog, "frame", lambda self, rows: through_a_frame.append(len(rows)) or frame(self, rows))
+    log.add([row(41, **{numeric: "not a number"})])      # Arrow refuses it; the frame's way names it
+    assert log.flush() == 0 and len(log._rows) == 1 and through_a_frame == [1]
+    log._rows.clear()
+    log.add([row(42, surprise="a column the schema does not have")])
+    assert log.flush() == 1 and through_a_frame == [1, 1]
+    newest = max((tmp_path / "online" / day).glob("*.parquet"), key=lambda p: p.stat().st_mtime_ns)
+    assert "surprise" in pq.read_schema(newest).names
 
 
 def test_concurrent_refreshes_leave_the_newest_date_whatever_order_they_finish_in(small_spec, tmp_path, monkeypatch):
