@@ -7,7 +7,8 @@ throwaway MLflow store), one uvicorn worker each by default. Locust (headless) s
 requests at ``--rate`` requests/s for ``--seconds``: to ours by entity id (features looked up in the
 online store, as in ``deployment.input: entity``), to MLflow's ``/invocations`` with the same
 entity's feature row in the body. Then ours again with a shadow rollout running (a second
-version scores every request in batches, not waited for): the shadow's cost on p99. Last, the
+version scores every request in batches, not waited for): the shadow's cost on p99. Each timed run
+follows a warm-up of the same load (``WARM_UP_S``), not counted. Last, the
 floor: an empty FastAPI handler (``bench/empty_service.py``) under the same load, which is what
 the measurement itself costs on a machine shared with the load generator. Prints throughput,
 p50/p99 and failures of each, and the ratios; appends a dated row to docs/benchmarks.md. Timings
@@ -99,10 +100,17 @@ def shadow_on(url: str) -> None:
             assert httpx.get(f"{url}/readyz", timeout=5).json()["rollout"]["candidate_loaded"]
 
 
+WARM_UP_S = 5
+
+
 def load(target: str, url: str, records: Path, args, out: Path, env: dict) -> dict:
-    """Locust, headless, at ``args.rate`` requests/s (the rollout's load test runs the same users)."""
+    """Locust, headless, at ``args.rate`` requests/s (the rollout's load test runs the same users),
+    after ``WARM_UP_S`` seconds of the same load that are not counted (connections, caches, the
+    first batches: every service gets the same)."""
     from pipelines.release.load_test import run_locust
 
+    (out / "warm-up").mkdir(exist_ok=True)
+    run_locust(target, url, records, args.users, args.rate, WARM_UP_S, out / "warm-up", "churn", env)
     result = run_locust(target, url, records, args.users, args.rate, args.seconds, out, "churn", env)
     return {"requests": result.requests, "failures": result.failures, "rps": result.rps, "p50": result.p50_ms,
             "p99": result.p99_ms}
