@@ -140,12 +140,11 @@ def score_records(task, model, inputs: dict[str, str], records: list[dict]) -> l
 
 
 def json_rows(columns: dict[str, np.ndarray]) -> list[dict]:
-    """Output columns as rows of plain JSON values."""
+    """Output columns as rows of plain JSON values (numpy scalars to Python)."""
     names = list(columns)
     return [dict(zip(names, row)) for row in zip(*(np.asarray(values).tolist() for values in columns.values()))]
 
 
 def to_json_rows(outputs: pd.DataFrame) -> list[dict]:
-    """Outputs as plain JSON values (numpy scalars to Python)."""
-    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
-            for row in outputs.to_dict("records")]
+    """An outputs frame as rows of plain JSON values."""
+    return json_rows({column: outputs[column].to_numpy() for column in outputs.columns})

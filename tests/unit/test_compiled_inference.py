@@ -96,6 +96,27 @@ def test_records_are_scored_without_a_frame_as_with_one(fitted):
     assert len(answered) == 1 and set(answered[0]) == set(task.output_columns)
 
 
+def test_hostile_records_that_pass_the_checks_are_answered_alike_without_a_frame(fitted):
+    """Records at the edge of what the service's checks let through (numbers near a double's
+    limits, markup, paths, the longest text allowed) answer the same through columns as through a
+    frame, with finite scores, and as scikit-learn answers them."""
+    from pipelines.serving.records import check_records, records_frame, score_records, to_json_rows
+
+    spec, task, model = fitted
+    outcome = compiled.compile_checked(model, rows(spec, 500, seed=1), task)
+    cols = feature_columns(spec)
+    inputs = {c: "string" if c in cols.categorical else "double" for c in cols.all}
+    numbers = [1e308, -1e308, 5e-324, -0.0, 0, 2**53 + 1, None]
+    texts = ["<script>alert(1)</script>", "{{ 7*7 }}", "../../etc/passwd", "x" * 1_000, "", "Zürich ☃", None]
+    records = [{c: (texts if c in cols.categorical else numbers)[i % 7] for c in cols.all} for i in range(14)]
+    records = check_records(records, inputs)    # valid: the checks let every one through
+    answered = score_records(task, outcome.model, inputs, records)
+    frame = records_frame(records, inputs)
+    assert answered == to_json_rows(task.outputs(outcome.model, frame))
+    assert all(np.isfinite(v) for row in answered for v in row.values())
+    assert compiled.judge(task.outputs(model, frame), pd.DataFrame(answered)).compiled
+
+
 def test_the_feed_plan_survives_its_json_and_names_the_graph_inputs(fitted):
     spec, _, model = fitted
     plan = compiled.compile_pipeline(model).plan
